@@ -1,0 +1,1 @@
+"""Launchers: decide where and when a study's runs execute (this machine, Cloud TPU, GKE)."""

@@ -1,0 +1,74 @@
+"""Runs a whole study on this machine, in dependency order, then fits and reports.
+
+    python -m launch.local --config configs/smoke.py --workdir runs/smoke [--config.a.b=value]
+
+Runs whose result.json exists are skipped; a run that was interrupted resumes from its last
+checkpoint. The study is validated before anything trains.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import jax
+from absl import app, flags
+from etils import epath
+from ml_collections import config_flags
+
+from scaling import grid, results, run as run_lib, study as study_lib
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Study config file (get_config()).", lock_config=False)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Where runs, results and the report go (local or gs://).")
+_ANALYSE = flags.DEFINE_bool("analyse", True, "Fit the laws and write the report after the runs.")
+
+
+def write_plan(study, runs: list[grid.Run], workdir: epath.Path) -> None:
+  """Writes study.json and every run's spec.json (atomically; unchanged specs are rewritten equal)."""
+  results.write_json(workdir / "study.json", study.to_dict())
+  for r in runs:
+    results.write_json(workdir / "runs" / r.id / "spec.json", r.to_json())
+
+
+def execute_all(runs: list[grid.Run], workdir: epath.Path) -> tuple[int, int]:
+  """Executes runs in order, skipping finished ones; returns (executed, skipped)."""
+  executed = skipped = 0
+  for i, r in enumerate(runs):
+    if results.read_result(workdir / "runs" / r.id) is not None:
+      skipped += 1
+      continue
+    missing = [d for d in r.deps if results.read_result(workdir / "runs" / d) is None]
+    if missing:
+      raise RuntimeError(f"run {r.id} depends on unfinished runs {missing}")
+    t0 = time.time()
+    record = run_lib.execute(r, workdir)
+    executed += 1
+    shown = {k: round(v, 4) for k, v in record["metrics"].items() if not k.startswith(("base_", "delta_"))}
+    print(f"[{i + 1}/{len(runs)}] {r.id} ({time.time() - t0:.1f}s): {shown}", flush=True)
+  return executed, skipped
+
+
+def main(argv) -> None:
+  del argv
+  if _CONFIG.value is None or _WORKDIR.value is None:
+    sys.exit("usage: python -m launch.local --config CONFIG.py --workdir DIR")
+  t0 = time.time()
+  try:
+    study = study_lib.validate(_CONFIG.value, jax.device_count())
+  except study_lib.StudyError as e:
+    sys.exit(f"invalid study: {e}")
+  workdir = epath.Path(_WORKDIR.value)
+  runs = grid.expand(study)
+  write_plan(study, runs, workdir)
+  print(f"study {study.name!r}: {len(runs)} runs in {workdir}", flush=True)
+  executed, skipped = execute_all(runs, workdir)
+  print(f"runs: {executed} executed, {skipped} already done ({time.time() - t0:.1f}s)", flush=True)
+  if _ANALYSE.value:
+    from analysis import fit as fit_lib  # Imported late: the runs do not need it.
+    fit_lib.fit_and_report(workdir)
+  print(f"total {time.time() - t0:.1f}s", flush=True)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,1 @@
+"""Data: the synthetic world, its TFDS dataset, the tokenizer, and batches for training and evaluation."""

@@ -1,0 +1,170 @@
+"""The synthetic world: people with attributes, their biographies, and questions about them.
+
+Everything is a deterministic function of `WorldConfig`. Every person appears in the pretraining
+corpus; question answering trains on some people and tests on held-out ones, so answering well
+needs knowledge stored in pretraining and the answer format learned in fine-tuning.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Iterator
+
+import numpy as np
+
+BOS, EOS, PAD, UNK = "<bos>", "<eos>", "<pad>", "<unk>"
+SPECIAL_TOKENS = (PAD, BOS, EOS, UNK)
+
+# attribute -> (number of values, biography sentence templates, question template).
+ATTRIBUTES: dict[str, tuple[int, tuple[str, ...], str]] = {
+    "birth_city": (40, ("{name} was born in {v} .", "{name} came into the world in {v} .",
+                        "the birthplace of {name} is {v} ."), "where was {name} born ?"),
+    "birth_year": (50, ("{name} was born in the year {v} .", "{name} entered life in {v} .",
+                        "the birth year of {name} is {v} ."), "in what year was {name} born ?"),
+    "university": (30, ("{name} studied at {v} .", "{name} graduated from {v} .",
+                        "{name} received a degree from {v} ."), "which university did {name} attend ?"),
+    "employer": (40, ("{name} works for {v} .", "{name} is employed by {v} .",
+                      "the employer of {name} is {v} ."), "who employs {name} ?"),
+    "field": (20, ("{name} works in the field of {v} .", "{name} specialises in {v} .",
+                   "the research area of {name} is {v} ."), "what field does {name} work in ?"),
+}
+QA_PREFIX, QA_SUFFIX = "question :", "answer :"
+# task -> its train, dev and test splits.
+TASKS: dict[str, dict[str, str]] = {"qa": {"train": "qa_train", "dev": "qa_dev", "test": "qa_test"}}
+SPLITS = ("pretrain", "pretrain_heldout", "qa_train", "qa_dev", "qa_test", "cloze_test")
+_SYLLABLES = tuple(c + v for c in "bdfghklmnprstvz" for v in "aeiou")
+
+
+@dataclasses.dataclass(frozen=True)
+class WorldConfig:
+  """What makes a world: its seed, its people, and how its corpus is rendered."""
+
+  seed: int = 0
+  num_people: int = 400
+  bio_renderings: int = 8  # Distinct renderings of each biography in the pretraining corpus.
+  heldout_renderings: int = 2  # Fresh renderings of test people's biographies, never trained on.
+  dev_fraction: float = 0.1
+  test_fraction: float = 0.25
+
+  def validate(self) -> None:
+    """Raises ValueError naming the field if the world cannot be built."""
+    if self.num_people < 10:
+      raise ValueError(f"world.num_people={self.num_people}; allowed: at least 10")
+    if self.bio_renderings < 1 or self.heldout_renderings < 1:
+      raise ValueError("world.bio_renderings and world.heldout_renderings must be at least 1")
+    if not (0 < self.dev_fraction and 0 < self.test_fraction and self.dev_fraction + self.test_fraction < 1):
+      raise ValueError(f"world.dev_fraction={self.dev_fraction}, world.test_fraction={self.test_fraction}: "
+                       "each must be positive and their sum below 1")
+
+  def fingerprint(self) -> str:
+    """A short stable hash of the config: the TFDS config name of this world."""
+    blob = json.dumps(dataclasses.asdict(self), sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:12]
+
+
+@dataclasses.dataclass(frozen=True)
+class World:
+  """The generated people and the word lists the world speaks."""
+
+  config: WorldConfig
+  names: tuple[str, ...]  # "first last", one per person.
+  values: dict[str, tuple[str, ...]]  # attribute -> its possible values.
+  facts: np.ndarray  # (num_people, num_attributes) value indices.
+  split_of_person: np.ndarray  # 0 train, 1 dev, 2 test.
+
+  def vocabulary(self) -> list[str]:
+    """Every word the world can say, special tokens first, in a fixed order."""
+    words: dict[str, None] = dict.fromkeys(SPECIAL_TOKENS)
+    templates = [t for _, ts, q in ATTRIBUTES.values() for t in (*ts, q)] + [QA_PREFIX, QA_SUFFIX]
+    for text in templates:
+      words.update(dict.fromkeys(w for w in text.split() if w not in ("{name}", "{v}")))
+    for name in self.names:
+      words.update(dict.fromkeys(name.split()))
+    for vals in self.values.values():
+      words.update(dict.fromkeys(vals))
+    return list(words)
+
+  def value(self, person: int, attr: str) -> str:
+    return self.values[attr][self.facts[person, list(ATTRIBUTES).index(attr)]]
+
+  def biography(self, person: int, rng: np.random.Generator) -> str:
+    """One rendering: a random template per attribute, sentences in random order."""
+    sentences = [rng.choice(templates).format(name=self.names[person], v=self.value(person, attr))
+                 for attr, (_, templates, _) in ATTRIBUTES.items()]
+    return " ".join(sentences[i] for i in rng.permutation(len(sentences)))
+
+  def people(self, split: int) -> np.ndarray:
+    return np.flatnonzero(self.split_of_person == split)
+
+
+def _words(rng: np.random.Generator, n: int, taken: set[str], syllables: int) -> tuple[str, ...]:
+  out: list[str] = []
+  while len(out) < n:
+    word = "".join(rng.choice(_SYLLABLES, syllables))
+    if word not in taken:
+      taken.add(word)
+      out.append(word)
+  return tuple(out)
+
+
+def build_world(config: WorldConfig) -> World:
+  """Generates the people, their names and attribute values, and the person splits."""
+  config.validate()
+  rng = np.random.default_rng(config.seed)
+  taken: set[str] = set()
+  values = {attr: (tuple(str(1950 + i) for i in range(n)) if attr == "birth_year" else _words(rng, n, taken, 3))
+            for attr, (n, _, _) in ATTRIBUTES.items()}
+  side = int(np.ceil(np.sqrt(config.num_people))) + 2
+  firsts, lasts = _words(rng, side, taken, 2), _words(rng, side, taken, 2)
+  pairs = rng.choice(side * side, config.num_people, replace=False)
+  names = tuple(f"{firsts[p // side]} {lasts[p % side]}" for p in pairs)
+  facts = np.stack([rng.integers(0, n, config.num_people) for n, _, _ in ATTRIBUTES.values()], axis=1)
+  n_dev, n_test = int(config.dev_fraction * config.num_people), int(config.test_fraction * config.num_people)
+  split_of_person = np.zeros(config.num_people, np.int32)
+  order = rng.permutation(config.num_people)
+  split_of_person[order[:n_dev]], split_of_person[order[n_dev:n_dev + n_test]] = 1, 2
+  return World(config, names, values, facts, split_of_person)
+
+
+def records(world: World, split: str) -> Iterator[dict]:
+  """The examples of one split: dicts of prompt, answer (the scored text), attribute, person.
+
+  Biographies have an empty prompt, so a language model is scored on the whole text.
+  """
+  seed = world.config.seed
+  if split in ("pretrain", "pretrain_heldout"):
+    heldout = split == "pretrain_heldout"
+    rng = np.random.default_rng([seed, 1 + heldout])
+    people = world.people(2) if heldout else range(len(world.names))
+    reps = world.config.heldout_renderings if heldout else world.config.bio_renderings
+    for r in range(reps):
+      for p in people:
+        yield {"prompt": "", "answer": world.biography(p, rng), "attribute": "", "person": int(p)}
+  elif split.startswith("qa_"):
+    for p in world.people({"qa_train": 0, "qa_dev": 1, "qa_test": 2}[split]):
+      for attr, (_, _, question) in ATTRIBUTES.items():
+        prompt = f"{QA_PREFIX} {question.format(name=world.names[p])} {QA_SUFFIX}"
+        yield {"prompt": prompt, "answer": world.value(p, attr), "attribute": attr, "person": int(p)}
+  elif split == "cloze_test":
+    rng = np.random.default_rng([seed, 3])
+    for p in world.people(2):
+      for attr, (_, templates, _) in ATTRIBUTES.items():
+        prefix = rng.choice(templates).split("{v}")[0].format(name=world.names[p]).strip()
+        yield {"prompt": prefix, "answer": world.value(p, attr), "attribute": attr, "person": int(p)}
+  else:
+    raise ValueError(f"unknown split {split!r}; allowed: {list(SPLITS)}")
+
+
+def split_size(config: WorldConfig, split: str) -> int:
+  """Number of examples in a split, without generating it."""
+  n_dev, n_test = int(config.dev_fraction * config.num_people), int(config.test_fraction * config.num_people)
+  per = {"pretrain": config.num_people * config.bio_renderings,
+         "pretrain_heldout": n_test * config.heldout_renderings,
+         "qa_train": (config.num_people - n_dev - n_test) * len(ATTRIBUTES),
+         "qa_dev": n_dev * len(ATTRIBUTES), "qa_test": n_test * len(ATTRIBUTES),
+         "cloze_test": n_test * len(ATTRIBUTES)}
+  if split not in per:
+    raise ValueError(f"unknown split {split!r}; allowed: {list(SPLITS)}")
+  return per[split]

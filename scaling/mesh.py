@@ -1,0 +1,123 @@
+"""Device mesh, logical-axis rules, and the one place where logical names become shardings."""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import math
+from collections.abc import Callable, Iterator, Mapping, Sequence
+
+import flax.linen as nn
+import jax
+from flax import nnx
+from jax.sharding import AxisType, NamedSharding, PartitionSpec
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+# Logical axis -> mesh axes. Parameters use the plain names; activations the act_ ones, so that
+# a weight's embed axis can be FSDP-sharded while the residual stream's is not.
+DEFAULT_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
+    ("act_batch", ("data", "fsdp")),
+    ("act_length", None),
+    ("act_embed", None),
+    ("act_heads", "tensor"),
+    ("act_mlp", "tensor"),
+    ("act_vocab", "tensor"),
+    ("embed", "fsdp"),
+    ("vocab", "tensor"),
+    ("heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("mlp", "tensor"),
+    ("head_dim", None),
+)
+
+Rules = Sequence[tuple[str, str | tuple[str, ...] | None]]
+_RULES: contextvars.ContextVar[Rules | None] = contextvars.ContextVar("scaling_rules", default=None)
+
+
+def resolve_shape(shape: Mapping[str, int], num_devices: int) -> tuple[int, ...]:
+  """Mesh shape over MESH_AXES; one axis may be -1 (all remaining devices). Errors name the axis."""
+  unknown = set(shape) - set(MESH_AXES)
+  if unknown:
+    raise ValueError(f"mesh.shape has unknown axes {sorted(unknown)}; allowed: {list(MESH_AXES)}")
+  sizes = [int(shape.get(a, 1)) for a in MESH_AXES]
+  if sizes.count(-1) > 1:
+    raise ValueError(f"mesh.shape={dict(shape)}: at most one axis may be -1")
+  for axis, size in zip(MESH_AXES, sizes):
+    if size == 0 or size < -1:
+      raise ValueError(f"mesh.shape.{axis}={size}; allowed: a positive size or -1")
+  fixed = math.prod(s for s in sizes if s != -1)
+  if -1 in sizes:
+    if num_devices % fixed:
+      raise ValueError(f"mesh.shape={dict(shape)}: fixed axes ({fixed}) do not divide the {num_devices} devices")
+    sizes[sizes.index(-1)] = num_devices // fixed
+  elif fixed != num_devices:
+    raise ValueError(f"mesh.shape={dict(shape)} has {fixed} devices; there are {num_devices}")
+  return tuple(sizes)
+
+
+def make_mesh(shape: Mapping[str, int], devices: Sequence[jax.Device] | None = None) -> jax.sharding.Mesh:
+  """A mesh over (data, fsdp, tensor) with Auto axes: shardings come from the rules, not types."""
+  devices = list(devices if devices is not None else jax.devices())
+  sizes = resolve_shape(shape, len(devices))
+  return jax.make_mesh(sizes, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES), devices=devices)
+
+
+@contextlib.contextmanager
+def activate(mesh: jax.sharding.Mesh, rules: Rules = DEFAULT_RULES) -> Iterator[None]:
+  """Sets the mesh and the logical rules for everything traced inside."""
+  token = _RULES.set(tuple(tuple(r) for r in rules))
+  try:
+    with jax.set_mesh(mesh):
+      yield
+  finally:
+    _RULES.reset(token)
+
+
+def spec(names: Sequence[str | None], rules: Rules | None = None) -> PartitionSpec:
+  """The mesh PartitionSpec of logical axis names under `rules` (default: the active rules)."""
+  rules = rules if rules is not None else (_RULES.get() or DEFAULT_RULES)
+  return nn.logical_to_mesh_axes(tuple(names), rules)
+
+
+def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
+  """Sharding constraint on an activation by logical names; a no-op outside `activate`."""
+  if _RULES.get() is None or jax.sharding.get_abstract_mesh().empty:
+    return x
+  return jax.lax.with_sharding_constraint(x, spec(names))
+
+
+def state_shardings(state: nnx.State, mesh: jax.sharding.Mesh, rules: Rules) -> dict:
+  """NamedShardings (a pure dict) for every Variable of an NNX state, from its logical names."""
+
+  def one(var):
+    names = var.get_metadata().get("logical_axes") or (None,) * len(var.shape)
+    return NamedSharding(mesh, spec(names, rules))
+
+  return nnx.to_pure_dict(jax.tree.map(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable)))
+
+
+def create_sharded(create: Callable[[], nnx.Module], mesh: jax.sharding.Mesh,
+                   rules: Rules) -> tuple[nnx.GraphDef, dict]:
+  """Builds a module with every variable born on its shards: (graphdef, pure state dict)."""
+  graphdef, abstract = nnx.split(nnx.eval_shape(create))
+  shardings = state_shardings(abstract, mesh, rules)
+  state = jax.jit(lambda: nnx.to_pure_dict(nnx.split(create())[1]), out_shardings=shardings)()
+  return graphdef, state
+
+
+def batch_sharding(mesh: jax.sharding.Mesh, rules: Rules, ndim: int = 2) -> NamedSharding:
+  """Sharding of a (B, ...) input batch: batch over the data axes, the rest replicated."""
+  return NamedSharding(mesh, spec(("act_batch",) + (None,) * (ndim - 1), rules))
+
+
+def batch_axes(rules: Rules) -> tuple[str, ...]:
+  """The mesh axes that split the batch."""
+  axes = spec(("act_batch",), rules)[0]
+  return (axes,) if isinstance(axes, str) else tuple(axes or ())
+
+
+def initialize_distributed(coordinator: str | None, num_processes: int, process_id: int) -> None:
+  """Starts JAX's multi-controller runtime when a run spans several hosts."""
+  if num_processes > 1:
+    jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes, process_id=process_id)

@@ -1,0 +1,290 @@
+"""Flax NNX decoder-only Transformer, its size ladder, and exact parameter and FLOP counts.
+
+Tensor names carry their shapes: B batch, L length, D model width, N query heads, K key/value
+heads, H head width, F MLP width, V vocabulary. Every parameter carries logical axis names
+(`logical_axes` metadata); `scaling.mesh` maps them to mesh axes, outside the model math.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from scaling import mesh as mesh_lib
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """The architecture of one decoder; the knobs cover Pythia-, Llama- and Qwen-style blocks."""
+
+  vocab_size: int
+  d_model: int
+  n_layers: int
+  n_heads: int
+  n_kv_heads: int | None = None  # None: as many as n_heads (no grouping).
+  head_dim: int | None = None  # None: d_model // n_heads.
+  d_ff: int | None = None  # None: 4 * d_model for GELU, 8/3 * d_model (rounded to 8) for SwiGLU.
+  norm: Literal["rms", "layer"] = "rms"
+  norm_eps: float = 1e-5
+  mlp: Literal["swiglu", "gelu"] = "swiglu"
+  rotary_fraction: float = 1.0
+  rope_theta: float = 10_000.0
+  use_bias: bool = False
+  parallel_residual: bool = False
+  tie_embeddings: bool = True
+  compute_dtype: str = "float32"
+  init_std: float = 0.02
+
+  @property
+  def kv_heads(self) -> int:
+    return self.n_kv_heads or self.n_heads
+
+  @property
+  def head_width(self) -> int:
+    return self.head_dim or self.d_model // self.n_heads
+
+  @property
+  def ff_width(self) -> int:
+    if self.d_ff:
+      return self.d_ff
+    if self.mlp == "gelu":
+      return 4 * self.d_model
+    return 8 * ((8 * self.d_model // 3 + 7) // 8)
+
+  @property
+  def rotary_dims(self) -> int:
+    return 2 * int(self.head_width * self.rotary_fraction / 2)
+
+  def validate(self) -> None:
+    """Raises ValueError naming the field if the architecture is inconsistent."""
+    if self.n_heads % self.kv_heads:
+      raise ValueError(f"model.n_kv_heads={self.kv_heads} must divide model.n_heads={self.n_heads}")
+    if self.norm not in ("rms", "layer"):
+      raise ValueError(f"model.norm={self.norm!r}; allowed: 'rms', 'layer'")
+    if self.mlp not in ("swiglu", "gelu"):
+      raise ValueError(f"model.mlp={self.mlp!r}; allowed: 'swiglu', 'gelu'")
+    if not 0.0 <= self.rotary_fraction <= 1.0:
+      raise ValueError(f"model.rotary_fraction={self.rotary_fraction}; allowed: 0 to 1")
+
+
+# The size ladder: name -> (d_model, n_layers, n_heads). Widths double every two rungs.
+LADDER: dict[str, tuple[int, int, int]] = {
+    "d32l2": (32, 2, 2),
+    "d48l2": (48, 2, 2),
+    "d64l2": (64, 2, 4),
+    "d96l3": (96, 3, 4),
+    "d128l4": (128, 4, 4),
+    "d192l4": (192, 4, 6),
+    "d256l6": (256, 6, 8),
+    "d512l8": (512, 8, 8),
+    "d768l12": (768, 12, 12),
+    "d1024l24": (1024, 24, 16),
+    "d2048l24": (2048, 24, 16),
+}
+
+
+def ladder_config(size: str, vocab_size: int, **overrides) -> ModelConfig:
+  """The ModelConfig of a named size on the ladder, with block options overridden."""
+  if size not in LADDER:
+    raise ValueError(f"model size {size!r} is not on the ladder; allowed: {sorted(LADDER)}")
+  d, n_layers, n_heads = LADDER[size]
+  return ModelConfig(vocab_size=vocab_size, d_model=d, n_layers=n_layers, n_heads=n_heads, **overrides)
+
+
+def embedding_params(cfg: ModelConfig) -> int:
+  """Parameters in the input embedding and (if untied) the output projection."""
+  return cfg.vocab_size * cfg.d_model * (1 if cfg.tie_embeddings else 2)
+
+
+def param_count(cfg: ModelConfig) -> int:
+  """Exact number of parameters of the model that `Transformer(cfg)` builds."""
+  d, h, f = cfg.d_model, cfg.head_width, cfg.ff_width
+  norm = d * (2 if cfg.norm == "layer" else 1)
+  attn = d * h * (cfg.n_heads + 2 * cfg.kv_heads) + cfg.n_heads * h * d
+  mlp = d * f * (3 if cfg.mlp == "swiglu" else 2)
+  if cfg.use_bias:
+    attn += h * (cfg.n_heads + 2 * cfg.kv_heads) + d
+    mlp += f * (2 if cfg.mlp == "swiglu" else 1) + d
+  return embedding_params(cfg) + cfg.n_layers * (2 * norm + attn + mlp) + norm
+
+
+def non_embedding_params(cfg: ModelConfig) -> int:
+  """Parameters outside the embedding and output projection (Kaplan et al.'s N)."""
+  return param_count(cfg) - embedding_params(cfg)
+
+
+def train_flops_per_token(cfg: ModelConfig, seq_len: int) -> int:
+  """Training FLOPs per token: 3x the forward matmuls, attention scores and logits included."""
+  matmul = non_embedding_params(cfg) - cfg.n_layers * 2 * cfg.d_model  # Norm scales do no matmul.
+  attention = 2 * cfg.n_layers * seq_len * cfg.n_heads * cfg.head_width  # QK^T and AV.
+  forward = 2 * matmul + 2 * attention + 2 * cfg.d_model * cfg.vocab_size
+  return 3 * forward
+
+
+def _param(rngs: nnx.Rngs, shape: tuple[int, ...], names: tuple[str, ...], std: float | None) -> nnx.Param:
+  """A parameter of `shape` with logical axis `names`; std None means ones, 0 means zeros."""
+  if std is None:
+    value = jnp.ones(shape, jnp.float32)
+  elif std == 0:
+    value = jnp.zeros(shape, jnp.float32)
+  else:
+    value = std * jax.random.normal(rngs.params(), shape, jnp.float32)
+  # Our own metadata key: Flax leaves it alone, and scaling.mesh maps it to shardings by rules.
+  return nnx.Param(value, logical_axes=names)
+
+
+class Norm(nnx.Module):
+  """RMSNorm or LayerNorm over the last axis, computed in float32."""
+
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+    self.kind, self.eps = cfg.norm, cfg.norm_eps
+    self.scale = _param(rngs, (cfg.d_model,), ("embed",), None)
+    self.bias = _param(rngs, (cfg.d_model,), ("embed",), 0) if cfg.norm == "layer" else None
+
+  def __call__(self, x_BxLxD: jax.Array) -> jax.Array:
+    x = x_BxLxD.astype(jnp.float32)
+    if self.kind == "layer":
+      x = x - x.mean(-1, keepdims=True)
+    x = x * jax.lax.rsqrt((x * x).mean(-1, keepdims=True) + self.eps) * self.scale[...]
+    if self.bias is not None:
+      x = x + self.bias[...]
+    return x.astype(x_BxLxD.dtype)
+
+
+def rope(x_BxLxNxH: jax.Array, positions_BxL: jax.Array, rot: int, theta: float) -> jax.Array:
+  """Rotary embedding on the first `rot` dims of each head (rotate-half convention)."""
+  if rot == 0:
+    return x_BxLxNxH
+  freq = theta ** (-jnp.arange(0, rot, 2, dtype=jnp.float32) / rot)
+  angle_BxLx1xR = (positions_BxL[..., None].astype(jnp.float32) * freq)[:, :, None, :]
+  x_rot, x_pass = x_BxLxNxH[..., :rot].astype(jnp.float32), x_BxLxNxH[..., rot:]
+  x1, x2 = x_rot[..., : rot // 2], x_rot[..., rot // 2 :]
+  cos, sin = jnp.cos(angle_BxLx1xR), jnp.sin(angle_BxLx1xR)
+  rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+  return jnp.concatenate([rotated.astype(x_BxLxNxH.dtype), x_pass], axis=-1)
+
+
+class Attention(nnx.Module):
+  """Causal grouped-query self-attention through jax.nn.dot_product_attention."""
+
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+    self.cfg = cfg
+    d, n, k, h, std = cfg.d_model, cfg.n_heads, cfg.kv_heads, cfg.head_width, cfg.init_std
+    self.wq = _param(rngs, (d, n, h), ("embed", "heads", "head_dim"), std)
+    self.wk = _param(rngs, (d, k, h), ("embed", "kv_heads", "head_dim"), std)
+    self.wv = _param(rngs, (d, k, h), ("embed", "kv_heads", "head_dim"), std)
+    self.wo = _param(rngs, (n, h, d), ("heads", "head_dim", "embed"), std / (2 * cfg.n_layers) ** 0.5)
+    if cfg.use_bias:
+      self.bq = _param(rngs, (n, h), ("heads", "head_dim"), 0)
+      self.bk = _param(rngs, (k, h), ("kv_heads", "head_dim"), 0)
+      self.bv = _param(rngs, (k, h), ("kv_heads", "head_dim"), 0)
+      self.bo = _param(rngs, (d,), ("embed",), 0)
+
+  def __call__(self, x_BxLxD: jax.Array, positions_BxL: jax.Array) -> jax.Array:
+    cfg, dt = self.cfg, x_BxLxD.dtype
+    q_BxLxNxH = jnp.einsum("bld,dnh->blnh", x_BxLxD, self.wq[...].astype(dt))
+    k_BxLxKxH = jnp.einsum("bld,dkh->blkh", x_BxLxD, self.wk[...].astype(dt))
+    v_BxLxKxH = jnp.einsum("bld,dkh->blkh", x_BxLxD, self.wv[...].astype(dt))
+    if cfg.use_bias:
+      q_BxLxNxH += self.bq[...].astype(dt)
+      k_BxLxKxH += self.bk[...].astype(dt)
+      v_BxLxKxH += self.bv[...].astype(dt)
+    q_BxLxNxH = mesh_lib.constrain(rope(q_BxLxNxH, positions_BxL, cfg.rotary_dims, cfg.rope_theta),
+                                   ("act_batch", "act_length", "act_heads", None))
+    k_BxLxKxH = rope(k_BxLxKxH, positions_BxL, cfg.rotary_dims, cfg.rope_theta)
+    out_BxLxNxH = jax.nn.dot_product_attention(q_BxLxNxH, k_BxLxKxH, v_BxLxKxH, is_causal=True)
+    out_BxLxD = jnp.einsum("blnh,nhd->bld", out_BxLxNxH, self.wo[...].astype(dt))
+    if cfg.use_bias:
+      out_BxLxD += self.bo[...].astype(dt)
+    return out_BxLxD
+
+
+class Mlp(nnx.Module):
+  """SwiGLU or GELU feed-forward block."""
+
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+    self.cfg = cfg
+    d, f, std = cfg.d_model, cfg.ff_width, cfg.init_std
+    self.w_up = _param(rngs, (d, f), ("embed", "mlp"), std)
+    self.w_gate = _param(rngs, (d, f), ("embed", "mlp"), std) if cfg.mlp == "swiglu" else None
+    self.w_down = _param(rngs, (f, d), ("mlp", "embed"), std / (2 * cfg.n_layers) ** 0.5)
+    if cfg.use_bias:
+      self.b_up = _param(rngs, (f,), ("mlp",), 0)
+      self.b_gate = _param(rngs, (f,), ("mlp",), 0) if cfg.mlp == "swiglu" else None
+      self.b_down = _param(rngs, (d,), ("embed",), 0)
+
+  def __call__(self, x_BxLxD: jax.Array) -> jax.Array:
+    cfg, dt = self.cfg, x_BxLxD.dtype
+    up_BxLxF = x_BxLxD @ self.w_up[...].astype(dt)
+    if cfg.use_bias:
+      up_BxLxF += self.b_up[...].astype(dt)
+    if cfg.mlp == "swiglu":
+      gate_BxLxF = x_BxLxD @ self.w_gate[...].astype(dt)
+      if cfg.use_bias:
+        gate_BxLxF += self.b_gate[...].astype(dt)
+      h_BxLxF = jax.nn.silu(gate_BxLxF) * up_BxLxF
+    else:
+      h_BxLxF = jax.nn.gelu(up_BxLxF)
+    h_BxLxF = mesh_lib.constrain(h_BxLxF, ("act_batch", "act_length", "act_mlp"))
+    out_BxLxD = h_BxLxF @ self.w_down[...].astype(dt)
+    if cfg.use_bias:
+      out_BxLxD += self.b_down[...].astype(dt)
+    return out_BxLxD
+
+
+class Block(nnx.Module):
+  """One Transformer layer, sequential (x + attn, then + mlp) or parallel (x + attn + mlp)."""
+
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+    self.parallel = cfg.parallel_residual
+    self.norm_attn, self.attn = Norm(cfg, rngs), Attention(cfg, rngs)
+    self.norm_mlp, self.mlp = Norm(cfg, rngs), Mlp(cfg, rngs)
+
+  def __call__(self, x_BxLxD: jax.Array, positions_BxL: jax.Array) -> jax.Array:
+    attn_BxLxD = self.attn(self.norm_attn(x_BxLxD), positions_BxL)
+    if self.parallel:
+      x_BxLxD = x_BxLxD + attn_BxLxD + self.mlp(self.norm_mlp(x_BxLxD))
+    else:
+      x_BxLxD = x_BxLxD + attn_BxLxD
+      x_BxLxD = x_BxLxD + self.mlp(self.norm_mlp(x_BxLxD))
+    return mesh_lib.constrain(x_BxLxD, ("act_batch", "act_length", "act_embed"))
+
+
+class Transformer(nnx.Module):
+  """Decoder-only language model: tokens (B, L) -> next-token logits (B, L, V) in float32."""
+
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+    cfg.validate()
+    self.cfg = cfg
+    self.embed = _param(rngs, (cfg.vocab_size, cfg.d_model), ("vocab", "embed"), cfg.init_std)
+    self.blocks = nnx.List([Block(cfg, rngs) for _ in range(cfg.n_layers)])
+    self.norm_out = Norm(cfg, rngs)
+    if not cfg.tie_embeddings:
+      self.unembed = _param(rngs, (cfg.d_model, cfg.vocab_size), ("embed", "vocab"), cfg.init_std)
+
+  def embed_tokens(self, tokens_BxL: jax.Array) -> jax.Array:
+    """Token embeddings (B, L, D) in the compute dtype."""
+    # Gather from a replicated table: XLA cannot gather from a vocab-sharded one efficiently.
+    table_VxD = mesh_lib.constrain(self.embed[...], (None, None))
+    x_BxLxD = jnp.take(table_VxD, tokens_BxL, axis=0).astype(self.cfg.compute_dtype)
+    return mesh_lib.constrain(x_BxLxD, ("act_batch", "act_length", "act_embed"))
+
+  def forward_embeddings(self, x_BxLxD: jax.Array) -> jax.Array:
+    """Logits from input embeddings (the entry point for methods that edit the input)."""
+    b, seq_len = x_BxLxD.shape[:2]
+    positions_BxL = jnp.broadcast_to(jnp.arange(seq_len), (b, seq_len))
+    for block in self.blocks:
+      x_BxLxD = block(x_BxLxD, positions_BxL)
+    x_BxLxD = self.norm_out(x_BxLxD)
+    if self.cfg.tie_embeddings:
+      logits_BxLxV = jnp.einsum("bld,vd->blv", x_BxLxD, self.embed[...].astype(x_BxLxD.dtype))
+    else:
+      logits_BxLxV = x_BxLxD @ self.unembed[...].astype(x_BxLxD.dtype)
+    return mesh_lib.constrain(logits_BxLxV.astype(jnp.float32), ("act_batch", "act_length", "act_vocab"))
+
+  def __call__(self, tokens_BxL: jax.Array) -> jax.Array:
+    return self.forward_embeddings(self.embed_tokens(tokens_BxL))

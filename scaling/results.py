@@ -1,0 +1,39 @@
+"""One record per run, written atomically and last; all records as one pandas table."""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from typing import Any
+
+import pandas as pd
+from etils import epath
+
+RESULT = "result.json"
+
+
+def write_json(path: str | epath.Path, obj: Any) -> None:
+  """Writes JSON so that readers see the old file or the whole new one, never a part."""
+  path = epath.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  text = json.dumps(obj, indent=2, sort_keys=True, default=float)
+  if str(path).startswith("gs://"):  # An object store write is already all-or-nothing.
+    path.write_text(text)
+    return
+  tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
+  tmp.write_text(text)
+  os.replace(tmp, path)
+
+
+def read_result(run_dir: str | epath.Path) -> dict | None:
+  """The run's result record, or None if the run has not finished."""
+  path = epath.Path(run_dir) / RESULT
+  return json.loads(path.read_text()) if path.exists() else None
+
+
+def load_table(workdir: str | epath.Path) -> pd.DataFrame:
+  """Every finished run of a workdir, one row each; nested fields become dotted columns."""
+  runs = epath.Path(workdir) / "runs"
+  records = [r for d in sorted(runs.iterdir()) if (r := read_result(d)) is not None] if runs.exists() else []
+  return pd.json_normalize(records) if records else pd.DataFrame()

@@ -1,0 +1,160 @@
+"""The study schema: defaults, and validation that fails before any training, naming the field."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Iterable
+
+import ml_collections
+
+from scaling import mesh as mesh_lib
+from scaling import methods
+from scaling import model as model_lib
+from scaling.data import world as world_lib
+from scaling.train import TrainConfig
+
+
+class StudyError(ValueError):
+  """A study config that cannot run; the message names the field, the value and what is allowed."""
+
+
+def _fields(cls) -> set[str]:
+  return {f.name for f in dataclasses.fields(cls)}
+
+
+def defaults() -> ml_collections.ConfigDict:
+  """Every field a study has, with its default; a study config overrides some of them."""
+  c = ml_collections.ConfigDict()
+  c.name = "study"
+  c.world = dataclasses.asdict(world_lib.WorldConfig())
+  c.model = ml_collections.ConfigDict({"sizes": ("d32l2", "d64l2"), "block": {}})
+  c.pretrain = ml_collections.ConfigDict({
+      "seed": 0, "steps": (1000,),
+      "train": dataclasses.asdict(TrainConfig(seq_len=48, checkpoint_every=500))})
+  c.finetune = ml_collections.ConfigDict({
+      "tasks": ("qa",), "methods": ("full",), "d_f": (100, 1000), "seeds": (0,),
+      "train": dataclasses.asdict(TrainConfig(seq_len=16, schedule="constant", learning_rate=1e-3,
+                                              warmup_steps=10, max_steps=1000, weight_decay=0.0,
+                                              eval_every=20, patience=3, checkpoint_every=200))})
+  c.eval = ml_collections.ConfigDict({"batch_size": 100})
+  c.mesh = ml_collections.ConfigDict({"shape": {"data": -1, "fsdp": 1, "tensor": 1},
+                                      "rules": tuple(mesh_lib.DEFAULT_RULES)})
+  return c
+
+
+# Groups whose keys are free-form: they are replaced whole, not merged field by field.
+_OPEN_GROUPS = ("model.block", "mesh.shape")
+
+
+def resolve(config: ml_collections.ConfigDict | dict) -> ml_collections.ConfigDict:
+  """The study with defaults filled in; unknown fields are errors."""
+  out = defaults()
+  _merge(out, config.to_dict() if hasattr(config, "to_dict") else dict(config), "")
+  return out
+
+
+def _merge(into: ml_collections.ConfigDict, src: dict, prefix: str) -> None:
+  for key, value in src.items():
+    path = f"{prefix}{key}"
+    if key not in into:
+      raise StudyError(f"{path} is not a study field; allowed here: {sorted(into.keys())}")
+    if isinstance(into[key], ml_collections.ConfigDict) and path not in _OPEN_GROUPS:
+      if not isinstance(value, dict):
+        raise StudyError(f"{path}={value!r} must be a group of fields: {sorted(into[key].keys())}")
+      _merge(into[key], value, path + ".")
+      continue
+    if isinstance(value, list):  # Config files may write lists; overrides need tuples.
+      value = tuple(value)
+    try:
+      into[key] = ml_collections.ConfigDict(value) if isinstance(value, dict) else value
+    except TypeError as e:
+      raise StudyError(f"{path}={value!r}: {e}") from None
+
+
+def _positive_ints(name: str, values: Iterable) -> None:
+  values = list(values)
+  if not values or any(not isinstance(v, int) or v < 1 for v in values):
+    raise StudyError(f"{name}={values}; allowed: a non-empty list of positive integers")
+
+
+def train_config(group: ml_collections.ConfigDict, prefix: str, **overrides) -> TrainConfig:
+  """The TrainConfig of `pretrain.train` or `finetune.train`."""
+  unknown = set(group.keys()) - _fields(TrainConfig)
+  if unknown:
+    raise StudyError(f"{prefix}.{sorted(unknown)[0]} is not a training field; allowed: {sorted(_fields(TrainConfig))}")
+  cfg = TrainConfig(**{**group.to_dict(), **overrides})
+  try:
+    cfg.validate(prefix)
+  except ValueError as e:
+    raise StudyError(str(e)) from None
+  return cfg
+
+
+def model_config(study: ml_collections.ConfigDict, size: str, vocab_size: int) -> model_lib.ModelConfig:
+  """The ModelConfig of one ladder size with the study's block options."""
+  block = study.model.block.to_dict()
+  unknown = set(block) - _fields(model_lib.ModelConfig)
+  if unknown:
+    raise StudyError(f"model.block.{sorted(unknown)[0]} is not a model field; "
+                     f"allowed: {sorted(_fields(model_lib.ModelConfig) - {'vocab_size', 'd_model', 'n_layers', 'n_heads'})}")
+  try:
+    cfg = model_lib.ladder_config(size, vocab_size, **block)
+    cfg.validate()
+  except ValueError as e:
+    raise StudyError(f"model.sizes: {e}") from None
+  return cfg
+
+
+def world_config(study: ml_collections.ConfigDict) -> world_lib.WorldConfig:
+  unknown = set(study.world.keys()) - _fields(world_lib.WorldConfig)
+  if unknown:
+    raise StudyError(f"world.{sorted(unknown)[0]} is not a world field; allowed: {sorted(_fields(world_lib.WorldConfig))}")
+  cfg = world_lib.WorldConfig(**study.world.to_dict())
+  try:
+    cfg.validate()
+  except ValueError as e:
+    raise StudyError(str(e)) from None
+  return cfg
+
+
+def validate(config: ml_collections.ConfigDict, num_devices: int) -> ml_collections.ConfigDict:
+  """The resolved study, or a StudyError naming the first bad field. Runs no training."""
+  study = resolve(config)
+  world = world_config(study)
+  if not study.model.sizes:
+    raise StudyError("model.sizes=[]; allowed: names from the size ladder " f"{sorted(model_lib.LADDER)}")
+  for size in study.model.sizes:
+    if size not in model_lib.LADDER:
+      raise StudyError(f"model.sizes contains {size!r}; allowed: {sorted(model_lib.LADDER)}")
+    model_config(study, size, vocab_size=64)
+  _positive_ints("pretrain.steps", study.pretrain.steps)
+  _positive_ints("finetune.d_f", study.finetune.d_f)
+  if not study.finetune.seeds:
+    raise StudyError("finetune.seeds=[]; allowed: a non-empty list of integers")
+  for i, m in enumerate(study.finetune.methods):
+    if m not in methods.METHODS:
+      raise StudyError(f"finetune.methods[{i}]={m!r} is not a fine-tuning method; allowed: {sorted(methods.METHODS)}")
+  for i, task in enumerate(study.finetune.tasks):
+    if task not in world_lib.TASKS:
+      raise StudyError(f"finetune.tasks[{i}]={task!r} is not a task; allowed: {sorted(world_lib.TASKS)}")
+    n_train = world_lib.split_size(world, world_lib.TASKS[task]["train"])
+    too_big = [d for d in study.finetune.d_f if d > n_train]
+    if too_big:
+      raise StudyError(f"finetune.d_f contains {too_big[0]}, more than the {n_train} examples of task "
+                       f"{task!r}'s training split; allowed: 1 to {n_train}")
+  try:
+    sizes = mesh_lib.resolve_shape(study.mesh.shape.to_dict(), num_devices)
+  except ValueError as e:
+    raise StudyError(str(e)) from None
+  shape = dict(zip(mesh_lib.MESH_AXES, sizes))
+  batch_axes = mesh_lib.batch_axes([tuple(r) for r in study.mesh.rules])
+  divisor = math.prod(shape[a] for a in batch_axes)
+  for group in ("pretrain", "finetune"):
+    cfg = train_config(study[group].train, f"{group}.train")
+    if cfg.batch_size % divisor:
+      raise StudyError(f"{group}.train.batch_size={cfg.batch_size} is not divisible by the data axes "
+                       f"{batch_axes} of mesh.shape={shape} ({divisor} ways); allowed: a multiple of {divisor}")
+  if study.eval.batch_size % divisor:
+    raise StudyError(f"eval.batch_size={study.eval.batch_size} is not divisible by the {divisor}-way data axes")
+  return study

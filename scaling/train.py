@@ -1,0 +1,224 @@
+"""One training loop for pretraining and fine-tuning: optax AdamW, orbax checkpoints, resume.
+
+State lives here and only here: the loop owns the step counter, the checkpoint manager and the
+metrics file; the step itself is a pure jitted function of (state, frozen params, batch).
+Fine-tuning evaluates dev loss every `eval_every` steps and stops after `patience` evaluations
+without improvement (or at `max_steps`, which the outcome records), keeping the best parameters.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+import tqdm
+from etils import epath
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
+
+from scaling import evaluate
+from scaling import mesh as mesh_lib
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  """Optimisation and bookkeeping of one training run."""
+
+  batch_size: int = 32
+  seq_len: int = 48
+  learning_rate: float = 3e-3
+  min_lr_ratio: float = 0.1  # Cosine decays to this fraction of the peak.
+  warmup_steps: int = 50
+  max_steps: int = 1000
+  schedule: Literal["cosine", "constant"] = "cosine"
+  weight_decay: float = 0.1
+  grad_clip: float = 1.0
+  b1: float = 0.9
+  b2: float = 0.95
+  checkpoint_every: int = 200
+  log_every: int = 10
+  eval_every: int = 0  # 0: no dev evaluation and no early stopping.
+  patience: int = 3
+
+  def validate(self, prefix: str = "train") -> None:
+    """Raises ValueError naming the field if a value is out of range."""
+    if self.schedule not in ("cosine", "constant"):
+      raise ValueError(f"{prefix}.schedule={self.schedule!r}; allowed: 'cosine', 'constant'")
+    for field in ("batch_size", "seq_len", "max_steps", "checkpoint_every", "log_every"):
+      if getattr(self, field) < 1:
+        raise ValueError(f"{prefix}.{field}={getattr(self, field)}; allowed: a positive integer")
+    if self.learning_rate <= 0:
+      raise ValueError(f"{prefix}.learning_rate={self.learning_rate}; allowed: > 0")
+    if self.eval_every < 0 or self.patience < 1:
+      raise ValueError(f"{prefix}.eval_every={self.eval_every}, {prefix}.patience={self.patience}; "
+                       "allowed: eval_every >= 0 and patience >= 1")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainOutcome:
+  """What a finished loop hands back: the kept parameters and how training went."""
+
+  params: Any  # Best-dev parameters if the run evaluated dev loss, else the final ones.
+  steps: int
+  best_step: int
+  best_dev_loss: float | None
+  hit_step_cap: bool
+  tokens_seen: float  # Scored (non-padding) target tokens trained on.
+  seconds: float
+
+
+def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
+  """AdamW with linear warmup, then cosine decay or a constant rate; global-norm clipping."""
+  warmup = optax.linear_schedule(0.0, cfg.learning_rate, max(cfg.warmup_steps, 1))
+  if cfg.schedule == "cosine":
+    after = optax.cosine_decay_schedule(cfg.learning_rate, max(cfg.max_steps - cfg.warmup_steps, 1),
+                                        alpha=cfg.min_lr_ratio)
+  else:
+    after = optax.constant_schedule(cfg.learning_rate)
+  schedule = optax.join_schedules([warmup, after], [cfg.warmup_steps])
+  return optax.chain(optax.clip_by_global_norm(cfg.grad_clip),
+                     optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay))
+
+
+def train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, state: dict, frozen: Mapping,
+               batch: Mapping[str, jax.Array]) -> tuple[dict, dict]:
+  """One optimiser step on the mean loss of the batch's scored tokens."""
+
+  def loss_of(params):
+    logits_BxLxV = nnx.merge(graphdef, params, frozen)(batch["inputs"])
+    total, count = evaluate.weighted_cross_entropy(logits_BxLxV, batch["targets"], batch["weights"])
+    return total / jnp.maximum(count, 1.0), count
+
+  (loss, count), grads = jax.value_and_grad(loss_of, has_aux=True)(state["params"])
+  updates, opt = tx.update(grads, state["opt"], state["params"])
+  params = optax.apply_updates(state["params"], updates)
+  metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), "tokens": count}
+  return {"step": state["step"] + 1, "params": params, "opt": opt, "tokens": state["tokens"] + count}, metrics
+
+
+def state_shardings(tx: optax.GradientTransformation, abstract_params: Any, param_shardings: Any,
+                    mesh: jax.sharding.Mesh) -> dict:
+  """Shardings of the train state: optimiser moments follow their parameters."""
+  replicated = NamedSharding(mesh, PartitionSpec())
+  abstract_opt = jax.eval_shape(tx.init, abstract_params)
+  opt = optax.tree_map_params(tx, lambda _, s: s, abstract_opt, param_shardings,
+                              transform_non_params=lambda _: replicated)
+  return {"step": replicated, "params": param_shardings, "opt": opt, "tokens": replicated}
+
+
+def _abstract(tree: Any, shardings: Any) -> Any:
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
+
+
+class MetricsLog:
+  """Appends JSON lines; on resume, drops lines past the restored step so that reruns match."""
+
+  def __init__(self, path: epath.Path, resume_step: int, enabled: bool):
+    self.path, self.enabled = path, enabled
+    if enabled:
+      kept = [line for line in (path.read_text().splitlines() if path.exists() else [])
+              if line and json.loads(line)["step"] <= resume_step]
+      path.write_text("".join(line + "\n" for line in kept))
+
+  def write(self, record: dict) -> None:
+    if self.enabled:
+      with self.path.open("a") as f:
+        f.write(json.dumps(record, sort_keys=True) + "\n")
+
+
+def run(*, graphdef: nnx.GraphDef, params: Any, frozen: Mapping, batches, cfg: TrainConfig, run_dir: str,
+        mesh: jax.sharding.Mesh, rules: mesh_lib.Rules, dev_batches: Sequence[Mapping] | None = None,
+        description: str = "train") -> TrainOutcome:
+  """Trains from `params` (or from the run's latest checkpoint) and returns the kept parameters.
+
+  `batches[step]` must return the batch of that step (a grain MapDataset does). `params` is
+  donated to the first step: the caller must not use it afterwards.
+  """
+  t0 = time.time()
+  run_dir = epath.Path(run_dir)
+  tx = make_optimizer(cfg)
+  param_sh = jax.tree.map(lambda x: x.sharding, params)
+  frozen_sh = jax.tree.map(lambda x: x.sharding, frozen)
+  state_sh = state_shardings(tx, params, param_sh, mesh)
+  batch_sh = mesh_lib.batch_sharding(mesh, rules)
+  step_fn = jax.jit(lambda s, f, b: train_step(graphdef, tx, s, f, b),
+                    in_shardings=(state_sh, frozen_sh, batch_sh), out_shardings=(state_sh, None),
+                    donate_argnums=0)
+  init_opt = jax.jit(tx.init, out_shardings=state_sh["opt"])
+  early_stopping = cfg.eval_every > 0 and dev_batches is not None
+  dev_loss = lambda p: evaluate.mean_loss(graphdef, p, frozen, dev_batches)
+
+  state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt": init_opt(params),
+           "tokens": jnp.zeros((), jnp.float32)}
+  # A copy: `params` belongs to the donated state.
+  best = {"params": jax.tree.map(jnp.copy, params) if early_stopping else {}, "dev_loss": jnp.asarray(np.inf, jnp.float32),
+          "step": jnp.zeros((), jnp.int32), "bad_evals": jnp.zeros((), jnp.int32)}
+  manager = ocp.CheckpointManager(run_dir / "ckpt", options=ocp.CheckpointManagerOptions(
+      max_to_keep=1, enable_async_checkpointing=False))
+  tree = lambda: {"state": state, "best": best} if early_stopping else {"state": state}
+  if manager.latest_step() is not None:
+    abstract = _abstract(tree(), jax.tree.map(lambda x: x.sharding, tree()))
+    restored = manager.restore(manager.latest_step(), args=ocp.args.StandardRestore(abstract))
+    state, best = restored["state"], restored.get("best", best)
+  start = int(state["step"])
+  log = MetricsLog(run_dir / "metrics.jsonl", start, jax.process_index() == 0)
+
+  def evaluate_dev(step: int) -> bool:
+    """Records dev loss; returns True when patience has run out."""
+    nonlocal best
+    loss = dev_loss(state["params"])
+    log.write({"step": step, "dev_loss": loss})
+    if loss < float(best["dev_loss"]):
+      best = {"params": jax.tree.map(jnp.copy, state["params"]), "dev_loss": jnp.float32(loss),
+              "step": jnp.int32(step), "bad_evals": jnp.int32(0)}
+    else:
+      best = dict(best, bad_evals=best["bad_evals"] + 1)
+    return int(best["bad_evals"]) >= cfg.patience
+
+  stopped = early_stopping and start > 0 and int(best["bad_evals"]) >= cfg.patience
+  if early_stopping and start == 0:
+    stopped = evaluate_dev(0)
+  step = start
+  bar = tqdm.tqdm(total=cfg.max_steps, initial=start, desc=description, disable=None, leave=False)
+  while not stopped and step < cfg.max_steps:
+    batch = {k: v for k, v in batches[step].items() if k in ("inputs", "targets", "weights")}
+    state, metrics = step_fn(state, frozen, batch)
+    step += 1
+    if step % cfg.log_every == 0 or step == cfg.max_steps:
+      metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+      log.write({"step": step, **metrics})
+      bar.set_postfix(loss=f"{metrics['loss']:.3f}")
+    if early_stopping and step % cfg.eval_every == 0:
+      stopped = evaluate_dev(step)
+    if step % cfg.checkpoint_every == 0 or stopped or step == cfg.max_steps:
+      manager.save(step, args=ocp.args.StandardSave(tree()), force=True)
+    bar.update(1)
+  bar.close()
+  manager.wait_until_finished()
+  manager.close()
+  hit_cap = step >= cfg.max_steps and not stopped
+  kept = best["params"] if early_stopping else state["params"]
+  return TrainOutcome(params=kept, steps=step, best_step=int(best["step"]) if early_stopping else step,
+                      best_dev_loss=float(best["dev_loss"]) if early_stopping else None, hit_step_cap=hit_cap,
+                      tokens_seen=float(state["tokens"]), seconds=time.time() - t0)
+
+
+def save_params(params: Any, path: str) -> None:
+  """Writes the kept parameters once, atomically (orbax finalises a temporary directory)."""
+  checkpointer = ocp.StandardCheckpointer()
+  checkpointer.save(epath.Path(path), params, force=True)
+  checkpointer.wait_until_finished()
+
+
+def load_params(path: str, abstract_params: Any, shardings: Any) -> Any:
+  """Reads parameters saved by `save_params` onto the given shardings."""
+  return ocp.StandardCheckpointer().restore(epath.Path(path), _abstract(abstract_params, shardings))
+
