@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -37,6 +38,9 @@ def plot_fit(points: pd.DataFrame, fit: dict, path: epath.Path) -> None:
   p = fit["params"]
   ax.set(xscale="log", yscale="log", xlabel="fine-tuning examples D_f", ylabel="test loss (answer tokens)",
          title=f"{fit['task']} / {fit['method']}: {p['A']:.3g}·N^-{p['alpha']:.3f}·D_f^-{p['beta']:.3f} + {p['E']:.3f}")
+  for axis in (ax.xaxis, ax.yaxis):
+    axis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_formatter(matplotlib.ticker.NullFormatter())
   ax.legend(title="base model", fontsize=8)
   ax.grid(True, which="both", alpha=0.3)
   fig.tight_layout()

@@ -11,12 +11,12 @@ import ml_collections
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.name = "smoke"
-  c.world = {"seed": 0, "num_people": 400, "bio_renderings": 8, "heldout_renderings": 2}
+  c.world = {"seed": 0, "num_people": 200, "bio_renderings": 8, "heldout_renderings": 2}
   c.model = {"sizes": ("d32l2", "d48l2", "d64l2", "d96l3"), "block": {"norm": "rms", "mlp": "swiglu"}}
   c.pretrain = {"seed": 0, "steps": (1200,),
                 "train": {"batch_size": 32, "seq_len": 48, "learning_rate": 3e-3, "warmup_steps": 50,
                           "checkpoint_every": 600}}
-  c.finetune = {"tasks": ("qa",), "methods": ("full",), "d_f": (50, 100, 200, 400, 800), "seeds": (0,),
+  c.finetune = {"tasks": ("qa",), "methods": ("full",), "d_f": (40, 80, 160, 320, 640), "seeds": (0,),
                 "train": {"batch_size": 32, "seq_len": 16, "learning_rate": 1e-3, "warmup_steps": 10,
                           "max_steps": 600, "eval_every": 20, "patience": 3, "checkpoint_every": 200}}
   c.mesh = {"shape": {"data": -1, "fsdp": 1, "tensor": 1}}

@@ -54,6 +54,7 @@ def main(argv) -> None:
   if _CONFIG.value is None or _WORKDIR.value is None:
     sys.exit("usage: python -m launch.local --config CONFIG.py --workdir DIR")
   t0 = time.time()
+  run_lib.setup_runtime()
   try:
     study = study_lib.validate(_CONFIG.value, jax.device_count())
   except study_lib.StudyError as e:

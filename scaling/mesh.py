@@ -36,7 +36,10 @@ _RULES: contextvars.ContextVar[Rules | None] = contextvars.ContextVar("scaling_r
 
 
 def resolve_shape(shape: Mapping[str, int], num_devices: int) -> tuple[int, ...]:
-  """Mesh shape over MESH_AXES; one axis may be -1 (all remaining devices). Errors name the axis."""
+  """Mesh shape over MESH_AXES; one axis may be -1 (all remaining devices).
+
+  A mesh may use fewer devices than there are, if its size divides their number.
+  """
   unknown = set(shape) - set(MESH_AXES)
   if unknown:
     raise ValueError(f"mesh.shape has unknown axes {sorted(unknown)}; allowed: {list(MESH_AXES)}")
@@ -51,8 +54,9 @@ def resolve_shape(shape: Mapping[str, int], num_devices: int) -> tuple[int, ...]
     if num_devices % fixed:
       raise ValueError(f"mesh.shape={dict(shape)}: fixed axes ({fixed}) do not divide the {num_devices} devices")
     sizes[sizes.index(-1)] = num_devices // fixed
-  elif fixed != num_devices:
-    raise ValueError(f"mesh.shape={dict(shape)} has {fixed} devices; there are {num_devices}")
+  elif num_devices % fixed:
+    raise ValueError(f"mesh.shape={dict(shape)} has {fixed} devices, which does not divide the {num_devices} "
+                     f"devices; allowed: sizes whose product divides {num_devices}")
   return tuple(sizes)
 
 
@@ -60,7 +64,8 @@ def make_mesh(shape: Mapping[str, int], devices: Sequence[jax.Device] | None = N
   """A mesh over (data, fsdp, tensor) with Auto axes: shardings come from the rules, not types."""
   devices = list(devices if devices is not None else jax.devices())
   sizes = resolve_shape(shape, len(devices))
-  return jax.make_mesh(sizes, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES), devices=devices)
+  return jax.make_mesh(sizes, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES),
+                       devices=devices[: math.prod(sizes)])
 
 
 @contextlib.contextmanager

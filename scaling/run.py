@@ -12,10 +12,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import time
 
 import jax
+from absl import logging
 import numpy as np
 from etils import epath
 from flax import nnx
@@ -167,6 +169,15 @@ def execute(run: grid.Run, workdir: str | epath.Path) -> dict:
   return record
 
 
+def setup_runtime(cache_dir: str | None = None) -> None:
+  """Quiet logs and a persistent XLA compilation cache, so runs of one shape compile once."""
+  logging.set_verbosity(logging.ERROR)  # Orbax logs every save; TFDS warns of custom configs.
+  cache_dir = cache_dir or os.environ.get("SCALING_JAX_CACHE", os.path.expanduser("~/.cache/scaling/jax"))
+  jax.config.update("jax_compilation_cache_dir", cache_dir)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
 def load_spec(path: str | epath.Path) -> tuple[grid.Run, epath.Path]:
   """The run in a spec.json and its study's workdir (<workdir>/runs/<id>/spec.json)."""
   path = epath.Path(path)
@@ -176,6 +187,7 @@ def load_spec(path: str | epath.Path) -> tuple[grid.Run, epath.Path]:
 def main(argv: list[str] | None = None) -> None:
   parser = argparse.ArgumentParser(description="Execute (or resume) one run of a study.")
   parser.add_argument("--spec", required=True, help="Path to <workdir>/runs/<run_id>/spec.json.")
+  setup_runtime()
   run, workdir = load_spec(parser.parse_args(argv).spec)
   record = execute(run, workdir)
   print(json.dumps(record["metrics"], indent=2, default=float))

@@ -139,7 +139,7 @@ def run(*, graphdef: nnx.GraphDef, params: Any, frozen: Mapping, batches, cfg: T
         description: str = "train") -> TrainOutcome:
   """Trains from `params` (or from the run's latest checkpoint) and returns the kept parameters.
 
-  `batches[step]` must return the batch of that step (a grain MapDataset does). `params` is
+  `batches[step]` must return the batch of that step (see data.pipeline.StepBatches). `params` is
   donated to the first step: the caller must not use it afterwards.
   """
   t0 = time.time()

@@ -1,9 +1,11 @@
-"""Records -> fixed-length token arrays; grain datasets whose batch for a step is `ds[step]`.
+"""Records -> fixed-length token arrays, and step-indexed batches of them.
 
 A batch is a dict of (B, L) arrays: `inputs`, `targets` (inputs shifted by one), `weights` (1 on
 scored target tokens: the answer and its end token), and per example `prompt_len` (tokens before
 the answer, counting <bos>), `answer_len` and `attribute` (index into world.ATTRIBUTES, -1 none).
-Because a batch is indexed by step, resuming training needs no iterator state.
+Splits are read through grain from the TFDS array_record source and encoded once; the world's
+splits are small, so batches are then drawn from memory. Because a batch is indexed by step,
+resuming training needs no iterator state.
 """
 
 from __future__ import annotations
@@ -48,21 +50,51 @@ class Encoder:
             "attribute": np.int32(_ATTRS.index(attr) if attr else -1)}
 
 
-def nested_subset(source, size: int | None, seed: int) -> grain.MapDataset:
-  """The first `size` records of a seeded permutation: subsets of one seed are nested."""
-  ds = grain.MapDataset.source(source)
+def encode_split(source, encoder: Encoder) -> dict[str, np.ndarray]:
+  """Reads a whole split through grain and encodes it: arrays with a leading example axis."""
+  examples = list(grain.MapDataset.source(source).map(encoder))
+  return {k: np.stack([e[k] for e in examples]) for k in examples[0]}
+
+
+def nested_subset(num_examples: int, size: int | None, seed: int) -> np.ndarray:
+  """Indices of the first `size` examples of a seeded permutation: subsets of one seed are nested."""
   if size is None:
-    return ds
-  if size > len(ds):
-    raise ValueError(f"subset of {size} examples from a split of {len(ds)}")
-  return ds.shuffle(seed=seed)[:size]
+    return np.arange(num_examples)
+  if size > num_examples:
+    raise ValueError(f"subset of {size} examples from a split of {num_examples}")
+  return np.random.default_rng(seed).permutation(num_examples)[:size]
+
+
+class StepBatches:
+  """Batches of a fixed example set, reshuffled every epoch; `batches[step]` is step's batch.
+
+  The example stream is the concatenation of seeded per-epoch permutations, so any step's batch
+  is computed directly: resuming needs no iterator state.
+  """
+
+  def __init__(self, arrays: dict[str, np.ndarray], batch_size: int, seed: int, indices: np.ndarray | None = None):
+    self.arrays, self.batch_size, self.seed = arrays, batch_size, seed
+    self.indices = np.arange(len(next(iter(arrays.values())))) if indices is None else np.asarray(indices)
+    self._perms: dict[int, np.ndarray] = {}
+
+  def _perm(self, epoch: int) -> np.ndarray:
+    if epoch not in self._perms:
+      self._perms = {epoch: np.random.default_rng([self.seed, epoch]).permutation(len(self.indices))}
+    return self._perms[epoch]
+
+  def __getitem__(self, step: int) -> dict[str, np.ndarray]:
+    n = len(self.indices)
+    positions = range(step * self.batch_size, (step + 1) * self.batch_size)
+    rows = self.indices[[self._perm(p // n)[p % n] for p in positions]]
+    return {k: v[rows] for k, v in self.arrays.items()}
 
 
 def train_batches(source, encoder: Encoder, batch_size: int, seed: int,
-                  subset: int | None = None, subset_seed: int = 0) -> grain.MapDataset:
-  """An endless, per-epoch reshuffled dataset of batches; `ds[step]` is the batch of that step."""
-  ds = nested_subset(source, subset, subset_seed)
-  return ds.map(encoder).shuffle(seed=seed).repeat().batch(batch_size, drop_remainder=True)
+                  subset: int | None = None, subset_seed: int = 0) -> StepBatches:
+  """Step-indexed training batches over a split, or over its nested subset of `subset` examples."""
+  arrays = encode_split(source, encoder)
+  indices = nested_subset(len(arrays["inputs"]), subset, subset_seed)
+  return StepBatches(arrays, batch_size, seed, indices)
 
 
 def eval_batches(source, tok: Tokenizer, batch_size: int) -> list[dict]:
@@ -70,20 +102,11 @@ def eval_batches(source, tok: Tokenizer, batch_size: int) -> list[dict]:
 
   The last batch is padded with zero-weight copies of the first example (`valid` marks real ones).
   """
-  records = [source[i] for i in range(len(source))]
-  longest = max(sum(map(len, Encoder(tok, 1).token_ids(r))) for r in records) + 1
-  encoder = Encoder(tok, -(-longest // 8) * 8)
-  examples = [encoder(r) for r in records]
-  n = len(examples)
-  valid = [1.0] * n
-  while len(examples) % batch_size:
-    examples.append(examples[0])
-    valid.append(0.0)
-  out = []
-  for start in range(0, len(examples), batch_size):
-    chunk = examples[start: start + batch_size]
-    batch = {k: np.stack([e[k] for e in chunk]) for k in chunk[0]}
-    batch["valid"] = np.asarray(valid[start: start + batch_size], np.float32)
-    batch["weights"] = batch["weights"] * batch["valid"][:, None]
-    out.append(batch)
-  return out
+  longest = max(sum(map(len, Encoder(tok, 1).token_ids(source[i]))) for i in range(len(source))) + 1
+  arrays = encode_split(source, Encoder(tok, -(-longest // 8) * 8))
+  n = len(arrays["inputs"])
+  pad = -n % batch_size
+  arrays = {k: np.concatenate([v, np.repeat(v[:1], pad, axis=0)]) for k, v in arrays.items()}
+  arrays["valid"] = np.concatenate([np.ones(n, np.float32), np.zeros(pad, np.float32)])
+  arrays["weights"] = arrays["weights"] * arrays["valid"][:, None]
+  return [{k: v[i: i + batch_size] for k, v in arrays.items()} for i in range(0, n + pad, batch_size)]

@@ -47,7 +47,8 @@ def prepare(world_config: world_lib.WorldConfig, data_dir: str) -> WorldBuilder:
   """Builds the world's dataset under `data_dir` unless it is there already."""
   builder = WorldBuilder(world_config=world_config, data_dir=data_dir)
   if not epath.Path(builder.data_dir).exists():
-    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(verify_ssl=False))
+    tfds.disable_progress_bar()
+    builder.download_and_prepare()
   return builder
 
 
