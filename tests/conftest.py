@@ -1,0 +1,47 @@
+"""Test set-up: 8 fake CPU devices for sharding tests, tiny models and a tiny world."""
+
+import os
+
+import jax
+
+# Must run before any JAX backend starts: sharding tests need 8 devices on one CPU.
+jax.config.update("jax_num_cpu_devices", 8)
+os.environ.setdefault("SCALING_JAX_CACHE", os.path.join(os.path.dirname(__file__), "..", ".jax_cache"))
+
+import pytest  # noqa: E402
+
+from scaling.data import world as world_lib  # noqa: E402
+
+TINY_WORLD = world_lib.WorldConfig(seed=0, num_people=40, bio_renderings=2, heldout_renderings=1)
+
+
+@pytest.fixture(scope="session")
+def world_data_dir(tmp_path_factory):
+  """The tiny world's TFDS dataset, built once per test session."""
+  from scaling.data import tfds_world
+
+  data_dir = tmp_path_factory.mktemp("tfds")
+  tfds_world.prepare(TINY_WORLD, str(data_dir))
+  return str(data_dir)
+
+
+def tiny_study(**overrides):
+  """A study small enough to run end to end in seconds."""
+  import ml_collections
+
+  c = {"name": "tiny", "world": {"num_people": 40, "bio_renderings": 2, "heldout_renderings": 1},
+       "model": {"sizes": ("d32l2",)},
+       "pretrain": {"steps": (20,), "train": {"batch_size": 8, "seq_len": 48, "checkpoint_every": 10,
+                                              "warmup_steps": 2, "log_every": 5}},
+       "finetune": {"d_f": (16, 32), "seeds": (0,),
+                    "train": {"batch_size": 8, "seq_len": 16, "max_steps": 20, "eval_every": 5, "patience": 2,
+                              "warmup_steps": 2, "checkpoint_every": 10, "log_every": 5}},
+       "eval": {"batch_size": 40},
+       "mesh": {"shape": {"data": 1, "fsdp": 1, "tensor": 1}}}
+  for path, value in overrides.items():
+    node = c
+    *parents, leaf = path.split(".")
+    for p in parents:
+      node = node.setdefault(p, {})
+    node[leaf] = value
+  return ml_collections.ConfigDict(c)

@@ -1,0 +1,106 @@
+"""The world, its TFDS dataset, the tokenizer and batches: deterministic, nested, well formed."""
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+from conftest import TINY_WORLD
+
+from scaling.data import pipeline, tfds_world, tokenizer
+from scaling.data import world as world_lib
+
+
+def test_world_is_deterministic_by_seed():
+  a, b = world_lib.build_world(TINY_WORLD), world_lib.build_world(TINY_WORLD)
+  assert a.names == b.names and np.array_equal(a.facts, b.facts)
+  other = world_lib.build_world(world_lib.WorldConfig(seed=1, num_people=40))
+  assert other.names != a.names
+  assert len(set(a.names)) == TINY_WORLD.num_people
+
+
+def test_splits_partition_people_and_sizes_are_known():
+  world = world_lib.build_world(TINY_WORLD)
+  qa = {s: {r["person"] for r in world_lib.records(world, s)} for s in ("qa_train", "qa_dev", "qa_test")}
+  assert not (qa["qa_train"] & qa["qa_test"]) and not (qa["qa_dev"] & qa["qa_test"])
+  bios = {r["person"] for r in world_lib.records(world, "pretrain")}
+  assert bios == set(range(TINY_WORLD.num_people))  # Everyone is in the pretraining corpus.
+  for split in world_lib.SPLITS:
+    assert len(list(world_lib.records(world, split))) == world_lib.split_size(TINY_WORLD, split)
+
+
+def test_answers_are_the_facts():
+  world = world_lib.build_world(TINY_WORLD)
+  for r in world_lib.records(world, "qa_test"):
+    assert r["answer"] == world.value(r["person"], r["attribute"])
+    assert world.names[r["person"]] in r["prompt"]
+  bio = next(world_lib.records(world, "pretrain"))
+  for attr in world_lib.ATTRIBUTES:
+    assert world.value(bio["person"], attr) in bio["answer"].split()
+
+
+def test_tfds_dataset_matches_generator(world_data_dir):
+  world = world_lib.build_world(TINY_WORLD)
+  for split in ("pretrain", "qa_train", "cloze_test"):
+    source = tfds.data_source(f"scaling_world/{TINY_WORLD.fingerprint()}", data_dir=world_data_dir, split=split)
+    expected = list(world_lib.records(world, split))
+    assert len(source) == len(expected)
+    for i in (0, len(expected) - 1):
+      assert source[i]["prompt"].decode() == expected[i]["prompt"]
+      assert source[i]["answer"].decode() == expected[i]["answer"]
+
+
+def test_tokenizer_round_trip():
+  world = world_lib.build_world(TINY_WORLD)
+  tok = tokenizer.word_tokenizer(world.vocabulary())
+  text = next(world_lib.records(world, "pretrain"))["answer"]
+  ids = tok.encode(text).ids
+  assert tok.token_to_id(world_lib.UNK) not in ids
+  assert tok.decode(ids) == text
+  assert tokenizer.padded_vocab_size(tok) % 64 == 0
+  assert tokenizer.padded_vocab_size(tok) >= len(world.vocabulary())
+
+
+def test_encoder_scores_answer_and_end_only():
+  world = world_lib.build_world(TINY_WORLD)
+  tok = tokenizer.word_tokenizer(world.vocabulary())
+  record = next(world_lib.records(world, "qa_train"))
+  ex = pipeline.Encoder(tok, 24)(record)
+  scored = ex["targets"][ex["weights"] > 0]
+  assert list(scored) == [tok.token_to_id(record["answer"]), tok.token_to_id(world_lib.EOS)]
+  assert ex["inputs"][ex["prompt_len"]] == tok.token_to_id(record["answer"])
+  np.testing.assert_array_equal(ex["inputs"][1:], ex["targets"][:-1])
+  with pytest.raises(ValueError, match="seq_len=4 is too short"):
+    pipeline.Encoder(tok, 4)(record)
+
+
+def test_nested_subsets_are_nested_and_deterministic():
+  small, big = pipeline.nested_subset(1000, 500, seed=3), pipeline.nested_subset(1000, 1000, seed=3)
+  np.testing.assert_array_equal(small, big[:500])
+  np.testing.assert_array_equal(small, pipeline.nested_subset(1000, 500, seed=3))
+  assert len(set(small)) == 500
+  assert not np.array_equal(small, pipeline.nested_subset(1000, 500, seed=4))
+  with pytest.raises(ValueError, match="subset of 1001"):
+    pipeline.nested_subset(1000, 1001, seed=0)
+
+
+def test_finetune_batches_draw_only_from_their_subset(world_data_dir):
+  world = world_lib.build_world(TINY_WORLD)
+  tok = tokenizer.word_tokenizer(world.vocabulary())
+  source = tfds_world.data_source(TINY_WORLD, world_data_dir, "qa_train")
+  batches = pipeline.train_batches(source, pipeline.Encoder(tok, 16), 8, seed=0, subset=16, subset_seed=1)
+  allowed = {tuple(r) for r in pipeline.encode_split(source, pipeline.Encoder(tok, 16))["inputs"][
+      pipeline.nested_subset(len(source), 16, 1)]}
+  seen = [tuple(r) for step in range(4) for r in batches[step]["inputs"]]
+  assert set(seen) == allowed  # Two epochs of 16 examples: each example exactly twice.
+  assert all(seen.count(r) == 2 for r in allowed)
+  np.testing.assert_array_equal(batches[3]["inputs"], batches[3]["inputs"])
+  assert not np.array_equal(batches[0]["inputs"], batches[2]["inputs"])  # Reshuffled each epoch.
+
+
+def test_eval_batches_cover_the_split_once(world_data_dir):
+  world = world_lib.build_world(TINY_WORLD)
+  tok = tokenizer.word_tokenizer(world.vocabulary())
+  source = tfds_world.data_source(TINY_WORLD, world_data_dir, "qa_test")
+  batches = pipeline.eval_batches(source, tok, batch_size=16)
+  assert sum(b["valid"].sum() for b in batches) == len(source)
+  assert all(b["inputs"].shape == (16, 16) for b in batches)
+  assert sum(b["weights"].sum() for b in batches) == 2 * len(source)  # Answer and end token.

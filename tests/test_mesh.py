@@ -1,0 +1,74 @@
+"""Mesh shapes and the sharded train step: 8 fake CPU devices give the unsharded loss and grads."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from scaling import mesh as mesh_lib
+from scaling import model as model_lib
+from scaling import train
+
+
+def test_resolve_shape():
+  assert mesh_lib.resolve_shape({"data": -1}, 8) == (8, 1, 1)
+  assert mesh_lib.resolve_shape({"data": 2, "fsdp": -1, "tensor": 2}, 8) == (2, 2, 2)
+  assert mesh_lib.resolve_shape({"data": 2}, 8) == (2, 1, 1)  # A divisor of the devices is allowed.
+  with pytest.raises(ValueError, match="does not divide"):
+    mesh_lib.resolve_shape({"data": 3}, 8)
+  with pytest.raises(ValueError, match="unknown axes"):
+    mesh_lib.resolve_shape({"model": 2}, 8)
+  with pytest.raises(ValueError, match="at most one axis"):
+    mesh_lib.resolve_shape({"data": -1, "fsdp": -1}, 8)
+
+
+def test_rules_map_logical_names():
+  assert mesh_lib.spec(("embed", "mlp")) == jax.sharding.PartitionSpec("fsdp", "tensor")
+  assert mesh_lib.batch_axes(mesh_lib.DEFAULT_RULES) == ("data", "fsdp")
+
+
+def _step_outputs(mesh, params, graphdef, batch):
+  """Loss and gradients of one train step run under `mesh` with the default rules."""
+  rules = mesh_lib.DEFAULT_RULES
+  with mesh_lib.activate(mesh, rules):
+    abstract = nnx.state(nnx.eval_shape(lambda: nnx.merge(graphdef, params)))
+    shardings = mesh_lib.state_shardings(abstract, mesh, rules)
+    sharded = jax.device_put(params, shardings)
+    batch = jax.device_put(batch, mesh_lib.batch_sharding(mesh, rules))
+
+    def loss_of(p):
+      logits = nnx.merge(graphdef, p)(batch["inputs"])
+      total, count = train.evaluate.weighted_cross_entropy(logits, batch["targets"], batch["weights"])
+      return total / count
+
+    loss, grads = jax.jit(jax.value_and_grad(loss_of))(sharded)
+    return loss, grads, jax.tree.leaves(sharded)
+
+
+def test_sharded_step_equals_unsharded():
+  assert jax.device_count() == 8
+  cfg = model_lib.ladder_config("d64l2", vocab_size=128, n_kv_heads=2)
+  graphdef, params = nnx.split(model_lib.Transformer(cfg, nnx.Rngs(0)))
+  params = nnx.to_pure_dict(params)
+  tokens = jax.random.randint(jax.random.key(1), (8, 17), 0, 128)
+  weights = (jax.random.uniform(jax.random.key(2), (8, 16)) > 0.3).astype(jnp.float32)
+  batch = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:], "weights": weights}
+
+  loss1, grads1, _ = _step_outputs(mesh_lib.make_mesh({"data": 1}), params, graphdef, batch)
+  mesh = mesh_lib.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+  loss8, grads8, leaves = _step_outputs(mesh, params, graphdef, batch)
+
+  # The weights really are split over devices: FSDP over the embed axis, tensor over heads.
+  wq = params["blocks"][0]["attn"]["wq"]
+  sharded_wq = [x for x in leaves if x.shape == wq.shape][0]
+  assert sharded_wq.sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor", None)
+  assert len(sharded_wq.addressable_shards) == 8 and sharded_wq.addressable_shards[0].data.shape == (32, 2, 16)
+  np.testing.assert_allclose(float(loss8), float(loss1), rtol=1e-6)
+  for g8, g1 in zip(jax.tree.leaves(grads8), jax.tree.leaves(grads1)):
+    np.testing.assert_allclose(np.asarray(g8), np.asarray(g1), rtol=1e-4, atol=1e-7)
+
+
+def test_constrain_is_noop_outside_a_mesh():
+  x = jnp.ones((4, 4))
+  assert mesh_lib.constrain(x, ("act_batch", None)) is x

@@ -1,0 +1,117 @@
+"""The training loop: resume after a kill equals an uninterrupted run; early stopping and the cap."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+from conftest import tiny_study
+
+from launch import local
+from scaling import grid, results
+from scaling import run as run_lib
+from scaling import study as study_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LONG = {"pretrain.steps": (150,), "pretrain.train.checkpoint_every": 10,
+        "finetune.d_f": (32,), "finetune.train.max_steps": 150, "finetune.train.patience": 1000,
+        "finetune.train.checkpoint_every": 10}
+
+
+def _plan(workdir, **overrides):
+  study = study_lib.validate(tiny_study(**{**LONG, **overrides}), 8)
+  runs = grid.expand(study)
+  local.write_plan(study, runs, workdir)
+  return {r.kind: r for r in runs}
+
+
+def _command(workdir, run):
+  return [sys.executable, "-m", "scaling.run", "--spec", str(workdir / "runs" / run.id / "spec.json")]
+
+
+def _env():
+  return {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
+
+
+def _run_to_end(workdir, run):
+  subprocess.run(_command(workdir, run), check=True, env=_env(), cwd=ROOT, capture_output=True)
+
+
+def _run_and_kill_after_first_checkpoint(workdir, run):
+  ckpt = workdir / "runs" / run.id / "ckpt"
+  proc = subprocess.Popen(_command(workdir, run), env=_env(), cwd=ROOT,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  deadline = time.time() + 300
+  while time.time() < deadline and proc.poll() is None:
+    if ckpt.exists() and any(p.name.isdigit() for p in ckpt.iterdir()):
+      break
+    time.sleep(0.01)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  steps = [int(p.name) for p in ckpt.iterdir() if p.name.isdigit()]
+  assert steps and max(steps) < 150, "the run must be killed after a checkpoint and before its end"
+  assert results.read_result(workdir / "runs" / run.id) is None
+
+
+def _params(workdir, run):
+  return ocp.StandardCheckpointer().restore(str(workdir / "runs" / run.id / "model"))
+
+
+@pytest.mark.parametrize("kind", ["pretrain", "finetune"])
+def test_killed_run_resumes_to_the_same_end(tmp_path, kind):
+  straight, killed = tmp_path / "straight", tmp_path / "killed"
+  runs = _plan(straight)
+  assert _plan(killed) == runs
+  if kind == "finetune":  # Both copies share one base.
+    _run_to_end(straight, runs["pretrain"])
+    shutil.copytree(straight / "runs" / runs["pretrain"].id, killed / "runs" / runs["pretrain"].id,
+                    dirs_exist_ok=True)
+  run = runs[kind]
+  _run_to_end(straight, run)
+  _run_and_kill_after_first_checkpoint(killed, run)
+  _run_to_end(killed, run)
+
+  a, b = (results.read_result(w / "runs" / run.id) for w in (straight, killed))
+  assert a["metrics"] == b["metrics"]
+  assert {k: v for k, v in a["train"].items() if "seconds" not in k} == \
+         {k: v for k, v in b["train"].items() if "seconds" not in k}
+  lines = [(w / "runs" / run.id / "metrics.jsonl").read_text().splitlines() for w in (straight, killed)]
+  assert lines[0] == lines[1] and len(lines[0]) >= 10
+  for x, y in zip(*(jax_leaves(_params(w, run)) for w in (straight, killed))):
+    np.testing.assert_array_equal(x, y)
+
+
+def jax_leaves(tree):
+  import jax
+  return [np.asarray(x) for x in jax.tree.leaves(tree)]
+
+
+def _execute_tiny(tmp_path, **overrides):
+  study = study_lib.validate(tiny_study(**overrides), 8)
+  runs = grid.expand(study)
+  local.write_plan(study, runs, tmp_path)
+  return [run_lib.execute(r, tmp_path) for r in runs]
+
+
+def test_early_stopping_keeps_best_dev_step(tmp_path):
+  # A huge learning rate makes dev loss worse after the first steps: training stops early.
+  records = _execute_tiny(tmp_path, **{"finetune.d_f": (32,), "finetune.train.learning_rate": 0.3,
+                                       "finetune.train.max_steps": 200, "finetune.train.patience": 2})
+  ft = records[-1]["train"]
+  assert not ft["hit_step_cap"] and ft["steps"] < 200
+  assert ft["steps"] == ft["best_step"] + 2 * 5  # Two evaluations (every 5 steps) without gain.
+  dev = [json.loads(l) for l in open(tmp_path / "runs" / records[-1]["id"] / "metrics.jsonl") if "dev_loss" in l]
+  assert ft["best_dev_loss"] == pytest.approx(min(d["dev_loss"] for d in dev), rel=1e-6)
+
+
+def test_step_cap_is_recorded(tmp_path):
+  records = _execute_tiny(tmp_path, **{"finetune.d_f": (32,), "finetune.train.learning_rate": 1e-3,
+                                       "finetune.train.max_steps": 10, "finetune.train.patience": 100})
+  ft = records[-1]["train"]
+  assert ft["hit_step_cap"] and ft["steps"] == 10
