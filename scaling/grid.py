@@ -39,8 +39,8 @@ def run_id(label: str, config: dict) -> str:
 
 def expand(study: ml_collections.ConfigDict) -> list[Run]:
   """All runs of a resolved study, each after the runs it depends on."""
-  execution = {"mesh_shape": study.mesh.shape.to_dict(), "rules": [list(r) for r in study.mesh.rules],
-               "eval_batch_size": study.eval.batch_size}
+  execution = json.loads(json.dumps({"mesh_shape": study.mesh.shape.to_dict(), "rules": study.mesh.rules,
+                                     "eval_batch_size": study.eval.batch_size}))  # As spec.json holds it.
   world = study_lib.world_config(study)
   runs: list[Run] = []
   for size in study.model.sizes:

@@ -9,6 +9,7 @@ one vectorised JAX program (vmap over a while loop), and the best optimum is kep
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -22,7 +23,7 @@ import optax
 LogPredict = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)  # Hashed by identity: compiled fits are cached per law.
 class Law:
   """A law: its fitted parameters (log-space names), inputs, log-space form and starting grid."""
 
@@ -130,21 +131,27 @@ def _minimize(fun: Callable[[jax.Array], jax.Array], x0: jax.Array, max_iter: in
 
 
 def fit_many(law: Law, starts: np.ndarray, log_x: np.ndarray, log_d: np.ndarray, log_y: np.ndarray,
-             delta: float = 1e-3, max_iter: int = 500, tol: float = 1e-10):
+             delta: float = 1e-3, max_iter: int = 100, tol: float = 1e-10):
   """Optimises every start on every dataset at once: arrays of shape (datasets, starts, ...).
 
   log_x, log_d, log_y: (datasets, points). Returns (theta, objective, grad_norm), each with
   leading axes (datasets, starts).
   """
 
+  with jax.enable_x64(True):
+    run = _compiled_fit(law, float(delta), int(max_iter), float(tol))
+    theta, value, grad_norm = run(jnp.asarray(starts), jnp.asarray(log_x), jnp.asarray(log_d), jnp.asarray(log_y))
+    return np.asarray(theta), np.asarray(value), np.asarray(grad_norm)
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled_fit(law: Law, delta: float, max_iter: int, tol: float):
+  """The jitted (datasets x starts) fit of one law: built once, so refits only run it."""
+
   def one(x0, lx, ld, ly):
     return _minimize(lambda t: objective(law, t, lx, ld, ly, delta), x0, max_iter, tol)[:3]
 
-  per_dataset = jax.vmap(one, in_axes=(0, None, None, None))
-  with jax.enable_x64(True):
-    run = jax.jit(jax.vmap(per_dataset, in_axes=(None, 0, 0, 0)))
-    theta, value, grad_norm = run(jnp.asarray(starts), jnp.asarray(log_x), jnp.asarray(log_d), jnp.asarray(log_y))
-    return np.asarray(theta), np.asarray(value), np.asarray(grad_norm)
+  return jax.jit(jax.vmap(jax.vmap(one, in_axes=(0, None, None, None)), in_axes=(None, 0, 0, 0)))
 
 
 def fit(law: Law | str, d: Sequence[float], y: Sequence[float], x: Sequence[float] | None = None,

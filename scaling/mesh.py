@@ -32,6 +32,13 @@ DEFAULT_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
 )
 
 Rules = Sequence[tuple[str, str | tuple[str, ...] | None]]
+
+
+def parse_rules(rules: Sequence[Sequence]) -> tuple[tuple[str, str | tuple[str, ...] | None], ...]:
+  """Rules from a config or JSON (lists for tuples) as hashable tuples."""
+  return tuple((str(name), tuple(axes) if isinstance(axes, (list, tuple)) else axes) for name, axes in rules)
+
+
 _RULES: contextvars.ContextVar[Rules | None] = contextvars.ContextVar("scaling_rules", default=None)
 
 
@@ -71,7 +78,7 @@ def make_mesh(shape: Mapping[str, int], devices: Sequence[jax.Device] | None = N
 @contextlib.contextmanager
 def activate(mesh: jax.sharding.Mesh, rules: Rules = DEFAULT_RULES) -> Iterator[None]:
   """Sets the mesh and the logical rules for everything traced inside."""
-  token = _RULES.set(tuple(tuple(r) for r in rules))
+  token = _RULES.set(parse_rules(rules))
   try:
     with jax.set_mesh(mesh):
       yield

@@ -62,7 +62,7 @@ def context(run: grid.Run, workdir: str | epath.Path) -> Context:
   world = world_lib.build_world(world_cfg)
   tok = tokenizer.word_tokenizer(world.vocabulary())
   model_cfg = model_lib.ladder_config(run.config["size"], tokenizer.padded_vocab_size(tok), **run.config["block"])
-  rules = tuple(tuple(r) for r in run.execution["rules"])
+  rules = mesh_lib.parse_rules(run.execution["rules"])
   mesh = mesh_lib.make_mesh(run.execution["mesh_shape"])
   return Context(run, workdir, world, builder, tok, model_cfg, mesh, rules)
 

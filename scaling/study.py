@@ -148,7 +148,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> ml_collecti
   except ValueError as e:
     raise StudyError(str(e)) from None
   shape = dict(zip(mesh_lib.MESH_AXES, sizes))
-  batch_axes = mesh_lib.batch_axes([tuple(r) for r in study.mesh.rules])
+  batch_axes = mesh_lib.batch_axes(mesh_lib.parse_rules(study.mesh.rules))
   divisor = math.prod(shape[a] for a in batch_axes)
   for group in ("pretrain", "finetune"):
     cfg = train_config(study[group].train, f"{group}.train")

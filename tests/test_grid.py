@@ -1,0 +1,54 @@
+"""Run ids derive from specs: stable across processes, different when the spec differs."""
+
+import json
+import os
+import subprocess
+import sys
+
+from conftest import tiny_study
+
+from scaling import grid
+from scaling import study as study_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _runs(**overrides):
+  return grid.expand(study_lib.validate(tiny_study(**overrides), num_devices=8))
+
+
+def test_grid_shape_and_dependencies():
+  runs = _runs(**{"model.sizes": ("d32l2", "d48l2"), "finetune.d_f": (16, 32, 64), "finetune.seeds": (0, 1)})
+  pre = [r for r in runs if r.kind == "pretrain"]
+  ft = [r for r in runs if r.kind == "finetune"]
+  assert len(pre) == 2 and len(ft) == 2 * 3 * 2
+  position = {r.id: i for i, r in enumerate(runs)}
+  for r in ft:
+    (base,) = r.deps
+    assert position[base] < position[r.id]
+    assert r.config["base"] == base
+  assert len({r.id for r in runs}) == len(runs)
+
+
+def test_ids_stable_across_processes():
+  here = [r.id for r in _runs()]
+  code = ("import sys, json; sys.path.insert(0, 'tests');"
+          "from conftest import tiny_study; from scaling import grid, study;"
+          "print(json.dumps([r.id for r in grid.expand(study.validate(tiny_study(), 8))]))")
+  env = {**os.environ, "PYTHONPATH": ROOT, "PYTHONHASHSEED": "123"}
+  there = json.loads(subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
+                                    text=True, check=True).stdout.strip().splitlines()[-1])
+  assert here == there
+
+
+def test_ids_follow_what_a_run_is_not_how_it_runs():
+  base = {r.id for r in _runs()}
+  assert {r.id for r in _runs(**{"finetune.train.learning_rate": 5e-4})} != base
+  # Evaluation batching and the mesh do not change what a run computes: same ids.
+  assert {r.id for r in _runs(**{"eval.batch_size": 8})} == base
+  assert {r.id for r in _runs(**{"mesh.shape": {"data": 2}})} == base
+
+
+def test_spec_round_trips_through_json():
+  for r in _runs():
+    assert grid.Run.from_json(json.loads(json.dumps(r.to_json()))) == r

@@ -1,0 +1,58 @@
+"""End to end on a tiny study: every run, the fit and the report; a second launch trains nothing."""
+
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+CONFIG = """
+import sys
+sys.path.insert(0, {tests!r})
+from conftest import tiny_study
+
+def get_config():
+  return tiny_study(**{{"model.sizes": ("d32l2", "d48l2"), "finetune.d_f": (16, 32, 64)}})
+"""
+
+
+def _launch(config, workdir, *extra):
+  return subprocess.run([sys.executable, "-m", "launch.local", "--config", str(config), "--workdir", str(workdir),
+                         *extra], cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT}, capture_output=True, text=True)
+
+
+def test_tiny_study_end_to_end_then_nothing_to_do(tmp_path):
+  config = tmp_path / "tiny.py"
+  config.write_text(CONFIG.format(tests=os.path.join(ROOT, "tests")))
+  workdir = tmp_path / "w"
+  first = _launch(config, workdir)
+  assert first.returncode == 0, first.stderr[-3000:]
+  assert "8 runs" in first.stdout and "runs: 8 executed, 0 already done" in first.stdout
+  assert "alpha=" in first.stdout and "report: " in first.stdout
+
+  fits = json.loads((workdir / "report" / "fits.json").read_text())
+  assert fits[0]["law"] == "multiplicative" and fits[0]["num_points"] == 6
+  assert set(fits[0]["params"]) == {"A", "alpha", "beta", "E"}
+  report = (workdir / "report" / "report.md").read_text()
+  assert "fit_qa_full.png" in report and "knowledge" in report and "behaviour" in report
+  assert (workdir / "report" / "fit_qa_full.png").stat().st_size > 10_000
+  study = json.loads((workdir / "study.json").read_text())
+  assert study["model"]["sizes"] == ["d32l2", "d48l2"]
+  for run in (workdir / "runs").iterdir():
+    spec = json.loads((run / "spec.json").read_text())
+    assert spec["id"] == run.name
+    result = json.loads((run / "result.json").read_text())
+    assert result["id"] == run.name and (run / "model").is_dir() and (run / "metrics.jsonl").exists()
+    if spec["kind"] == "finetune":
+      assert {"test_loss", "knowledge", "behaviour", "heldout_loss", "base_heldout_loss"} <= set(result["metrics"])
+
+  mtimes = {p: p.stat().st_mtime_ns for p in workdir.glob("runs/*/result.json")}
+  second = _launch(config, workdir, "--config.finetune.train.log_every=5")
+  assert second.returncode == 0, second.stderr[-3000:]
+  assert "runs: 0 executed, 8 already done" in second.stdout
+  assert mtimes == {p: p.stat().st_mtime_ns for p in workdir.glob("runs/*/result.json")}
+
+  refit = subprocess.run([sys.executable, "-m", "analysis.fit", "--workdir", str(workdir)], cwd=ROOT,
+                         env={**os.environ, "PYTHONPATH": ROOT}, capture_output=True, text=True)
+  assert refit.returncode == 0 and "qa/full: L = " in refit.stdout

@@ -1,0 +1,72 @@
+"""The fitter recovers known laws: exactly from noise-free points, closely from noisy ones."""
+
+import numpy as np
+import pytest
+
+from scaling import laws
+
+N = np.geomspace(1e4, 1e6, 5)
+D = np.geomspace(50, 5000, 6)
+X_GRID, D_GRID = (a.ravel() for a in np.meshgrid(N, D))
+D_LINE = np.geomspace(10, 1e5, 12)
+
+TRUE = {
+    "multiplicative": ({"A": 200.0, "alpha": 0.3, "beta": 0.4, "E": 0.8}, X_GRID, D_GRID),
+    "additive": ({"A": 50.0, "alpha": 0.35, "B": 30.0, "beta": 0.45, "E": 1.2}, X_GRID, D_GRID),
+    "single": ({"A": 20.0, "beta": 0.5, "E": 0.9}, None, D_LINE),
+    "rectified": ({"B": 40.0, "D_L": 30.0, "beta": 0.6, "E": 0.7}, None, D_LINE),
+}
+
+
+def _theta(law, params):
+  return np.asarray([np.log(params[p.upper()]) if p in law.exp_params else params[p] for p in law.params])
+
+
+@pytest.mark.parametrize("name", sorted(TRUE))
+def test_noise_free_points_give_the_law_back(name):
+  law = laws.get_law(name)
+  params, x, d = TRUE[name]
+  y = law.predict(_theta(law, params), x, d)
+  fit = laws.fit(law, d, y, x=x)
+  assert fit.converged
+  for key, value in params.items():
+    assert fit.params[key] == pytest.approx(value, rel=1e-4, abs=1e-4), key
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_noisy_points_recover_multiplicative_law(seed):
+  params, x, d = TRUE["multiplicative"]
+  law = laws.get_law("multiplicative")
+  y = law.predict(_theta(law, params), x, d) * (1 + 0.01 * np.random.default_rng(seed).standard_normal(len(d)))
+  fit = laws.fit(law, d, y, x=x)
+  assert abs(fit.params["alpha"] - 0.3) < 0.02
+  assert abs(fit.params["beta"] - 0.4) < 0.02
+  assert fit.params["E"] == pytest.approx(0.8, rel=0.04)
+  assert fit.num_points == 30 and fit.num_starts == len(law.starts())
+
+
+def test_best_start_beats_every_other_start():
+  params, x, d = TRUE["multiplicative"]
+  law = laws.get_law("multiplicative")
+  y = law.predict(_theta(law, params), x, d) * (1 + 0.02 * np.random.default_rng(5).standard_normal(len(d)))
+  starts = law.starts()
+  theta, value, _ = laws.fit_many(law, starts, np.log(x)[None], np.log(d)[None], np.log(y)[None])
+  fit = laws.fit(law, d, y, x=x)
+  assert fit.objective == pytest.approx(np.nanmin(value), rel=1e-9)
+  assert theta.shape == (1, len(starts), 4)
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"y": [1.0, -1.0, 2.0, 3.0, 4.0]}, "y must be positive and finite; row 1 is -1.0"),
+    ({"y": [1.0, 2.0, np.nan, 3.0, 4.0]}, "row 2 is nan"),
+    ({"y": [1.0, 2.0, 3.0], "d": [1.0, 2.0, 3.0], "x": [1.0, 2.0, 3.0]}, "3 points cannot determine the 4"),
+])
+def test_bad_points_are_rejected(bad, message):
+  args = {"d": [1.0, 2.0, 3.0, 4.0, 5.0], "y": [5.0, 4.0, 3.0, 2.0, 1.5], "x": [1.0, 1.0, 2.0, 2.0, 3.0], **bad}
+  with pytest.raises(ValueError, match=message):
+    laws.fit("multiplicative", args["d"], args["y"], x=args["x"])
+
+
+def test_unknown_law():
+  with pytest.raises(ValueError, match="unknown law 'cubic'; allowed"):
+    laws.get_law("cubic")

@@ -1,0 +1,50 @@
+"""Bad studies fail before any training, with a message naming the field, value and what is allowed."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import tiny_study
+
+from scaling import study as study_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"finetune.methods": ("full", "prefix")}, r"finetune.methods\[1\]='prefix' is not a fine-tuning method; allowed: \['full'\]"),
+    ({"finetune.d_f": (16, 5000)}, r"finetune.d_f contains 5000, more than the 130 examples .*allowed: 1 to 130"),
+    ({"mesh.shape": {"data": 3}}, r"mesh.shape=\{'data': 3\} has 3 devices, which does not divide the 8 devices"),
+    ({"mesh.shape": {"data": 4}, "pretrain.train.batch_size": 6},
+     r"pretrain.train.batch_size=6 is not divisible by the data axes \('data', 'fsdp'\).*multiple of 4"),
+    ({"mesh.shape": {"data": 2, "fsdp": 2}, "finetune.train.batch_size": 6},
+     r"finetune.train.batch_size=6 is not divisible .*multiple of 4"),
+    ({"model.sizes": ("d32l2", "huge")}, r"model.sizes contains 'huge'; allowed: \["),
+    ({"finetune.tasks": ("translate",)}, r"finetune.tasks\[0\]='translate' is not a task; allowed: \['qa'\]"),
+    ({"pretrain.train.lr": 0.1}, r"pretrain.train.lr is not a study field"),
+    ({"finetune.train.schedule": "linear"}, r"finetune.train.schedule='linear'; allowed: 'cosine', 'constant'"),
+    ({"model.block": {"norm": "batch"}}, r"model.norm='batch'; allowed: 'rms', 'layer'"),
+    ({"finetune.d_f": (0, 16)}, r"finetune.d_f=\[0, 16\]; allowed: a non-empty list of positive integers"),
+    ({"world.num_people": 5}, r"world.num_people=5; allowed: at least 10"),
+])
+def test_bad_study_names_the_field(overrides, message):
+  with pytest.raises(study_lib.StudyError, match=message):
+    study_lib.validate(tiny_study(**overrides), num_devices=8)
+
+
+def test_good_study_resolves_defaults():
+  study = study_lib.validate(tiny_study(), num_devices=8)
+  assert study.finetune.methods == ("full",)
+  assert study.finetune.train.eval_every == 5 and study.finetune.train.weight_decay == 0.0
+
+
+def test_launcher_rejects_bad_study_before_writing_anything(tmp_path):
+  workdir = tmp_path / "w"
+  proc = subprocess.run(
+      [sys.executable, "-m", "launch.local", "--config", os.path.join(ROOT, "configs", "smoke.py"),
+       "--workdir", str(workdir), "--config.finetune.methods=('full','lora9')"],
+      cwd=ROOT, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": ROOT})
+  assert proc.returncode != 0
+  assert "finetune.methods[1]='lora9' is not a fine-tuning method" in proc.stderr + proc.stdout
+  assert not workdir.exists()
