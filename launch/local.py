@@ -14,7 +14,6 @@ import time
 
 import jax
 from absl import app, flags
-from etils import epath
 from ml_collections import config_flags
 
 from scaling import grid, results, run as run_lib, study as study_lib
@@ -59,7 +58,7 @@ def main(argv) -> None:
     study = study_lib.validate(_CONFIG.value, jax.device_count())
   except study_lib.StudyError as e:
     sys.exit(f"invalid study: {e}")
-  workdir = epath.Path(_WORKDIR.value)
+  workdir = results.workdir_path(_WORKDIR.value)
   runs = grid.expand(study)
   write_plan(study, runs, workdir)
   print(f"study {study.name!r}: {len(runs)} runs in {workdir}", flush=True)

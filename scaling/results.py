@@ -13,6 +13,11 @@ from etils import epath
 RESULT = "result.json"
 
 
+def workdir_path(path: str | epath.Path) -> epath.Path:
+  """A workdir as an absolute path (orbax needs one); gs:// paths are returned as they are."""
+  return epath.Path(path if str(path).startswith("gs://") else os.path.abspath(path))
+
+
 def write_json(path: str | epath.Path, obj: Any) -> None:
   """Writes JSON so that readers see the old file or the whole new one, never a part."""
   path = epath.Path(path)

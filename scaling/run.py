@@ -56,7 +56,7 @@ class Context:
 
 def context(run: grid.Run, workdir: str | epath.Path) -> Context:
   """Builds (or finds) the run's dataset and tokenizer and makes its mesh."""
-  workdir = epath.Path(workdir)
+  workdir = results.workdir_path(workdir)
   world_cfg = world_lib.WorldConfig(**run.config["world"])
   builder = tfds_world.prepare(world_cfg, str(workdir / "data"))
   world = world_lib.build_world(world_cfg)
