@@ -38,6 +38,8 @@ def plot_fit(points: pd.DataFrame, fit: dict, path: epath.Path) -> None:
   p = fit["params"]
   ax.set(xscale="log", yscale="log", xlabel="fine-tuning examples D_f", ylabel="test loss (answer tokens)",
          title=f"{fit['task']} / {fit['method']}: {p['A']:.3g}·N^-{p['alpha']:.3f}·D_f^-{p['beta']:.3f} + {p['E']:.3f}")
+  ax.set_xticks(sorted(points["d_f"].unique()))
+  ax.yaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
   for axis in (ax.xaxis, ax.yaxis):
     axis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
     axis.set_minor_formatter(matplotlib.ticker.NullFormatter())

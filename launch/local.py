@@ -14,6 +14,7 @@ import time
 
 import jax
 from absl import app, flags
+from etils import epath
 from ml_collections import config_flags
 
 from scaling import grid, results, run as run_lib, study as study_lib
