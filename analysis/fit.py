@@ -1,9 +1,13 @@
-"""Fits the multiplicative fine-tuning law to a study's results and writes the report.
+"""Fits scaling laws: to a study's results, or to any CSV.
 
     python -m analysis.fit --workdir runs/smoke
+    python -m analysis.fit --csv FILE --x COL --d COL --y COL --law NAME \
+        [--huber-delta F] [--bootstrap N] [--holdout largest_d|largest_x] [--json OUT]
 
-For every (task, method) the fine-tuned test loss, averaged over seeds, is fitted as
+For a study, the fine-tuned test loss of every (task, method), averaged over seeds, is fitted as
 L(N, D_f) = A * N^-alpha * D_f^-beta + E, with N the base's non-embedding parameters.
+For a CSV, `--d` is the data column, `--x` the other scaling factor (omit it for a single-factor
+law) and `--y` the loss; `fit_frame` does the same for a pandas DataFrame in your own scripts.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+import numpy as np
 import pandas as pd
 from etils import epath
 
@@ -58,12 +63,82 @@ def fit_and_report(workdir: str | epath.Path, delta: float = 1e-3) -> list[dict]
   return fits
 
 
+def fit_frame(df: pd.DataFrame, law: str, d: str, y: str, x: str | None = None, delta: float = 1e-3,
+              bootstrap: int = 0, holdout: str | None = "largest_d", level: float = 0.9) -> dict:
+  """Fits `law` to a DataFrame's columns; errors name the column and the row.
+
+  Returns the fit's JSON record: parameters, objective, convergence, points, and (if asked)
+  bootstrap intervals at `level` and held-out validation errors.
+  """
+  law_ = laws.get_law(law)
+  wanted = {"d": d, "y": y, **({"x": x} if x else {})}
+  missing = [c for c in wanted.values() if c not in df.columns]
+  if missing:
+    raise ValueError(f"column {missing[0]!r} is not in the data; columns: {list(df.columns)}")
+  values = {}
+  for role, col in wanted.items():
+    arr = pd.to_numeric(df[col], errors="coerce").to_numpy(np.float64)
+    bad = np.flatnonzero(~(np.isfinite(arr) & (arr > 0)))
+    if len(bad):
+      value = df[col].iloc[bad[0]]
+      value = value.item() if hasattr(value, "item") else value  # Plain Python in the message.
+      raise ValueError(f"column {col!r} must be positive and finite; row {df.index[bad[0]]} is {value!r}")
+    values[role] = arr
+  points = (values["d"], values["y"], values.get("x"))
+  fit = laws.fit(law_, *points[:2], x=points[2], delta=delta)
+  record = {**fit.to_json(), "huber_delta": delta, "columns": wanted}
+  if bootstrap:
+    boot = laws.bootstrap(law_, fit, *points[:2], x=points[2], replicates=bootstrap, delta=delta, level=level)
+    record["intervals"] = {"level": level, "replicates": bootstrap, **boot.interval(law_)}
+  if holdout:
+    record["validation"] = laws.validate(law_, *points[:2], x=points[2], holdout=holdout, delta=delta,
+                                         full=fit).to_json()
+  return record
+
+
+def format_fit(record: dict) -> str:
+  """One readable block: the law, each parameter with its interval, and the errors."""
+  lines = [f"{record['law']}: {record['formula']}  ({record['num_points']} points, objective "
+           f"{record['objective']:.4g}, converged {record['converged']})"]
+  intervals = record.get("intervals", {})
+  for name, value in record["params"].items():
+    ci = f"  [{intervals[name][0]:.4g}, {intervals[name][1]:.4g}]" if name in intervals else ""
+    lines.append(f"  {name:>6} = {value:.6g}{ci}")
+  if "validation" in record:
+    v = record["validation"]
+    held = "n/a" if v["heldout_error"] is None else f"{v['heldout_error']:.4g}"
+    lines.append(f"  Delta_e {v['fitted_error']:.4g}, Delta_h ({v['holdout']}) {held}, leave-one-out {v['loo_error']:.4g}")
+  return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--workdir", required=True, help="A study's workdir (local path or gs://).")
-  parser.add_argument("--huber-delta", type=float, default=1e-3, help="Huber delta of the log-space objective.")
+  source = parser.add_mutually_exclusive_group(required=True)
+  source.add_argument("--workdir", help="A study's workdir (local path or gs://).")
+  source.add_argument("--csv", help="A CSV file of points to fit.")
+  parser.add_argument("--x", help="CSV column of the second scaling factor (joint laws).")
+  parser.add_argument("--d", help="CSV column of the data size.")
+  parser.add_argument("--y", help="CSV column of the loss.")
+  parser.add_argument("--law", default="multiplicative", choices=sorted(laws.LAWS))
+  parser.add_argument("--huber-delta", type=float, default=1e-3,
+                      help="Huber delta of the log-space objective; large (say 10) means least squares.")
+  parser.add_argument("--bootstrap", type=int, default=0, help="Bootstrap replicates for intervals (0: none).")
+  parser.add_argument("--holdout", default="largest_d", choices=["largest_d", "largest_x", "none"])
+  parser.add_argument("--json", help="Write the fit record here.")
   args = parser.parse_args(argv)
-  fit_and_report(args.workdir, args.huber_delta)
+  if args.workdir:
+    fit_and_report(args.workdir, args.huber_delta)
+    return
+  if not (args.d and args.y):
+    parser.error("--csv needs --d and --y (and --x for a joint law)")
+  try:
+    record = fit_frame(pd.read_csv(args.csv), args.law, args.d, args.y, args.x, args.huber_delta, args.bootstrap,
+                       None if args.holdout == "none" else args.holdout)
+  except ValueError as e:
+    sys.exit(f"error: {e}")
+  print(format_fit(record))
+  if args.json:
+    results.write_json(args.json, record)
 
 
 if __name__ == "__main__":

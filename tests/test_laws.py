@@ -57,8 +57,8 @@ def test_best_start_beats_every_other_start():
 
 
 @pytest.mark.parametrize("bad, message", [
-    ({"y": [1.0, -1.0, 2.0, 3.0, 4.0]}, "y must be positive and finite; row 1 is -1.0"),
-    ({"y": [1.0, 2.0, np.nan, 3.0, 4.0]}, "row 2 is nan"),
+    ({"y": [1.0, -1.0, 2.0, 3.0, 4.0]}, "column .y. must be positive and finite; row 1 is -1.0"),
+    ({"y": [1.0, 2.0, np.nan, 3.0, 4.0]}, "column .y. must be positive and finite; row 2 is nan"),
     ({"y": [1.0, 2.0, 3.0], "d": [1.0, 2.0, 3.0], "x": [1.0, 2.0, 3.0]}, "3 points cannot determine the 4"),
 ])
 def test_bad_points_are_rejected(bad, message):
@@ -70,3 +70,45 @@ def test_bad_points_are_rejected(bad, message):
 def test_unknown_law():
   with pytest.raises(ValueError, match="unknown law 'cubic'; allowed"):
     laws.get_law("cubic")
+
+
+def test_bootstrap_interval_brackets_the_truth():
+  params, x, d = TRUE["multiplicative"]
+  law = laws.get_law("multiplicative")
+  y = law.predict(_theta(law, params), x, d) * (1 + 0.01 * np.random.default_rng(0).standard_normal(len(d)))
+  fit = laws.fit(law, d, y, x=x)
+  boot = laws.bootstrap(law, fit, d, y, x=x, replicates=200, level=0.9)
+  assert boot.thetas.shape == (200, 4)
+  interval = boot.interval(law)
+  for key in ("alpha", "beta", "E"):
+    lo, hi = interval[key]
+    assert lo < fit.params[key] < hi and lo < params[key] < hi, key
+  lo, hi = boot.prediction_interval(law, x[:3], d[:3])
+  assert np.all(lo < hi)
+
+
+def test_validation_errors_vanish_on_noise_free_points():
+  params, x, d = TRUE["multiplicative"]
+  law = laws.get_law("multiplicative")
+  y = law.predict(_theta(law, params), x, d)
+  v = laws.validate(law, d, y, x=x, holdout="largest_x")
+  assert len(v.heldout_relative_errors) == 6  # The six D values at the largest x.
+  assert v.fitted_error < 1e-6 and v.heldout_error < 1e-6 and v.loo_error < 1e-6
+
+
+def test_validation_sees_a_wrong_law():
+  # A curve with a flat pre-power phase: the rectified law extrapolates it, the plain power law cannot.
+  params, _, d = TRUE["rectified"]
+  y = laws.get_law("rectified").predict(_theta(laws.get_law("rectified"), params), None, d)
+  right = laws.validate("rectified", d, y, holdout="largest_d")
+  wrong = laws.validate("single", d, y, holdout="largest_d")
+  assert right.heldout_error < 1e-5 < wrong.heldout_error
+
+
+def test_large_huber_delta_is_least_squares():
+  params, x, d = TRUE["single"]
+  law = laws.get_law("single")
+  y = law.predict(_theta(law, params), None, d) * (1 + 0.02 * np.random.default_rng(1).standard_normal(len(d)))
+  fit = laws.fit(law, d, y, delta=10.0)
+  residual = np.log(law.predict(fit.theta, None, d)) - np.log(y)
+  assert fit.objective == pytest.approx(0.5 * float(np.sum(np.asarray(residual) ** 2)), rel=1e-9)
