@@ -21,6 +21,7 @@ from etils import epath
 
 from analysis import report as report_lib
 from scaling import laws, results
+from scaling import run as run_lib
 
 X_COLUMN = "non_embedding_params"
 
@@ -126,6 +127,7 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--holdout", default="largest_d", choices=["largest_d", "largest_x", "none"])
   parser.add_argument("--json", help="Write the fit record here.")
   args = parser.parse_args(argv)
+  run_lib.setup_runtime()
   if args.workdir:
     fit_and_report(args.workdir, args.huber_delta)
     return

@@ -17,6 +17,7 @@ import numpy as np
 import scipy.optimize
 
 from scaling import laws
+from scaling import run as run_lib
 
 
 def synthetic_points(num_points: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -100,6 +101,7 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--points", type=int, default=40)
   parser.add_argument("--bootstrap", type=int, default=1000)
   args = parser.parse_args(argv)
+  run_lib.setup_runtime()
   print_table(f"laws: additive law, {args.points} points, Hoffmann's grid",
               bench_laws(args.points, args.bootstrap))
 

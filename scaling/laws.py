@@ -3,7 +3,7 @@
 Each law is written in log space as a log-sum-exp of its terms, with parameters as logs where
 they must be positive (A = e^a, E = e^e). The fit minimises the sum over points of
 Huber_delta(log L_pred - log L_obs) by L-BFGS from every start of a grid at once: the starts are
-one vectorised JAX program (vmap over a while loop), and the best optimum is kept.
+vectorised JAX programs (a batched L-BFGS), and the best optimum is kept.
 """
 
 from __future__ import annotations
@@ -119,54 +119,172 @@ def objective(law: Law, theta: jax.Array, log_x: jax.Array, log_d: jax.Array, lo
   return (weights * optax.losses.huber_loss(residual, delta=delta)).sum()
 
 
-def _minimize(fun: Callable[[jax.Array], jax.Array], x0: jax.Array, max_iter: int, tol: float):
-  """L-BFGS with a zoom line search until the gradient norm is below `tol`."""
-  opt = optax.lbfgs()
-  value_and_grad = optax.value_and_grad_from_state(fun)
+def _two_loop(g, S, Y, rho, count, slot):
+  """The L-BFGS direction -H g of every lane; each lane's history is a ring of `memory` slots."""
+  memory = S.shape[1]
+  lanes = jnp.arange(g.shape[0])
 
-  def step(carry):
-    x, state, i = carry
-    value, grad = value_and_grad(x, state=state)
-    updates, state = opt.update(grad, state, x, value=value, grad=grad, value_fn=fun)
-    return optax.apply_updates(x, updates), state, i + 1
+  def pair(j):  # The j-th newest pair of every lane, and whether it exists.
+    idx = (slot - 1 - j) % memory
+    return S[lanes, idx], Y[lanes, idx], rho[lanes, idx], j < jnp.minimum(count, memory)
 
-  def keep_going(carry):
-    _, state, i = carry
-    grad_norm = optax.tree.norm(optax.tree.get(state, "grad"))
-    return (i == 0) | ((i < max_iter) & (grad_norm >= tol))
+  def backward(q, j):
+    s, y, r, valid = pair(j)
+    a = jnp.where(valid, r * jnp.sum(s * q, -1), 0.0)
+    return q - a[:, None] * y, a
 
-  x, state, i = jax.lax.while_loop(keep_going, step, (x0, opt.init(x0), 0))
-  return x, fun(x), optax.tree.norm(optax.tree.get(state, "grad"))
+  q, alphas = jax.lax.scan(backward, g, jnp.arange(memory))
+  s, y, _, _ = pair(0)
+  yy = jnp.sum(y * y, -1)
+  gamma = jnp.where((count > 0) & (yy > 0), jnp.sum(s * y, -1) / jnp.where(yy > 0, yy, 1.0),
+                    1.0 / jnp.maximum(jnp.linalg.norm(g, axis=-1), 1.0))
 
+  def forward(z, j_a):
+    j, a = j_a
+    s, y, r, valid = pair(j)
+    return z + jnp.where(valid, a - r * jnp.sum(y * z, -1), 0.0)[:, None] * s, None
 
-def fit_many(law: Law, starts: np.ndarray, log_x: np.ndarray, log_d: np.ndarray, log_y: np.ndarray,
-             weights: np.ndarray | None = None, delta: float = 1e-3, max_iter: int = 100,
-             tol: float = 1e-10) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """Optimises every start on every dataset at once, in one JAX program.
-
-  starts: (S, P). log_x, log_d, log_y, weights: (R, n) for R datasets of n points (or (n,) for
-  one). Returns theta (R, S, P), objective (R, S) and final gradient norm (R, S).
-  """
-  data = [np.atleast_2d(a) for a in (log_x, log_d, log_y)]
-  weights = np.ones_like(data[2]) if weights is None else np.atleast_2d(weights)
-  shape = np.broadcast_shapes(*(a.shape for a in data), weights.shape)
-  data = [np.broadcast_to(a, shape) for a in (*data, weights)]
-  with jax.enable_x64(True):
-    run = _compiled_fit(law, float(delta), int(max_iter), float(tol))
-    theta, value, grad_norm = run(jnp.asarray(starts, jnp.float64), *(jnp.asarray(a, jnp.float64) for a in data))
-    value = jnp.where(jnp.isfinite(value), value, jnp.inf)
-    return np.asarray(theta), np.asarray(value), np.asarray(grad_norm)
+  z, _ = jax.lax.scan(forward, gamma[:, None] * q, (jnp.arange(memory), alphas), reverse=True)
+  return -z
 
 
 @functools.lru_cache(maxsize=None)
-def _compiled_fit(law: Law, delta: float, max_iter: int, tol: float):
-  """The jitted (datasets x starts) fit of one law: built once, so refits only run it."""
+def _lbfgs(law: Law, delta: float, iters: int, ftol: float, gtol: float, dtype: str, memory: int = 10):
+  """Jitted (init, run): `iters` L-BFGS iterations on every active lane at once.
 
-  def one(x0, lx, ld, ly, w):
-    return _minimize(lambda t: objective(law, t, lx, ld, ly, w, delta), x0, max_iter, tol)
+  A lane is one start on one dataset. optax.lbfgs under vmap runs every lane's zoom line search
+  until the slowest lane is done, and every lane for as long as the slowest one; here each
+  iteration costs one value-and-gradient plus, only if some lane rejects the unit step, one
+  batched evaluation of three shorter steps. Lanes stop by scipy's rules (relative decrease
+  below ftol, or max |gradient| below gtol); a failed search first retries as steepest descent.
+  """
 
-  per_start = jax.vmap(one, in_axes=(0, None, None, None, None))
-  return jax.jit(jax.vmap(per_start, in_axes=(None, 0, 0, 0, 0)))
+  def value(theta, lane):
+    return objective(law, theta, *lane, delta)
+
+  vg = jax.vmap(jax.value_and_grad(value))
+  v_steps = jax.vmap(jax.vmap(value, in_axes=(0, None)))
+
+  def step(st, data):
+    d = _two_loop(st["g"], st["S"], st["Y"], st["rho"], st["count"], st["slot"])
+    steepest = -st["g"] / jnp.maximum(jnp.linalg.norm(st["g"], axis=-1), 1.0)[:, None]
+    d = jnp.where((jnp.sum(d * st["g"], -1) < 0)[:, None], d, steepest)
+    slope = jnp.sum(d * st["g"], -1)
+    f1, g1 = vg(st["x"] + d, data)
+    unit_ok = (f1 <= st["f"] + 1e-4 * slope) & jnp.isfinite(f1)
+
+    def backtrack(_):
+      # The minimiser of the quadratic through f(0), f'(0) and f(1), and two tenfold shorter steps.
+      curvature = jnp.where(jnp.isfinite(f1), f1 - st["f"] - slope, jnp.inf)
+      t_quad = jnp.clip(-slope / (2 * jnp.maximum(curvature, jnp.finfo(dtype).tiny)), 1e-3, 0.5)
+      steps = t_quad[:, None] * jnp.asarray([1.0, 0.1, 0.01], dtype)
+      f_steps = v_steps(st["x"][:, None, :] + steps[:, :, None] * d[:, None, :], data)
+      ok = (f_steps <= st["f"][:, None] + 1e-4 * steps * slope[:, None]) & jnp.isfinite(f_steps)
+      return jnp.where(ok.any(1), jnp.take_along_axis(steps, jnp.argmax(ok, 1)[:, None], 1)[:, 0], 0.0)
+
+    t_back = jax.lax.cond(jnp.any(st["active"] & ~unit_ok), backtrack, lambda _: jnp.zeros_like(st["f"]), None)
+    t = jnp.where(unit_ok, jnp.ones_like(t_back), t_back)
+    moved = st["active"] & (t > 0)
+    x_new = st["x"] + t[:, None] * d
+    f_b, g_b = jax.lax.cond(jnp.any(moved & ~unit_ok), lambda _: vg(x_new, data), lambda _: (f1, g1), None)
+    f_new, g_new = jnp.where(unit_ok, f1, f_b), jnp.where(unit_ok[:, None], g1, g_b)
+    s, y = x_new - st["x"], g_new - st["g"]
+    sy = jnp.sum(s * y, -1)
+    store = moved & (sy > 1e-10 * jnp.sum(y * y, -1))
+    at = (jnp.arange(memory)[None, :] == st["slot"][:, None]) & store[:, None]
+    f = jnp.where(moved, f_new, st["f"])
+    g = jnp.where(moved[:, None], g_new, st["g"])
+    tiny = (st["f"] - f) <= ftol * jnp.maximum(jnp.maximum(jnp.abs(st["f"]), jnp.abs(f)), 1.0)
+    flat = jnp.max(jnp.abs(g), -1) <= gtol
+    retry = st["active"] & ~moved & (st["count"] > 0)
+    return {"x": jnp.where(moved[:, None], x_new, st["x"]), "f": f, "g": g,
+            "S": jnp.where(at[:, :, None], s[:, None, :], st["S"]),
+            "Y": jnp.where(at[:, :, None], y[:, None, :], st["Y"]),
+            "rho": jnp.where(at, (1.0 / jnp.where(store, sy, 1.0))[:, None], st["rho"]),
+            "count": jnp.where(retry, 0, st["count"] + store), "slot": (st["slot"] + store) % memory,
+            "active": st["active"] & ((moved & ~tiny & ~flat) | retry)}
+
+  def init(x0, data):
+    f, g = vg(x0, data)
+    lanes, p = x0.shape
+    return {"x": x0, "f": f, "g": g, "S": jnp.zeros((lanes, memory, p), dtype), "Y": jnp.zeros((lanes, memory, p), dtype),
+            "rho": jnp.zeros((lanes, memory), dtype), "count": jnp.zeros(lanes, jnp.int32),
+            "slot": jnp.zeros(lanes, jnp.int32), "active": jnp.isfinite(f)}
+
+  return jax.jit(init), jax.jit(lambda st, data: jax.lax.fori_loop(0, iters, lambda _, s: step(s, data), st))
+
+
+@functools.lru_cache(maxsize=None)
+def _values(law: Law, delta: float):
+  """Jitted objective of every lane."""
+  return jax.jit(jax.vmap(lambda theta, lane: objective(law, theta, *lane, delta)))
+
+
+def _bucket(n: int) -> int:
+  """Padded lane count, a power of two (at least 64), so that few shapes ever compile."""
+  return max(64, 1 << int(np.ceil(np.log2(max(n, 1)))))
+
+
+def _minimize_lanes(law: Law, x0: np.ndarray, data: tuple[np.ndarray, ...], delta: float, max_iter: int,
+                    ftol: float, gtol: float, dtype: str = "float64",
+                    chunk: int = 10) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Runs every lane to its own convergence; finished lanes leave the batch between chunks."""
+  init, run = _lbfgs(law, delta, chunk, ftol, gtol, dtype)
+  x, f, g = np.array(x0, np.float64), np.full(len(x0), np.inf), np.zeros(len(x0))
+  data = tuple(np.asarray(a, dtype) for a in data)
+  lanes, done, size = np.arange(len(x0)), 0, -(-len(x0) // 64) * 64  # A grid's size compiles once.
+  pick = np.concatenate([lanes, np.zeros(size - len(lanes), np.int64)])  # Pad with copies of lane 0.
+  state = jax.device_get(init(jnp.asarray(x0[pick], dtype), tuple(jnp.asarray(a[pick]) for a in data)))
+  state = {k: v[: len(lanes)] for k, v in state.items()}
+  while len(lanes) and done < max_iter:
+    size = min(size, _bucket(len(lanes)))
+    pick = np.concatenate([np.arange(len(lanes)), np.zeros(size - len(lanes), np.int64)])  # Pad with lane 0.
+    sub = {k: v[pick] for k, v in state.items()}
+    sub["active"] = sub["active"] & (np.arange(size) < len(lanes))
+    sub = jax.device_get(run(sub, tuple(jnp.asarray(a[lanes[pick]]) for a in data)))
+    done += chunk
+    state = {k: v[: len(lanes)] for k, v in sub.items()}
+    out = ~state["active"] | (done >= max_iter)
+    x[lanes[out]], f[lanes[out]] = state["x"][out], state["f"][out]
+    g[lanes[out]] = np.abs(state["g"][out]).max(-1)
+    lanes, state = lanes[~out], {k: v[~out] for k, v in state.items()}
+  return x, np.where(np.isfinite(f), f, np.inf), g
+
+
+def fit_many(law: Law, starts: np.ndarray, log_x: np.ndarray, log_d: np.ndarray, log_y: np.ndarray,
+             weights: np.ndarray | None = None, delta: float = 1e-3, max_iter: int = 500,
+             ftol: float = 2.2e-9, gtol: float = 1e-5, polish: int = 8) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Optimises every start on every dataset at once, as vectorised JAX programs.
+
+  starts: (S, P). log_x, log_d, log_y, weights: (R, n) for R datasets of n points (or (n,) for
+  one). The `polish` best distinct optima of each dataset are refined once more with tight
+  tolerances. Returns theta (R, S, P), objective (R, S) and final max |gradient| (R, S).
+  """
+  data = [np.atleast_2d(np.asarray(a, np.float64)) for a in (log_x, log_d, log_y)]
+  weights = np.ones_like(data[2]) if weights is None else np.atleast_2d(np.asarray(weights, np.float64))
+  shape = np.broadcast_shapes(*(a.shape for a in data), weights.shape)
+  n_pad = -(-shape[1] // 8) * 8  # Zero-weight padding points: nearby sizes share compiled programs.
+  data = [np.pad(np.broadcast_to(a, shape), ((0, 0), (0, n_pad - shape[1]))) for a in (*data, weights)]
+  starts = np.asarray(starts, np.float64)
+  r, s = shape[0], len(starts)
+  lane_data = tuple(np.repeat(a, s, axis=0) for a in data)
+  with jax.enable_x64(True):
+    # The search runs in float32 (twice the throughput); the best optima are polished in float64.
+    theta, value, grad = _minimize_lanes(law, np.tile(starts, (r, 1)), lane_data, delta, max_iter, ftol, gtol,
+                                         "float32" if polish else "float64")
+    if polish:  # Exact float64 objectives of the float32 optima: what is ranked and reported.
+      value = np.asarray(_values(law, delta)(jnp.asarray(theta), tuple(jnp.asarray(a) for a in lane_data)))
+      value = np.where(np.isfinite(value), value, np.inf)
+    theta, value, grad = theta.reshape(r, s, -1), value.reshape(r, s), grad.reshape(r, s)
+    if polish:
+      best = np.argsort(value, axis=1)[:, :polish]
+      rows = np.repeat(np.arange(r), best.shape[1])
+      x0 = theta[rows, best.ravel()]
+      pol = _minimize_lanes(law, x0, tuple(a[rows] for a in data), delta, 5 * max_iter, 0.0, 1e-12)
+      better = pol[1] < value[rows, best.ravel()]
+      for arr, new in zip((theta, value, grad), pol):
+        arr[rows[better], best.ravel()[better]] = new[better]
+  return theta, value, grad
 
 
 def check_points(law: Law, d, y, x=None, names: Mapping[str, str] | None = None):
@@ -194,7 +312,7 @@ def _logs(x, d):
 
 
 def fit(law: Law | str, d: Sequence[float], y: Sequence[float], x: Sequence[float] | None = None,
-        delta: float = 1e-3, starts: np.ndarray | None = None, grad_tol: float = 1e-6,
+        delta: float = 1e-3, starts: np.ndarray | None = None, grad_tol: float = 1e-5,
         weights: np.ndarray | None = None) -> Fit:
   """Fits a law to points (x, d, y) from every start of its grid; keeps the best."""
   law = get_law(law) if isinstance(law, str) else law

@@ -10,7 +10,10 @@ os.environ.setdefault("SCALING_JAX_CACHE", os.path.join(os.path.dirname(__file__
 
 import pytest  # noqa: E402
 
+from scaling import run as run_lib  # noqa: E402
 from scaling.data import world as world_lib  # noqa: E402
+
+run_lib.setup_runtime()  # The persistent compilation cache, shared by the test workers.
 
 TINY_WORLD = world_lib.WorldConfig(seed=0, num_people=40, bio_renderings=2, heldout_renderings=1)
 
