@@ -4,8 +4,11 @@
     python -m analysis.fit --csv FILE --x COL --d COL --y COL --law NAME \
         [--huber-delta F] [--bootstrap N] [--holdout largest_d|largest_x] [--json OUT]
 
-For a study, the fine-tuned test loss of every (task, method), averaged over seeds, is fitted as
-L(N, D_f) = A * N^-alpha * D_f^-beta + E, with N the base's non-embedding parameters.
+For a study, the fine-tuned test loss of every (task, method), averaged over seeds, is fitted by
+the multiplicative law L(X, D_f) = A * X^-alpha * D_f^-beta + E and the additive law beside it,
+for each factor X the study varies (base non-embedding parameters N, pretraining tokens, trainable
+parameters); and each base model's curve over D_f by the single-factor and rectified laws. Every
+fit reports held-out errors (the largest X, or the largest D_f, held out) and leave-one-out error.
 For a CSV, `--d` is the data column, `--x` the other scaling factor (omit it for a single-factor
 law) and `--y` the loss; `fit_frame` does the same for a pandas DataFrame in your own scripts.
 """
@@ -13,7 +16,10 @@ law) and `--y` the loss; `fit_frame` does the same for a pandas DataFrame in you
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import sys
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -23,43 +29,74 @@ from analysis import report as report_lib
 from scaling import laws, results
 from scaling import run as run_lib
 
-X_COLUMN = "non_embedding_params"
+# Scaling factors a study may vary, by results column.
+X_AXES = {"non_embedding_params": "base parameters N", "pretrain_tokens": "pretraining tokens D_p",
+          "trainable_params": "trainable parameters P"}
+JOINT_LAWS, CURVE_LAWS = ("multiplicative", "additive"), ("single", "rectified")
 
 
 def finetune_points(table: pd.DataFrame) -> pd.DataFrame:
-  """Fine-tuned runs averaged over seeds: one row per (task, method, size, N, D_f)."""
+  """Fine-tuned runs averaged over seeds: one row per (task, method, size, factors, D_f).
+
+  Runs whose test loss is not finite (diverged) are left out, with a warning that names them.
+  """
   ft = table[table["kind"] == "finetune"]
-  keys = ["task", "method", "size", X_COLUMN, "d_f"]
+  bad = ~np.isfinite(pd.to_numeric(ft["metrics.test_loss"], errors="coerce"))
+  if bad.any():
+    warnings.warn(f"excluded {int(bad.sum())} runs with a non-finite test loss: {sorted(ft.loc[bad, 'id'])}",
+                  stacklevel=2)
+    ft = ft[~bad]
+  keys = ["task", "method", "size", *X_AXES, "d_f"]
   return (ft.groupby(keys, as_index=False)
           .agg(test_loss=("metrics.test_loss", "mean"), seeds=("seed", "count"))
           .sort_values(keys, ignore_index=True))
 
 
-def fit_study(table: pd.DataFrame, delta: float = 1e-3) -> list[dict]:
-  """The multiplicative law fitted per (task, method) of a results table."""
+def fit_study(table: pd.DataFrame, delta: float = 1e-3, bootstrap: int = 200) -> list[dict]:
+  """Every law fitted to a results table: the joint laws per (task, method) and varied factor,
+  the single-factor laws per base model's D_f curve; each with held-out errors."""
   fits = []
   for (task, method), group in finetune_points(table).groupby(["task", "method"]):
-    fit = laws.fit("multiplicative", group["d_f"], group["test_loss"], x=group[X_COLUMN], delta=delta)
-    fits.append({"task": task, "method": method, "x": X_COLUMN, "huber_delta": delta, **fit.to_json()})
+    for axis in [a for a in X_AXES if group[a].nunique() > 1]:
+      points = group.groupby([axis, "d_f"], as_index=False)["test_loss"].mean()
+      for law in JOINT_LAWS:
+        record = fit_frame(points, law, d="d_f", y="test_loss", x=axis, delta=delta, bootstrap=bootstrap,
+                           holdout="largest_x")
+        fits.append({"task": task, "method": method, "x": axis, "base": None, **record})
+    for size, curve in group.groupby("size"):
+      for law in CURVE_LAWS:
+        if len(curve) > len(laws.get_law(law).params):
+          record = fit_frame(curve, law, d="d_f", y="test_loss", delta=delta, holdout="largest_d")
+          fits.append({"task": task, "method": method, "x": None, "base": size, **record})
   return fits
 
 
-def fit_and_report(workdir: str | epath.Path, delta: float = 1e-3) -> list[dict]:
-  """Fits the study in `workdir`, writes report/ (fits.json, figure, report.md) and prints the fits."""
+def fit_and_report(workdir: str | epath.Path, delta: float = 1e-3, bootstrap: int = 200) -> list[dict]:
+  """Fits the study in `workdir`, writes report/ (fits.json, figures, report.md) and prints the fits."""
   workdir = epath.Path(workdir)
   table = results.load_table(workdir)
   if table.empty or not (table["kind"] == "finetune").any():
     raise SystemExit(f"no finished fine-tuning runs in {workdir}/runs")
-  fits = fit_study(table, delta)
   out = workdir / "report"
-  out.mkdir(parents=True, exist_ok=True)
-  results.write_json(out / "fits.json", fits)
-  path = report_lib.write_report(table, finetune_points(table), fits, out)
+  # The fits are a function of the points and the settings: unchanged inputs are not refitted.
+  points = finetune_points(table)
+  key = hashlib.sha256(f"{points.to_csv()}|{delta}|{bootstrap}|{laws.__doc__}".encode()).hexdigest()
+  if (out / "inputs.sha256").exists() and (out / "inputs.sha256").read_text() == key and (out / "fits.json").exists():
+    fits, path = json.loads((out / "fits.json").read_text()), out / "report.md"
+  else:
+    with warnings.catch_warnings():
+      warnings.filterwarnings("ignore", message=".*outside the starting grid")  # Recorded in on_grid_edge.
+      fits = fit_study(table, delta, bootstrap)
+    out.mkdir(parents=True, exist_ok=True)
+    results.write_json(out / "fits.json", fits)
+    path = report_lib.write_report(table, points, fits, out)
+    (out / "inputs.sha256").write_text(key)
   for f in fits:
-    p = f["params"]
-    print(f"{f['task']}/{f['method']}: L = {p['A']:.4g} * N^-{p['alpha']:.4f} * D_f^-{p['beta']:.4f} + {p['E']:.4f}"
-          f"  (A={p['A']:.4g}, alpha={p['alpha']:.4f}, beta={p['beta']:.4f}, E={p['E']:.4f};"
-          f" {f['num_points']} points, objective {f['objective']:.3g})")
+    if f["law"] == "multiplicative":
+      p, v = f["params"], f["validation"]
+      print(f"{f['task']}/{f['method']} over {f['x']}: L = {p['A']:.4g} * X^-{p['alpha']:.4f} * D_f^-{p['beta']:.4f}"
+            f" + {p['E']:.4f}  (A={p['A']:.4g}, alpha={p['alpha']:.4f}, beta={p['beta']:.4f}, E={p['E']:.4f};"
+            f" {f['num_points']} points; held-out error {v['heldout_error']:.4g})")
   print(f"report: {path}")
   return fits
 
@@ -91,6 +128,7 @@ def fit_frame(df: pd.DataFrame, law: str, d: str, y: str, x: str | None = None, 
   if bootstrap:
     boot = laws.bootstrap(law_, fit, *points[:2], x=points[2], replicates=bootstrap, delta=delta, level=level)
     record["intervals"] = {"level": level, "replicates": bootstrap, **boot.interval(law_)}
+    record["bootstrap_theta"] = boot.thetas.tolist()  # Log-space draws: bands can be redrawn from fits.json.
   if holdout:
     record["validation"] = laws.validate(law_, *points[:2], x=points[2], holdout=holdout, delta=delta,
                                          full=fit).to_json()
@@ -123,13 +161,14 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--law", default="multiplicative", choices=sorted(laws.LAWS))
   parser.add_argument("--huber-delta", type=float, default=1e-3,
                       help="Huber delta of the log-space objective; large (say 10) means least squares.")
-  parser.add_argument("--bootstrap", type=int, default=0, help="Bootstrap replicates for intervals (0: none).")
+  parser.add_argument("--bootstrap", type=int, default=0,
+                      help="Bootstrap replicates for intervals (CSV default 0: none; study default 200).")
   parser.add_argument("--holdout", default="largest_d", choices=["largest_d", "largest_x", "none"])
   parser.add_argument("--json", help="Write the fit record here.")
   args = parser.parse_args(argv)
   run_lib.setup_runtime()
   if args.workdir:
-    fit_and_report(args.workdir, args.huber_delta)
+    fit_and_report(args.workdir, args.huber_delta, args.bootstrap or 200)
     return
   if not (args.d and args.y):
     parser.error("--csv needs --d and --y (and --x for a joint law)")

@@ -1,4 +1,4 @@
-"""The study report: a figure of the fitted law over the points, and markdown tables."""
+"""The study report: figures of the fitted laws over the points, residuals, and markdown tables."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ from etils import epath  # noqa: E402
 
 from scaling import laws  # noqa: E402
 
+X_LABELS = {"non_embedding_params": "base non-embedding parameters", "pretrain_tokens": "pretraining tokens",
+            "trainable_params": "trainable parameters"}
 RUN_COLUMNS = {  # results column -> report header
     "size": "base", "non_embedding_params": "N", "d_f": "D_f", "seed": "seed",
     "metrics.test_loss": "test loss", "metrics.knowledge": "knowledge", "metrics.behaviour": "behaviour",
@@ -21,34 +23,95 @@ RUN_COLUMNS = {  # results column -> report header
     "train.best_step": "best step", "train.hit_step_cap": "hit cap"}
 
 
-def plot_fit(points: pd.DataFrame, fit: dict, path: epath.Path) -> None:
-  """Test loss against D_f on log axes, one colour per base size, the fitted law drawn over them."""
-  law = laws.get_law(fit["law"])
-  fig, ax = plt.subplots(figsize=(6.4, 4.4))
-  sizes = points.drop_duplicates("size").sort_values("non_embedding_params")
-  colours = plt.cm.viridis(np.linspace(0.0, 0.85, len(sizes)))
-  grid = np.geomspace(points["d_f"].min() * 0.8, points["d_f"].max() * 1.25, 100)
-  theta = np.asarray([np.log(fit["params"][p.upper()]) if p in law.exp_params else fit["params"][p]
-                      for p in law.params])
-  for colour, (_, row) in zip(colours, sizes.iterrows()):
-    mine = points[points["size"] == row["size"]]
-    label = f"{row['size']} (N={row['non_embedding_params']:,})"
-    ax.scatter(mine["d_f"], mine["test_loss"], color=colour, label=label, zorder=3)
-    ax.plot(grid, law.predict(theta, np.full_like(grid, row["non_embedding_params"]), grid), color=colour)
-  p = fit["params"]
-  ax.set(xscale="log", yscale="log", xlabel="fine-tuning examples D_f", ylabel="test loss (answer tokens)",
-         title=f"{fit['task']} / {fit['method']}: {p['A']:.3g}·N^-{p['alpha']:.3f}·D_f^-{p['beta']:.3f} + {p['E']:.3f}")
-  ax.set_xticks(sorted(points["d_f"].unique()))
+def _theta(law: laws.Law, fit: dict) -> np.ndarray:
+  """Log-space parameters of a fit record (exact even where e^e underflows to 0)."""
+  return np.asarray([fit["theta"][p] for p in law.params])
+
+
+def _log_axes(ax, d_values, xlabel: str) -> None:
+  ax.set(xscale="log", yscale="log", xlabel=xlabel, ylabel="test loss (answer tokens)")
+  ax.set_xticks(sorted(d_values))
   ax.yaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
   for axis in (ax.xaxis, ax.yaxis):
     axis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
     axis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-  ax.legend(title="base model", fontsize=8)
   ax.grid(True, which="both", alpha=0.3)
+
+
+def _save(fig, path: epath.Path) -> None:
   fig.tight_layout()
   with path.open("wb") as f:
     fig.savefig(f, dpi=120)
   plt.close(fig)
+
+
+def plot_joint(points: pd.DataFrame, fit: dict, path: epath.Path) -> None:
+  """Test loss against D_f on log axes, a colour per value of the factor X, the fitted law drawn
+  over the points with its bootstrap band."""
+  law, axis = laws.get_law(fit["law"]), fit["x"]
+  theta = _theta(law, fit)
+  fig, ax = plt.subplots(figsize=(6.4, 4.4))
+  xs = sorted(points[axis].unique())
+  colours = plt.cm.viridis(np.linspace(0.0, 0.85, len(xs)))
+  grid = np.geomspace(points["d_f"].min() * 0.8, points["d_f"].max() * 1.25, 100)
+  boot = laws.Bootstrap(np.asarray(fit["bootstrap_theta"]), fit["intervals"]["level"]) if "bootstrap_theta" in fit else None
+  for colour, x in zip(colours, xs):
+    mine = points[points[axis] == x]
+    names = ", ".join(sorted(mine["size"].unique())) if "size" in mine else ""
+    ax.scatter(mine["d_f"], mine["test_loss"], color=colour, label=f"{names} ({axis}={x:,.0f})", zorder=3)
+    x_grid = np.full_like(grid, x)
+    ax.plot(grid, law.predict(theta, x_grid, grid), color=colour)
+    if boot is not None:
+      ax.fill_between(grid, *boot.prediction_interval(law, x_grid, grid), color=colour, alpha=0.15, linewidth=0)
+  p = fit["params"]
+  band = f", {int(100 * fit['intervals']['level'])}% bootstrap bands" if boot is not None else ""
+  ax.set_title(f"{fit['task']} / {fit['method']}: {p['A']:.3g}·X^-{p['alpha']:.3f}·D_f^-{p['beta']:.3f} + "
+               f"{p['E']:.3f}{band}", fontsize=9)
+  _log_axes(ax, points["d_f"].unique(), "fine-tuning examples D_f")
+  ax.legend(title=X_LABELS.get(axis, axis), fontsize=7)
+  _save(fig, path)
+
+
+def plot_residuals(points: pd.DataFrame, fits: list[dict], path: epath.Path) -> None:
+  """Observed minus predicted loss against the prediction, one marker per law."""
+  fig, ax = plt.subplots(figsize=(6.4, 4.0))
+  for fit, marker in zip(fits, "os^D"):
+    law = laws.get_law(fit["law"])
+    pred = law.predict(_theta(law, fit), points[fit["x"]].to_numpy(float), points["d_f"].to_numpy(float))
+    ax.scatter(pred, points["test_loss"] - pred, marker=marker, label=f"{fit['law']} ({fit['formula']})", alpha=0.8)
+  ax.axhline(0.0, color="black", linewidth=0.8)
+  ax.set(xscale="log", xlabel="predicted test loss", ylabel="observed - predicted")
+  ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+  ax.grid(True, which="both", alpha=0.3)
+  ax.legend(fontsize=7)
+  _save(fig, path)
+
+
+def plot_curves(points: pd.DataFrame, fits: list[dict], path: epath.Path) -> None:
+  """Each base model's loss against D_f with the single-factor (dashed) and rectified (solid) fits."""
+  fig, ax = plt.subplots(figsize=(6.4, 4.4))
+  sizes = points.drop_duplicates("size").sort_values("non_embedding_params")["size"].tolist()
+  colours = dict(zip(sizes, plt.cm.viridis(np.linspace(0.0, 0.85, len(sizes)))))
+  grid = np.geomspace(points["d_f"].min() * 0.8, points["d_f"].max() * 1.25, 100)
+  for size in sizes:
+    mine = points[points["size"] == size]
+    ax.scatter(mine["d_f"], mine["test_loss"], color=colours[size], label=size, zorder=3)
+  for fit in fits:
+    law = laws.get_law(fit["law"])
+    ax.plot(grid, law.predict(_theta(law, fit), None, grid), color=colours[fit["base"]],
+            linestyle="-" if fit["law"] == "rectified" else "--")
+  ax.set_title("per base: rectified law (solid) and single-factor law (dashed)", fontsize=9)
+  _log_axes(ax, points["d_f"].unique(), "fine-tuning examples D_f")
+  ax.legend(title="base model", fontsize=7)
+  _save(fig, path)
+
+
+def _fit_row(fit: dict) -> dict:
+  v = fit["validation"]
+  return {"law": fit["law"], "parameters": ", ".join(f"{k}={x:.4g}" for k, x in fit["params"].items()),
+          "objective": fit["objective"], "points": fit["num_points"], "Δe (fitted)": v["fitted_error"],
+          f"Δh ({v['holdout']})": v["heldout_error"], "leave-one-out": v["loo_error"],
+          "converged": fit["converged"], "off grid": ", ".join(fit["on_grid_edge"]) or "-"}
 
 
 def _markdown(df: pd.DataFrame) -> str:
@@ -62,15 +125,33 @@ def _markdown(df: pd.DataFrame) -> str:
 
 def write_report(table: pd.DataFrame, points: pd.DataFrame, fits: list[dict], out: epath.Path) -> epath.Path:
   """Writes the figures and report.md into `out`; returns the report's path."""
-  lines = ["# Study report", "", "## Fitted laws", ""]
-  fit_rows = []
-  for fit in fits:
-    name = f"fit_{fit['task']}_{fit['method']}.png"
-    plot_fit(points[(points["task"] == fit["task"]) & (points["method"] == fit["method"])], fit, out / name)
-    lines += [f"![{fit['task']} / {fit['method']}]({name})", ""]
-    fit_rows.append({"task": fit["task"], "method": fit["method"], "law": fit["formula"], **fit["params"],
-                     "objective": fit["objective"], "points": fit["num_points"], "converged": fit["converged"]})
-  lines += [_markdown(pd.DataFrame(fit_rows)), "", "## Fine-tuned runs", "",
+  lines = ["# Study report", "",
+           "Laws are fitted by Hoffmann et al.'s procedure: Huber loss on log-loss residuals, L-BFGS from "
+           "a grid of starts. Δe: mean |predicted - observed| on the points fitted; Δh: the same on the "
+           "held-out points (the largest factor X, or the largest D_f), predicted by a fit without them; "
+           "leave-one-out: each point predicted by a fit without it. Schema of fits.json: see the README.", ""]
+  for (task, method), mine in pd.DataFrame(fits).groupby(["task", "method"], sort=False):
+    pts = points[(points["task"] == task) & (points["method"] == method)]
+    lines += [f"## {task} / {method}", ""]
+    joint = [f for f in fits if (f["task"], f["method"]) == (task, method) and f["x"]]
+    for axis in dict.fromkeys(f["x"] for f in joint):
+      pair = [f for f in joint if f["x"] == axis]
+      axis_pts = pts.groupby(["size", axis, "d_f"], as_index=False)["test_loss"].mean()
+      stem = f"{task}_{method}_{axis}"
+      multiplicative = [f for f in pair if f["law"] == "multiplicative"]
+      if multiplicative:
+        plot_joint(axis_pts, multiplicative[0], out / f"fit_{stem}.png")
+        lines += [f"![joint fit over {axis}](fit_{stem}.png)", ""]
+      plot_residuals(axis_pts, pair, out / f"residuals_{stem}.png")
+      lines += [f"### Joint laws over {X_LABELS.get(axis, axis)}", "", _markdown(pd.DataFrame([_fit_row(f) for f in pair])),
+                "", f"![residuals over {axis}](residuals_{stem}.png)", ""]
+    curves = [f for f in fits if (f["task"], f["method"]) == (task, method) and f["base"]]
+    if curves:
+      plot_curves(pts, curves, out / f"curves_{task}_{method}.png")
+      rows = [{"base": f["base"], **_fit_row(f)} for f in curves]
+      lines += ["### Single-factor laws per base model", "", f"![per-base curves](curves_{task}_{method}.png)", "",
+                _markdown(pd.DataFrame(rows)), ""]
+  lines += ["## Fine-tuned runs", "",
             "Knowledge: exact-match answers about held-out people. Behaviour: answers in the required "
             "format, right or wrong. Retention: held-out biography loss and cloze knowledge after "
             "fine-tuning, with the change against the base.", ""]

@@ -104,7 +104,7 @@ class Fit:
 
   def to_json(self) -> dict:
     return {"law": self.law, "formula": LAWS[self.law].formula, "params": self.params,
-            "objective": self.objective, "converged": self.converged, "num_points": self.num_points,
+            "theta": dict(zip(LAWS[self.law].params, map(float, self.theta))), "objective": self.objective, "converged": self.converged, "num_points": self.num_points,
             "num_starts": self.num_starts, "on_grid_edge": list(self.on_grid_edge)}
 
 
@@ -232,7 +232,9 @@ def _minimize_lanes(law: Law, x0: np.ndarray, data: tuple[np.ndarray, ...], delt
   init, run = _lbfgs(law, delta, chunk, ftol, gtol, dtype)
   x, f, g = np.array(x0, np.float64), np.full(len(x0), np.inf), np.zeros(len(x0))
   data = tuple(np.asarray(a, dtype) for a in data)
-  lanes, done, size = np.arange(len(x0)), 0, -(-len(x0) // 64) * 64  # A grid's size compiles once.
+  # Start at a power of two, or a multiple of 1024 for big grids: few shapes, little padding.
+  size = _bucket(len(x0)) if len(x0) <= 1024 else -(-len(x0) // 1024) * 1024
+  lanes, done = np.arange(len(x0)), 0
   pick = np.concatenate([lanes, np.zeros(size - len(lanes), np.int64)])  # Pad with copies of lane 0.
   state = jax.device_get(init(jnp.asarray(x0[pick], dtype), tuple(jnp.asarray(a[pick]) for a in data)))
   state = {k: v[: len(lanes)] for k, v in state.items()}

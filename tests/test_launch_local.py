@@ -13,7 +13,7 @@ sys.path.insert(0, {tests!r})
 from conftest import tiny_study
 
 def get_config():
-  return tiny_study(**{{"model.sizes": ("d32l2", "d48l2"), "finetune.d_f": (16, 32, 64)}})
+  return tiny_study(**{{"model.sizes": ("d32l2", "d48l2"), "finetune.d_f": (8, 16, 32, 64, 128)}})
 """
 
 
@@ -28,15 +28,26 @@ def test_tiny_study_end_to_end_then_nothing_to_do(tmp_path):
   workdir = tmp_path / "w"
   first = _launch(config, workdir)
   assert first.returncode == 0, first.stderr[-3000:]
-  assert "8 runs" in first.stdout and "runs: 8 executed, 0 already done" in first.stdout
+  assert "12 runs" in first.stdout and "runs: 12 executed, 0 already done" in first.stdout
   assert "alpha=" in first.stdout and "report: " in first.stdout
 
   fits = json.loads((workdir / "report" / "fits.json").read_text())
-  assert fits[0]["law"] == "multiplicative" and fits[0]["num_points"] == 6
-  assert set(fits[0]["params"]) == {"A", "alpha", "beta", "E"}
+  joint = {f["law"]: f for f in fits if f["x"] == "non_embedding_params"}
+  assert set(joint) == {"multiplicative", "additive"}  # The rival laws on the same points.
+  assert joint["multiplicative"]["num_points"] == 10 and set(joint["multiplicative"]["params"]) == {"A", "alpha", "beta", "E"}
+  assert joint["multiplicative"]["validation"]["holdout"] == "largest_x"
+  assert len(joint["multiplicative"]["validation"]["heldout_relative_errors"]) == 5  # The larger base's curve.
+  lo, hi = joint["multiplicative"]["intervals"]["alpha"]
+  assert lo <= joint["multiplicative"]["params"]["alpha"] <= hi
+  curves = {(f["base"], f["law"]) for f in fits if f["base"]}
+  assert curves == {(b, law) for b in ("d32l2", "d48l2") for law in ("single", "rectified")}
   report = (workdir / "report" / "report.md").read_text()
-  assert "fit_qa_full.png" in report and "knowledge" in report and "behaviour" in report
-  assert (workdir / "report" / "fit_qa_full.png").stat().st_size > 10_000
+  for text in ("fit_qa_full_non_embedding_params.png", "residuals_qa_full_non_embedding_params.png",
+               "curves_qa_full.png", "| multiplicative |", "| additive |", "| rectified |", "| single |",
+               "Δh (largest_x)", "knowledge", "behaviour"):
+    assert text in report, text
+  for name in ("fit_qa_full_non_embedding_params.png", "curves_qa_full.png"):
+    assert (workdir / "report" / name).stat().st_size > 10_000
   study = json.loads((workdir / "study.json").read_text())
   assert study["model"]["sizes"] == ["d32l2", "d48l2"]
   for run in (workdir / "runs").iterdir():
@@ -50,9 +61,9 @@ def test_tiny_study_end_to_end_then_nothing_to_do(tmp_path):
   mtimes = {p: p.stat().st_mtime_ns for p in workdir.glob("runs/*/result.json")}
   second = _launch(config, workdir, "--config.finetune.train.log_every=5")
   assert second.returncode == 0, second.stderr[-3000:]
-  assert "runs: 0 executed, 8 already done" in second.stdout
+  assert "runs: 0 executed, 12 already done" in second.stdout
   assert mtimes == {p: p.stat().st_mtime_ns for p in workdir.glob("runs/*/result.json")}
 
   refit = subprocess.run([sys.executable, "-m", "analysis.fit", "--workdir", str(workdir)], cwd=ROOT,
                          env={**os.environ, "PYTHONPATH": ROOT}, capture_output=True, text=True)
-  assert refit.returncode == 0 and "qa/full: L = " in refit.stdout
+  assert refit.returncode == 0 and "qa/full over non_embedding_params: L = " in refit.stdout
