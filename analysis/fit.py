@@ -167,6 +167,7 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--json", help="Write the fit record here.")
   args = parser.parse_args(argv)
   run_lib.setup_runtime()
+  warnings.formatwarning = lambda message, *_, **__: f"warning: {message}\n"
   if args.workdir:
     fit_and_report(args.workdir, args.huber_delta, args.bootstrap or 200)
     return
