@@ -8,7 +8,6 @@ checkpoint. The study is validated before anything trains.
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 

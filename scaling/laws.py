@@ -371,11 +371,6 @@ def bootstrap(law: Law | str, fit_: Fit, d, y, x=None, replicates: int = 1000, d
   return Bootstrap(refit_weighted(law, fit_, d, y, x, counts, delta), level)
 
 
-def mean_abs_deviation(law: Law, theta: np.ndarray, d, y, x=None) -> float:
-  """Mean |predicted - observed| loss (Zhang et al.'s Delta)."""
-  return float(np.mean(np.abs(law.predict(theta, x, np.asarray(d)) - np.asarray(y))))
-
-
 @dataclasses.dataclass(frozen=True)
 class Validation:
   """How well a law describes and extrapolates a set of points."""

@@ -127,9 +127,3 @@ def batch_axes(rules: Rules) -> tuple[str, ...]:
   """The mesh axes that split the batch."""
   axes = spec(("act_batch",), rules)[0]
   return (axes,) if isinstance(axes, str) else tuple(axes or ())
-
-
-def initialize_distributed(coordinator: str | None, num_processes: int, process_id: int) -> None:
-  """Starts JAX's multi-controller runtime when a run spans several hosts."""
-  if num_processes > 1:
-    jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes, process_id=process_id)

@@ -47,3 +47,14 @@ def test_single_factor_law_on_a_frame():
 def test_bad_frames_name_the_column_and_row(frame, message):
   with pytest.raises(ValueError, match=message):
     fit_lib.fit_frame(frame, "single", d="n", y="loss", holdout=None)
+
+
+def test_diverged_runs_are_excluded_with_a_warning():
+  rows = [{"id": f"ft-{i}", "kind": "finetune", "task": "qa", "method": "full", "size": "d32l2",
+           "non_embedding_params": 100, "pretrain_tokens": 1000.0, "trainable_params": 200, "d_f": d,
+           "seed": 0, "metrics.test_loss": loss}
+          for i, (d, loss) in enumerate([(8, 2.0), (16, float("nan")), (32, 1.5), (64, float("inf"))])]
+  table = pd.DataFrame(rows + [{"id": "pt", "kind": "pretrain", "metrics.test_loss": float("nan")}])
+  with pytest.warns(UserWarning, match=r"excluded 2 runs with a non-finite test loss: \['ft-1', 'ft-3'\]"):
+    points = fit_lib.finetune_points(table)
+  assert list(points["d_f"]) == [8, 32] and list(points["test_loss"]) == [2.0, 1.5]
