@@ -289,9 +289,8 @@ def fit_many(law: Law, starts: np.ndarray, log_x: np.ndarray, log_d: np.ndarray,
   return theta, value, grad
 
 
-def check_points(law: Law, d, y, x=None, names: Mapping[str, str] | None = None):
+def check_points(law: Law, d, y, x=None):
   """Validated float arrays (x, d, y); errors name the column and the row."""
-  names = {"x": "x", "d": "d", "y": "y", **(names or {})}
   if ("x" in law.inputs) != (x is not None):
     raise ValueError(f"law {law.name!r} takes inputs {law.inputs}")
   out = []
@@ -302,7 +301,7 @@ def check_points(law: Law, d, y, x=None, names: Mapping[str, str] | None = None)
     arr = np.asarray(arr, np.float64)
     bad = np.flatnonzero(~(np.isfinite(arr) & (arr > 0)))
     if len(bad):
-      raise ValueError(f"column {names[key]!r} must be positive and finite; row {int(bad[0])} is {arr[bad[0]]}")
+      raise ValueError(f"column {key!r} must be positive and finite; row {int(bad[0])} is {arr[bad[0]]}")
     out.append(arr)
   if len(out[2]) < len(law.params):
     raise ValueError(f"{len(out[2])} points cannot determine the {len(law.params)} parameters of law {law.name!r}")
