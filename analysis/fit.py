@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 from etils import epath
 
+from analysis import eft as eft_analysis
 from analysis import report as report_lib
 from scaling import laws, results
 from scaling import run as run_lib
@@ -80,19 +81,26 @@ def fit_and_report(workdir: str | epath.Path, delta: float = 1e-3, bootstrap: in
   out = workdir / "report"
   # The fits are a function of the points and the settings: unchanged inputs are not refitted.
   points = finetune_points(table)
-  key = hashlib.sha256(f"{points.to_csv()}|{delta}|{bootstrap}|{laws.__doc__}".encode()).hexdigest()
+  inputs = f"{points.to_csv()}|{eft_analysis.eft_points(table).to_csv()}|{delta}|{bootstrap}|{laws.__doc__}"
+  key = hashlib.sha256(inputs.encode()).hexdigest()
   if (out / "inputs.sha256").exists() and (out / "inputs.sha256").read_text() == key and (out / "fits.json").exists():
     fits, path = json.loads((out / "fits.json").read_text()), out / "report.md"
   else:
     with warnings.catch_warnings():
       warnings.filterwarnings("ignore", message=".*outside the starting grid")  # Recorded in on_grid_edge.
-      fits = fit_study(table, delta, bootstrap)
+      fits = [{"section": "finetune", **f} for f in fit_study(table, delta, bootstrap)]
+      fits += eft_analysis.fit_eft(table, delta, bootstrap)
     out.mkdir(parents=True, exist_ok=True)
     results.write_json(out / "fits.json", fits)
-    path = report_lib.write_report(table, points, fits, out)
+    path = report_lib.write_report(table, points, fits, out, eft_analysis.report_lines(table, fits, out))
     (out / "inputs.sha256").write_text(key)
   for f in fits:
-    if f["law"] == "multiplicative":
+    if f["section"] == "eft" and f["analysis"] == "decoupling" and f["beta"] == 1.0:
+      c, ci = f["coef"], f["intervals"]
+      print(f"EFT {f['task']}/{f['method']} {f['metric']}: b1 (log N1) = {c['b1']:.3g} [{ci['b1'][0]:.3g}, "
+            f"{ci['b1'][1]:.3g}], b2 (log N2) = {c['b2']:.3g} [{ci['b2'][0]:.3g}, {ci['b2'][1]:.3g}]: "
+            f"follows {eft_analysis.SCALES.get(f['follows'], f['follows'])}")
+    if f["section"] == "finetune" and f["law"] == "multiplicative":
       p, v = f["params"], f["validation"]
       print(f"{f['task']}/{f['method']} over {f['x']}: L = {p['A']:.4g} * X^-{p['alpha']:.4f} * D_f^-{p['beta']:.4f}"
             f" + {p['E']:.4f}  (A={p['A']:.4g}, alpha={p['alpha']:.4f}, beta={p['beta']:.4f}, E={p['E']:.4f};"

@@ -108,7 +108,7 @@ def plot_curves(points: pd.DataFrame, fits: list[dict], path: epath.Path) -> Non
   _save(fig, path)
 
 
-def _fit_row(fit: dict) -> dict:
+def fit_row(fit: dict) -> dict:
   v = fit["validation"]
   return {"law": fit["law"], "parameters": ", ".join(f"{k}={x:.4g}" for k, x in fit["params"].items()),
           "objective": fit["objective"], "points": fit["num_points"], "Δe (fitted)": v["fitted_error"],
@@ -116,7 +116,7 @@ def _fit_row(fit: dict) -> dict:
           "converged": fit["converged"], "off grid": ", ".join(fit["on_grid_edge"]) or "-"}
 
 
-def _markdown(df: pd.DataFrame) -> str:
+def markdown_table(df: pd.DataFrame) -> str:
   def cell(v):
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
@@ -125,8 +125,11 @@ def _markdown(df: pd.DataFrame) -> str:
   return "\n".join(rows)
 
 
-def write_report(table: pd.DataFrame, points: pd.DataFrame, fits: list[dict], out: epath.Path) -> epath.Path:
-  """Writes the figures and report.md into `out`; returns the report's path."""
+def write_report(table: pd.DataFrame, points: pd.DataFrame, fits: list[dict], out: epath.Path,
+                 sections: list[str] = ()) -> epath.Path:
+  """Writes the figures and report.md into `out`, with further `sections` (markdown lines) before
+  the run tables; returns the report's path."""
+  fits = [f for f in fits if f.get("section", "finetune") == "finetune"]
   lines = ["# Study report", "",
            "Laws are fitted by Hoffmann et al.'s procedure: Huber loss on log-loss residuals, L-BFGS from "
            "a grid of starts. Δe: mean |predicted - observed| on the points fitted; Δh: the same on the "
@@ -145,26 +148,26 @@ def write_report(table: pd.DataFrame, points: pd.DataFrame, fits: list[dict], ou
         plot_joint(axis_pts, multiplicative[0], out / f"fit_{stem}.png")
         lines += [f"![joint fit over {axis}](fit_{stem}.png)", ""]
       plot_residuals(axis_pts, pair, out / f"residuals_{stem}.png")
-      lines += [f"### Joint laws over {X_LABELS.get(axis, axis)}", "", _markdown(pd.DataFrame([_fit_row(f) for f in pair])),
+      lines += [f"### Joint laws over {X_LABELS.get(axis, axis)}", "", markdown_table(pd.DataFrame([fit_row(f) for f in pair])),
                 "", f"![residuals over {axis}](residuals_{stem}.png)", ""]
     curves = [f for f in fits if (f["task"], f["method"]) == (task, method) and f["base"]]
     if curves:
       plot_curves(pts, curves, out / f"curves_{task}_{method}.png")
-      rows = [{"base": f["base"], **_fit_row(f)} for f in curves]
+      rows = [{"base": f["base"], **fit_row(f)} for f in curves]
       lines += ["### Single-factor laws per base model", "", f"![per-base curves](curves_{task}_{method}.png)", "",
-                _markdown(pd.DataFrame(rows)), ""]
-  lines += ["## Fine-tuned runs", "",
+                markdown_table(pd.DataFrame(rows)), ""]
+  lines += [*sections, "## Fine-tuned runs", "",
             "Knowledge: exact-match answers about held-out people. Behaviour: answers in the required "
             "format, right or wrong. Retention: held-out biography loss and cloze knowledge after "
             "fine-tuning, with the change against the base.", ""]
   ft = table[table["kind"] == "finetune"].sort_values(["task", "method", "non_embedding_params", "d_f", "seed"])
   for (task, method), group in ft.groupby(["task", "method"], sort=False):
     cols = [c for c in RUN_COLUMNS if c in group]
-    lines += [f"### {task} / {method}", "", _markdown(group[cols].rename(columns=RUN_COLUMNS)), ""]
+    lines += [f"### {task} / {method}", "", markdown_table(group[cols].rename(columns=RUN_COLUMNS)), ""]
   base = table[table["kind"] == "pretrain"].sort_values("non_embedding_params")
   base_cols = {"size": "base", "params": "params", "non_embedding_params": "N", "pretrain_tokens": "tokens",
                "metrics.heldout_loss": "held-out loss", "metrics.cloze_knowledge": "cloze knowledge"}
-  lines += ["## Base models", "", _markdown(base[list(base_cols)].rename(columns=base_cols)), ""]
+  lines += ["## Base models", "", markdown_table(base[list(base_cols)].rename(columns=base_cols)), ""]
   path = out / "report.md"
   path.write_text("\n".join(lines))
   return path

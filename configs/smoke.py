@@ -1,7 +1,9 @@
 """The smoke study: a complete fine-tuning scaling study that runs on a laptop CPU in minutes.
 
 Four base sizes are pretrained on the synthetic world's biographies, and each is fully fine-tuned
-on nested subsets of the `qa` task. Override any field from the command line, for example
+on nested subsets of the `qa` task. Emulated fine-tuning then recombines every base N1 with every
+fine-tune N2 (at the smallest and largest D_f, three betas) to ask which scale buys knowledge
+and which buys behaviour. Override any field from the command line, for example
 `python -m launch.local --config configs/smoke.py --config.finetune.seeds='(0,1,2)'`.
 """
 
@@ -19,6 +21,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.finetune = {"tasks": ("qa",), "methods": ("full",), "d_f": (40, 80, 160, 320, 640), "seeds": (0,),
                 "train": {"batch_size": 32, "seq_len": 16, "learning_rate": 1e-3, "warmup_steps": 10,
                           "max_steps": 600, "eval_every": 20, "patience": 3, "checkpoint_every": 200}}
+  c.eft = {"enabled": True, "d_f": (40, 640), "betas": (0.5, 1.0, 1.5)}  # Pairs: every ordered pair of sizes.
   c.mesh = {"shape": {"data": -1, "fsdp": 1, "tensor": 1}}
   # Tuples, not lists: ml_collections overrides tuples from the command line.
   return ml_collections.ConfigDict(c)

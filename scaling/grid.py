@@ -1,4 +1,7 @@
-"""Study -> runs. A run's id is derived from its spec, so re-running a grid finds what is done."""
+"""Study -> runs. A run's id is derived from its spec, so re-running a grid finds what is done.
+
+Each run kind (scaling.kinds) adds its cells, in dependency order.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +11,6 @@ import json
 
 import ml_collections
 
-from scaling import study as study_lib
-
 SPEC_FORMAT = 1  # Bump when the meaning of a spec changes, so that old results are not reused.
 
 
@@ -18,7 +19,7 @@ class Run:
   """One unit of work: what it is (`config`, hashed into `id`), what it needs, where it runs."""
 
   id: str
-  kind: str  # "pretrain" or "finetune".
+  kind: str  # A name in scaling.kinds.KINDS.
   config: dict
   deps: tuple[str, ...]
   execution: dict  # Mesh and evaluation batching: how the run executes, not what it computes.
@@ -38,27 +39,12 @@ def run_id(label: str, config: dict) -> str:
 
 
 def expand(study: ml_collections.ConfigDict) -> list[Run]:
-  """All runs of a resolved study, each after the runs it depends on."""
+  """All runs of a validated study, each after the runs it depends on."""
+  from scaling import kinds  # The kinds build Runs: imported here, not at the top, to avoid a cycle.
+
   execution = json.loads(json.dumps({"mesh_shape": study.mesh.shape.to_dict(), "rules": study.mesh.rules,
                                      "eval_batch_size": study.eval.batch_size}))  # As spec.json holds it.
-  world = study_lib.world_config(study)
   runs: list[Run] = []
-  for size in study.model.sizes:
-    block = study.model.block.to_dict()
-    for steps in study.pretrain.steps:
-      train = dataclasses.asdict(study_lib.train_config(study.pretrain.train, "pretrain.train", max_steps=steps))
-      pre = {"kind": "pretrain", "world": dataclasses.asdict(world), "size": size, "block": block,
-             "seed": study.pretrain.seed, "train": train}
-      base = Run(run_id(f"pt-{size}-{steps}", pre), "pretrain", pre, (), execution)
-      runs.append(base)
-      ft_train = dataclasses.asdict(study_lib.train_config(study.finetune.train, "finetune.train"))
-      for task in study.finetune.tasks:
-        for method in study.finetune.methods:
-          for d_f in study.finetune.d_f:
-            for seed in study.finetune.seeds:
-              ft = {"kind": "finetune", "world": dataclasses.asdict(world), "size": size, "block": block,
-                    "base": base.id, "task": task, "method": {"name": method}, "d_f": d_f, "seed": seed,
-                    "train": ft_train}
-              label = f"ft-{size}-{task}-{method}-df{d_f}-s{seed}"
-              runs.append(Run(run_id(label, ft), "finetune", ft, (base.id,), execution))
+  for kind in kinds.KINDS.values():
+    runs += kind.cells(study, list(runs), execution)
   return runs

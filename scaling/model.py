@@ -8,7 +8,7 @@ heads, H head width, F MLP width, V vocabulary. Every parameter carries logical 
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -125,6 +125,13 @@ def train_flops_per_token(cfg: ModelConfig, seq_len: int) -> int:
   return 3 * forward
 
 
+class KVCache(NamedTuple):
+  """One layer's keys and values by absolute position: (B, S, K, H) each."""
+
+  k: jax.Array
+  v: jax.Array
+
+
 def _param(rngs: nnx.Rngs, shape: tuple[int, ...], names: tuple[str, ...], std: float | None) -> nnx.Param:
   """A parameter of `shape` with logical axis `names`; std None means ones, 0 means zeros."""
   if std is None:
@@ -184,7 +191,10 @@ class Attention(nnx.Module):
       self.bv = _param(rngs, (k, h), ("kv_heads", "head_dim"), 0)
       self.bo = _param(rngs, (d,), ("embed",), 0)
 
-  def __call__(self, x_BxLxD: jax.Array, positions_BxL: jax.Array) -> jax.Array:
+  def __call__(self, x_BxLxD: jax.Array, positions_BxL: jax.Array,
+               cache: KVCache | None = None) -> tuple[jax.Array, KVCache | None]:
+    """Attention output; with a cache, the new keys and values are written at `positions_BxL` and
+    each query attends to every cached position up to its own (the cache is returned updated)."""
     cfg, dt = self.cfg, x_BxLxD.dtype
     q_BxLxNxH = jnp.einsum("bld,dnh->blnh", x_BxLxD, self.wq[...].astype(dt))
     k_BxLxKxH = jnp.einsum("bld,dkh->blkh", x_BxLxD, self.wk[...].astype(dt))
@@ -196,11 +206,21 @@ class Attention(nnx.Module):
     q_BxLxNxH = mesh_lib.constrain(rope(q_BxLxNxH, positions_BxL, cfg.rotary_dims, cfg.rope_theta),
                                    ("act_batch", "act_length", "act_heads", None))
     k_BxLxKxH = rope(k_BxLxKxH, positions_BxL, cfg.rotary_dims, cfg.rope_theta)
-    out_BxLxNxH = jax.nn.dot_product_attention(q_BxLxNxH, k_BxLxKxH, v_BxLxKxH, is_causal=True)
+    if cache is None:
+      out_BxLxNxH = jax.nn.dot_product_attention(q_BxLxNxH, k_BxLxKxH, v_BxLxKxH, is_causal=True)
+    else:
+      rows_Bx1 = jnp.arange(x_BxLxD.shape[0])[:, None]
+      cache = KVCache(cache.k.at[rows_Bx1, positions_BxL].set(k_BxLxKxH.astype(cache.k.dtype)),
+                      cache.v.at[rows_Bx1, positions_BxL].set(v_BxLxKxH.astype(cache.v.dtype)))
+      # Slots past a query's position may hold stale or padding entries: they are masked, and
+      # overwritten before any later query can see them.
+      mask_Bx1xLxS = jnp.arange(cache.k.shape[1])[None, None, None, :] <= positions_BxL[:, None, :, None]
+      out_BxLxNxH = jax.nn.dot_product_attention(q_BxLxNxH, cache.k.astype(dt), cache.v.astype(dt),
+                                                 mask=mask_Bx1xLxS)
     out_BxLxD = jnp.einsum("blnh,nhd->bld", out_BxLxNxH, self.wo[...].astype(dt))
     if cfg.use_bias:
       out_BxLxD += self.bo[...].astype(dt)
-    return out_BxLxD
+    return out_BxLxD, cache
 
 
 class Mlp(nnx.Module):
@@ -244,14 +264,15 @@ class Block(nnx.Module):
     self.norm_attn, self.attn = Norm(cfg, rngs), Attention(cfg, rngs)
     self.norm_mlp, self.mlp = Norm(cfg, rngs), Mlp(cfg, rngs)
 
-  def __call__(self, x_BxLxD: jax.Array, positions_BxL: jax.Array) -> jax.Array:
-    attn_BxLxD = self.attn(self.norm_attn(x_BxLxD), positions_BxL)
+  def __call__(self, x_BxLxD: jax.Array, positions_BxL: jax.Array,
+               cache: KVCache | None = None) -> tuple[jax.Array, KVCache | None]:
+    attn_BxLxD, cache = self.attn(self.norm_attn(x_BxLxD), positions_BxL, cache)
     if self.parallel:
       x_BxLxD = x_BxLxD + attn_BxLxD + self.mlp(self.norm_mlp(x_BxLxD))
     else:
       x_BxLxD = x_BxLxD + attn_BxLxD
       x_BxLxD = x_BxLxD + self.mlp(self.norm_mlp(x_BxLxD))
-    return mesh_lib.constrain(x_BxLxD, ("act_batch", "act_length", "act_embed"))
+    return mesh_lib.constrain(x_BxLxD, ("act_batch", "act_length", "act_embed")), cache
 
 
 class Transformer(nnx.Module):
@@ -273,18 +294,35 @@ class Transformer(nnx.Module):
     x_BxLxD = jnp.take(table_VxD, tokens_BxL, axis=0).astype(self.cfg.compute_dtype)
     return mesh_lib.constrain(x_BxLxD, ("act_batch", "act_length", "act_embed"))
 
-  def forward_embeddings(self, x_BxLxD: jax.Array) -> jax.Array:
-    """Logits from input embeddings (the entry point for methods that edit the input)."""
+  def init_cache(self, batch: int, length: int) -> list[KVCache]:
+    """An empty key/value cache of `length` positions per layer, in the compute dtype."""
+    shape = (batch, length, self.cfg.kv_heads, self.cfg.head_width)
+    zeros = lambda: jnp.zeros(shape, self.cfg.compute_dtype)
+    return [KVCache(zeros(), zeros()) for _ in self.blocks]
+
+  def forward_embeddings(self, x_BxLxD: jax.Array, positions_BxL: jax.Array | None = None,
+                         cache: list[KVCache] | None = None) -> tuple[jax.Array, list[KVCache] | None]:
+    """Logits from input embeddings (the entry point for methods that edit the input), and the
+    cache updated with these positions if one is given (positions default to 0..L-1)."""
     b, seq_len = x_BxLxD.shape[:2]
-    positions_BxL = jnp.broadcast_to(jnp.arange(seq_len), (b, seq_len))
-    for block in self.blocks:
-      x_BxLxD = block(x_BxLxD, positions_BxL)
+    if positions_BxL is None:
+      positions_BxL = jnp.broadcast_to(jnp.arange(seq_len), (b, seq_len))
+    new_cache = []
+    for i, block in enumerate(self.blocks):
+      x_BxLxD, layer_cache = block(x_BxLxD, positions_BxL, None if cache is None else cache[i])
+      new_cache.append(layer_cache)
     x_BxLxD = self.norm_out(x_BxLxD)
     if self.cfg.tie_embeddings:
       logits_BxLxV = jnp.einsum("bld,vd->blv", x_BxLxD, self.embed[...].astype(x_BxLxD.dtype))
     else:
       logits_BxLxV = x_BxLxD @ self.unembed[...].astype(x_BxLxD.dtype)
-    return mesh_lib.constrain(logits_BxLxV.astype(jnp.float32), ("act_batch", "act_length", "act_vocab"))
+    logits_BxLxV = mesh_lib.constrain(logits_BxLxV.astype(jnp.float32), ("act_batch", "act_length", "act_vocab"))
+    return logits_BxLxV, None if cache is None else new_cache
+
+  def extend(self, tokens_BxT: jax.Array, positions_BxT: jax.Array,
+             cache: list[KVCache]) -> tuple[jax.Array, list[KVCache]]:
+    """Logits of T new tokens at their positions, attending to the cache; and the updated cache."""
+    return self.forward_embeddings(self.embed_tokens(tokens_BxT), positions_BxT, cache)
 
   def __call__(self, tokens_BxL: jax.Array) -> jax.Array:
-    return self.forward_embeddings(self.embed_tokens(tokens_BxL))
+    return self.forward_embeddings(self.embed_tokens(tokens_BxL))[0]

@@ -37,6 +37,11 @@ def defaults() -> ml_collections.ConfigDict:
       "train": dataclasses.asdict(TrainConfig(seq_len=16, schedule="constant", learning_rate=1e-3,
                                               warmup_steps=10, max_steps=1000, weight_decay=0.0,
                                               eval_every=20, patience=3, checkpoint_every=200))})
+  # Emulated fine-tuning (scaling.kinds.eft). Empty or None fields are filled in by `validate`:
+  # pairs -> every ordered (N1, N2) pair of model.sizes; d_f -> every finetune.d_f; task, method,
+  # seed -> the first of finetune's; pretrain_steps -> the largest pretraining budget.
+  c.eft = ml_collections.ConfigDict({"enabled": False, "task": "", "method": "", "d_f": (), "seed": -1,
+                                     "pretrain_steps": 0, "betas": (0.5, 1.0, 1.5), "pairs": ()})
   c.eval = ml_collections.ConfigDict({"batch_size": 100})
   c.mesh = ml_collections.ConfigDict({"shape": {"data": -1, "fsdp": 1, "tensor": 1},
                                       "rules": tuple(mesh_lib.DEFAULT_RULES)})
@@ -157,4 +162,41 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> ml_collecti
                        f"{batch_axes} of mesh.shape={shape} ({divisor} ways); allowed: a multiple of {divisor}")
   if study.eval.batch_size % divisor:
     raise StudyError(f"eval.batch_size={study.eval.batch_size} is not divisible by the {divisor}-way data axes")
+  _resolve_eft(study)
   return study
+
+
+def _resolve_eft(study: ml_collections.ConfigDict) -> None:
+  """Checks the `eft` group against what the study trains and fills in its defaults."""
+  e, ft = study.eft, study.finetune
+
+  def one_of(field: str, value, allowed, what: str, default, unset):
+    if value == unset:
+      return default
+    if value not in allowed:
+      raise StudyError(f"eft.{field}={value!r} is not {what}; allowed: {list(allowed)}")
+    return value
+
+  e.task = one_of("task", e.task, ft.tasks, "a task this study fine-tunes", ft.tasks[0], "")
+  e.method = one_of("method", e.method, ft.methods, "a method this study fine-tunes with", ft.methods[0], "")
+  e.seed = one_of("seed", e.seed, ft.seeds, "a fine-tuning seed of this study", ft.seeds[0], -1)
+  e.pretrain_steps = one_of("pretrain_steps", e.pretrain_steps, study.pretrain.steps,
+                            "a pretraining budget of this study", max(study.pretrain.steps), 0)
+  for d_f in e.d_f:
+    if d_f not in ft.d_f:
+      raise StudyError(f"eft.d_f contains {d_f!r}, which this study does not fine-tune on; allowed: {list(ft.d_f)}")
+  e.d_f = tuple(e.d_f) or tuple(ft.d_f)
+  betas = list(e.betas)
+  if not betas or any(isinstance(b, bool) or not isinstance(b, (int, float)) or not math.isfinite(b) for b in betas):
+    raise StudyError(f"eft.betas={betas}; allowed: a non-empty list of finite numbers (1.0 is plain EFT, "
+                     "0.0 the base N1 alone)")
+  e.betas = tuple(float(b) for b in betas)
+  sizes = tuple(study.model.sizes)
+  for i, pair in enumerate(e.pairs):
+    if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+      raise StudyError(f"eft.pairs[{i}]={pair!r}; allowed: a pair (N1, N2) of model sizes")
+    for size in pair:
+      if size not in sizes:
+        raise StudyError(f"eft.pairs[{i}]={tuple(pair)!r}: {size!r} is not a size of this study; "
+                         f"allowed: {list(sizes)}")
+  e.pairs = tuple(tuple(p) for p in e.pairs) or tuple((n1, n2) for n1 in sizes for n2 in sizes)

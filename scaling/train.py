@@ -24,7 +24,7 @@ from etils import epath
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
-from scaling import evaluate
+from scaling import decode, evaluate
 from scaling import mesh as mesh_lib
 
 
@@ -154,7 +154,7 @@ def run(*, graphdef: nnx.GraphDef, params: Any, frozen: Mapping, batches, cfg: T
                     donate_argnums=0)
   init_opt = jax.jit(tx.init, out_shardings=state_sh["opt"])
   early_stopping = cfg.eval_every > 0 and dev_batches is not None
-  dev_loss = lambda p: evaluate.mean_loss(graphdef, p, frozen, dev_batches)
+  dev_loss = lambda p: evaluate.mean_loss(decode.Mixture.single(graphdef, p, frozen), dev_batches)
 
   state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt": init_opt(params),
            "tokens": jnp.zeros((), jnp.float32)}

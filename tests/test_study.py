@@ -27,6 +27,16 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     ({"model.block": {"norm": "batch"}}, r"model.norm='batch'; allowed: 'rms', 'layer'"),
     ({"finetune.d_f": (0, 16)}, r"finetune.d_f=\[0, 16\]; allowed: a non-empty list of positive integers"),
     ({"world.num_people": 5}, r"world.num_people=5; allowed: at least 10"),
+    ({"eft": {"enabled": True, "pairs": (("d32l2", "d96l3"),)}},
+     r"eft.pairs\[0\]=\('d32l2', 'd96l3'\): 'd96l3' is not a size of this study; allowed: \['d32l2'\]"),
+    ({"eft": {"enabled": True, "betas": ()}}, r"eft.betas=\[\]; allowed: a non-empty list of finite numbers"),
+    ({"eft": {"enabled": True, "task": "translate"}},
+     r"eft.task='translate' is not a task this study fine-tunes; allowed: \['qa'\]"),
+    ({"eft": {"enabled": True, "method": "lora"}},
+     r"eft.method='lora' is not a method this study fine-tunes with; allowed: \['full'\]"),
+    ({"eft": {"enabled": True, "d_f": (16, 64)}},
+     r"eft.d_f contains 64, which this study does not fine-tune on; allowed: \[16, 32\]"),
+    ({"eft": {"enabled": True, "seed": 3}}, r"eft.seed=3 is not a fine-tuning seed of this study; allowed: \[0\]"),
 ])
 def test_bad_study_names_the_field(overrides, message):
   with pytest.raises(study_lib.StudyError, match=message):
@@ -37,6 +47,24 @@ def test_good_study_resolves_defaults():
   study = study_lib.validate(tiny_study(), num_devices=8)
   assert study.finetune.methods == ("full",)
   assert study.finetune.train.eval_every == 5 and study.finetune.train.weight_decay == 0.0
+
+
+def test_eft_defaults_resolve_against_the_study():
+  study = study_lib.validate(tiny_study(**{"model.sizes": ("d32l2", "d48l2"), "eft": {"enabled": True}}), 8)
+  e = study.eft
+  assert (e.task, e.method, e.seed, e.pretrain_steps, e.d_f) == ("qa", "full", 0, 20, (16, 32))
+  assert e.pairs == (("d32l2", "d32l2"), ("d32l2", "d48l2"), ("d48l2", "d32l2"), ("d48l2", "d48l2"))
+  assert 1.0 in e.betas
+
+
+def test_launcher_rejects_bad_eft_before_writing_anything(tmp_path):
+  workdir = tmp_path / "w"
+  proc = subprocess.run(
+      [sys.executable, "-m", "launch.local", "--config", os.path.join(ROOT, "configs", "smoke.py"),
+       "--workdir", str(workdir), "--config.eft.betas=()"],
+      cwd=ROOT, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": ROOT})
+  assert proc.returncode != 0 and "eft.betas=[]" in proc.stderr + proc.stdout
+  assert not workdir.exists()
 
 
 def test_launcher_rejects_bad_study_before_writing_anything(tmp_path):

@@ -1,0 +1,24 @@
+"""Run kinds as plug-ins: the one table that names them.
+
+A kind is a module with `cells(study, prior, execution)`, which adds its runs (with their
+dependencies among `prior`, the runs of the kinds before it) to a study's grid, and
+`execute(ctx)`, which runs one spec of that kind and returns its result record's fields. Adding a
+kind is adding one module and one entry here; `scaling.grid`, `scaling.run` and the launchers do
+not change.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+from scaling.kinds import eft, finetune, pretrain
+
+# In dependency order: a kind's runs may depend on the runs of the kinds before it.
+KINDS: dict[str, ModuleType] = {"pretrain": pretrain, "finetune": finetune, "eft": eft}
+
+
+def get(kind: str) -> ModuleType:
+  """The plug-in of a run kind; errors list the kinds there are."""
+  if kind not in KINDS:
+    raise ValueError(f"unknown run kind {kind!r}; allowed: {sorted(KINDS)}")
+  return KINDS[kind]

@@ -1,0 +1,59 @@
+"""Fine-tuning: each base, with each method, on nested subsets of each task (D_f examples)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import ml_collections
+
+from scaling import context as context_lib
+from scaling import decode, grid, train
+from scaling import study as study_lib
+from scaling.data import pipeline
+from scaling.data import world as world_lib
+
+
+def cells(study: ml_collections.ConfigDict, prior: list[grid.Run], execution: dict) -> list[grid.Run]:
+  """One run per (base, task, method, D_f, seed), after its base."""
+  world = dataclasses.asdict(study_lib.world_config(study))
+  train_cfg = dataclasses.asdict(study_lib.train_config(study.finetune.train, "finetune.train"))
+  runs = []
+  for base in (r for r in prior if r.kind == "pretrain"):
+    size = base.config["size"]
+    for task in study.finetune.tasks:
+      for method in study.finetune.methods:
+        for d_f in study.finetune.d_f:
+          for seed in study.finetune.seeds:
+            spec = {"kind": "finetune", "world": world, "size": size, "block": base.config["block"],
+                    "base": base.id, "task": task, "method": {"name": method}, "d_f": d_f, "seed": seed,
+                    "train": train_cfg}
+            label = f"ft-{size}-{task}-{method}-df{d_f}-s{seed}"
+            runs.append(grid.Run(grid.run_id(label, spec), "finetune", spec, (base.id,), execution))
+  return runs
+
+
+def execute(ctx: context_lib.Context) -> dict:
+  """Fine-tunes a base with a method on D_f examples; evaluates it at its best dev step."""
+  cfg = ctx.run.config
+  tcfg = train.TrainConfig(**cfg["train"])
+  splits = world_lib.TASKS[cfg["task"]]
+  base = ctx.dependency(cfg["base"])
+  model = context_lib.build_model(ctx, cfg["size"], context_lib.method_of(cfg), cfg["seed"],
+                                  ctx.workdir / "runs" / cfg["base"] / "model")
+  trainable = sum(x.size for x in jax.tree.leaves(model.params))
+  batches = pipeline.train_batches(ctx.source(splits["train"]), pipeline.Encoder(ctx.tok, tcfg.seq_len),
+                                   tcfg.batch_size, seed=cfg["seed"], subset=cfg["d_f"], subset_seed=cfg["seed"])
+  outcome = train.run(graphdef=model.graphdef, params=model.params, frozen=model.frozen, batches=batches,
+                      cfg=tcfg, run_dir=str(ctx.run_dir), mesh=ctx.mesh, rules=ctx.rules,
+                      dev_batches=ctx.eval_batches(splits["dev"]), description=ctx.run.id)
+  train.save_params(outcome.params, str(ctx.run_dir / "model"))
+  mixture = decode.Mixture.single(model.graphdef, outcome.params, model.frozen)
+  metrics = context_lib.task_metrics(ctx, mixture, cfg["task"])
+  for key, value in context_lib.retention_metrics(ctx, mixture).items():
+    metrics[key] = value
+    metrics[f"base_{key}"] = base["metrics"][key]
+    metrics[f"delta_{key}"] = value - base["metrics"][key]
+  return context_lib.trained_record(ctx, outcome, metrics, trainable_params=trainable,
+                                    pretrain_tokens=base["pretrain_tokens"], base=cfg["base"], task=cfg["task"],
+                                    method=cfg["method"]["name"], d_f=cfg["d_f"])

@@ -1,0 +1,71 @@
+"""The EFT analysis: decoupling fits tell which scale a metric follows; gap closed; report section."""
+
+import numpy as np
+import pandas as pd
+import pytest
+from etils import epath
+
+from analysis import eft as eft_analysis
+
+SIZES = {"s": 1e4, "m": 4e4, "l": 1.6e5, "xl": 6.4e5}
+
+
+def _table(seed=0):
+  """EFT runs where knowledge follows N1 and behaviour follows N2, and the real fine-tunes."""
+  rng = np.random.default_rng(seed)
+  rows = []
+  for (a, n1), (b, n2) in ((x, y) for x in SIZES.items() for y in SIZES.items()):
+    for beta in (0.5, 1.0):
+      rows.append({"kind": "eft", "task": "qa", "method": "full", "size": a, "finetune_size": b,
+                   "non_embedding_params": n1, "finetune_non_embedding_params": n2, "d_f": 64, "beta": beta,
+                   "metrics.knowledge": 0.1 * np.log(n1) - 0.8 + 0.01 * rng.standard_normal(),
+                   "metrics.behaviour": 0.1 * np.log(n2) - 0.5 + 0.01 * rng.standard_normal(),
+                   "metrics.test_loss": 30 * n1 ** -0.2 + 5 * n2 ** -0.1 + 0.01 * rng.standard_normal()})
+  for size, n in SIZES.items():
+    rows.append({"kind": "finetune", "task": "qa", "method": "full", "size": size, "non_embedding_params": n,
+                 "d_f": 64, "metrics.knowledge": 0.1 * np.log(n) - 0.8, "metrics.behaviour": 0.1 * np.log(n) - 0.5,
+                 "metrics.test_loss": 30 * n ** -0.2 + 5 * n ** -0.1})
+  return pd.DataFrame(rows)
+
+
+def test_decoupling_fit_tells_which_scale_each_metric_follows():
+  points = eft_analysis.eft_points(_table())
+  at_one = points[points["beta"] == 1.0]
+  knowledge = eft_analysis.decoupling_fit(at_one, "knowledge")
+  behaviour = eft_analysis.decoupling_fit(at_one, "behaviour")
+  assert knowledge["coef"]["b1"] == pytest.approx(0.1, abs=0.01) and abs(knowledge["coef"]["b2"]) < 0.01
+  assert knowledge["follows"] == "n1" and behaviour["follows"] == "n2"
+  lo, hi = behaviour["intervals"]["b2"]
+  assert lo < 0.1 < hi and knowledge["r2"] > 0.9
+
+
+def test_follows_needs_an_interval_that_excludes_zero():
+  assert eft_analysis.follows(0.1, 0.01, [0.05, 0.15], [-0.02, 0.04]) == "n1"
+  assert eft_analysis.follows(0.1, 0.08, [0.05, 0.15], [0.02, 0.1]) == "both"
+  assert eft_analysis.follows(0.01, -0.3, [-0.1, 0.1], [-0.5, -0.1]) == "n2"
+  assert eft_analysis.follows(0.01, 0.02, [-0.1, 0.1], [-0.1, 0.1]) == "neither"
+
+
+def test_gap_closed_against_the_real_fine_tunes():
+  table = _table()
+  gaps = eft_analysis.gap_closed_rows(eft_analysis.eft_points(table), eft_analysis.finetune_metrics(table))
+  assert len(gaps) == 6 * 2  # Up-scaling pairs (N1 > N2) x betas.
+  # Knowledge follows N1 exactly as the real fine-tunes do: EFT closes the whole gap.
+  assert all(g["knowledge"] == pytest.approx(1.0, abs=0.2) for g in gaps)
+  assert all(abs(g["behaviour"]) < 0.2 for g in gaps)  # Behaviour stays at the small fine-tune's.
+
+
+def test_fit_eft_records_and_report_section(tmp_path):
+  table = _table()
+  records = eft_analysis.fit_eft(table, bootstrap=50)
+  kinds = {r["analysis"] for r in records}
+  assert kinds == {"decoupling", "gap_closed", "law"} and all(r["section"] == "eft" for r in records)
+  laws = {r["x"]: r for r in records if r["analysis"] == "law"}
+  assert set(laws) == {"n1", "n2"} and laws["n1"]["law"] == "single"  # One D_f: the law over X alone.
+  lines = eft_analysis.report_lines(table, records, epath.Path(tmp_path))
+  text = "\n".join(lines)
+  for needle in ("## Emulated fine-tuning", "Which scale each metric follows", "Gap closed by up-scaling",
+                 "N1 (pretraining scale)", "N2 (fine-tuning scale)", "eft_qa_full_knowledge.png"):
+    assert needle in text, needle
+  assert (tmp_path / "eft_qa_full_behaviour.png").stat().st_size > 10_000
+  assert eft_analysis.fit_eft(table[table["kind"] != "eft"]) == []
