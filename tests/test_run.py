@@ -1,4 +1,5 @@
-"""A whole run on the 8-device mesh (data x fsdp x tensor) matches the same run on one device."""
+"""Whole runs on the 8-device mesh (data x fsdp x tensor) match the same runs on one device:
+pretraining, fine-tuning, and an EFT run whose models share the mesh and its rules."""
 
 import pytest
 from conftest import tiny_study
@@ -10,7 +11,8 @@ from scaling import study as study_lib
 
 
 def _execute(workdir, shape):
-  study = study_lib.validate(tiny_study(**{"mesh.shape": shape, "finetune.d_f": (32,)}), 8)
+  study = study_lib.validate(tiny_study(**{"mesh.shape": shape, "finetune.d_f": (32,),
+                                           "eft": {"enabled": True, "betas": (0.5,)}}), 8)
   runs = grid.expand(study)
   local.write_plan(study, runs, workdir)
   return [run_lib.execute(r, workdir) for r in runs]
@@ -20,8 +22,9 @@ def test_sharded_runs_match_single_device_runs(tmp_path):
   one = _execute(tmp_path / "one", {"data": 1, "fsdp": 1, "tensor": 1})
   eight = _execute(tmp_path / "eight", {"data": 2, "fsdp": 2, "tensor": 2})
   assert [r["id"] for r in one] == [r["id"] for r in eight]  # The mesh is not part of a run's id.
+  assert [r["kind"] for r in one] == ["pretrain", "finetune", "eft"]
   for a, b in zip(one, eight):
-    assert a["train"]["steps"] == b["train"]["steps"]
+    assert a.get("train", {}).get("steps") == b.get("train", {}).get("steps")
     for key in ("heldout_loss", "test_loss"):
       if key in a["metrics"]:
         assert b["metrics"][key] == pytest.approx(a["metrics"][key], rel=2e-3), key
