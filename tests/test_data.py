@@ -27,6 +27,24 @@ def test_splits_partition_people_and_sizes_are_known():
     assert len(list(world_lib.records(world, split))) == world_lib.split_size(TINY_WORLD, split)
 
 
+def test_pretraining_questions_are_about_training_people_in_another_format():
+  config = world_lib.WorldConfig(seed=0, num_people=40, bio_renderings=2, heldout_renderings=1, question_renderings=3)
+  world = world_lib.build_world(config)
+  docs = [r for r in world_lib.records(world, "pretrain") if r["answer"].startswith(world_lib.PRETRAIN_Q)]
+  assert len(docs) == 3 * len(world.people(0))
+  assert {r["person"] for r in docs} == set(world.people(0))  # No dev or test person is asked about.
+  for r in docs:
+    assert world_lib.QA_PREFIX not in r["answer"] and world.names[r["person"]] in r["answer"]
+    for pair in r["answer"].split(world_lib.PRETRAIN_Q)[1:]:
+      question, answer = pair.split(world_lib.PRETRAIN_A)
+      attr = next(a for a, (_, _, q) in world_lib.ATTRIBUTES.items()
+                  if q.format(name=world.names[r["person"]]) == question.strip())
+      assert answer.split() == [world.value(r["person"], attr), "."]
+  for split in world_lib.SPLITS:
+    assert len(list(world_lib.records(world, split))) == world_lib.split_size(config, split)
+  assert set(world_lib.PRETRAIN_Q.split() + world_lib.PRETRAIN_A.split()) <= set(world.vocabulary())
+
+
 def test_answers_are_the_facts():
   world = world_lib.build_world(TINY_WORLD)
   for r in world_lib.records(world, "qa_test"):

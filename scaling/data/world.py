@@ -2,7 +2,8 @@
 
 Everything is a deterministic function of `WorldConfig`. Every person appears in the pretraining
 corpus; question answering trains on some people and tests on held-out ones, so answering well
-needs knowledge stored in pretraining and the answer format learned in fine-tuning.
+needs knowledge stored in pretraining and the answer format learned in fine-tuning. The corpus
+may also hold questions about training people in another format (`question_renderings`).
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ ATTRIBUTES: dict[str, tuple[int, tuple[str, ...], str]] = {
                    "the research area of {name} is {v} ."), "what field does {name} work in ?"),
 }
 QA_PREFIX, QA_SUFFIX = "question :", "answer :"
+# Question-shaped pretraining text, in a format other than the fine-tuning task's.
+PRETRAIN_Q, PRETRAIN_A = "Q :", "A :"
 # task -> its train, dev and test splits.
 TASKS: dict[str, dict[str, str]] = {"qa": {"train": "qa_train", "dev": "qa_dev", "test": "qa_test"}}
 SPLITS = ("pretrain", "pretrain_heldout", "qa_train", "qa_dev", "qa_test", "cloze_test")
@@ -45,6 +48,10 @@ class WorldConfig:
   num_people: int = 400
   bio_renderings: int = 8  # Distinct renderings of each biography in the pretraining corpus.
   heldout_renderings: int = 2  # Fresh renderings of test people's biographies, never trained on.
+  # Question-shaped documents per training-split person in the pretraining corpus ("Q : ... A :",
+  # not the task's format): bases that have seen questions can be prompted with one, as real
+  # ones can. Test people's facts are still only in their biographies.
+  question_renderings: int = 0
   dev_fraction: float = 0.1
   test_fraction: float = 0.25
 
@@ -54,6 +61,8 @@ class WorldConfig:
       raise ValueError(f"world.num_people={self.num_people}; allowed: at least 10")
     if self.bio_renderings < 1 or self.heldout_renderings < 1:
       raise ValueError("world.bio_renderings and world.heldout_renderings must be at least 1")
+    if self.question_renderings < 0:
+      raise ValueError(f"world.question_renderings={self.question_renderings}; allowed: 0 or more")
     if not (0 < self.dev_fraction and 0 < self.test_fraction and self.dev_fraction + self.test_fraction < 1):
       raise ValueError(f"world.dev_fraction={self.dev_fraction}, world.test_fraction={self.test_fraction}: "
                        "each must be positive and their sum below 1")
@@ -77,7 +86,7 @@ class World:
   def vocabulary(self) -> list[str]:
     """Every word the world can say, special tokens first, in a fixed order."""
     words: dict[str, None] = dict.fromkeys(SPECIAL_TOKENS)
-    templates = [t for _, ts, q in ATTRIBUTES.values() for t in (*ts, q)] + [QA_PREFIX, QA_SUFFIX]
+    templates = [t for _, ts, q in ATTRIBUTES.values() for t in (*ts, q)] + [QA_PREFIX, QA_SUFFIX, PRETRAIN_Q, PRETRAIN_A]
     for text in templates:
       words.update(dict.fromkeys(w for w in text.split() if w not in ("{name}", "{v}")))
     for name in self.names:
@@ -131,7 +140,8 @@ def build_world(config: WorldConfig) -> World:
 def records(world: World, split: str) -> Iterator[dict]:
   """The examples of one split: dicts of prompt, answer (the scored text), attribute, person.
 
-  Biographies have an empty prompt, so a language model is scored on the whole text.
+  Biographies (and question documents) have an empty prompt, so a language model is scored on
+  the whole text.
   """
   seed = world.config.seed
   if split in ("pretrain", "pretrain_heldout"):
@@ -142,6 +152,13 @@ def records(world: World, split: str) -> Iterator[dict]:
     for r in range(reps):
       for p in people:
         yield {"prompt": "", "answer": world.biography(p, rng), "attribute": "", "person": int(p)}
+    if not heldout:
+      for r in range(world.config.question_renderings):
+        for p in world.people(0):
+          attrs = rng.choice(list(ATTRIBUTES), 3, replace=False)
+          text = " ".join(f"{PRETRAIN_Q} {ATTRIBUTES[a][2].format(name=world.names[p])} {PRETRAIN_A} "
+                          f"{world.value(p, a)} ." for a in attrs)
+          yield {"prompt": "", "answer": text, "attribute": "", "person": int(p)}
   elif split.startswith("qa_"):
     for p in world.people({"qa_train": 0, "qa_dev": 1, "qa_test": 2}[split]):
       for attr, (_, _, question) in ATTRIBUTES.items():
@@ -160,9 +177,10 @@ def records(world: World, split: str) -> Iterator[dict]:
 def split_size(config: WorldConfig, split: str) -> int:
   """Number of examples in a split, without generating it."""
   n_dev, n_test = int(config.dev_fraction * config.num_people), int(config.test_fraction * config.num_people)
-  per = {"pretrain": config.num_people * config.bio_renderings,
+  n_train = config.num_people - n_dev - n_test
+  per = {"pretrain": config.num_people * config.bio_renderings + n_train * config.question_renderings,
          "pretrain_heldout": n_test * config.heldout_renderings,
-         "qa_train": (config.num_people - n_dev - n_test) * len(ATTRIBUTES),
+         "qa_train": n_train * len(ATTRIBUTES),
          "qa_dev": n_dev * len(ATTRIBUTES), "qa_test": n_test * len(ATTRIBUTES),
          "cloze_test": n_test * len(ATTRIBUTES)}
   if split not in per:
