@@ -63,6 +63,7 @@ class Mixture:
     return cls.of([Model(graphdef, params, frozen)], [1.0])
 
   def modules(self) -> list[nnx.Module]:
+    """The models as NNX modules (inside a trace: views of the traced arrays)."""
     return [nnx.merge(g, p, f) for g, p, f in zip(self.graphdefs, self.params, self.frozen)]
 
 
