@@ -182,7 +182,11 @@ def main(argv: list[str] | None = None) -> None:
   if not (args.d and args.y):
     parser.error("--csv needs --d and --y (and --x for a joint law)")
   try:
-    record = fit_frame(pd.read_csv(args.csv), args.law, args.d, args.y, args.x, args.huber_delta, args.bootstrap,
+    frame = pd.read_csv(args.csv)
+  except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
+    sys.exit(f"error: --csv {args.csv}: cannot read it ({getattr(e, 'strerror', None) or e})")
+  try:
+    record = fit_frame(frame, args.law, args.d, args.y, args.x, args.huber_delta, args.bootstrap,
                        None if args.holdout == "none" else args.holdout)
   except ValueError as e:
     sys.exit(f"error: {e}")

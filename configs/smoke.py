@@ -9,6 +9,8 @@ and which buys behaviour. Override any field from the command line, for example
 
 import ml_collections
 
+from scaling import study
+
 
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
@@ -24,5 +26,6 @@ def get_config() -> ml_collections.ConfigDict:
                           "max_steps": 600, "eval_every": 20, "patience": 3, "checkpoint_every": 200}}
   c.eft = {"enabled": True, "d_f": (40, 640), "betas": (0.5, 1.0, 1.5)}  # Pairs: every ordered pair of sizes.
   c.mesh = {"shape": {"data": -1, "fsdp": 1, "tensor": 1}}
-  # Tuples, not lists: ml_collections overrides tuples from the command line.
-  return ml_collections.ConfigDict(c)
+  # Tuples, not lists: ml_collections overrides tuples from the command line. Resolved, so that
+  # every study field (not only those set here) can be overridden.
+  return study.resolve(c)

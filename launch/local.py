@@ -48,6 +48,23 @@ def execute_all(runs: list[grid.Run], workdir: epath.Path) -> tuple[int, int]:
   return executed, skipped
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, with a user's mistakes answered by one line instead of a traceback."""
+  try:
+    for arg in argv[1:]:
+      if arg.startswith("--config."):
+        study_lib.check_override(arg[len("--config."):].split("=", 1)[0])
+    return flags.FLAGS(argv)
+  except study_lib.StudyError as e:
+    sys.exit(f"invalid study: {e}")
+  except flags.Error as e:
+    sys.exit(f"usage error: {e}\nusage: python -m launch.local --config CONFIG.py --workdir DIR [--config.a.b=value]")
+  except (AttributeError, KeyError) as e:  # ml_collections: a key that the config file does not set.
+    detail = " ".join(str(e.args[0] if e.args else e).split()).strip("'\" ")
+    sys.exit(f"invalid override: the config file does not set {detail}; the free-form groups "
+             "(model.block, mesh.shape) take only keys that their config file sets")
+
+
 def main(argv) -> None:
   del argv
   if _CONFIG.value is None or _WORKDIR.value is None:
@@ -59,6 +76,10 @@ def main(argv) -> None:
   except study_lib.StudyError as e:
     sys.exit(f"invalid study: {e}")
   workdir = results.workdir_path(_WORKDIR.value)
+  try:
+    workdir.mkdir(parents=True, exist_ok=True)
+  except OSError as e:
+    sys.exit(f"--workdir {_WORKDIR.value}: cannot create it ({e.strerror or e})")
   runs = grid.expand(study)
   write_plan(study, runs, workdir)
   print(f"study {study.name!r}: {len(runs)} runs in {workdir}", flush=True)
@@ -71,4 +92,4 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -56,8 +56,12 @@ def load_spec(path: str | epath.Path) -> tuple[grid.Run, epath.Path]:
 def main(argv: list[str] | None = None) -> None:
   parser = argparse.ArgumentParser(description="Execute (or resume) one run of a study.")
   parser.add_argument("--spec", required=True, help="Path to <workdir>/runs/<run_id>/spec.json.")
+  args = parser.parse_args(argv)
   setup_runtime()
-  run, workdir = load_spec(parser.parse_args(argv).spec)
+  try:
+    run, workdir = load_spec(args.spec)
+  except (OSError, ValueError, KeyError) as e:
+    sys.exit(f"--spec {args.spec}: not a readable run spec ({getattr(e, 'strerror', None) or e})")
   record = execute(run, workdir)
   print(json.dumps(record["metrics"], indent=2, default=float))
 

@@ -59,6 +59,20 @@ def resolve(config: ml_collections.ConfigDict | dict) -> ml_collections.ConfigDi
   return out
 
 
+def check_override(path: str) -> None:
+  """Raises StudyError unless `path` (a.b.c, as in --config.a.b.c=...) is a field of a study."""
+  node, done = defaults(), []
+  for key in path.split("."):
+    if ".".join(done) in _OPEN_GROUPS:
+      return  # Free-form groups take any key; ModelConfig and the mesh check theirs later.
+    if not isinstance(node, ml_collections.ConfigDict) or key not in node:
+      where = ".".join(done) or "the study"
+      allowed = sorted(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
+      raise StudyError(f"--config.{path}: {key!r} is not a field of {where}; allowed: {allowed}")
+    node = node[key]
+    done.append(key)
+
+
 def _merge(into: ml_collections.ConfigDict, src: dict, prefix: str) -> None:
   for key, value in src.items():
     path = f"{prefix}{key}"

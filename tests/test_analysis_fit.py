@@ -30,6 +30,13 @@ def test_csv_cli_fits_the_shipped_example(tmp_path):
   assert len(record["validation"]["heldout_relative_errors"]) == 4  # Four bases at the largest D_f.
 
 
+def test_csv_cli_names_a_missing_file(tmp_path):
+  proc = subprocess.run([sys.executable, "-m", "analysis.fit", "--csv", str(tmp_path / "none.csv"), "--d", "d",
+                         "--y", "y"], cwd=ROOT, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": ROOT})
+  assert proc.returncode != 0 and f"--csv {tmp_path / 'none.csv'}: cannot read it" in proc.stderr
+  assert "Traceback" not in proc.stderr
+
+
 def test_single_factor_law_on_a_frame():
   d = np.geomspace(10, 1e4, 10)
   df = pd.DataFrame({"n": d, "loss": 3.0 * d**-0.5 + 1.0})

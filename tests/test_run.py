@@ -1,6 +1,10 @@
 """Whole runs on the 8-device mesh (data x fsdp x tensor) match the same runs on one device:
 pretraining, fine-tuning, and an EFT run whose models share the mesh and its rules."""
 
+import os
+import subprocess
+import sys
+
 import pytest
 from conftest import tiny_study
 
@@ -28,3 +32,11 @@ def test_sharded_runs_match_single_device_runs(tmp_path):
     for key in ("heldout_loss", "test_loss"):
       if key in a["metrics"]:
         assert b["metrics"][key] == pytest.approx(a["metrics"][key], rel=2e-3), key
+
+
+def test_run_names_a_spec_it_cannot_read(tmp_path):
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  proc = subprocess.run([sys.executable, "-m", "scaling.run", "--spec", str(tmp_path / "spec.json")], cwd=root,
+                        capture_output=True, text=True, env={**os.environ, "PYTHONPATH": root})
+  assert proc.returncode != 0 and f"--spec {tmp_path / 'spec.json'}: not a readable run spec" in proc.stderr
+  assert "Traceback" not in proc.stderr

@@ -76,3 +76,31 @@ def test_launcher_rejects_bad_study_before_writing_anything(tmp_path):
   assert proc.returncode != 0
   assert "finetune.methods[1]='lora9' is not a fine-tuning method" in proc.stderr + proc.stdout
   assert not workdir.exists()
+
+
+def _launch(tmp_path, *args):
+  return subprocess.run([sys.executable, "-m", "launch.local", "--config", os.path.join(ROOT, "configs", "smoke.py"),
+                         *args], cwd=ROOT, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": ROOT})
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--config.finetune.methodz=full",),
+     "--config.finetune.methodz: 'methodz' is not a field of finetune; allowed: ['d_f', 'methods', 'seeds'"),
+    (("--config.evall.batch_size=4",), "'evall' is not a field of the study; allowed: ["),
+    (("--config.model.block.rotary_fractoin=0.5",), "the config file does not set rotary_fractoin"),
+    (("--workdirr=/tmp/x",), "usage error: Unknown command line flag 'workdirr'"),
+    # A field that the config file leaves to the defaults is overridable: it reaches validation.
+    (("--config.finetune.train.schedule=linear",), "finetune.train.schedule='linear'; allowed: 'cosine'"),
+])
+def test_launcher_answers_mistakes_with_one_line(tmp_path, args, message):
+  proc = _launch(tmp_path, "--workdir", str(tmp_path / "w"), *args)
+  assert proc.returncode != 0 and message in proc.stderr, proc.stderr[-2000:]
+  assert "Traceback" not in proc.stderr and not (tmp_path / "w").exists()
+
+
+def test_launcher_names_a_workdir_it_cannot_create(tmp_path):
+  blocker = tmp_path / "file"
+  blocker.write_text("")
+  proc = _launch(tmp_path, "--workdir", str(blocker / "w"))
+  assert proc.returncode != 0 and f"--workdir {blocker / 'w'}: cannot create it" in proc.stderr
+  assert "Traceback" not in proc.stderr
