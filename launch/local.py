@@ -16,8 +16,10 @@ from absl import app, flags
 from etils import epath
 from ml_collections import config_flags
 
+from launch import cli
 from scaling import grid, results, run as run_lib, study as study_lib
 
+USAGE = "python -m launch.local --config CONFIG.py --workdir DIR [--config.a.b=value]"
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Study config file (get_config()).", lock_config=False)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where runs, results and the report go (local or gs://).")
 _ANALYSE = flags.DEFINE_bool("analyse", True, "Fit the laws and write the report after the runs.")
@@ -48,27 +50,10 @@ def execute_all(runs: list[grid.Run], workdir: epath.Path) -> tuple[int, int]:
   return executed, skipped
 
 
-def parse_flags(argv: list[str]) -> list[str]:
-  """absl's flag parsing, with a user's mistakes answered by one line instead of a traceback."""
-  try:
-    for arg in argv[1:]:
-      if arg.startswith("--config."):
-        study_lib.check_override(arg[len("--config."):].split("=", 1)[0])
-    return flags.FLAGS(argv)
-  except study_lib.StudyError as e:
-    sys.exit(f"invalid study: {e}")
-  except flags.Error as e:
-    sys.exit(f"usage error: {e}\nusage: python -m launch.local --config CONFIG.py --workdir DIR [--config.a.b=value]")
-  except (AttributeError, KeyError) as e:  # ml_collections: a key that the config file does not set.
-    detail = " ".join(str(e.args[0] if e.args else e).split()).strip("'\" ")
-    sys.exit(f"invalid override: the config file does not set {detail}; the free-form groups "
-             "(model.block, mesh.shape) take only keys that their config file sets")
-
-
 def main(argv) -> None:
   del argv
   if _CONFIG.value is None or _WORKDIR.value is None:
-    sys.exit("usage: python -m launch.local --config CONFIG.py --workdir DIR")
+    sys.exit(f"usage: {USAGE}")
   t0 = time.time()
   run_lib.setup_runtime()
   try:
@@ -92,4 +77,4 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=parse_flags)
+  app.run(main, flags_parser=cli.flags_parser(USAGE))

@@ -114,6 +114,20 @@ def state_shardings(tx: optax.GradientTransformation, abstract_params: Any, para
   return {"step": replicated, "params": param_shardings, "opt": opt, "tokens": replicated}
 
 
+def jit_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, state_sh: dict, frozen_sh: Any,
+             batch_sh: NamedSharding):
+  """The train step, jitted with fixed shardings and the state donated (also lowered ahead of time)."""
+  return jax.jit(lambda s, f, b: train_step(graphdef, tx, s, f, b), in_shardings=(state_sh, frozen_sh, batch_sh),
+                 out_shardings=(state_sh, None), donate_argnums=0)
+
+
+def abstract_state(tx: optax.GradientTransformation, params: Any, state_sh: dict) -> dict:
+  """The train state as ShapeDtypeStructs with their shardings, from (abstract) parameters."""
+  tree = {"step": jax.ShapeDtypeStruct((), jnp.int32), "params": params, "opt": jax.eval_shape(tx.init, params),
+          "tokens": jax.ShapeDtypeStruct((), jnp.float32)}
+  return _abstract(tree, state_sh)
+
+
 def _abstract(tree: Any, shardings: Any) -> Any:
   return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
 
@@ -149,9 +163,7 @@ def run(*, graphdef: nnx.GraphDef, params: Any, frozen: Mapping, batches, cfg: T
   frozen_sh = jax.tree.map(lambda x: x.sharding, frozen)
   state_sh = state_shardings(tx, params, param_sh, mesh)
   batch_sh = mesh_lib.batch_sharding(mesh, rules)
-  step_fn = jax.jit(lambda s, f, b: train_step(graphdef, tx, s, f, b),
-                    in_shardings=(state_sh, frozen_sh, batch_sh), out_shardings=(state_sh, None),
-                    donate_argnums=0)
+  step_fn = jit_step(graphdef, tx, state_sh, frozen_sh, batch_sh)
   init_opt = jax.jit(tx.init, out_shardings=state_sh["opt"])
   early_stopping = cfg.eval_every > 0 and dev_batches is not None
   dev_loss = lambda p: evaluate.mean_loss(decode.Mixture.single(graphdef, p, frozen), dev_batches)

@@ -1,0 +1,191 @@
+"""Memory check before launch: every distinct training step of a study, compiled ahead of time for
+the target devices, with its per-device memory against the device's.
+
+    python -m launch.check --config configs/smoke.py [--topology v5p-32] [--config.a.b=value]
+
+Without --topology the target is this machine's devices. With it, the steps are compiled for a
+Cloud TPU slice through libtpu (`pip install -e '.[tpu]'`) on this CPU-only machine: nothing
+runs, and nobody pays for a slice to find out that a run does not fit. Exits 1 if one does not.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import re
+import sys
+
+import jax
+from absl import app, flags
+from flax import nnx
+from ml_collections import config_flags
+
+from launch import cli
+from scaling import grid, methods, train
+from scaling import mesh as mesh_lib
+from scaling import model as model_lib
+from scaling import run as run_lib
+from scaling import study as study_lib
+from scaling.data import tokenizer
+from scaling.data import world as world_lib
+
+USAGE = "python -m launch.check --config CONFIG.py [--topology v5p-32] [--config.a.b=value]"
+
+GiB = 1024**3
+# Accelerator name -> (libtpu's name, TensorCores per chip counted in slice names, torus dims, HBM GiB).
+TPUS = {"v4": ("v4", 2, 3, 32), "v5p": ("v5", 2, 3, 95), "v5e": ("v5e", 1, 2, 16), "v6e": ("v6e", 1, 2, 32)}
+
+
+class CheckError(ValueError):
+  """A target or study that cannot be checked; the message names the value and what is allowed."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+  """Devices to compile for, and the memory of each (None where unknown, as on a CPU)."""
+
+  name: str
+  devices: tuple
+  memory_bytes: int | None
+
+
+def tpu_topology(name: str) -> tuple[str, int]:
+  """libtpu's topology name and HBM GiB of a slice name (v5p-32 -> 'v5:2x4x4', 95)."""
+  match = re.fullmatch(r"(v4|v5p|v5e|v6e)-(\d+)", name)
+  if not match:
+    raise CheckError(f"--topology={name!r} is not a TPU slice; allowed: v4-N, v5p-N, v5e-N, v6e-N "
+                     "(N a power of 2, as Cloud TPU names slices)")
+  kind, count = match.group(1), int(match.group(2))
+  lib_name, cores, dims, hbm = TPUS[kind]
+  chips = count // cores
+  if chips < 1 or chips & (chips - 1) or count % cores:
+    raise CheckError(f"--topology={name!r}: {count} is not a {kind} slice size; allowed: powers of 2 "
+                     f"of at least {cores}")
+  shape = [1] * dims
+  for i in range(int(math.log2(chips))):  # Halve the torus as evenly as the chips allow.
+    shape[i % dims] *= 2
+  shape.sort(key=lambda d: (d == 1, d))  # As Cloud TPU writes them: 2x2x4, 2x2x1.
+  return f"{lib_name}:{'x'.join(map(str, shape))}", hbm
+
+
+def target(topology: str | None) -> Target:
+  """The devices of a TPU slice name (compile-only), or this machine's."""
+  if topology is None:
+    devices = tuple(jax.devices())
+    stats = devices[0].memory_stats() or {}
+    return Target(f"local {devices[0].platform} x{len(devices)}", devices, stats.get("bytes_limit"))
+  topo_name, hbm = tpu_topology(topology)
+  os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")  # No TPU VM here: no peers to look for.
+  try:
+    from jax.experimental import topologies
+
+    kwargs = {"chip_config_name": "megacore"} if topology.startswith(("v4", "v5p")) else {}
+    desc = topologies.get_topology_desc(topo_name, "tpu", **kwargs)
+  except Exception as e:  # libtpu is absent, or refuses the topology.
+    raise CheckError(f"--topology={topology!r} ({topo_name}) needs libtpu: pip install -e '.[tpu]' ({e})") from None
+  return Target(f"{topology} ({topo_name})", tuple(desc.devices), hbm * GiB)
+
+
+def step_shapes(runs: list[grid.Run]) -> dict[tuple, grid.Run]:
+  """One run per distinct training step: (size, block, method, batch, length)."""
+  shapes: dict[tuple, grid.Run] = {}
+  for r in runs:
+    if "train" not in r.config:  # Evaluation-only kinds (eft) compile no train step.
+      continue
+    c, t = r.config, r.config["train"]
+    method = c.get("method", {}).get("name", "pretrain")
+    key = (c["size"], str(sorted(c["block"].items())), method, t["batch_size"], t["seq_len"])
+    shapes.setdefault(key, r)
+  return shapes
+
+
+def compiled_memory(run: grid.Run, vocab_size: int, mesh: jax.sharding.Mesh, rules) -> tuple[int, dict]:
+  """(parameters, per-device memory stats) of the run's train step, compiled for the mesh."""
+  c = run.config
+  cfg = model_lib.ladder_config(c["size"], vocab_size, **c["block"])
+  method = methods.get_method(c["method"]["name"]) if "method" in c else None
+
+  def create():
+    model = model_lib.Transformer(cfg, nnx.Rngs(0))
+    return model if method is None else method.prepare(model, nnx.Rngs(1))
+
+  graphdef, trainable, frozen = nnx.split(nnx.eval_shape(create), method.trainable if method else nnx.Param, ...)
+  param_sh = mesh_lib.state_shardings(trainable, mesh, rules)
+  frozen_sh = mesh_lib.state_shardings(frozen, mesh, rules)
+  params, frozen = nnx.to_pure_dict(trainable), nnx.to_pure_dict(frozen)
+  tcfg = train.TrainConfig(**c["train"])
+  tx = train.make_optimizer(tcfg)
+  state_sh = train.state_shardings(tx, params, param_sh, mesh)  # Outside the mesh context: tx.init runs.
+  batch_sh = mesh_lib.batch_sharding(mesh, rules)
+  tokens = jax.ShapeDtypeStruct((tcfg.batch_size, tcfg.seq_len), "int32", sharding=batch_sh)
+  batch = {"inputs": tokens, "targets": tokens,
+           "weights": jax.ShapeDtypeStruct(tokens.shape, "float32", sharding=batch_sh)}
+  state = train.abstract_state(tx, params, state_sh)
+  frozen = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), frozen, frozen_sh)
+  with mesh_lib.activate(mesh, rules):
+    compiled = train.jit_step(graphdef, tx, state_sh, frozen_sh, batch_sh).lower(state, frozen, batch).compile()
+  stats = compiled.memory_analysis()
+  memory = {k: int(getattr(stats, f"{k}_size_in_bytes")) for k in ("argument", "output", "temp", "alias")}
+  memory["peak"] = memory["argument"] + memory["output"] + memory["temp"] - memory["alias"]
+  return model_lib.param_count(cfg), memory
+
+
+def check(study, tgt: Target) -> list[dict]:
+  """A row per distinct train step of the (validated) study: its per-device memory and whether it fits."""
+  shape = mesh_lib.resolve_shape(study.mesh.shape.to_dict(), len(tgt.devices))
+  if math.prod(shape) != len(tgt.devices):
+    raise CheckError(f"mesh.shape={study.mesh.shape.to_dict()} uses {math.prod(shape)} of the {len(tgt.devices)} "
+                     f"devices of {tgt.name}; allowed: axes whose product is {len(tgt.devices)} (or one -1)")
+  mesh = mesh_lib.make_mesh(study.mesh.shape.to_dict(), list(tgt.devices))
+  rules = mesh_lib.parse_rules(study.mesh.rules)
+  world = world_lib.build_world(study_lib.world_config(study))
+  vocab = tokenizer.padded_vocab_size(tokenizer.word_tokenizer(world.vocabulary()))
+  rows = []
+  for (size, _, method, batch, length), run in step_shapes(grid.expand(study)).items():
+    params, memory = compiled_memory(run, vocab, mesh, rules)
+    fits = None if tgt.memory_bytes is None else memory["peak"] <= tgt.memory_bytes
+    rows.append({"size": size, "method": method, "batch": batch, "seq_len": length, "params": params,
+                 **memory, "device_memory": tgt.memory_bytes, "fits": fits})
+  return rows
+
+
+def format_rows(rows: list[dict], tgt: Target) -> str:
+  """The table that the command prints."""
+  unit, scale = ("GiB", GiB) if max(r["peak"] for r in rows) >= GiB else ("MiB", 1024**2)
+  gib = lambda b: "n/a" if b is None else f"{b / scale:.2f}"
+  device = "unknown (host memory)" if tgt.memory_bytes is None else f"{tgt.memory_bytes / GiB:g} GiB"
+  lines = [f"per-device memory ({unit}) on {tgt.name}, mesh over {len(tgt.devices)} devices; device memory {device}",
+           f"{'size':>10} {'method':>9} {'batch x len':>12} {'params':>14} {'arguments':>10} {'outputs':>9} "
+           f"{'temps':>9} {'peak':>9}  fits"]
+  for r in rows:
+    fits = "n/a" if r["fits"] is None else "yes" if r["fits"] else "NO"
+    lines.append(f"{r['size']:>10} {r['method']:>9} {str(r['batch']) + ' x ' + str(r['seq_len']):>12} "
+                 f"{r['params']:>14,} {gib(r['argument']):>10} {gib(r['output']):>9} {gib(r['temp']):>9} "
+                 f"{gib(r['peak']):>9}  {fits}")
+  return "\n".join(lines)
+
+
+def main(argv) -> None:
+  del argv
+  config, topology = flags.FLAGS.config, flags.FLAGS.topology
+  if config is None:
+    sys.exit(f"usage: {USAGE}")
+  run_lib.setup_runtime()
+  try:
+    tgt = target(topology)
+    study = study_lib.validate(config, len(tgt.devices))
+    rows = check(study, tgt)
+  except (CheckError, study_lib.StudyError) as e:
+    sys.exit(f"invalid check: {e}")
+  print(format_rows(rows, tgt))
+  if any(r["fits"] is False for r in rows):
+    sys.exit("some runs do not fit in device memory (fits: NO)")
+
+
+if __name__ == "__main__":
+  # Defined here, not on import: launch.local defines --config too, and tests import both.
+  config_flags.DEFINE_config_file("config", None, "Study config file (get_config()).", lock_config=False)
+  flags.DEFINE_string("topology", None, "A Cloud TPU slice (v4-8, v5p-32, v5e-16, v6e-8, or a topology "
+                      "name such as v5e:4x4); default: this machine's devices.")
+  app.run(main, flags_parser=cli.flags_parser(USAGE))

@@ -1,0 +1,74 @@
+"""The memory check: TPU slice names, per-device memory of every distinct train step, bad targets."""
+
+import os
+import subprocess
+import sys
+
+import jax
+import pytest
+from conftest import tiny_study
+
+from launch import check
+from scaling import study as study_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.parametrize("name, topology, hbm", [
+    ("v5p-8", "v5:2x2x1", 95), ("v5p-32", "v5:2x2x4", 95), ("v5p-64", "v5:2x4x4", 95), ("v5p-128", "v5:4x4x4", 95),
+    ("v5e-16", "v5e:4x4", 16), ("v5e-8", "v5e:2x4", 16), ("v4-8", "v4:2x2x1", 32), ("v6e-1", "v6e:1x1", 32)])
+def test_slice_names_become_topologies(name, topology, hbm):
+  assert check.tpu_topology(name) == (topology, hbm)
+
+
+@pytest.mark.parametrize("name, message", [
+    ("v9-8", r"--topology='v9-8' is not a TPU slice; allowed: v4-N, v5p-N"),
+    ("v5e-12", r"--topology='v5e-12': 12 is not a v5e slice size"),
+    ("v5p-3", r"--topology='v5p-3': 3 is not a v5p slice size")])
+def test_bad_slice_names_are_named(name, message):
+  with pytest.raises(check.CheckError, match=message):
+    check.tpu_topology(name)
+
+
+def _rows(mesh_shape, memory_bytes=None):
+  study = study_lib.validate(tiny_study(**{"mesh.shape": mesh_shape, "model.sizes": ("d32l2", "d48l2")}), 8)
+  target = check.Target("8 cpu", tuple(jax.devices()), memory_bytes)
+  return check.check(study, target)
+
+
+def test_every_distinct_train_step_is_compiled_and_sharding_shows():
+  data = _rows({"data": 8})
+  assert [(r["size"], r["method"]) for r in data] == [("d32l2", "pretrain"), ("d48l2", "pretrain"),
+                                                       ("d32l2", "full"), ("d48l2", "full")]
+  assert all(r["peak"] > 0 and r["fits"] is None for r in data)
+  assert data[1]["argument"] > data[0]["argument"]  # The larger model holds more per device.
+  fsdp = _rows({"data": 1, "fsdp": 8})
+  # Replicated over 8 data shards, each device holds the whole state; FSDP splits it 8 ways.
+  assert fsdp[1]["argument"] < data[1]["argument"] / 3
+  assert all(r["fits"] is False for r in _rows({"data": 8}, memory_bytes=1000))
+
+
+def test_a_mesh_that_leaves_devices_out_is_named():
+  with pytest.raises(check.CheckError, match=r"mesh.shape=\{'data': 4\} uses 4 of the 8 devices"):
+    _rows({"data": 4})
+
+
+def test_cli_prints_the_table_and_answers_bad_topologies_in_one_line():
+  env = {**os.environ, "PYTHONPATH": ROOT}
+  command = [sys.executable, "-m", "launch.check", "--config", os.path.join(ROOT, "configs", "smoke.py")]
+  ok = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+  assert ok.returncode == 0, ok.stderr[-2000:]
+  assert "per-device memory" in ok.stdout and "d96l3  pretrain      32 x 48" in ok.stdout
+  bad = subprocess.run([*command, "--topology", "v9-8"], cwd=ROOT, env=env, capture_output=True, text=True)
+  assert bad.returncode != 0 and "invalid check: --topology='v9-8' is not a TPU slice" in bad.stderr
+  assert "Traceback" not in bad.stderr
+
+
+def test_pod_ladder_is_a_valid_study_for_a_16_chip_slice():
+  sys.path.insert(0, os.path.join(ROOT, "configs"))
+  import pod_ladder
+
+  study = study_lib.validate(pod_ladder.get_config(), 16)
+  assert study.mesh.shape.to_dict() == {"data": 1, "fsdp": 8, "tensor": 2}
+  with pytest.raises(check.CheckError, match="uses 16 of the 32 devices"):
+    check.check(study, check.Target("v5p-64", tuple(range(32)), None))
