@@ -22,7 +22,8 @@ from flax import nnx
 from ml_collections import config_flags
 
 from launch import cli
-from scaling import grid, methods, train
+from scaling import context as context_lib
+from scaling import grid, train
 from scaling import mesh as mesh_lib
 from scaling import model as model_lib
 from scaling import run as run_lib
@@ -104,13 +105,9 @@ def compiled_memory(run: grid.Run, vocab_size: int, mesh: jax.sharding.Mesh, rul
   """(parameters, per-device memory stats) of the run's train step, compiled for the mesh."""
   c = run.config
   cfg = model_lib.ladder_config(c["size"], vocab_size, **c["block"])
-  method = methods.get_method(c["method"]["name"]) if "method" in c else None
-
-  def create():
-    model = model_lib.Transformer(cfg, nnx.Rngs(0))
-    return model if method is None else method.prepare(model, nnx.Rngs(1))
-
-  graphdef, trainable, frozen = nnx.split(nnx.eval_shape(create), method.trainable if method else nnx.Param, ...)
+  method = context_lib.method_of(c) if "method" in c else None
+  abstract = nnx.eval_shape(context_lib.model_creator(cfg, method, 0))
+  graphdef, trainable, frozen = nnx.split(abstract, method.trainable if method else nnx.Param, ...)
   param_sh = mesh_lib.state_shardings(trainable, mesh, rules)
   frozen_sh = mesh_lib.state_shardings(frozen, mesh, rules)
   params, frozen = nnx.to_pure_dict(trainable), nnx.to_pure_dict(frozen)

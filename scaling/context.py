@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+from collections.abc import Callable
 
 import jax
 import numpy as np
@@ -70,16 +71,21 @@ def context(run: grid.Run, workdir: str | epath.Path) -> Context:
   return Context(run, workdir, world, builder, tok, mesh, rules)
 
 
-def build_model(ctx: Context, size: str, method, seed: int, base_dir: epath.Path | None = None) -> decode.Model:
-  """A model of `size`, prepared by `method` (None: the bare model), sharded, with the base
-  weights in `base_dir` if given; its params are what the method trains."""
-  cfg = ctx.model_config(size)
+def model_creator(cfg: model_lib.ModelConfig, method, seed: int) -> Callable[[], nnx.Module]:
+  """A function that builds the model, prepared by `method` (None: the bare model)."""
 
   def create():
     model = model_lib.Transformer(cfg, nnx.Rngs(seed))
     return model if method is None else method.prepare(model, nnx.Rngs(seed + 1))
 
-  graphdef, state = mesh_lib.create_sharded(create, ctx.mesh, ctx.rules)
+  return create
+
+
+def build_model(ctx: Context, size: str, method, seed: int, base_dir: epath.Path | None = None) -> decode.Model:
+  """A model of `size`, prepared by `method` (None: the bare model), sharded, with the base
+  weights in `base_dir` if given; its params are what the method trains."""
+  cfg = ctx.model_config(size)
+  graphdef, state = mesh_lib.create_sharded(model_creator(cfg, method, seed), ctx.mesh, ctx.rules)
   model = nnx.merge(graphdef, state)
   if base_dir is not None:
     base = nnx.state(nnx.eval_shape(lambda: model_lib.Transformer(cfg, nnx.Rngs(0))), nnx.Param)

@@ -57,33 +57,14 @@ def test_eft_defaults_resolve_against_the_study():
   assert 1.0 in e.betas
 
 
-def test_launcher_rejects_bad_eft_before_writing_anything(tmp_path):
-  workdir = tmp_path / "w"
-  proc = subprocess.run(
-      [sys.executable, "-m", "launch.local", "--config", os.path.join(ROOT, "configs", "smoke.py"),
-       "--workdir", str(workdir), "--config.eft.betas=()"],
-      cwd=ROOT, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": ROOT})
-  assert proc.returncode != 0 and "eft.betas=[]" in proc.stderr + proc.stdout
-  assert not workdir.exists()
-
-
-def test_launcher_rejects_bad_study_before_writing_anything(tmp_path):
-  workdir = tmp_path / "w"
-  proc = subprocess.run(
-      [sys.executable, "-m", "launch.local", "--config", os.path.join(ROOT, "configs", "smoke.py"),
-       "--workdir", str(workdir), "--config.finetune.methods=('full','lora9')"],
-      cwd=ROOT, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": ROOT})
-  assert proc.returncode != 0
-  assert "finetune.methods[1]='lora9' is not a fine-tuning method" in proc.stderr + proc.stdout
-  assert not workdir.exists()
-
-
 def _launch(tmp_path, *args):
   return subprocess.run([sys.executable, "-m", "launch.local", "--config", os.path.join(ROOT, "configs", "smoke.py"),
                          *args], cwd=ROOT, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": ROOT})
 
 
 @pytest.mark.parametrize("args, message", [
+    (("--config.finetune.methods=('full','lora9')",), "finetune.methods[1]='lora9' is not a fine-tuning method"),
+    (("--config.eft.betas=()",), "eft.betas=[]; allowed: a non-empty list"),
     (("--config.finetune.methodz=full",),
      "--config.finetune.methodz: 'methodz' is not a field of finetune; allowed: ['d_f', 'methods', 'seeds'"),
     (("--config.evall.batch_size=4",), "'evall' is not a field of the study; allowed: ["),
@@ -92,7 +73,7 @@ def _launch(tmp_path, *args):
     # A field that the config file leaves to the defaults is overridable: it reaches validation.
     (("--config.finetune.train.schedule=linear",), "finetune.train.schedule='linear'; allowed: 'cosine'"),
 ])
-def test_launcher_answers_mistakes_with_one_line(tmp_path, args, message):
+def test_launcher_rejects_mistakes_in_one_line_before_writing_anything(tmp_path, args, message):
   proc = _launch(tmp_path, "--workdir", str(tmp_path / "w"), *args)
   assert proc.returncode != 0 and message in proc.stderr, proc.stderr[-2000:]
   assert "Traceback" not in proc.stderr and not (tmp_path / "w").exists()
