@@ -11,6 +11,7 @@ import jax
 import numpy as np
 from etils import epath
 from flax import nnx
+from jax.experimental import multihost_utils
 
 from scaling import decode, evaluate, grid, results, train
 from scaling import mesh as mesh_lib
@@ -63,6 +64,10 @@ def context(run: grid.Run, workdir: str | epath.Path) -> Context:
   """Builds (or finds) the run's dataset and tokenizer and makes its mesh."""
   workdir = results.workdir_path(workdir)
   world_cfg = world_lib.WorldConfig(**run.config["world"])
+  if jax.process_count() > 1:  # One host builds the dataset; the others wait, then read it.
+    if jax.process_index() == 0:
+      tfds_world.prepare(world_cfg, str(workdir / "data"))
+    multihost_utils.sync_global_devices(f"world data of {run.id}")
   builder = tfds_world.prepare(world_cfg, str(workdir / "data"))
   world = world_lib.build_world(world_cfg)
   tok = tokenizer.word_tokenizer(world.vocabulary())

@@ -1,7 +1,8 @@
 """Losses and metrics: answer-token loss, knowledge (exact match), behaviour (answer format).
 
 All functions take a `decode.Mixture`: one model (`Mixture.single`), or a weighted product of
-models such as an emulated fine-tune. Pure arrays in, numbers out.
+models such as an emulated fine-tune. Pure arrays in, numbers out. Under an active mesh, batches
+are split over its batch axes and the sums cover every host's examples.
 """
 
 from __future__ import annotations
@@ -9,11 +10,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 
 from scaling import decode
+from scaling import mesh as mesh_lib
 
 
 def weighted_cross_entropy(logits_BxLxV: jax.Array, targets_BxL: jax.Array, weights_BxL: jax.Array):
@@ -42,8 +43,8 @@ def answer_metrics(mixture: decode.Mixture, batches: Sequence[Mapping], value_id
   exact, formatted, n = 0.0, 0.0, 0.0
   for batch in batches:
     device = _device_batch(batch)
-    gen_BxT = np.asarray(decode.generate(mixture, device["inputs"], device["prompt_len"], jax.random.key(0),
-                                         num_new=max_answer_len + 1))
+    gen_BxT = mesh_lib.to_host(decode.generate(mixture, device["inputs"], device["prompt_len"], jax.random.key(0),
+                                               num_new=max_answer_len + 1))
     for i in np.flatnonzero(batch["valid"]):
       start, length = int(batch["prompt_len"][i]), int(batch["answer_len"][i])
       truth = batch["targets"][i, start - 1: start - 1 + length]
@@ -55,5 +56,6 @@ def answer_metrics(mixture: decode.Mixture, batches: Sequence[Mapping], value_id
 
 
 def _device_batch(batch: Mapping) -> dict:
+  """The batch's model inputs split over the active mesh's batch axes; each host builds its part."""
   keys = ("inputs", "targets", "weights", "prompt_len")
-  return {k: jnp.asarray(batch[k]) for k in keys}
+  return mesh_lib.global_batch(lambda part: {k: batch[k][part] for k in keys}, len(batch["inputs"]))

@@ -9,7 +9,10 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
+import numpy as np
 from flax import nnx
+from jax.experimental import multihost_utils
 from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -40,6 +43,7 @@ def parse_rules(rules: Sequence[Sequence]) -> tuple[tuple[str, str | tuple[str, 
 
 
 _RULES: contextvars.ContextVar[Rules | None] = contextvars.ContextVar("scaling_rules", default=None)
+_MESH: contextvars.ContextVar[jax.sharding.Mesh | None] = contextvars.ContextVar("scaling_mesh", default=None)
 
 
 def resolve_shape(shape: Mapping[str, int], num_devices: int) -> tuple[int, ...]:
@@ -78,12 +82,13 @@ def make_mesh(shape: Mapping[str, int], devices: Sequence[jax.Device] | None = N
 @contextlib.contextmanager
 def activate(mesh: jax.sharding.Mesh, rules: Rules = DEFAULT_RULES) -> Iterator[None]:
   """Sets the mesh and the logical rules for everything traced inside."""
-  token = _RULES.set(parse_rules(rules))
+  tokens = _RULES.set(parse_rules(rules)), _MESH.set(mesh)
   try:
     with jax.set_mesh(mesh):
       yield
   finally:
-    _RULES.reset(token)
+    _RULES.reset(tokens[0])
+    _MESH.reset(tokens[1])
 
 
 def spec(names: Sequence[str | None], rules: Rules | None = None) -> PartitionSpec:
@@ -121,6 +126,45 @@ def create_sharded(create: Callable[[], nnx.Module], mesh: jax.sharding.Mesh,
 def batch_sharding(mesh: jax.sharding.Mesh, rules: Rules, ndim: int = 2) -> NamedSharding:
   """Sharding of a (B, ...) input batch: batch over the data axes, the rest replicated."""
   return NamedSharding(mesh, spec(("act_batch",) + (None,) * (ndim - 1), rules))
+
+
+def global_batch(rows: Callable[[slice], Mapping[str, np.ndarray]], batch_size: int,
+                 mesh: jax.sharding.Mesh | None = None, rules: Rules | None = None) -> dict[str, jax.Array]:
+  """Global (B, ...) arrays of a batch split over the batch axes (`batch_sharding`), built on each
+  host from only the rows that its own devices hold: `rows(slice)` returns those rows of every field.
+
+  The mesh and rules default to the active ones; outside `activate`, the arrays are put on the
+  default device.
+  """
+  mesh, rules = mesh or _MESH.get(), rules or _RULES.get() or DEFAULT_RULES
+  if mesh is None:
+    return {k: jnp.asarray(v) for k, v in rows(slice(0, batch_size)).items()}
+  local: dict[tuple[int, int], Mapping[str, np.ndarray]] = {}
+  for index in batch_sharding(mesh, rules, ndim=1).addressable_devices_indices_map((batch_size,)).values():
+    start, stop, _ = index[0].indices(batch_size)
+    if (start, stop) not in local:  # Devices that split other axes hold the same rows.
+      local[start, stop] = rows(slice(start, stop))
+  some = next(iter(local.values()))
+
+  def field(name: str) -> jax.Array:
+    shape = (batch_size, *some[name].shape[1:])
+    return jax.make_array_from_callback(
+        shape, batch_sharding(mesh, rules, ndim=len(shape)),
+        lambda index: local[index[0].indices(batch_size)[:2]][name][(slice(None), *index[1:])])
+
+  return {name: field(name) for name in some}
+
+
+def to_host(x: jax.Array) -> np.ndarray:
+  """The whole value of a (possibly multi-host) array on every host."""
+  return np.asarray(x if x.is_fully_addressable or x.is_fully_replicated else multihost_utils.process_allgather(
+      x, tiled=True))
+
+
+def replicated(x, mesh: jax.sharding.Mesh | None = None) -> jax.Array:
+  """A host value (the same on every host) as an array replicated over the mesh (default: active)."""
+  mesh = mesh or _MESH.get()
+  return jnp.asarray(x) if mesh is None else jax.device_put(np.asarray(x), NamedSharding(mesh, PartitionSpec()))
 
 
 def batch_axes(rules: Rules) -> tuple[str, ...]:

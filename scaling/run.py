@@ -1,6 +1,13 @@
 """Executes one run of a study: the command that every host of a slice runs.
 
-    python -m scaling.run --spec <workdir>/runs/<run_id>/spec.json
+    python -m scaling.run --spec <workdir>/runs/<run_id>/spec.json [--distributed]
+    python -m scaling.run --spec ... --coordinator 127.0.0.1:PORT --num-processes N --process-id I
+
+With --distributed, the hosts of a Cloud TPU slice or a GKE TPU job find each other through
+`jax.distributed.initialize()` (from the TPU metadata or the worker environment GKE sets); the
+--coordinator flags do the same by hand, e.g. for several local processes, each with
+XLA_FLAGS=--xla_force_host_platform_device_count=K CPU devices. The mesh spans every host's
+devices; each host loads only its rows of every batch; only process 0 writes metrics and results.
 
 What a run does depends on its kind, a plug-in in scaling.kinds (pretrain, finetune, eft). Every
 run ends by writing result.json, atomically; its presence means the run is done.
@@ -53,10 +60,33 @@ def load_spec(path: str | epath.Path) -> tuple[grid.Run, epath.Path]:
   return grid.Run.from_json(json.loads(path.read_text())), path.parent.parent.parent
 
 
+def join_hosts(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+  """Starts jax.distributed as the flags ask (nothing without them); usage errors in one line."""
+  manual = (args.coordinator, args.num_processes, args.process_id)
+  if args.distributed and any(v is not None for v in manual):
+    parser.error("--distributed finds the other hosts itself; do not combine it with --coordinator")
+  if any(v is not None for v in manual):
+    if None in manual:
+      parser.error("--coordinator, --num-processes and --process-id go together")
+    if args.num_processes < 1 or not 0 <= args.process_id < args.num_processes:
+      parser.error(f"--process-id={args.process_id} with --num-processes={args.num_processes}; allowed: "
+                   "0 <= process id < number of processes")
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU devices across processes.
+    jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+  elif args.distributed:
+    jax.distributed.initialize()
+
+
 def main(argv: list[str] | None = None) -> None:
   parser = argparse.ArgumentParser(description="Execute (or resume) one run of a study.")
   parser.add_argument("--spec", required=True, help="Path to <workdir>/runs/<run_id>/spec.json.")
+  parser.add_argument("--distributed", action="store_true",
+                      help="Join the other hosts of a TPU slice or GKE job (jax.distributed.initialize()).")
+  parser.add_argument("--coordinator", help="HOST:PORT of process 0, to join hosts by hand.")
+  parser.add_argument("--num-processes", type=int, help="Number of processes, with --coordinator.")
+  parser.add_argument("--process-id", type=int, help="This process's index, with --coordinator.")
   args = parser.parse_args(argv)
+  join_hosts(args, parser)
   setup_runtime()
   try:
     run, workdir = load_spec(args.spec)

@@ -153,8 +153,9 @@ def run(*, graphdef: nnx.GraphDef, params: Any, frozen: Mapping, batches, cfg: T
         description: str = "train") -> TrainOutcome:
   """Trains from `params` (or from the run's latest checkpoint) and returns the kept parameters.
 
-  `batches[step]` must return the batch of that step (see data.pipeline.StepBatches). `params` is
-  donated to the first step: the caller must not use it afterwards.
+  `batches.rows(step, part)` must return rows `part` (a slice) of the batch of that step (see
+  data.pipeline.StepBatches); each host asks only for its own rows. `params` is donated to the
+  first step: the caller must not use it afterwards.
   """
   t0 = time.time()
   run_dir = epath.Path(run_dir)
@@ -168,11 +169,12 @@ def run(*, graphdef: nnx.GraphDef, params: Any, frozen: Mapping, batches, cfg: T
   early_stopping = cfg.eval_every > 0 and dev_batches is not None
   dev_loss = lambda p: evaluate.mean_loss(decode.Mixture.single(graphdef, p, frozen), dev_batches)
 
-  state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt": init_opt(params),
-           "tokens": jnp.zeros((), jnp.float32)}
+  # Scalars replicated over the mesh: on several hosts, a host-local array could not be saved.
+  scalar = lambda value, dtype: mesh_lib.replicated(np.asarray(value, dtype), mesh)
+  state = {"step": scalar(0, np.int32), "params": params, "opt": init_opt(params), "tokens": scalar(0, np.float32)}
   # A copy: `params` belongs to the donated state.
-  best = {"params": jax.tree.map(jnp.copy, params) if early_stopping else {}, "dev_loss": jnp.asarray(np.inf, jnp.float32),
-          "step": jnp.zeros((), jnp.int32), "bad_evals": jnp.zeros((), jnp.int32)}
+  best = {"params": jax.tree.map(jnp.copy, params) if early_stopping else {}, "dev_loss": scalar(np.inf, np.float32),
+          "step": scalar(0, np.int32), "bad_evals": scalar(0, np.int32)}
   manager = ocp.CheckpointManager(run_dir / "ckpt", options=ocp.CheckpointManagerOptions(
       max_to_keep=1, enable_async_checkpointing=False))
   tree = lambda: {"state": state, "best": best} if early_stopping else {"state": state}
@@ -189,8 +191,8 @@ def run(*, graphdef: nnx.GraphDef, params: Any, frozen: Mapping, batches, cfg: T
     loss = dev_loss(state["params"])
     log.write({"step": step, "dev_loss": loss})
     if loss < float(best["dev_loss"]):
-      best = {"params": jax.tree.map(jnp.copy, state["params"]), "dev_loss": jnp.float32(loss),
-              "step": jnp.int32(step), "bad_evals": jnp.int32(0)}
+      best = {"params": jax.tree.map(jnp.copy, state["params"]), "dev_loss": scalar(loss, np.float32),
+              "step": scalar(step, np.int32), "bad_evals": scalar(0, np.int32)}
     else:
       best = dict(best, bad_evals=best["bad_evals"] + 1)
     return int(best["bad_evals"]) >= cfg.patience
@@ -201,7 +203,8 @@ def run(*, graphdef: nnx.GraphDef, params: Any, frozen: Mapping, batches, cfg: T
   step = start
   bar = tqdm.tqdm(total=cfg.max_steps, initial=start, desc=description, disable=None, leave=False)
   while not stopped and step < cfg.max_steps:
-    batch = {k: v for k, v in batches[step].items() if k in ("inputs", "targets", "weights")}
+    batch = mesh_lib.global_batch(lambda part: {k: v for k, v in batches.rows(step, part).items()
+                                                if k in ("inputs", "targets", "weights")}, cfg.batch_size, mesh, rules)
     state, metrics = step_fn(state, frozen, batch)
     step += 1
     if step % cfg.log_every == 0 or step == cfg.max_steps:

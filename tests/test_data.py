@@ -112,6 +112,10 @@ def test_finetune_batches_draw_only_from_their_subset(world_data_dir):
   assert all(seen.count(r) == 2 for r in allowed)
   np.testing.assert_array_equal(batches[3]["inputs"], batches[3]["inputs"])
   assert not np.array_equal(batches[0]["inputs"], batches[2]["inputs"])  # Reshuffled each epoch.
+  for step in (1, 3):  # What a host of a multi-host run reads: its rows only, across an epoch boundary.
+    for part in (slice(0, 4), slice(4, 8), slice(2, 6)):
+      for key, value in batches.rows(step, part).items():
+        np.testing.assert_array_equal(value, batches[step][key][part])
 
 
 def test_eval_batches_cover_the_split_once(world_data_dir):

@@ -72,3 +72,25 @@ def test_sharded_step_equals_unsharded():
 def test_constrain_is_noop_outside_a_mesh():
   x = jnp.ones((4, 4))
   assert mesh_lib.constrain(x, ("act_batch", None)) is x
+
+
+def test_global_batch_builds_each_device_rows_from_only_its_part():
+  mesh = mesh_lib.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+  batch = {"inputs": np.arange(8 * 3).reshape(8, 3), "prompt_len": np.arange(8, dtype=np.int32)}
+  asked = []
+
+  def rows(part):
+    asked.append((part.start, part.stop))
+    return {k: v[part] for k, v in batch.items()}
+
+  arrays = mesh_lib.global_batch(rows, 8, mesh, mesh_lib.DEFAULT_RULES)
+  assert sorted(asked) == [(0, 2), (2, 4), (4, 6), (6, 8)]  # Once per row block, not per device.
+  for key, value in batch.items():
+    np.testing.assert_array_equal(np.asarray(arrays[key]), value)
+    assert arrays[key].sharding.is_equivalent_to(mesh_lib.batch_sharding(mesh, mesh_lib.DEFAULT_RULES, value.ndim),
+                                                 value.ndim)
+  with mesh_lib.activate(mesh):  # The active mesh is the default.
+    assert mesh_lib.global_batch(rows, 8)["inputs"].sharding.mesh == mesh
+  outside = mesh_lib.global_batch(rows, 8)  # No mesh: one device, whole rows.
+  np.testing.assert_array_equal(np.asarray(outside["inputs"]), batch["inputs"])
+  assert asked[-1] == (0, 8)

@@ -34,9 +34,15 @@ def test_sharded_runs_match_single_device_runs(tmp_path):
         assert b["metrics"][key] == pytest.approx(a["metrics"][key], rel=2e-3), key
 
 
-def test_run_names_a_spec_it_cannot_read(tmp_path):
+@pytest.mark.parametrize("flags, message", [
+    ((), "not a readable run spec"),
+    (("--coordinator", "127.0.0.1:1234"), "--coordinator, --num-processes and --process-id go together"),
+    (("--coordinator", "127.0.0.1:1", "--num-processes", "2", "--process-id", "2"), "--process-id=2 with"),
+    (("--distributed", "--coordinator", "127.0.0.1:1"), "do not combine it with --coordinator"),
+])
+def test_run_answers_bad_flags_in_one_line(tmp_path, flags, message):
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  proc = subprocess.run([sys.executable, "-m", "scaling.run", "--spec", str(tmp_path / "spec.json")], cwd=root,
-                        capture_output=True, text=True, env={**os.environ, "PYTHONPATH": root})
-  assert proc.returncode != 0 and f"--spec {tmp_path / 'spec.json'}: not a readable run spec" in proc.stderr
+  proc = subprocess.run([sys.executable, "-m", "scaling.run", "--spec", str(tmp_path / "spec.json"), *flags],
+                        cwd=root, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": root})
+  assert proc.returncode != 0 and message in proc.stderr, proc.stderr
   assert "Traceback" not in proc.stderr

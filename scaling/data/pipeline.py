@@ -83,8 +83,12 @@ class StepBatches:
     return self._perms[epoch]
 
   def __getitem__(self, step: int) -> dict[str, np.ndarray]:
+    return self.rows(step, slice(0, self.batch_size))
+
+  def rows(self, step: int, part: slice) -> dict[str, np.ndarray]:
+    """Rows `part` of step's batch: a host reads only the rows that its devices hold."""
     n = len(self.indices)
-    positions = range(step * self.batch_size, (step + 1) * self.batch_size)
+    positions = range(step * self.batch_size, (step + 1) * self.batch_size)[part]
     rows = self.indices[[self._perm(p // n)[p % n] for p in positions]]
     return {k: v[rows] for k, v in self.arrays.items()}
 

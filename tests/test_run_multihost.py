@@ -1,0 +1,144 @@
+"""One run across two hosts: 2 local processes with 4 CPU devices each form one 8-device mesh
+(jax.distributed, gloo collectives) and must end where one process with 8 devices ends; a run
+whose process is SIGKILLed resumes, after both restart, to the uninterrupted result.
+
+Not bit-identical to one process: gloo adds the devices' partial sums (the loss over the batch,
+the gradients over FSDP shards) in another order than XLA's in-process collectives, so values
+differ in the last bits (about 1e-7 relative). Two-process runs are bit-identical to each other.
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+from conftest import tiny_study
+
+from launch import local
+from scaling import grid
+from scaling import study as study_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOL = 1e-5  # Relative, on metrics and parameters after 60 pretraining and up to 20 fine-tuning steps.
+
+
+def _plan(workdir) -> list[grid.Run]:
+  """A pretrain (long enough to be killed mid-way) and a fine-tune that stops early, on a
+  (fsdp 4 x tensor 2) mesh."""
+  study = study_lib.validate(tiny_study(**{"mesh.shape": {"data": 1, "fsdp": 4, "tensor": 2},
+                                           "pretrain.steps": (60,), "finetune.d_f": (16,),
+                                           "finetune.train.learning_rate": 0.01, "finetune.train.patience": 1}), 8)
+  runs = grid.expand(study)
+  local.write_plan(study, runs, workdir)
+  return runs
+
+
+def _spec(workdir, run) -> str:
+  return str(workdir / "runs" / run.id / "spec.json")
+
+
+def _env(devices: int) -> dict:
+  return {**os.environ, "PYTHONPATH": ROOT, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+
+
+def _one_process(workdir, run) -> None:
+  proc = subprocess.run([sys.executable, "-m", "scaling.run", "--spec", _spec(workdir, run)], cwd=ROOT,
+                        env=_env(8), capture_output=True, text=True)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def _start_two(workdir, run) -> list[subprocess.Popen]:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  return [subprocess.Popen([sys.executable, "-m", "scaling.run", "--spec", _spec(workdir, run), "--coordinator",
+                            f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i)], cwd=ROOT,
+                           env=_env(4), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+          for i in range(2)]
+
+
+def _two_processes(workdir, run) -> None:
+  procs = _start_two(workdir, run)
+  for p in procs:
+    _, err = p.communicate(timeout=300)
+    assert p.returncode == 0, err[-3000:]
+
+
+def _metrics(workdir, run) -> list[dict]:
+  return [json.loads(line) for line in (workdir / "runs" / run.id / "metrics.jsonl").read_text().splitlines()]
+
+
+def _params(workdir, run) -> list[np.ndarray]:
+  path = workdir / "runs" / run.id / "model"
+  checkpointer = ocp.StandardCheckpointer()
+  meta = checkpointer.metadata(path)
+  meta = getattr(meta, "item_metadata", meta)
+  one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  return [np.asarray(x) for x in jax.tree.leaves(checkpointer.restore(
+      path, jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one), meta)))]
+
+
+def _result(workdir, run) -> dict:
+  return json.loads((workdir / "runs" / run.id / "result.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def two_host_runs(tmp_path_factory):
+  """The same plan run by one 8-device process and by two 4-device processes."""
+  one, two = tmp_path_factory.mktemp("one"), tmp_path_factory.mktemp("two")
+  runs = _plan(one)
+  assert _plan(two) == runs
+  for run in runs[:2]:  # The pretrain, then its fine-tune.
+    _one_process(one, run)
+    _two_processes(two, run)
+  return one, two, runs[:2]
+
+
+def test_two_processes_end_where_one_process_ends(two_host_runs):
+  one, two, runs = two_host_runs
+  for run in runs:
+    a, b = _metrics(one, run), _metrics(two, run)
+    assert [sorted(r) for r in a] == [sorted(r) for r in b] and len(a) >= 4
+    for ra, rb in zip(a, b):
+      for key in ra:
+        assert rb[key] == pytest.approx(ra[key], rel=TOL), (run.kind, ra["step"], key)
+    for x, y in zip(_params(one, run), _params(two, run), strict=True):
+      np.testing.assert_allclose(y, x, rtol=TOL, atol=TOL)
+    ra, rb = _result(one, run), _result(two, run)
+    assert ra["train"]["steps"] == rb["train"]["steps"] and ra["train"]["best_step"] == rb["train"]["best_step"]
+    assert set(ra["metrics"]) == set(rb["metrics"])
+    for key, value in ra["metrics"].items():
+      assert rb["metrics"][key] == pytest.approx(value, rel=TOL, abs=TOL), (run.kind, key)
+  assert _result(two, runs[1])["train"]["steps"] < 20  # Early stopping fired, and both hosts agreed on it.
+
+
+def test_sigkilled_process_resumes_to_the_uninterrupted_result(two_host_runs, tmp_path):
+  _, uninterrupted, runs = two_host_runs
+  pretrain = runs[0]
+  assert _plan(tmp_path) == _plan(uninterrupted) and pretrain.kind == "pretrain"
+  procs = _start_two(tmp_path, pretrain)
+  log = tmp_path / "runs" / pretrain.id / "metrics.jsonl"
+  deadline = time.time() + 240
+  while time.time() < deadline and not (log.exists() and any(json.loads(line)["step"] >= 25 for line in
+                                                                 log.read_text().splitlines() if line)):
+    assert procs[0].poll() is None, procs[0].communicate()[1][-3000:]
+    time.sleep(0.005)
+  procs[1].send_signal(signal.SIGKILL)  # One host dies mid-run (after the step-20 checkpoint) ...
+  procs[0].send_signal(signal.SIGKILL)  # ... and the orchestrator stops the rest of the slice.
+  for p in procs:
+    p.communicate()
+  assert not (tmp_path / "runs" / pretrain.id / "result.json").exists()
+  saved = [int(d.name) for d in (tmp_path / "runs" / pretrain.id / "ckpt").iterdir() if d.name.isdigit()]
+  assert saved and 20 <= max(saved) < 60  # What the restart resumes from.
+  _two_processes(tmp_path, pretrain)  # Both restart and resume from the last checkpoint.
+  assert _metrics(tmp_path, pretrain) == _metrics(uninterrupted, pretrain)
+  for x, y in zip(_params(uninterrupted, pretrain), _params(tmp_path, pretrain), strict=True):
+    np.testing.assert_array_equal(y, x)
+  assert _result(tmp_path, pretrain)["metrics"] == _result(uninterrupted, pretrain)["metrics"]
