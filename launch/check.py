@@ -128,12 +128,17 @@ def compiled_memory(run: grid.Run, vocab_size: int, mesh: jax.sharding.Mesh, rul
   return model_lib.param_count(cfg), memory
 
 
+def require_full_mesh(study, num_devices: int, target_name: str) -> None:
+  """Raises CheckError unless the (validated) study's mesh uses every device of the target."""
+  shape = mesh_lib.resolve_shape(study.mesh.shape.to_dict(), num_devices)
+  if math.prod(shape) != num_devices:
+    raise CheckError(f"mesh.shape={study.mesh.shape.to_dict()} uses {math.prod(shape)} of the {num_devices} "
+                     f"devices of {target_name}; allowed: axes whose product is {num_devices} (or one -1)")
+
+
 def check(study, tgt: Target) -> list[dict]:
   """A row per distinct train step of the (validated) study: its per-device memory and whether it fits."""
-  shape = mesh_lib.resolve_shape(study.mesh.shape.to_dict(), len(tgt.devices))
-  if math.prod(shape) != len(tgt.devices):
-    raise CheckError(f"mesh.shape={study.mesh.shape.to_dict()} uses {math.prod(shape)} of the {len(tgt.devices)} "
-                     f"devices of {tgt.name}; allowed: axes whose product is {len(tgt.devices)} (or one -1)")
+  require_full_mesh(study, len(tgt.devices), tgt.name)
   mesh = mesh_lib.make_mesh(study.mesh.shape.to_dict(), list(tgt.devices))
   rules = mesh_lib.parse_rules(study.mesh.rules)
   world = world_lib.build_world(study_lib.world_config(study))

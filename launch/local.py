@@ -17,19 +17,13 @@ from etils import epath
 from ml_collections import config_flags
 
 from launch import cli
+from launch.plan import write_plan
 from scaling import grid, results, run as run_lib, study as study_lib
 
 USAGE = "python -m launch.local --config CONFIG.py --workdir DIR [--config.a.b=value]"
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Study config file (get_config()).", lock_config=False)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where runs, results and the report go (local or gs://).")
 _ANALYSE = flags.DEFINE_bool("analyse", True, "Fit the laws and write the report after the runs.")
-
-
-def write_plan(study, runs: list[grid.Run], workdir: epath.Path) -> None:
-  """Writes study.json and every run's spec.json (atomically; unchanged specs are rewritten equal)."""
-  results.write_json(workdir / "study.json", study.to_dict())
-  for r in runs:
-    results.write_json(workdir / "runs" / r.id / "spec.json", r.to_json())
 
 
 def execute_all(runs: list[grid.Run], workdir: epath.Path) -> tuple[int, int]:
