@@ -1,7 +1,22 @@
 """Benchmarks that compare against a baseline run in the same process and print a table.
 
+    python -m scaling.bench train [--size d768l12,d2048l24] [--seq 2048] [--batch 8] [--dtype bfloat16]
+                                  [--remat none|dots|full] [--attention auto|xla|cudnn] [--vocab 32768]
     python -m scaling.bench laws [--points 40] [--bootstrap 1000]
     python -m scaling.bench eft [--workdir runs/smoke] [--n1 SIZE] [--n2 SIZE] [--k 4] [--tokens 48]
+
+`train`: for each ladder size, our training step (`scaling.train.jit_step` over the Flax model,
+sharded by `scaling.mesh` over every local device, data-parallel) and a plain-JAX reference step
+of the same model math (pure functions of the same parameter dict: RMSNorm, RoPE attention,
+SwiGLU, tied embeddings; the same AdamW, compute dtype, attention kernel and remat policy) on the
+same random batch from the same initial parameters. Each is compiled first, then runs `--warmup`
+untimed steps and `--steps` timed ones (each until its results are ready); a row gives the median
+step time, tokens per second, model FLOP/s (`model.train_flops_per_token`, remat's recomputation
+not counted) and MFU against the chip's dense peak for the compute dtype (none on a CPU), the
+first step's loss (equal for both implementations up to rounding), the compiled step's memory
+(arguments, outputs and temporaries) and the device's peak memory in use so far in this process,
+where the device reports it (so a row bounds its implementation's peak from above), and ours'
+step time over the reference's. Needs only jax, flax, optax, orbax, etils, numpy, tqdm and absl.
 
 `laws`: fit the additive law from Hoffmann's full starting grid (4,500 starts) twice, vectorised
 (one JAX program) and the obvious way (a Python loop of scipy L-BFGS-B with exact gradients),
@@ -18,19 +33,182 @@ large-model passes per generated token and the speed-up, at batch 1 and 32.
 from __future__ import annotations
 
 import argparse
+import functools
+import json
+import statistics
 import sys
 import time
+from collections.abc import Callable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
-import scipy.optimize
+import optax
+import scipy.optimize  # A dependency of jax: installed wherever jax is.
 from etils import epath
+from flax import nnx
 
-from scaling import context as context_lib
-from scaling import decode, eft, laws, results
+from scaling import decode, eft, laws, train
 from scaling import mesh as mesh_lib
-from scaling import run as run_lib
-from scaling.data import world as world_lib
+from scaling import model as model_lib
+
+# Dense peak TFLOP/s of one chip: (a substring of its jax device_kind, bfloat16, float32 at JAX's
+# default precision, which is TF32 on NVIDIA GPUs and one bfloat16 pass on TPUs; plain float32
+# runs at 67 on an H100). The first match wins.
+PEAK_TFLOPS: tuple[tuple[str, float, float], ...] = (
+    ("H100 PCIe", 756.0, 378.0),
+    ("H100", 989.0, 494.5),
+    ("H200", 989.0, 494.5),
+    ("TPU v4", 275.0, 275.0),
+    ("TPU v5 lite", 197.0, 197.0),  # v5e.
+    ("TPU v5", 459.0, 459.0),  # v5p.
+    ("TPU v6 lite", 918.0, 918.0),  # v6e.
+)
+
+
+def peak_flops(device: jax.Device, compute_dtype: str) -> float | None:
+  """The chip's dense peak FLOP/s for matmuls in `compute_dtype`; None if it is not in the table."""
+  for kind, bf16, f32 in PEAK_TFLOPS:
+    if kind in device.device_kind:
+      return 1e12 * (bf16 if compute_dtype == "bfloat16" else f32)
+  return None
+
+
+def _ref_norm(x_BxLxD: jax.Array, scale_D: jax.Array, eps: float) -> jax.Array:
+  """RMSNorm in float32, returned in the input's dtype."""
+  x = x_BxLxD.astype(jnp.float32)
+  return (x * jax.lax.rsqrt(jnp.mean(x * x, -1, keepdims=True) + eps) * scale_D).astype(x_BxLxD.dtype)
+
+
+def _ref_rope(x_BxLxNxH: jax.Array, theta: float) -> jax.Array:
+  """RoPE on whole heads: (first half, second half) pairs rotated as complex numbers."""
+  seq, h = x_BxLxNxH.shape[1], x_BxLxNxH.shape[-1]
+  angle_LxR = jnp.arange(seq, dtype=jnp.float32)[:, None] * theta ** (-jnp.arange(0, h, 2, dtype=jnp.float32) / h)
+  x = x_BxLxNxH.astype(jnp.float32)
+  z_BxLxNxR = jax.lax.complex(x[..., : h // 2], x[..., h // 2 :]) * jnp.exp(1j * angle_LxR)[:, None, :]
+  return jnp.concatenate([z_BxLxNxR.real, z_BxLxNxR.imag], -1).astype(x_BxLxNxH.dtype)
+
+
+def _ref_block(cfg: model_lib.ModelConfig, attention: str, p: dict, x_BxLxD: jax.Array) -> jax.Array:
+  """One pre-norm layer: x + attention(norm(x)), then + SwiGLU(norm(x))."""
+  dt, a, m = x_BxLxD.dtype, p["attn"], p["mlp"]
+  h_BxLxD = _ref_norm(x_BxLxD, p["norm_attn"]["scale"], cfg.norm_eps)
+  q, k, v = (jnp.einsum("bld,dnh->blnh", h_BxLxD, a[w].astype(dt)) for w in ("wq", "wk", "wv"))
+  o_BxLxNxH = jax.nn.dot_product_attention(_ref_rope(q, cfg.rope_theta), _ref_rope(k, cfg.rope_theta), v,
+                                           is_causal=True, implementation=attention)
+  x_BxLxD = x_BxLxD + jnp.einsum("blnh,nhd->bld", o_BxLxNxH, a["wo"].astype(dt))
+  h_BxLxD = _ref_norm(x_BxLxD, p["norm_mlp"]["scale"], cfg.norm_eps)
+  h_BxLxF = jax.nn.silu(h_BxLxD @ m["w_gate"].astype(dt)) * (h_BxLxD @ m["w_up"].astype(dt))
+  return x_BxLxD + h_BxLxF @ m["w_down"].astype(dt)
+
+
+def reference_loss(cfg: model_lib.ModelConfig, params: dict, batch: dict) -> jax.Array:
+  """Weighted mean next-token loss of the ladder's default architecture, written as plain functions
+  of our parameter dict: the reference that the bench holds our model against."""
+  block = functools.partial(_ref_block, cfg, model_lib.attention_implementation(cfg))
+  if cfg.remat != "none":
+    block = jax.checkpoint(block, policy=model_lib.REMAT_POLICIES[cfg.remat])
+  x_BxLxD = params["embed"][batch["inputs"]].astype(cfg.compute_dtype)
+  for i in range(cfg.n_layers):
+    x_BxLxD = block(params["blocks"][i], x_BxLxD)
+  x_BxLxD = _ref_norm(x_BxLxD, params["norm_out"]["scale"], cfg.norm_eps)
+  logits_BxLxV = jnp.einsum("bld,vd->blv", x_BxLxD, params["embed"].astype(x_BxLxD.dtype),
+                            preferred_element_type=jnp.float32)
+  losses_BxL = optax.softmax_cross_entropy_with_integer_labels(logits_BxLxV, batch["targets"])
+  return (losses_BxL * batch["weights"]).sum() / batch["weights"].sum()
+
+
+def reference_step(cfg: model_lib.ModelConfig, tx: optax.GradientTransformation, state: dict,
+                   batch: dict) -> tuple[dict, dict]:
+  """One optimiser step of the reference; its state is {"params", "opt"}."""
+  loss, grads = jax.value_and_grad(reference_loss, argnums=1)(cfg, state["params"], batch)
+  updates, opt = tx.update(grads, state["opt"], state["params"])
+  return {"params": optax.apply_updates(state["params"], updates), "opt": opt}, {"loss": loss}
+
+
+def _compiled_step(impl: str, cfg: model_lib.ModelConfig, tx: optax.GradientTransformation,
+                   mesh: jax.sharding.Mesh, batch: dict) -> tuple[Callable, dict, jax.stages.Compiled]:
+  """(step(state) -> (state, metrics), the initial state, the compiled program) of one implementation."""
+  rules = mesh_lib.DEFAULT_RULES
+  with mesh_lib.activate(mesh, rules):
+    graphdef, params = mesh_lib.create_sharded(lambda: model_lib.Transformer(cfg, nnx.Rngs(0)), mesh, rules)
+    if impl == "reference":
+      state = {"params": params, "opt": jax.jit(tx.init)(params)}
+      compiled = jax.jit(functools.partial(reference_step, cfg, tx), donate_argnums=0).lower(state, batch).compile()
+      return lambda s: compiled(s, batch), state, compiled
+    state_sh = train.state_shardings(tx, params, jax.tree.map(lambda x: x.sharding, params), mesh)
+    state = {"step": jnp.zeros((), jnp.int32), "params": params,
+             "opt": jax.jit(tx.init, out_shardings=state_sh["opt"])(params), "tokens": jnp.zeros((), jnp.float32)}
+    step = train.jit_step(graphdef, tx, state_sh, {}, mesh_lib.batch_sharding(mesh, rules))
+    compiled = step.lower(state, {}, batch).compile()
+    return lambda s: compiled(s, {}, batch), state, compiled
+
+
+def _peak_bytes() -> int | None:
+  """The largest peak memory in use of the local devices so far; None where they do not report it."""
+  stats = [d.memory_stats() or {} for d in jax.local_devices()]
+  return max(s["peak_bytes_in_use"] for s in stats) if all("peak_bytes_in_use" in s for s in stats) else None
+
+
+def bench_train(size: str, cfg: model_lib.ModelConfig, *, seq: int, batch: int, steps: int,
+                warmup: int) -> list[dict]:
+  """Rows of the training-step benchmark for one size: ours, then the reference."""
+  tx = train.make_optimizer(train.TrainConfig(batch_size=batch, seq_len=seq, warmup_steps=0, schedule="constant"))
+  mesh = mesh_lib.make_mesh({"data": -1})
+  tokens_BxL = jax.random.randint(jax.random.key(0), (batch, seq + 1), 0, cfg.vocab_size)
+  data = jax.device_put({"inputs": tokens_BxL[:, :-1], "targets": tokens_BxL[:, 1:], "weights": jnp.ones((batch, seq))},
+                        mesh_lib.batch_sharding(mesh, mesh_lib.DEFAULT_RULES))
+  devices = jax.local_devices()
+  peak = peak_flops(devices[0], cfg.compute_dtype)
+  flops_per_token = model_lib.train_flops_per_token(cfg, seq)
+  rows = []
+  for impl in ("ours", "reference"):
+    print(f"{size} {impl}: compiling", file=sys.stderr, flush=True)
+    t0 = time.perf_counter()
+    step, state, compiled = _compiled_step(impl, cfg, tx, mesh, data)
+    compile_s = time.perf_counter() - t0
+    stats = compiled.memory_analysis()
+    times, losses = [], []
+    for _ in range(warmup + steps):
+      t0 = time.perf_counter()
+      state, metrics = jax.block_until_ready(step(state))
+      times.append(time.perf_counter() - t0)
+      losses.append(float(metrics["loss"]))
+    del state  # Frees this implementation's parameters and moments before the next one's.
+    step_s = statistics.median(times[warmup:])
+    tokens_per_s = batch * seq / step_s
+    rows.append({
+        "size": size, "impl": impl, "params": model_lib.param_count(cfg), "vocab": cfg.vocab_size, "seq": seq,
+        "batch": batch, "dtype": cfg.compute_dtype, "remat": cfg.remat,
+        "attention": model_lib.attention_implementation(cfg), "devices": len(devices),
+        "device_kind": devices[0].device_kind, "compile_s": compile_s,
+        "step_s": step_s, "step_s_all": times[warmup:], "tokens_per_s": tokens_per_s,
+        "flops_per_s": flops_per_token * tokens_per_s,
+        "mfu": None if peak is None else flops_per_token * tokens_per_s / (peak * len(devices)),
+        "losses": losses,
+        "program_bytes": (stats.argument_size_in_bytes + stats.output_size_in_bytes + stats.temp_size_in_bytes
+                          - stats.alias_size_in_bytes),
+        "peak_bytes": _peak_bytes()})
+  for row in rows:
+    row["over_reference"] = row["step_s"] / rows[-1]["step_s"]
+  return rows
+
+
+def train_table(rows: list[dict]) -> list[str]:
+  """The training-step benchmark as text: a title, a header and a row per (size, implementation)."""
+  r = rows[0]
+  lines = [f"train: ours (Flax NNX, scaling.train.jit_step) against a plain-JAX reference on {r['devices']} x "
+           f"{r['device_kind']}; vocab {r['vocab']}, {r['batch']} x {r['seq']} tokens, {r['dtype']}, "
+           f"remat {r['remat']}, attention {r['attention']}; median of {len(r['step_s_all'])} steps",
+           f"{'size':>9} {'impl':>9} {'params':>14} {'compile s':>9} {'step ms':>9} {'tokens/s':>11} {'TFLOP/s':>8} "
+           f"{'MFU':>6} {'loss@0':>8} {'program MiB':>11} {'peak MiB':>9} {'ours/ref':>8}"]
+  mib = lambda b: "-" if b is None else f"{b / 2**20:,.0f}"
+  for r in rows:
+    mfu = "-" if r["mfu"] is None else f"{r['mfu']:.1%}"
+    lines.append(f"{r['size']:>9} {r['impl']:>9} {r['params']:>14,} {r['compile_s']:>9.1f} {r['step_s'] * 1e3:>9.2f} "
+                 f"{r['tokens_per_s']:>11,.0f} {r['flops_per_s'] / 1e12:>8.3g} {mfu:>6} {r['losses'][0]:>8.4f} "
+                 f"{mib(r['program_bytes']):>11} {mib(r['peak_bytes']):>9} {r['over_reference']:>7.2f}x")
+  return lines
 
 
 def synthetic_points(num_points: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -115,6 +293,12 @@ def _timed(fn, repeats: int = 3) -> tuple[float, object]:
 def bench_eft(workdir: str, n1: str | None, n2: str | None, d_f: int | None, k: int, tokens: int,
               batches: tuple[int, ...] = (1, 32)) -> list[tuple[str, str]]:
   """Rows of the EFT decoding benchmark table."""
+  # Here, not at the top: `train` runs where TFDS, grain and ml_collections are not installed.
+  from scaling import context as context_lib
+  from scaling import results
+  from scaling import run as run_lib
+  from scaling.data import world as world_lib
+
   table = results.load_table(workdir)
   if table.empty:
     raise SystemExit(f"no finished runs in {workdir}: run the study first (make study)")
@@ -171,7 +355,18 @@ def print_table(title: str, rows: list[tuple[str, str]]) -> None:
 
 def main(argv: list[str] | None = None) -> None:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("which", choices=["laws", "eft"])
+  parser.add_argument("which", choices=["train", "laws", "eft"])
+  parser.add_argument("--size", default="d128l4", help="train: ladder sizes, comma-separated.")
+  parser.add_argument("--seq", type=int, default=256, help="train: tokens per sequence.")
+  parser.add_argument("--batch", type=int, default=8, help="train: sequences per step, over all devices.")
+  parser.add_argument("--dtype", default="float32", choices=model_lib.CHOICES["compute_dtype"],
+                      help="train: compute dtype.")
+  parser.add_argument("--remat", default="none", choices=model_lib.CHOICES["remat"], help="train: remat policy.")
+  parser.add_argument("--attention", default="auto", choices=model_lib.CHOICES["attention"], help="train: kernel.")
+  parser.add_argument("--vocab", type=int, default=32768, help="train: vocabulary, as a real LM's, not our world's.")
+  parser.add_argument("--steps", type=int, default=10, help="train: timed steps per implementation.")
+  parser.add_argument("--warmup", type=int, default=2, help="train: untimed steps after compiling.")
+  parser.add_argument("--json", help="train: also write the rows, every measurement included, to this file.")
   parser.add_argument("--points", type=int, default=40, help="laws: data points.")
   parser.add_argument("--bootstrap", type=int, default=1000, help="laws: bootstrap replicates.")
   parser.add_argument("--workdir", default="runs/smoke", help="eft: a finished study's workdir.")
@@ -181,6 +376,27 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--k", type=int, default=4, help="eft: tokens drafted per target pass.")
   parser.add_argument("--tokens", type=int, default=48, help="eft: tokens generated per prompt.")
   args = parser.parse_args(argv)
+  if args.which == "train":
+    if args.batch % jax.device_count():
+      parser.error(f"--batch={args.batch} does not split over the {jax.device_count()} devices; allowed: a multiple "
+                   f"of {jax.device_count()}")
+    try:
+      cfgs = {size: model_lib.ladder_config(size, args.vocab, compute_dtype=args.dtype, remat=args.remat,
+                                            attention=args.attention) for size in args.size.split(",")}
+      for cfg in cfgs.values():
+        cfg.validate()
+        model_lib.attention_implementation(cfg)  # A kernel this machine lacks fails here, in one line.
+    except ValueError as e:
+      parser.error(str(e))
+    rows = [row for size, cfg in cfgs.items()
+            for row in bench_train(size, cfg, seq=args.seq, batch=args.batch, steps=args.steps, warmup=args.warmup)]
+    print("\n".join(train_table(rows)))
+    if args.json:
+      with open(args.json, "w") as f:
+        json.dump(rows, f, indent=1)
+    return
+  from scaling import run as run_lib  # Imports TFDS: not for `train`.
+
   run_lib.setup_runtime()
   if args.which == "laws":
     print_table(f"laws: additive law, {args.points} points, Hoffmann's grid", bench_laws(args.points, args.bootstrap))

@@ -36,7 +36,9 @@ class ModelConfig:
   use_bias: bool = False
   parallel_residual: bool = False
   tie_embeddings: bool = True
-  compute_dtype: str = "float32"
+  compute_dtype: Literal["float32", "bfloat16"] = "float32"  # Parameters stay float32.
+  attention: Literal["auto", "xla", "cudnn"] = "auto"  # auto: cudnn where it applies, else xla.
+  remat: Literal["none", "dots", "full"] = "none"  # What each block keeps for the backward pass.
   init_std: float = 0.02
 
   @property
@@ -63,12 +65,35 @@ class ModelConfig:
     """Raises ValueError naming the field if the architecture is inconsistent."""
     if self.n_heads % self.kv_heads:
       raise ValueError(f"model.n_kv_heads={self.kv_heads} must divide model.n_heads={self.n_heads}")
-    if self.norm not in ("rms", "layer"):
-      raise ValueError(f"model.norm={self.norm!r}; allowed: 'rms', 'layer'")
-    if self.mlp not in ("swiglu", "gelu"):
-      raise ValueError(f"model.mlp={self.mlp!r}; allowed: 'swiglu', 'gelu'")
+    for field, allowed in CHOICES.items():
+      if getattr(self, field) not in allowed:
+        raise ValueError(f"model.{field}={getattr(self, field)!r}; allowed: {', '.join(map(repr, allowed))}")
     if not 0.0 <= self.rotary_fraction <= 1.0:
       raise ValueError(f"model.rotary_fraction={self.rotary_fraction}; allowed: 0 to 1")
+
+
+# Rematerialisation policies: what a block saves for the backward pass; the rest is recomputed.
+REMAT_POLICIES = {"dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,  # Projection and MLP outputs.
+                  "full": jax.checkpoint_policies.nothing_saveable}  # Only the block's input.
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "norm": ("rms", "layer"), "mlp": ("swiglu", "gelu"), "compute_dtype": ("float32", "bfloat16"),
+    "attention": ("auto", "xla", "cudnn"), "remat": ("none", *REMAT_POLICIES)}
+
+
+def attention_implementation(cfg: ModelConfig) -> Literal["xla", "cudnn"]:
+  """The kernel of causal self-attention that `cfg.attention` means on the default backend."""
+  # cuDNN's fused (flash) attention takes 16-bit inputs and head widths that are multiples of 8 up
+  # to 128 (256 on Hopper); it saves the attention matrix's memory and most of its time.
+  fits = (jax.default_backend() == "gpu" and cfg.compute_dtype == "bfloat16" and cfg.head_width % 8 == 0
+          and cfg.head_width <= 128)
+  if cfg.attention == "auto":
+    return "cudnn" if fits else "xla"
+  if cfg.attention == "cudnn" and not fits:
+    raise ValueError(f"model.attention='cudnn' needs a GPU, compute_dtype 'bfloat16' and a head width "
+                     f"that is a multiple of 8 up to 128; here: backend {jax.default_backend()!r}, compute_dtype "
+                     f"{cfg.compute_dtype!r}, head width {cfg.head_width}; allowed here: 'auto', 'xla'")
+  return cfg.attention
 
 
 # The size ladder: name -> (d_model, n_layers, n_heads). Widths double every two rungs.
@@ -204,12 +229,17 @@ class Attention(nnx.Module):
       q_BxLxNxH += self.bq[...].astype(dt)
       k_BxLxKxH += self.bk[...].astype(dt)
       v_BxLxKxH += self.bv[...].astype(dt)
-    q_BxLxNxH = mesh_lib.constrain(rope(q_BxLxNxH, positions_BxL, cfg.rotary_dims, cfg.rope_theta),
-                                   ("act_batch", "act_length", "act_heads", None))
-    k_BxLxKxH = rope(k_BxLxKxH, positions_BxL, cfg.rotary_dims, cfg.rope_theta)
+    # One sharding for q, k and v: cuDNN's partitioner requires it.
+    heads = ("act_batch", "act_length", "act_heads", None)
+    q_BxLxNxH = mesh_lib.constrain(rope(q_BxLxNxH, positions_BxL, cfg.rotary_dims, cfg.rope_theta), heads)
+    k_BxLxKxH = mesh_lib.constrain(rope(k_BxLxKxH, positions_BxL, cfg.rotary_dims, cfg.rope_theta), heads)
+    v_BxLxKxH = mesh_lib.constrain(v_BxLxKxH, heads)
     if cache is None:
-      out_BxLxNxH = jax.nn.dot_product_attention(q_BxLxNxH, k_BxLxKxH, v_BxLxKxH, is_causal=True)
+      out_BxLxNxH = jax.nn.dot_product_attention(q_BxLxNxH, k_BxLxKxH, v_BxLxKxH, is_causal=True,
+                                                 implementation=attention_implementation(cfg))
     else:
+      # Decoding keeps XLA's kernel: cuDNN's fused one is made for causal and padding masks, not
+      # for this mask of cache positions.
       rows_Bx1 = jnp.arange(x_BxLxD.shape[0])[:, None]
       cache = KVCache(cache.k.at[rows_Bx1, positions_BxL].set(k_BxLxKxH.astype(cache.k.dtype)),
                       cache.v.at[rows_Bx1, positions_BxL].set(v_BxLxKxH.astype(cache.v.dtype)))
@@ -308,16 +338,22 @@ class Transformer(nnx.Module):
     b, seq_len = x_BxLxD.shape[:2]
     if positions_BxL is None:
       positions_BxL = jnp.broadcast_to(jnp.arange(seq_len), (b, seq_len))
+    run_block = Block.__call__
+    if self.cfg.remat != "none":
+      run_block = nnx.remat(run_block, policy=REMAT_POLICIES[self.cfg.remat])
     new_cache = []
     for i, block in enumerate(self.blocks):
-      x_BxLxD, layer_cache = block(x_BxLxD, positions_BxL, None if cache is None else cache[i])
+      x_BxLxD, layer_cache = run_block(block, x_BxLxD, positions_BxL, None if cache is None else cache[i])
       new_cache.append(layer_cache)
     x_BxLxD = self.norm_out(x_BxLxD)
+    # Float32 accumulation and logits from compute-dtype operands: bfloat16 logits would carry a
+    # rounding error of 0.4% of their size into the loss.
     if self.cfg.tie_embeddings:
-      logits_BxLxV = jnp.einsum("bld,vd->blv", x_BxLxD, self.embed[...].astype(x_BxLxD.dtype))
+      logits_BxLxV = jnp.einsum("bld,vd->blv", x_BxLxD, self.embed[...].astype(x_BxLxD.dtype),
+                                preferred_element_type=jnp.float32)
     else:
-      logits_BxLxV = x_BxLxD @ self.unembed[...].astype(x_BxLxD.dtype)
-    logits_BxLxV = mesh_lib.constrain(logits_BxLxV.astype(jnp.float32), ("act_batch", "act_length", "act_vocab"))
+      logits_BxLxV = jnp.matmul(x_BxLxD, self.unembed[...].astype(x_BxLxD.dtype), preferred_element_type=jnp.float32)
+    logits_BxLxV = mesh_lib.constrain(logits_BxLxV, ("act_batch", "act_length", "act_vocab"))
     return logits_BxLxV, None if cache is None else new_cache
 
   def extend(self, tokens_BxT: jax.Array, positions_BxT: jax.Array,

@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# The training-step benchmark (python -m scaling.bench train) on a lent GPU, in one call:
+#
+#   run(command="bash bench/gpu.sh", timeout_s=540)
+#
+# Prints the GPU and the versions, smoke-tests cuDNN attention on a small model (on failure the
+# rest uses XLA's attention), then one table per setting at seq 2048 and vocab 32768, the most
+# wanted first. The settings share BUDGET seconds (default 480): each gets what is left, one that
+# fails or runs out of time does not stop the rest, and none starts with under 90 s left. Tables,
+# JSON rows (every step time and loss) and logs also go to $OUT. Needs only the machine's python3
+# with jax, flax, optax, orbax, etils, numpy, tqdm and absl.
+set -u
+cd "$(dirname "$0")/.."
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+# JAX preallocates 75% of GPU memory by default; d2048l24 needs more of it.
+export XLA_PYTHON_CLIENT_MEM_FRACTION=0.95
+OUT="${OUT:-/tmp/bench_gpu}"
+mkdir -p "$OUT"
+BUDGET="${BUDGET:-480}"
+start=$SECONDS
+
+{
+  nvidia-smi -L
+  nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm --format=csv
+  python3 --version
+  python3 -c "import jax, flax, optax, orbax.checkpoint as ocp; print('jax', jax.__version__, 'flax', flax.__version__,
+'optax', optax.__version__, 'orbax', ocp.__version__); print(jax.devices())"
+} 2>&1 | tee "$OUT/versions.txt"
+
+attention=auto
+echo "== smoke: d128l4, bfloat16, seq 256"
+if timeout 150 python3 -m scaling.bench train --size d128l4 --seq 256 --batch 8 --dtype bfloat16 --steps 3 \
+    --json "$OUT/smoke.json" > "$OUT/smoke.txt" 2> "$OUT/smoke.log"; then
+  cat "$OUT/smoke.txt"
+else
+  echo "smoke run failed; the settings below use --attention xla. Its log ends:"
+  tail -n 8 "$OUT/smoke.log"
+  attention=xla
+fi
+
+# Name, then flags. d768l12 is 110M parameters with this vocabulary, d2048l24 1.3B. Batches are
+# sequences of 2048 tokens, sized to fit 80 GB by estimate: d768l12 bf16 ~27 GB; its float32 row
+# (XLA attention, the L x L probabilities kept) ~50 GB; d2048l24 remat full ~35 GB, dots ~50 GB.
+settings=(
+  "d768l12-bf16-b16 --size d768l12 --batch 16 --dtype bfloat16"
+  "d2048l24-bf16-b8-full --size d2048l24 --batch 8 --dtype bfloat16 --remat full"
+  "d768l12-f32-b8 --size d768l12 --batch 8 --dtype float32"
+  "d2048l24-bf16-b8-dots --size d2048l24 --batch 8 --dtype bfloat16 --remat dots"
+  "d768l12-bf16-b16-dots --size d768l12 --batch 16 --dtype bfloat16 --remat dots"
+)
+for setting in "${settings[@]}"; do
+  name=${setting%% *}
+  left=$((BUDGET - (SECONDS - start)))
+  if ((left < 90)); then
+    echo "== $name: skipped, ${left} s of the budget left"
+    continue
+  fi
+  echo "== $name (${left} s of the budget left)"
+  # shellcheck disable=SC2086  # The flags split into words.
+  timeout "$left" python3 -m scaling.bench train --seq 2048 --vocab 32768 --attention "$attention" ${setting#* } \
+      --json "$OUT/$name.json" > "$OUT/$name.txt" 2> "$OUT/$name.log"
+  status=$?
+  cat "$OUT/$name.txt"
+  if ((status != 0)); then
+    echo "exit $status (124: out of time); its log ends:"
+    tail -n 5 "$OUT/$name.log"
+  fi
+done
+echo "== done in $((SECONDS - start)) s"

@@ -1,0 +1,76 @@
+"""The training-step benchmark: the reference computes our model's loss and gradients; both steps
+run from the command line with finite numbers and the same losses; `train` imports nothing that
+the GPU machines lack; the peak table."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+import types
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from scaling import bench
+from scaling import model as model_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The study's data stack, absent where `bench train` runs on GPUs.
+ABSENT_ON_GPU = ("ml_collections", "tensorflow_datasets", "grain", "array_record")
+
+
+@pytest.mark.parametrize("block, rtol", [
+    ({}, 1e-6),  # Measured: 1e-7 on the gradients.
+    ({"compute_dtype": "bfloat16", "remat": "dots"}, 1e-2),  # Measured: equal; a bfloat16 ulp is 4e-3.
+])
+def test_reference_gives_our_loss_and_gradients(block, rtol):
+  cfg = model_lib.ladder_config("d32l2", vocab_size=64, **block)
+  graphdef, params = nnx.split(model_lib.Transformer(cfg, nnx.Rngs(0)))
+  params = nnx.to_pure_dict(params)
+  tokens = jax.random.randint(jax.random.key(1), (4, 17), 0, 64)
+  batch = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:], "weights": jnp.ones((4, 16))}
+
+  def ours(p):
+    logits = nnx.merge(graphdef, p)(batch["inputs"])
+    return optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"]).mean()
+
+  loss, grads = jax.jit(jax.value_and_grad(ours))(params)
+  ref_loss, ref_grads = jax.jit(jax.value_and_grad(lambda p: bench.reference_loss(cfg, p, batch)))(params)
+  assert float(ref_loss) == pytest.approx(float(loss), rel=rtol)
+  for g, want in zip(jax.tree.leaves(ref_grads), jax.tree.leaves(grads)):
+    np.testing.assert_allclose(g, want, rtol=0, atol=rtol * np.abs(want).max())
+
+
+def test_train_bench_runs_both_steps_from_the_command_line(tmp_path):
+  rows_json = tmp_path / "rows.json"
+  script = ("import sys; from scaling import bench; bench.main(sys.argv[1:]); "
+            f"print('imported:', sorted({{m.split('.')[0] for m in sys.modules}} & set({ABSENT_ON_GPU!r})))")
+  proc = subprocess.run([sys.executable, "-c", script, "train", "--size", "d32l2", "--seq", "16", "--batch", "4",
+                         "--steps", "3", "--json", str(rows_json)], cwd=ROOT, capture_output=True, text=True,
+                        env={**os.environ, "PYTHONPATH": ROOT}, check=True)
+  assert "imported: []" in proc.stdout
+  table = proc.stdout.splitlines()
+  assert "vocab 32768" in table[0] and [line.split()[1] for line in table[2:4]] == ["ours", "reference"]
+  ours, ref = json.loads(rows_json.read_text())
+  for row in (ours, ref):
+    assert all(math.isfinite(row[k]) and row[k] > 0 for k in ("step_s", "tokens_per_s", "flops_per_s",
+                                                                "program_bytes", "over_reference"))
+    assert row["mfu"] is None and len(row["losses"]) == 5  # No MFU on a CPU; 2 warm-up and 3 timed steps.
+  # Same parameters, batch and optimiser: the same loss at every step (measured: within 1e-7).
+  np.testing.assert_allclose(ours["losses"], ref["losses"], rtol=1e-5)
+  assert ours["losses"][-1] < ours["losses"][0]
+
+
+def test_peak_flops_by_device_kind():
+  peak = lambda kind, dtype: bench.peak_flops(types.SimpleNamespace(device_kind=kind), dtype)
+  assert peak("NVIDIA H100 80GB HBM3", "bfloat16") == 989e12
+  assert peak("NVIDIA H100 80GB HBM3", "float32") == 494.5e12  # TF32, JAX's default for float32 matmuls.
+  assert peak("NVIDIA H100 PCIe", "bfloat16") == 756e12
+  assert peak("NVIDIA H200", "bfloat16") == 989e12
+  assert peak("TPU v5 lite", "bfloat16") == 197e12 and peak("TPU v5", "bfloat16") == 459e12
+  assert peak("cpu", "float32") is None
