@@ -19,7 +19,13 @@ def flags_parser(usage: str) -> Callable[[list[str]], list[str]]:
       for arg in argv[1:]:
         if arg.startswith("--config."):
           study_lib.check_override(arg[len("--config."):].split("=", 1)[0])
-      return flags.FLAGS(argv)
+      rest = flags.FLAGS(argv)
+      if "config" in flags.FLAGS and flags.FLAGS["config"].present:
+        hasattr(flags.FLAGS.config, "to_dict")  # A file that failed to load raises only when first used.
+      return rest
+    except OSError as e:  # The --config file is missing or does not load.
+      lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+      sys.exit(f"invalid --config: cannot load it ({lines[-1] if lines else e})\nusage: {usage}")
     except study_lib.StudyError as e:
       sys.exit(f"invalid study: {e}")
     except flags.Error as e:

@@ -68,6 +68,9 @@ def join_hosts(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Non
   if any(v is not None for v in manual):
     if None in manual:
       parser.error("--coordinator, --num-processes and --process-id go together")
+    host, _, port = args.coordinator.rpartition(":")
+    if not host or not port.isdigit():
+      parser.error(f"--coordinator={args.coordinator!r}; allowed: HOST:PORT of process 0, e.g. 127.0.0.1:29400")
     if args.num_processes < 1 or not 0 <= args.process_id < args.num_processes:
       parser.error(f"--process-id={args.process_id} with --num-processes={args.num_processes}; allowed: "
                    "0 <= process id < number of processes")

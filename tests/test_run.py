@@ -39,6 +39,7 @@ def test_sharded_runs_match_single_device_runs(tmp_path):
     (("--coordinator", "127.0.0.1:1234"), "--coordinator, --num-processes and --process-id go together"),
     (("--coordinator", "127.0.0.1:1", "--num-processes", "2", "--process-id", "2"), "--process-id=2 with"),
     (("--distributed", "--coordinator", "127.0.0.1:1"), "do not combine it with --coordinator"),
+    (("--coordinator", "localhost", "--num-processes", "2", "--process-id", "0"), "allowed: HOST:PORT"),
 ])
 def test_run_answers_bad_flags_in_one_line(tmp_path, flags, message):
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

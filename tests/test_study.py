@@ -70,6 +70,7 @@ def _launch(tmp_path, *args):
     (("--config.evall.batch_size=4",), "'evall' is not a field of the study; allowed: ["),
     (("--config.model.block.rotary_fractoin=0.5",), "the config file does not set rotary_fractoin"),
     (("--workdirr=/tmp/x",), "usage error: Unknown command line flag 'workdirr'"),
+    (("--config=/nonexistent/study.py",), "invalid --config: cannot load it ([Errno 2] No such file or directory"),
     # A field that the config file leaves to the defaults is overridable: it reaches validation.
     (("--config.finetune.train.schedule=linear",), "finetune.train.schedule='linear'; allowed: 'cosine'"),
 ])
