@@ -11,9 +11,7 @@ runs, and nobody pays for a slice to find out that a run does not fit. Exits 1 i
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
-import re
 import sys
 
 import jax
@@ -22,6 +20,7 @@ from flax import nnx
 from ml_collections import config_flags
 
 from launch import cli
+from launch.slices import CheckError, require_full_mesh, tpu_topology
 from scaling import context as context_lib
 from scaling import grid, train
 from scaling import mesh as mesh_lib
@@ -34,13 +33,6 @@ from scaling.data import world as world_lib
 USAGE = "python -m launch.check --config CONFIG.py [--topology v5p-32] [--config.a.b=value]"
 
 GiB = 1024**3
-# Accelerator name -> (libtpu's name, TensorCores per chip counted in slice names, torus dims, HBM GiB).
-TPUS = {"v4": ("v4", 2, 3, 32), "v5p": ("v5", 2, 3, 95), "v5e": ("v5e", 1, 2, 16), "v6e": ("v6e", 1, 2, 32)}
-
-
-class CheckError(ValueError):
-  """A target or study that cannot be checked; the message names the value and what is allowed."""
-
 
 @dataclasses.dataclass(frozen=True)
 class Target:
@@ -49,25 +41,6 @@ class Target:
   name: str
   devices: tuple
   memory_bytes: int | None
-
-
-def tpu_topology(name: str) -> tuple[str, int]:
-  """libtpu's topology name and HBM GiB of a slice name (v5p-32 -> 'v5:2x4x4', 95)."""
-  match = re.fullmatch(r"(v4|v5p|v5e|v6e)-(\d+)", name)
-  if not match:
-    raise CheckError(f"--topology={name!r} is not a TPU slice; allowed: v4-N, v5p-N, v5e-N, v6e-N "
-                     "(N a power of 2, as Cloud TPU names slices)")
-  kind, count = match.group(1), int(match.group(2))
-  lib_name, cores, dims, hbm = TPUS[kind]
-  chips = count // cores
-  if chips < 1 or chips & (chips - 1) or count % cores:
-    raise CheckError(f"--topology={name!r}: {count} is not a {kind} slice size; allowed: powers of 2 "
-                     f"of at least {cores}")
-  shape = [1] * dims
-  for i in range(int(math.log2(chips))):  # Halve the torus as evenly as the chips allow.
-    shape[i % dims] *= 2
-  shape.sort(key=lambda d: (d == 1, d))  # As Cloud TPU writes them: 2x2x4, 2x2x1.
-  return f"{lib_name}:{'x'.join(map(str, shape))}", hbm
 
 
 def target(topology: str | None) -> Target:
@@ -126,14 +99,6 @@ def compiled_memory(run: grid.Run, vocab_size: int, mesh: jax.sharding.Mesh, rul
   memory = {k: int(getattr(stats, f"{k}_size_in_bytes")) for k in ("argument", "output", "temp", "alias")}
   memory["peak"] = memory["argument"] + memory["output"] + memory["temp"] - memory["alias"]
   return model_lib.param_count(cfg), memory
-
-
-def require_full_mesh(study, num_devices: int, target_name: str) -> None:
-  """Raises CheckError unless the (validated) study's mesh uses every device of the target."""
-  shape = mesh_lib.resolve_shape(study.mesh.shape.to_dict(), num_devices)
-  if math.prod(shape) != num_devices:
-    raise CheckError(f"mesh.shape={study.mesh.shape.to_dict()} uses {math.prod(shape)} of the {num_devices} "
-                     f"devices of {target_name}; allowed: axes whose product is {num_devices} (or one -1)")
 
 
 def check(study, tgt: Target) -> list[dict]:

@@ -24,7 +24,7 @@ from absl import flags
 from etils import epath
 from ml_collections import config_flags
 
-from launch import check
+from launch import slices
 from scaling import grid, results
 from scaling import study as study_lib
 
@@ -75,10 +75,10 @@ class RunState:
 
 
 def tpu_slice(name: str) -> Slice:
-  """The slice of a name like v5p-32; raises check.CheckError naming an unknown one."""
-  topology, _ = check.tpu_topology(name)
+  """The slice of a name like v5p-32; raises slices.CheckError naming an unknown one."""
+  topology, _ = slices.tpu_topology(name)
   generation, count = name.split("-")
-  chips = int(count) // check.TPUS[generation][1]
+  chips = int(count) // slices.TPUS[generation][1]
   # A host has 4 chips, except single-host v5e and v6e machines, which have up to 8.
   largest_single_host = 4 if generation in ("v4", "v5p") else 8
   hosts = 1 if chips <= largest_single_host else chips // 4
@@ -114,7 +114,7 @@ def from_flags(usage: str, probe: bool) -> Plan:
     return load(f.config, f.topology, f.workdir, probe)
   except study_lib.StudyError as e:
     sys.exit(f"invalid study: {e}")
-  except (check.CheckError, PlanError) as e:
+  except (slices.CheckError, PlanError) as e:
     sys.exit(f"invalid launch: {e}")
 
 
@@ -122,7 +122,7 @@ def load(config: ml_collections.ConfigDict, topology: str, workdir: str, probe: 
   """The study validated for the slice and its workdir reachable (`probe`: writable too)."""
   tpu = tpu_slice(topology)
   study = study_lib.validate(config, tpu.chips)
-  check.require_full_mesh(study, tpu.chips, tpu.name)
+  slices.require_full_mesh(study, tpu.chips, tpu.name)
   runs = grid.expand(study)
   require_host_batches(study, runs, tpu)
   path = results.workdir_path(workdir)

@@ -51,11 +51,11 @@ def test_train_bench_runs_both_steps_from_the_command_line(tmp_path):
   script = ("import sys; from scaling import bench; bench.main(sys.argv[1:]); "
             f"print('imported:', sorted({{m.split('.')[0] for m in sys.modules}} & set({ABSENT_ON_GPU!r})))")
   proc = subprocess.run([sys.executable, "-c", script, "train", "--size", "d32l2", "--seq", "16", "--batch", "4",
-                         "--steps", "3", "--json", str(rows_json)], cwd=ROOT, capture_output=True, text=True,
+                         "--steps", "3", "--vocab", "512", "--json", str(rows_json)], cwd=ROOT, capture_output=True, text=True,
                         env={**os.environ, "PYTHONPATH": ROOT}, check=True)
   assert "imported: []" in proc.stdout
   table = proc.stdout.splitlines()
-  assert "vocab 32768" in table[0] and [line.split()[1] for line in table[2:4]] == ["ours", "reference"]
+  assert "vocab 512" in table[0] and [line.split()[1] for line in table[2:4]] == ["ours", "reference"]
   ours, ref = json.loads(rows_json.read_text())
   for row in (ours, ref):
     assert all(math.isfinite(row[k]) and row[k] > 0 for k in ("step_s", "tokens_per_s", "flops_per_s",

@@ -8,7 +8,7 @@ import jax
 import pytest
 from conftest import tiny_study
 
-from launch import check
+from launch import check, slices
 from scaling import study as study_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -18,7 +18,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     ("v5p-8", "v5:2x2x1", 95), ("v5p-32", "v5:2x2x4", 95), ("v5p-64", "v5:2x4x4", 95), ("v5p-128", "v5:4x4x4", 95),
     ("v5e-16", "v5e:4x4", 16), ("v5e-8", "v5e:2x4", 16), ("v4-8", "v4:2x2x1", 32), ("v6e-1", "v6e:1x1", 32)])
 def test_slice_names_become_topologies(name, topology, hbm):
-  assert check.tpu_topology(name) == (topology, hbm)
+  assert slices.tpu_topology(name) == (topology, hbm)
 
 
 @pytest.mark.parametrize("name, message", [
@@ -26,8 +26,8 @@ def test_slice_names_become_topologies(name, topology, hbm):
     ("v5e-12", r"--topology='v5e-12': 12 is not a v5e slice size"),
     ("v5p-3", r"--topology='v5p-3': 3 is not a v5p slice size")])
 def test_bad_slice_names_are_named(name, message):
-  with pytest.raises(check.CheckError, match=message):
-    check.tpu_topology(name)
+  with pytest.raises(slices.CheckError, match=message):
+    slices.tpu_topology(name)
 
 
 def _rows(mesh_shape, memory_bytes=None):
@@ -49,7 +49,7 @@ def test_every_distinct_train_step_is_compiled_and_sharding_shows():
 
 
 def test_a_mesh_that_leaves_devices_out_is_named():
-  with pytest.raises(check.CheckError, match=r"mesh.shape=\{'data': 4\} uses 4 of the 8 devices"):
+  with pytest.raises(slices.CheckError, match=r"mesh.shape=\{'data': 4\} uses 4 of the 8 devices"):
     _rows({"data": 4})
 
 
@@ -70,5 +70,5 @@ def test_pod_ladder_is_a_valid_study_for_a_16_chip_slice():
 
   study = study_lib.validate(pod_ladder.get_config(), 16)
   assert study.mesh.shape.to_dict() == {"data": 1, "fsdp": 8, "tensor": 2}
-  with pytest.raises(check.CheckError, match="uses 16 of the 32 devices"):
+  with pytest.raises(slices.CheckError, match="uses 16 of the 32 devices"):
     check.check(study, check.Target("v5p-64", tuple(range(32)), None))

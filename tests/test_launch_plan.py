@@ -7,7 +7,7 @@ import pytest
 import standins
 from conftest import tiny_study
 
-from launch import check, plan
+from launch import plan, slices
 from scaling import results
 
 
@@ -28,8 +28,8 @@ TENSOR_MESH = {"data": 1, "fsdp": 1, "tensor": -1}  # The batch is not split ove
 
 
 @pytest.mark.parametrize("topology, overrides, error, message", [
-    ("v9-8", {}, check.CheckError, "--topology='v9-8' is not a TPU slice; allowed: v4-N, v5p-N, v5e-N, v6e-N"),
-    ("v5p-16", {"mesh.shape": {"data": 1, "fsdp": 4, "tensor": 1}}, check.CheckError,
+    ("v9-8", {}, slices.CheckError, "--topology='v9-8' is not a TPU slice; allowed: v4-N, v5p-N, v5e-N, v6e-N"),
+    ("v5p-16", {"mesh.shape": {"data": 1, "fsdp": 4, "tensor": 1}}, slices.CheckError,
      "mesh.shape={'data': 1, 'fsdp': 4, 'tensor': 1} uses 4 of the 8 devices of v5p-16; allowed: axes whose "
      "product is 8"),
     ("v5e-16", {"mesh.shape": TENSOR_MESH, "pretrain.train.batch_size": 6}, plan.PlanError,
