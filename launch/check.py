@@ -22,7 +22,7 @@ from ml_collections import config_flags
 from launch import cli
 from launch.slices import CheckError, require_full_mesh, tpu_topology
 from scaling import context as context_lib
-from scaling import grid, train
+from scaling import grid, methods, train
 from scaling import mesh as mesh_lib
 from scaling import model as model_lib
 from scaling import run as run_lib
@@ -68,7 +68,7 @@ def step_shapes(runs: list[grid.Run]) -> dict[tuple, grid.Run]:
     if "train" not in r.config:  # Evaluation-only kinds (eft) compile no train step.
       continue
     c, t = r.config, r.config["train"]
-    method = c.get("method", {}).get("name", "pretrain")
+    method = methods.label(c["method"]) if "method" in c else "pretrain"
     key = (c["size"], str(sorted(c["block"].items())), method, t["batch_size"], t["seq_len"])
     shapes.setdefault(key, r)
   return shapes

@@ -87,23 +87,23 @@ def model_creator(cfg: model_lib.ModelConfig, method, seed: int) -> Callable[[],
 
 
 def build_model(ctx: Context, size: str, method, seed: int, base_dir: epath.Path | None = None) -> decode.Model:
-  """A model of `size`, prepared by `method` (None: the bare model), sharded, with the base
-  weights in `base_dir` if given; its params are what the method trains."""
+  """A model of `size`, sharded, with the base weights in `base_dir` if given, then prepared by
+  `method` (None: the bare model); its params are what the method trains."""
   cfg = ctx.model_config(size)
-  graphdef, state = mesh_lib.create_sharded(model_creator(cfg, method, seed), ctx.mesh, ctx.rules)
-  model = nnx.merge(graphdef, state)
+  graphdef, state = mesh_lib.create_sharded(model_creator(cfg, None, seed), ctx.mesh, ctx.rules)
   if base_dir is not None:
-    base = nnx.state(nnx.eval_shape(lambda: model_lib.Transformer(cfg, nnx.Rngs(0))), nnx.Param)
-    shardings = mesh_lib.state_shardings(base, ctx.mesh, ctx.rules)
-    nnx.update(model, train.load_params(str(base_dir), nnx.to_pure_dict(base), shardings))
-  graphdef, trainable, frozen = nnx.split(model, method.trainable if method else nnx.Param, ...)
+    state = train.load_params(str(base_dir), state, jax.tree.map(lambda x: x.sharding, state))
+  if method is not None:  # After loading: a method may derive its variables from the base weights.
+    prepare = lambda base: method.prepare(nnx.merge(graphdef, base), nnx.Rngs(seed + 1))
+    graphdef, state = mesh_lib.create_sharded(prepare, ctx.mesh, ctx.rules, state)
+  graphdef, trainable, frozen = nnx.split(nnx.merge(graphdef, state), method.trainable if method else nnx.Param,
+                                          ...)
   return decode.Model(graphdef, nnx.to_pure_dict(trainable), nnx.to_pure_dict(frozen))
 
 
 def method_of(spec: dict):
   """The fine-tuning method plug-in of a fine-tune's spec."""
-  options = {k: v for k, v in spec["method"].items() if k != "name"}
-  return methods_lib.get_method(spec["method"]["name"], **options)
+  return methods_lib.from_spec(spec["method"])
 
 
 # Recently loaded models, by (run directory, mesh, rules): a study's EFT runs reuse a few models

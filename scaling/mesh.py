@@ -114,13 +114,15 @@ def state_shardings(state: nnx.State, mesh: jax.sharding.Mesh, rules: Rules) -> 
   return nnx.to_pure_dict(jax.tree.map(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable)))
 
 
-def create_sharded(create: Callable[[], nnx.Module], mesh: jax.sharding.Mesh,
-                   rules: Rules) -> tuple[nnx.GraphDef, dict]:
-  """Builds a module with every variable born on its shards: (graphdef, pure state dict)."""
-  graphdef, abstract = nnx.split(nnx.eval_shape(create))
+def create_sharded(create: Callable[..., nnx.Module], mesh: jax.sharding.Mesh, rules: Rules,
+                   *args) -> tuple[nnx.GraphDef, dict]:
+  """Builds a module, `create(*args)`, with every variable born on its shards: (graphdef, pure
+  state dict). The arrays in `args` are donated: they may become part of the new state."""
+  graphdef, abstract = nnx.split(nnx.eval_shape(create, *args))
   shardings = state_shardings(abstract, mesh, rules)
-  state = jax.jit(lambda: nnx.to_pure_dict(nnx.split(create())[1]), out_shardings=shardings)()
-  return graphdef, state
+  build = jax.jit(lambda *a: nnx.to_pure_dict(nnx.split(create(*a))[1]), out_shardings=shardings,
+                  donate_argnums=tuple(range(len(args))))
+  return graphdef, build(*args)
 
 
 def batch_sharding(mesh: jax.sharding.Mesh, rules: Rules, ndim: int = 2) -> NamedSharding:

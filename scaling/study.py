@@ -151,9 +151,14 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> ml_collecti
   _positive_ints("finetune.d_f", study.finetune.d_f)
   if not study.finetune.seeds:
     raise StudyError("finetune.seeds=[]; allowed: a non-empty list of integers")
-  for i, m in enumerate(study.finetune.methods):
-    if m not in methods.METHODS:
-      raise StudyError(f"finetune.methods[{i}]={m!r} is not a fine-tuning method; allowed: {sorted(methods.METHODS)}")
+  specs = method_specs(study)
+  for size in study.model.sizes:
+    cfg = model_config(study, size, vocab_size=64)
+    for spec in specs:
+      try:
+        methods.from_spec(spec).check(cfg)
+      except ValueError as e:
+        raise StudyError(f"finetune.methods: {methods.label(spec)} on model size {size!r}: {e}") from None
   for i, task in enumerate(study.finetune.tasks):
     if task not in world_lib.TASKS:
       raise StudyError(f"finetune.tasks[{i}]={task!r} is not a task; allowed: {sorted(world_lib.TASKS)}")
@@ -180,6 +185,26 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> ml_collecti
   return study
 
 
+def method_specs(study: ml_collections.ConfigDict) -> list[dict]:
+  """Every fine-tuning method of the study, each a spec with all its options (grid axes expanded)."""
+  specs = []
+  for i, entry in enumerate(study.finetune.methods):
+    entry = entry.to_dict() if isinstance(entry, ml_collections.ConfigDict) else entry
+    name = entry if isinstance(entry, str) else dict(entry).get("name")
+    if name not in methods.METHODS:
+      raise StudyError(f"finetune.methods[{i}]={entry!r} is not a fine-tuning method; "
+                       f"allowed: {sorted(methods.METHODS)}, or a dict of one and its options")
+    try:
+      specs += methods.expand(entry)
+    except (TypeError, ValueError) as e:
+      raise StudyError(f"finetune.methods[{i}]: {e}") from None
+  labels = [methods.label(spec) for spec in specs]
+  repeated = sorted({x for x in labels if labels.count(x) > 1})
+  if repeated:
+    raise StudyError(f"finetune.methods lists {repeated[0]!r} twice; allowed: each method and options once")
+  return specs
+
+
 def _resolve_eft(study: ml_collections.ConfigDict) -> None:
   """Checks the `eft` group against what the study trains and fills in its defaults."""
   e, ft = study.eft, study.finetune
@@ -192,7 +217,8 @@ def _resolve_eft(study: ml_collections.ConfigDict) -> None:
     return value
 
   e.task = one_of("task", e.task, ft.tasks, "a task this study fine-tunes", ft.tasks[0], "")
-  e.method = one_of("method", e.method, ft.methods, "a method this study fine-tunes with", ft.methods[0], "")
+  labels = [methods.label(spec) for spec in method_specs(study)]
+  e.method = one_of("method", e.method, labels, "a method this study fine-tunes with", labels[0], "")
   e.seed = one_of("seed", e.seed, ft.seeds, "a fine-tuning seed of this study", ft.seeds[0], -1)
   e.pretrain_steps = one_of("pretrain_steps", e.pretrain_steps, study.pretrain.steps,
                             "a pretraining budget of this study", max(study.pretrain.steps), 0)

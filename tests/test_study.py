@@ -13,7 +13,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.mark.parametrize("overrides, message", [
-    ({"finetune.methods": ("full", "prefix")}, r"finetune.methods\[1\]='prefix' is not a fine-tuning method; allowed: \['full'\]"),
+    ({"finetune.methods": ("full", "prefix")}, r"finetune.methods\[1\]='prefix' is not a fine-tuning method; allowed: \['full', 'lora'\]"),
     ({"finetune.d_f": (16, 5000)}, r"finetune.d_f contains 5000, more than the 130 examples .*allowed: 1 to 130"),
     ({"mesh.shape": {"data": 3}}, r"mesh.shape=\{'data': 3\} has 3 devices, which does not divide the 8 devices"),
     ({"mesh.shape": {"data": 4}, "pretrain.train.batch_size": 6},

@@ -15,7 +15,7 @@ import jax
 import ml_collections
 
 from scaling import context as context_lib
-from scaling import decode, grid
+from scaling import decode, grid, methods
 from scaling import eft as eft_lib
 from scaling import model as model_lib
 from scaling import study as study_lib
@@ -29,7 +29,7 @@ def cells(study: ml_collections.ConfigDict, prior: list[grid.Run], execution: di
   bases = {r.config["size"]: r for r in prior
            if r.kind == "pretrain" and r.config["train"]["max_steps"] == e.pretrain_steps}
   finetuned = {(r.config["base"], r.config["d_f"]): r for r in prior
-               if r.kind == "finetune" and r.config["task"] == e.task and r.config["method"]["name"] == e.method
+               if r.kind == "finetune" and r.config["task"] == e.task and methods.label(r.config["method"]) == e.method
                and r.config["seed"] == e.seed}
   world = dataclasses.asdict(study_lib.world_config(study))
   runs = []

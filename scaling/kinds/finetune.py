@@ -8,7 +8,7 @@ import jax
 import ml_collections
 
 from scaling import context as context_lib
-from scaling import decode, grid, train
+from scaling import decode, grid, methods, train
 from scaling import study as study_lib
 from scaling.data import pipeline
 from scaling.data import world as world_lib
@@ -22,13 +22,13 @@ def cells(study: ml_collections.ConfigDict, prior: list[grid.Run], execution: di
   for base in (r for r in prior if r.kind == "pretrain"):
     size = base.config["size"]
     for task in study.finetune.tasks:
-      for method in study.finetune.methods:
+      for method in study_lib.method_specs(study):
         for d_f in study.finetune.d_f:
           for seed in study.finetune.seeds:
             spec = {"kind": "finetune", "world": world, "size": size, "block": base.config["block"],
-                    "base": base.id, "task": task, "method": {"name": method}, "d_f": d_f, "seed": seed,
+                    "base": base.id, "task": task, "method": method, "d_f": d_f, "seed": seed,
                     "train": train_cfg}
-            label = f"ft-{size}-{task}-{method}-df{d_f}-s{seed}"
+            label = f"ft-{size}-{task}-{methods.label(method)}-df{d_f}-s{seed}"
             runs.append(grid.Run(grid.run_id(label, spec), "finetune", spec, (base.id,), execution))
   return runs
 
@@ -56,4 +56,4 @@ def execute(ctx: context_lib.Context) -> dict:
     metrics[f"delta_{key}"] = value - base["metrics"][key]
   return context_lib.trained_record(ctx, outcome, metrics, trainable_params=trainable,
                                     pretrain_tokens=base["pretrain_tokens"], base=cfg["base"], task=cfg["task"],
-                                    method=cfg["method"]["name"], d_f=cfg["d_f"])
+                                    method=methods.label(cfg["method"]), d_f=cfg["d_f"])

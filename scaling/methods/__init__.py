@@ -1,36 +1,96 @@
 """Fine-tuning methods as plug-ins: which parameters train, how many, and how the model is wrapped.
 
-A method is a small object with a `name`, `prepare(model, rngs)` that returns the model to train
-(for example with adapters inserted) and `trainable`, an NNX filter that selects its trainable
-variables. Everything the filter leaves out stays frozen at its base value. Adding a method is
-adding one module and one entry in METHODS.
+A method is a frozen dataclass whose fields are its options. It has a `name`, `check(cfg)` that
+rejects options that a model cannot take, `prepare(model, rngs)` that returns the model to train
+(for example with adapters around its base weights) and `trainable`, an NNX filter of the
+variables that train; everything it leaves out stays frozen at its base value. Every method takes
+`layers`, a (first, last + 1) range of the blocks that it may change (None: all).
+
+In a study, `finetune.methods` lists names, or dicts of a name and options. An option given as a
+tuple is a grid axis (for the options that are sequences themselves, a tuple of tuples), and each
+combination is a method of its own, with its own runs. Adding a method is adding one module and
+one entry in METHODS.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 import jax
 from flax import nnx
 
 from scaling.methods.full import FullModel
+from scaling.methods.lora import Lora
 
 
 class Method(Protocol):
   name: str
   trainable: Any  # An nnx filter.
 
+  def check(self, cfg) -> None: ...
+
   def prepare(self, model: nnx.Module, rngs: nnx.Rngs) -> nnx.Module: ...
 
 
-METHODS: dict[str, type] = {"full": FullModel}
+METHODS: dict[str, type] = {"full": FullModel, "lora": Lora}
 
 
 def get_method(name: str, **options) -> Method:
-  """The method plug-in of that name; errors list the methods there are."""
+  """The method of that name with these options; errors name the method, option and what is allowed."""
   if name not in METHODS:
     raise ValueError(f"unknown fine-tuning method {name!r}; allowed: {sorted(METHODS)}")
-  return METHODS[name](**options)
+  cls = METHODS[name]
+  allowed = [f.name for f in dataclasses.fields(cls)]
+  unknown = sorted(set(options) - set(allowed))
+  if unknown:
+    raise ValueError(f"{name} has no option {unknown[0]!r}; allowed: {allowed}")
+  sequences = getattr(cls, "SEQUENCES", ())
+  return cls(**{k: tuple(v) if k in sequences and v is not None else v for k, v in options.items()})
+
+
+def _is_axis(cls: type, option: str, value) -> bool:
+  """Whether an option's value lists several values of it (a grid axis) rather than being one."""
+  if not isinstance(value, (tuple, list)):
+    return False
+  if option in getattr(cls, "SEQUENCES", ()):  # Sequence options: an axis is a tuple of sequences.
+    return bool(value) and all(isinstance(v, (tuple, list)) or v is None for v in value)
+  return True
+
+
+def expand(entry: str | Mapping) -> list[dict]:
+  """Every method spec that a study's `finetune.methods` entry stands for: name and all options."""
+  entry = {"name": entry} if isinstance(entry, str) else dict(entry)
+  name = entry.pop("name", None)
+  if name not in METHODS:
+    raise ValueError(f"unknown fine-tuning method {name!r}; allowed: {sorted(METHODS)}")
+  axes = {k: list(v) if _is_axis(METHODS[name], k, v) else [v] for k, v in entry.items()}
+  specs = []
+  for values in itertools.product(*axes.values()):
+    method = get_method(name, **dict(zip(axes, values)))
+    specs.append({"name": name, **{f.name: _plain(getattr(method, f.name)) for f in dataclasses.fields(method)}})
+  return specs
+
+
+def _plain(value):
+  return list(value) if isinstance(value, tuple) else value  # As JSON holds it.
+
+
+def from_spec(spec: Mapping) -> Method:
+  """The method of a run spec's `method` entry."""
+  return get_method(spec["name"], **{k: v for k, v in spec.items() if k != "name"})
+
+
+def label(spec: Mapping) -> str:
+  """A short name of a method spec: its name and the options that differ from the defaults."""
+  defaults = {f.name: _plain(f.default) for f in dataclasses.fields(METHODS[spec["name"]])}
+  parts = [spec["name"]]
+  for k, v in spec.items():
+    if k != "name" and v != defaults.get(k):
+      parts.append(f"{k}{'_'.join(map(str, v)) if isinstance(v, list) else v}")
+  return "-".join(parts)
 
 
 def trainable_count(method: Method, model: nnx.Module) -> int:

@@ -1,15 +1,33 @@
-"""Full-model tuning (FMT): every parameter of the base model trains."""
+"""Full-model tuning (FMT): every parameter of the base model trains, or every one in `layers`."""
 
 from __future__ import annotations
 
+import dataclasses
+
 from flax import nnx
 
+from scaling.methods import common
 
+
+@dataclasses.dataclass(frozen=True)
 class FullModel:
-  """Trains all nnx.Param variables; the model is used as it is."""
+  """Trains the nnx.Param variables (of the blocks in `layers`, if given); the model is used as it is."""
+
+  layers: tuple[int, int] | None = None
 
   name = "full"
-  trainable = nnx.Param
+  SEQUENCES = ("layers",)
+
+  @property
+  def trainable(self):
+    """An nnx filter: every parameter, or the parameters of the blocks in `layers`."""
+    if self.layers is None:
+      return nnx.Param
+    return lambda path, x: isinstance(x, nnx.Param) and common.in_layers(path, self.layers)
+
+  def check(self, cfg) -> None:
+    """Raises ValueError if the model cannot take these options."""
+    common.check_layers(self.name, self.layers, cfg.n_layers)
 
   def prepare(self, model: nnx.Module, rngs: nnx.Rngs) -> nnx.Module:
     del rngs

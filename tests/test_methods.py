@@ -1,0 +1,124 @@
+"""Fine-tuning methods: options as grid axes, LoRA and layer ranges; only the method's P trains."""
+
+import jax
+import numpy as np
+import pytest
+from conftest import tiny_study
+from flax import nnx
+
+from launch import plan
+from scaling import context as context_lib
+from scaling import grid, methods, train
+from scaling import mesh as mesh_lib
+from scaling import model as model_lib
+from scaling import run as run_lib
+from scaling import study as study_lib
+from scaling.methods import lora
+
+CFG = model_lib.ladder_config("d32l2", 64)
+
+
+def _prepared(method, seed=0):
+  return method.prepare(model_lib.Transformer(CFG, nnx.Rngs(seed)), nnx.Rngs(seed + 1))
+
+
+def _tokens():
+  return jax.random.randint(jax.random.key(3), (2, 12), 0, CFG.vocab_size)
+
+
+def test_options_given_as_tuples_are_grid_axes_and_labels_name_what_differs():
+  specs = methods.expand({"name": "lora", "rank": (2, 4), "targets": ("wq", "wo")})
+  assert [s["rank"] for s in specs] == [2, 4] and all(s["targets"] == ["wq", "wo"] for s in specs)
+  assert [methods.label(s) for s in specs] == ["lora-rank2-targetswq_wo", "lora-rank4-targetswq_wo"]
+  axis = methods.expand({"name": "lora", "targets": (("wq",), ("w_up", "w_down"))})
+  assert [s["targets"] for s in axis] == [["wq"], ["w_up", "w_down"]]
+  assert methods.expand("full") == [{"name": "full", "layers": None}] and methods.label({"name": "full", "layers": None}) == "full"
+  assert [s["layers"] for s in methods.expand({"name": "full", "layers": ((0, 1), (1, 2))})] == [[0, 1], [1, 2]]
+
+
+def test_each_method_combination_is_its_own_run():
+  study = study_lib.validate(tiny_study(**{"finetune.methods": ("full", {"name": "lora", "rank": (2, 4)})}), 1)
+  fts = [r for r in grid.expand(study) if r.kind == "finetune"]
+  assert len(fts) == 3 * 2 and len({r.id for r in fts}) == 6  # 3 methods x 2 D_f, each its own id.
+  assert {methods.label(r.config["method"]) for r in fts} == {"full", "lora-rank2", "lora-rank4"}
+
+
+@pytest.mark.parametrize("entry, message", [
+    ({"name": "lora", "rank": 0}, "lora.rank=0; allowed: a positive integer"),
+    ({"name": "lora", "targets": ("wq", "wz")}, "lora.targets=('wq', 'wz'); allowed: a non-empty subset of"),
+    ({"name": "lora", "ranks": 4}, "lora has no option 'ranks'; allowed: ['rank', 'alpha', 'targets', 'layers']"),
+    ({"name": "full", "layers": (1, 3)}, "full.layers=(1, 3); allowed: (first, last + 1) with 0 <= first < last + 1 <= 2"),
+    ({"name": "lora9"}, "is not a fine-tuning method"),
+])
+def test_bad_method_options_fail_validation_naming_the_field(entry, message):
+  with pytest.raises(study_lib.StudyError, match="finetune.methods") as e:
+    study_lib.validate(tiny_study(**{"finetune.methods": ("full", entry)}), 1)
+  assert message in str(e.value)
+
+
+def test_lora_starts_as_its_base_and_merges_to_the_same_logits():
+  base = model_lib.Transformer(CFG, nnx.Rngs(0))
+  method = methods.get_method("lora", rank=4, targets=("wq", "wv", "wo", "w_down"))
+  model = _prepared(method)
+  np.testing.assert_array_equal(np.asarray(model(_tokens())), np.asarray(base(_tokens())))  # B = 0: exact.
+  # Train-like perturbation of every adapter, then fold the adapters into plain weights.
+  params = nnx.state(model, lora.LoraParam)
+  nnx.update(model, jax.tree.map(lambda x: x + 0.05 * jax.random.normal(jax.random.key(1), x.shape), params))
+  unmerged = np.asarray(model(_tokens()))
+  assert not np.allclose(unmerged, np.asarray(base(_tokens())))
+  merged = lora.merge(model)
+  assert not nnx.state(merged, lora.LoraParam)  # No adapters left.
+  np.testing.assert_allclose(np.asarray(merged(_tokens())), unmerged, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("options", [{}, {"rank": 2, "targets": ("wq", "wk", "wv", "wo", "w_up", "w_gate", "w_down")},
+                                     {"rank": 3, "targets": ("wo",), "layers": (1, 2)}])
+def test_lora_trains_rank_times_in_plus_out_per_target(options):
+  method = methods.get_method("lora", **options)
+  d, n, h, f = CFG.d_model, CFG.n_heads, CFG.head_width, CFG.ff_width
+  shapes = {"wq": (d, n * h), "wk": (d, n * h), "wv": (d, n * h), "wo": (n * h, d), "w_up": (d, f), "w_gate": (d, f),
+            "w_down": (f, d)}
+  layers = len(range(*(method.layers or (0, CFG.n_layers))))
+  expected = layers * sum(method.rank * sum(shapes[t]) for t in method.targets)
+  assert methods.trainable_count(method, _prepared(method)) == expected
+
+
+def test_full_with_a_layer_range_trains_only_those_blocks():
+  method = methods.get_method("full", layers=(1, 2))
+  model = _prepared(method)
+  block = sum(x.size for x in jax.tree.leaves(nnx.state(model.blocks[1], nnx.Param)))
+  assert methods.trainable_count(method, model) == block
+  assert methods.trainable_count(methods.get_method("full"), model) == model_lib.param_count(CFG)
+
+
+def _flat(tree) -> dict:
+  return {tuple(path): leaf for path, leaf in nnx.to_flat_state(nnx.State(tree))}
+
+
+@pytest.mark.parametrize("entry", [{"name": "lora", "rank": 2}, {"name": "full", "layers": (1, 2)}])
+def test_only_the_method_parameters_train_and_the_optimiser_holds_two_moments_of_them(tmp_path, entry):
+  study = study_lib.validate(tiny_study(**{"finetune.methods": (entry,), "finetune.d_f": (16,),
+                                           "finetune.train.max_steps": 10, "finetune.train.eval_every": 0}), 1)
+  runs = grid.expand(study)[:2]
+  plan.write_plan(study, runs, tmp_path)
+  record = [run_lib.execute(r, tmp_path) for r in runs][1]
+  method = methods.from_spec(runs[1].config["method"])
+  p = methods.trainable_count(method, _prepared(method))
+  assert record["trainable_params"] == p and record["method"] == methods.label(runs[1].config["method"])
+  ctx = context_lib.context(runs[1], tmp_path)
+  with mesh_lib.activate(ctx.mesh, ctx.rules):
+    base, tuned = (context_lib.load_run_model(ctx, r.id) for r in runs)
+  assert sum(x.size for x in jax.tree.leaves(tuned.params)) == p  # The kept model is P, not a base copy.
+  tx = train.make_optimizer(train.TrainConfig(**runs[1].config["train"]))
+  moments = [x.size for x in jax.tree.leaves(jax.eval_shape(tx.init, tuned.params)) if x.ndim > 0]
+  assert sum(moments) == 2 * p  # Adam's two moments, of the trainable parameters only.
+  # Every base weight outside P is bit-identical to the base's (LoRA keeps it as `<weight>/base`).
+  base_flat = _flat(base.params)
+  frozen = {path[:-1] if path[-1] == "base" else path: leaf for path, leaf in _flat(tuned.frozen).items()}
+  untouched = [path for path in base_flat if path in frozen]
+  assert len(untouched) == len(base_flat) - (len(_flat(tuned.params)) if entry["name"] == "full" else 0)
+  for path in untouched:
+    np.testing.assert_array_equal(np.asarray(frozen[path]), np.asarray(base_flat[path]), err_msg=str(path))
+  changed = [path for path, leaf in _flat(tuned.params).items()
+             if path in base_flat and not np.array_equal(np.asarray(leaf), np.asarray(base_flat[path]))]
+  assert entry["name"] == "lora" or changed  # Full tuning of layer 1 did change layer 1.
