@@ -13,7 +13,7 @@ from scaling import mesh as mesh_lib
 from scaling import model as model_lib
 from scaling import run as run_lib
 from scaling import study as study_lib
-from scaling.methods import lora
+from scaling.methods import lora, svf
 
 CFG = model_lib.ladder_config("d32l2", 64)
 
@@ -49,6 +49,7 @@ def test_each_method_combination_is_its_own_run():
     ({"name": "lora", "ranks": 4}, "lora has no option 'ranks'; allowed: ['rank', 'alpha', 'targets', 'layers']"),
     ({"name": "full", "layers": (1, 3)}, "full.layers=(1, 3); allowed: (first, last + 1) with 0 <= first < last + 1 <= 2"),
     ({"name": "lora9"}, "is not a fine-tuning method"),
+    ({"name": "svf", "layers": (0, 0)}, "svf.layers=(0, 0); allowed"),
 ])
 def test_bad_method_options_fail_validation_naming_the_field(entry, message):
   with pytest.raises(study_lib.StudyError, match="finetune.methods") as e:
@@ -95,8 +96,9 @@ def _flat(tree) -> dict:
   return {tuple(path): leaf for path, leaf in nnx.to_flat_state(nnx.State(tree))}
 
 
-@pytest.mark.parametrize("entry", [{"name": "lora", "rank": 2}, {"name": "full", "layers": (1, 2)}])
-def test_only_the_method_parameters_train_and_the_optimiser_holds_two_moments_of_them(tmp_path, entry):
+@pytest.mark.parametrize("entry, replaced", [({"name": "lora", "rank": 2}, 0), ({"name": "full", "layers": (1, 2)}, 9),
+                                             ({"name": "svf", "targets": ("w_up", "wo")}, 4)])
+def test_only_the_method_parameters_train_and_the_optimiser_holds_two_moments_of_them(tmp_path, entry, replaced):
   study = study_lib.validate(tiny_study(**{"finetune.methods": (entry,), "finetune.d_f": (16,),
                                            "finetune.train.max_steps": 10, "finetune.train.eval_every": 0}), 1)
   runs = grid.expand(study)[:2]
@@ -116,9 +118,25 @@ def test_only_the_method_parameters_train_and_the_optimiser_holds_two_moments_of
   base_flat = _flat(base.params)
   frozen = {path[:-1] if path[-1] == "base" else path: leaf for path, leaf in _flat(tuned.frozen).items()}
   untouched = [path for path in base_flat if path in frozen]
-  assert len(untouched) == len(base_flat) - (len(_flat(tuned.params)) if entry["name"] == "full" else 0)
+  assert len(untouched) == len(base_flat) - replaced  # Full: block 1's 9 weights; SVF: its 2 x 2 matrices.
   for path in untouched:
     np.testing.assert_array_equal(np.asarray(frozen[path]), np.asarray(base_flat[path]), err_msg=str(path))
-  changed = [path for path, leaf in _flat(tuned.params).items()
-             if path in base_flat and not np.array_equal(np.asarray(leaf), np.asarray(base_flat[path]))]
-  assert entry["name"] == "lora" or changed  # Full tuning of layer 1 did change layer 1.
+  # Training moved P: from the base weights (full), from B = 0 (LoRA), from z = 1 (SVF).
+  start = {"full": lambda path: base_flat[path], "lora": lambda path: 0.0 if path[-1] == "b" else None,
+           "svf": lambda path: 1.0}[entry["name"]]
+  assert any(start(path) is not None and not np.all(np.asarray(leaf) == start(path))
+             for path, leaf in _flat(tuned.params).items())
+
+
+def test_svf_starts_as_its_base_and_trains_one_scale_per_singular_value():
+  base = model_lib.Transformer(CFG, nnx.Rngs(0))
+  method = methods.get_method("svf", targets=("wq", "wo", "w_up", "w_gate", "w_down"))
+  model = _prepared(method)
+  np.testing.assert_allclose(np.asarray(model(_tokens())), np.asarray(base(_tokens())), rtol=1e-5, atol=1e-5)
+  d, inner, f = CFG.d_model, CFG.n_heads * CFG.head_width, CFG.ff_width
+  per_layer = min(d, inner) * 2 + min(d, f) * 3
+  assert methods.trainable_count(method, model) == CFG.n_layers * per_layer
+  z = nnx.state(model, svf.SvfParam)
+  nnx.update(model, jax.tree.map(lambda x: x * 1.5, z))  # Scaling every singular value scales the weight.
+  np.testing.assert_allclose(np.asarray(model.blocks[0].mlp.w_up[...]),
+                             1.5 * np.asarray(base.blocks[0].mlp.w_up[...]), rtol=1e-4, atol=1e-5)

@@ -24,6 +24,7 @@ from flax import nnx
 
 from scaling.methods.full import FullModel
 from scaling.methods.lora import Lora
+from scaling.methods.svf import Svf
 
 
 class Method(Protocol):
@@ -35,7 +36,7 @@ class Method(Protocol):
   def prepare(self, model: nnx.Module, rngs: nnx.Rngs) -> nnx.Module: ...
 
 
-METHODS: dict[str, type] = {"full": FullModel, "lora": Lora}
+METHODS: dict[str, type] = {"full": FullModel, "lora": Lora, "svf": Svf}
 
 
 def get_method(name: str, **options) -> Method:

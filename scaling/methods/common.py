@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 from flax import nnx
+
+# A block's projection -> (the submodule that holds it, how many leading axes are its input).
+TARGETS = {"wq": ("attn", 1), "wk": ("attn", 1), "wv": ("attn", 1), "wo": ("attn", 2),
+           "w_up": ("mlp", 1), "w_gate": ("mlp", 1), "w_down": ("mlp", 1)}
 
 
 def check_layers(method: str, layers: Sequence[int] | None, n_layers: int) -> None:
@@ -27,6 +31,30 @@ def in_layers(path: tuple, layers: Sequence[int] | None) -> bool:
   if layers is None:
     return True
   return len(path) > 1 and path[0] == "blocks" and layers[0] <= path[1] < layers[1]
+
+
+def check_targets(method: str, targets: Sequence[str]) -> None:
+  """Raises ValueError unless `targets` is a non-empty list of projection names."""
+  if not targets or any(t not in TARGETS for t in targets):
+    raise ValueError(f"{method}.targets={tuple(targets)!r}; allowed: a non-empty subset of {list(TARGETS)}")
+
+
+def check_gate(method: str, targets: Sequence[str], cfg) -> None:
+  """Raises ValueError if `targets` names the gate of an MLP that has none."""
+  if "w_gate" in targets and cfg.mlp != "swiglu":
+    raise ValueError(f"{method}.targets includes 'w_gate', which a {cfg.mlp!r} MLP does not have; "
+                     f"allowed: {[t for t in TARGETS if t != 'w_gate']}")
+
+
+def replace_weights(model: nnx.Module, targets: Sequence[str], layers: Sequence[int] | None,
+                    make: Callable[[nnx.Variable, int], nnx.Module]) -> nnx.Module:
+  """Replaces each target projection of the blocks in `layers` by `make(weight, input axes)`."""
+  for i in block_indices(layers, len(model.blocks)):
+    for target in targets:
+      part, in_axes = TARGETS[target]
+      holder = getattr(model.blocks[i], part)
+      setattr(holder, target, make(getattr(holder, target), in_axes))
+  return model
 
 
 class Reparameterised(nnx.Module):

@@ -15,10 +15,6 @@ from flax import nnx
 
 from scaling.methods import common
 
-# Projection -> (the block's submodule that holds it, how many leading axes are its input).
-TARGETS = {"wq": ("attn", 1), "wk": ("attn", 1), "wv": ("attn", 1), "wo": ("attn", 2),
-           "w_up": ("mlp", 1), "w_gate": ("mlp", 1), "w_down": ("mlp", 1)}
-
 
 class LoraParam(nnx.Param):
   """An adapter matrix: the only variables that a LoRA fine-tune trains."""
@@ -58,30 +54,22 @@ class Lora:
       raise ValueError(f"lora.rank={self.rank!r}; allowed: a positive integer")
     if self.alpha <= 0:
       raise ValueError(f"lora.alpha={self.alpha!r}; allowed: > 0")
-    unknown = [t for t in self.targets if t not in TARGETS]
-    if unknown or not self.targets:
-      raise ValueError(f"lora.targets={tuple(self.targets)!r}; allowed: a non-empty subset of {list(TARGETS)}")
+    common.check_targets(self.name, self.targets)
 
   def check(self, cfg) -> None:
     """Raises ValueError if the model cannot take these options."""
     common.check_layers(self.name, self.layers, cfg.n_layers)
-    if "w_gate" in self.targets and cfg.mlp != "swiglu":
-      raise ValueError(f"lora.targets includes 'w_gate', which a {cfg.mlp!r} MLP does not have; "
-                       f"allowed: {[t for t in TARGETS if t != 'w_gate']}")
+    common.check_gate(self.name, self.targets, cfg)
 
   def prepare(self, model: nnx.Module, rngs: nnx.Rngs) -> nnx.Module:
-    for i in common.block_indices(self.layers, len(model.blocks)):
-      for target in self.targets:
-        part, in_axes = TARGETS[target]
-        holder = getattr(model.blocks[i], part)
-        setattr(holder, target, LoraWeight(getattr(holder, target), in_axes, self.rank, self.alpha, rngs))
-    return model
+    return common.replace_weights(model, self.targets, self.layers,
+                                  lambda w, in_axes: LoraWeight(w, in_axes, self.rank, self.alpha, rngs))
 
 
 def merge(model: nnx.Module) -> nnx.Module:
   """The model with every adapter folded into a plain weight (in place)."""
   for block in model.blocks:
-    for target, (part, _) in TARGETS.items():
+    for target, (part, _) in common.TARGETS.items():
       holder = getattr(block, part)
       w = getattr(holder, target, None)
       if isinstance(w, LoraWeight):
