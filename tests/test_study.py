@@ -1,19 +1,22 @@
 """Bad studies fail before any training, with a message naming the field, value and what is allowed."""
 
 import os
+import re
 import subprocess
 import sys
 
 import pytest
 from conftest import tiny_study
 
+from scaling import methods
 from scaling import study as study_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.mark.parametrize("overrides, message", [
-    ({"finetune.methods": ("full", "prefix")}, r"finetune.methods\[1\]='prefix' is not a fine-tuning method; allowed: \['full', 'lora'\]"),
+    ({"finetune.methods": ("full", "prefix")}, (r"finetune.methods\[1\]='prefix' is not a fine-tuning method; allowed: "
+                                                + re.escape(str(sorted(methods.METHODS))))),
     ({"finetune.d_f": (16, 5000)}, r"finetune.d_f contains 5000, more than the 130 examples .*allowed: 1 to 130"),
     ({"mesh.shape": {"data": 3}}, r"mesh.shape=\{'data': 3\} has 3 devices, which does not divide the 8 devices"),
     ({"mesh.shape": {"data": 4}, "pretrain.train.batch_size": 6},
