@@ -1,6 +1,7 @@
 """Fine-tuning methods: options as grid axes, LoRA and layer ranges; only the method's P trains."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import tiny_study
@@ -97,7 +98,8 @@ def _flat(tree) -> dict:
 
 
 @pytest.mark.parametrize("entry, replaced", [({"name": "lora", "rank": 2}, 0), ({"name": "full", "layers": (1, 2)}, 9),
-                                             ({"name": "svf", "targets": ("w_up", "wo")}, 4)])
+                                             ({"name": "svf", "targets": ("w_up", "wo")}, 4),
+                                             ({"name": "prompt", "length": 3}, 0)])
 def test_only_the_method_parameters_train_and_the_optimiser_holds_two_moments_of_them(tmp_path, entry, replaced):
   study = study_lib.validate(tiny_study(**{"finetune.methods": (entry,), "finetune.d_f": (16,),
                                            "finetune.train.max_steps": 10, "finetune.train.eval_every": 0}), 1)
@@ -114,18 +116,23 @@ def test_only_the_method_parameters_train_and_the_optimiser_holds_two_moments_of
   tx = train.make_optimizer(train.TrainConfig(**runs[1].config["train"]))
   moments = [x.size for x in jax.tree.leaves(jax.eval_shape(tx.init, tuned.params)) if x.ndim > 0]
   assert sum(moments) == 2 * p  # Adam's two moments, of the trainable parameters only.
-  # Every base weight outside P is bit-identical to the base's (LoRA keeps it as `<weight>/base`).
+  # Every base weight outside P is bit-identical to the base's (LoRA keeps it as `<weight>/base`,
+  # prompt tuning as `model/<weight>`).
   base_flat = _flat(base.params)
-  frozen = {path[:-1] if path[-1] == "base" else path: leaf for path, leaf in _flat(tuned.frozen).items()}
+  unwrap = lambda path: path[1:] if path[0] == "model" else path[:-1] if path[-1] == "base" else path
+  frozen = {unwrap(path): leaf for path, leaf in _flat(tuned.frozen).items()}
   untouched = [path for path in base_flat if path in frozen]
   assert len(untouched) == len(base_flat) - replaced  # Full: block 1's 9 weights; SVF: its 2 x 2 matrices.
   for path in untouched:
     np.testing.assert_array_equal(np.asarray(frozen[path]), np.asarray(base_flat[path]), err_msg=str(path))
   # Training moved P: from the base weights (full), from B = 0 (LoRA), from z = 1 (SVF).
   start = {"full": lambda path: base_flat[path], "lora": lambda path: 0.0 if path[-1] == "b" else None,
-           "svf": lambda path: 1.0}[entry["name"]]
+           "svf": lambda path: 1.0, "prompt": lambda path: None}[entry["name"]]
   assert any(start(path) is not None and not np.all(np.asarray(leaf) == start(path))
-             for path, leaf in _flat(tuned.params).items())
+             for path, leaf in _flat(tuned.params).items()) or entry["name"] == "prompt"
+  if entry["name"] == "prompt":  # It started as embedding rows, and training moved every vector.
+    vectors, table = np.asarray(tuned.params["prompt"]), np.asarray(base_flat[("embed",)])
+    assert not any((table == v).all(axis=1).any() for v in vectors)
 
 
 def test_svf_starts_as_its_base_and_trains_one_scale_per_singular_value():
@@ -140,3 +147,23 @@ def test_svf_starts_as_its_base_and_trains_one_scale_per_singular_value():
   nnx.update(model, jax.tree.map(lambda x: x * 1.5, z))  # Scaling every singular value scales the weight.
   np.testing.assert_allclose(np.asarray(model.blocks[0].mlp.w_up[...]),
                              1.5 * np.asarray(base.blocks[0].mlp.w_up[...]), rtol=1e-4, atol=1e-5)
+
+
+def test_prompt_tuning_scores_only_the_input_and_decodes_with_the_cache():
+  method = methods.get_method("prompt", length=5)
+  model = _prepared(method)
+  tokens = _tokens()
+  logits = model(tokens)
+  assert logits.shape == (2, 12, CFG.vocab_size)  # The input's own positions only.
+  assert methods.trainable_count(method, model) == 5 * CFG.d_model
+  table = np.asarray(model.model.embed[...])
+  assert all((table == v).all(axis=1).any() for v in np.asarray(model.prompt[...]))  # Vocabulary embeddings.
+  base = model_lib.Transformer(CFG, nnx.Rngs(0))
+  assert not np.allclose(np.asarray(logits), np.asarray(base(tokens)))  # The prompt changes what follows.
+  cache = model.init_cache(2, 12)
+  positions = jnp.broadcast_to(jnp.arange(12), (2, 12))
+  first, cache = model.extend(tokens[:, :8], positions[:, :8], cache)
+  rest, _ = model.extend(tokens[:, 8:], positions[:, 8:], cache)
+  np.testing.assert_allclose(np.concatenate([first, rest], axis=1), np.asarray(logits), rtol=1e-5, atol=1e-5)
+  with pytest.raises(ValueError, match="prompt.length=0; allowed: a positive integer"):
+    methods.get_method("prompt", length=0)

@@ -3,8 +3,9 @@
 A method is a frozen dataclass whose fields are its options. It has a `name`, `check(cfg)` that
 rejects options that a model cannot take, `prepare(model, rngs)` that returns the model to train
 (for example with adapters around its base weights) and `trainable`, an NNX filter of the
-variables that train; everything it leaves out stays frozen at its base value. Every method takes
-`layers`, a (first, last + 1) range of the blocks that it may change (None: all).
+variables that train; everything it leaves out stays frozen at its base value. The methods that
+change blocks take `layers`, a (first, last + 1) range of the blocks that they may change (None:
+all); prompt tuning changes only the input.
 
 In a study, `finetune.methods` lists names, or dicts of a name and options. An option given as a
 tuple is a grid axis (for the options that are sequences themselves, a tuple of tuples), and each
@@ -24,6 +25,7 @@ from flax import nnx
 
 from scaling.methods.full import FullModel
 from scaling.methods.lora import Lora
+from scaling.methods.prompt import Prompt
 from scaling.methods.svf import Svf
 
 
@@ -36,7 +38,7 @@ class Method(Protocol):
   def prepare(self, model: nnx.Module, rngs: nnx.Rngs) -> nnx.Module: ...
 
 
-METHODS: dict[str, type] = {"full": FullModel, "lora": Lora, "svf": Svf}
+METHODS: dict[str, type] = {"full": FullModel, "lora": Lora, "prompt": Prompt, "svf": Svf}
 
 
 def get_method(name: str, **options) -> Method:

@@ -1,0 +1,69 @@
+"""Prompt tuning (Lester et al. 2021): `length` learned vectors before every input; only they train.
+
+They start as the embeddings of random vocabulary tokens. They take positions 0..length-1 and the
+input follows them, so the model's logits for the input's own tokens are all that is returned
+(and scored). With a key/value cache, every extension writes the prompt's keys and values again
+at the cache's first `length` slots, so decoding needs nothing else.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+
+class PromptParam(nnx.Param):
+  """The prompt vectors: the only variables that prompt tuning trains."""
+
+
+class PromptTuned(nnx.Module):
+  """A model with learned input vectors before every input."""
+
+  def __init__(self, model: nnx.Module, length: int, rngs: nnx.Rngs):
+    self.model, self.length = model, length
+    ids = jax.random.randint(rngs.params(), (length,), 0, model.cfg.vocab_size)
+    self.prompt = PromptParam(jnp.take(model.embed[...], ids, axis=0), logical_axes=(None, "embed"))
+
+  def _run(self, tokens_BxT: jax.Array, positions_BxT: jax.Array, cache):
+    b, p = tokens_BxT.shape[0], self.length
+    x_BxTxD = self.model.embed_tokens(tokens_BxT)
+    prompt_BxPxD = jnp.broadcast_to(self.prompt[...].astype(x_BxTxD.dtype), (b, p, x_BxTxD.shape[-1]))
+    positions = jnp.concatenate([jnp.broadcast_to(jnp.arange(p), (b, p)), positions_BxT + p], axis=1)
+    logits, cache = self.model.forward_embeddings(jnp.concatenate([prompt_BxPxD, x_BxTxD], axis=1), positions, cache)
+    return logits[:, p:], cache
+
+  def init_cache(self, batch: int, length: int) -> list:
+    """The model's cache, with room for the prompt before the `length` positions of the input."""
+    return self.model.init_cache(batch, length + self.length)
+
+  def extend(self, tokens_BxT: jax.Array, positions_BxT: jax.Array, cache: list) -> tuple[jax.Array, list]:
+    """Logits of T new tokens at their positions after the prompt, and the updated cache."""
+    return self._run(tokens_BxT, positions_BxT, cache)
+
+  def __call__(self, tokens_BxL: jax.Array) -> jax.Array:
+    b, seq_len = tokens_BxL.shape
+    return self._run(tokens_BxL, jnp.broadcast_to(jnp.arange(seq_len), (b, seq_len)), None)[0]
+
+
+@dataclasses.dataclass(frozen=True)
+class Prompt:
+  """Prompt tuning with `length` vectors (P = length x d_model)."""
+
+  length: int = 20
+
+  name = "prompt"
+  trainable = PromptParam
+
+  def __post_init__(self):
+    if not isinstance(self.length, int) or self.length < 1:
+      raise ValueError(f"prompt.length={self.length!r}; allowed: a positive integer")
+
+  def check(self, cfg) -> None:
+    """Every model takes a prompt of any length."""
+    del cfg
+
+  def prepare(self, model: nnx.Module, rngs: nnx.Rngs) -> nnx.Module:
+    return PromptTuned(model, self.length, rngs)
