@@ -156,7 +156,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> ml_collecti
     cfg = model_config(study, size, vocab_size=64)
     for spec in specs:
       try:
-        methods.from_spec(spec).check(cfg)
+        methods.from_spec(spec).check(cfg, study.finetune.train.seq_len)
       except ValueError as e:
         raise StudyError(f"finetune.methods: {methods.label(spec)} on model size {size!r}: {e}") from None
   for i, task in enumerate(study.finetune.tasks):

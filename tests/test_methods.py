@@ -51,6 +51,8 @@ def test_each_method_combination_is_its_own_run():
     ({"name": "full", "layers": (1, 3)}, "full.layers=(1, 3); allowed: (first, last + 1) with 0 <= first < last + 1 <= 2"),
     ({"name": "lora9"}, "is not a fine-tuning method"),
     ({"name": "svf", "layers": (0, 0)}, "svf.layers=(0, 0); allowed"),
+    ({"name": "prompt", "length": 17}, "prompt.length=17 is longer than the fine-tuning sequence "
+                                       "(finetune.train.seq_len=16); allowed: 1 to 16"),
 ])
 def test_bad_method_options_fail_validation_naming_the_field(entry, message):
   with pytest.raises(study_lib.StudyError, match="finetune.methods") as e:

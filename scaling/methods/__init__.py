@@ -1,7 +1,7 @@
 """Fine-tuning methods as plug-ins: which parameters train, how many, and how the model is wrapped.
 
-A method is a frozen dataclass whose fields are its options. It has a `name`, `check(cfg)` that
-rejects options that a model cannot take, `prepare(model, rngs)` that returns the model to train
+A method is a frozen dataclass whose fields are its options. It has a `name`, `check(cfg, seq_len)`
+that rejects options that a model cannot take, `prepare(model, rngs)` that returns the model to train
 (for example with adapters around its base weights) and `trainable`, an NNX filter of the
 variables that train; everything it leaves out stays frozen at its base value. The methods that
 change blocks take `layers`, a (first, last + 1) range of the blocks that they may change (None:
@@ -33,7 +33,7 @@ class Method(Protocol):
   name: str
   trainable: Any  # An nnx filter.
 
-  def check(self, cfg) -> None: ...
+  def check(self, cfg, seq_len: int) -> None: ...
 
   def prepare(self, model: nnx.Module, rngs: nnx.Rngs) -> nnx.Module: ...
 

@@ -25,8 +25,9 @@ class FullModel:
       return nnx.Param
     return lambda path, x: isinstance(x, nnx.Param) and common.in_layers(path, self.layers)
 
-  def check(self, cfg) -> None:
-    """Raises ValueError if the model cannot take these options."""
+  def check(self, cfg, seq_len: int) -> None:
+    """Raises ValueError if the model (trained on `seq_len` tokens) cannot take these options."""
+    del seq_len
     common.check_layers(self.name, self.layers, cfg.n_layers)
 
   def prepare(self, model: nnx.Module, rngs: nnx.Rngs) -> nnx.Module:

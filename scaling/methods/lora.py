@@ -56,8 +56,9 @@ class Lora:
       raise ValueError(f"lora.alpha={self.alpha!r}; allowed: > 0")
     common.check_targets(self.name, self.targets)
 
-  def check(self, cfg) -> None:
-    """Raises ValueError if the model cannot take these options."""
+  def check(self, cfg, seq_len: int) -> None:
+    """Raises ValueError if the model (trained on `seq_len` tokens) cannot take these options."""
+    del seq_len
     common.check_layers(self.name, self.layers, cfg.n_layers)
     common.check_gate(self.name, self.targets, cfg)
 

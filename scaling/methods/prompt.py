@@ -61,9 +61,12 @@ class Prompt:
     if not isinstance(self.length, int) or self.length < 1:
       raise ValueError(f"prompt.length={self.length!r}; allowed: a positive integer")
 
-  def check(self, cfg) -> None:
-    """Every model takes a prompt of any length."""
+  def check(self, cfg, seq_len: int) -> None:
+    """Raises ValueError if the prompt is longer than the sequences that it precedes."""
     del cfg
+    if self.length > seq_len:
+      raise ValueError(f"prompt.length={self.length} is longer than the fine-tuning sequence "
+                       f"(finetune.train.seq_len={seq_len}); allowed: 1 to {seq_len}")
 
   def prepare(self, model: nnx.Module, rngs: nnx.Rngs) -> nnx.Module:
     return PromptTuned(model, self.length, rngs)

@@ -58,8 +58,9 @@ class Svf:
   def __post_init__(self):
     common.check_targets(self.name, self.targets)
 
-  def check(self, cfg) -> None:
-    """Raises ValueError if the model cannot take these options."""
+  def check(self, cfg, seq_len: int) -> None:
+    """Raises ValueError if the model (trained on `seq_len` tokens) cannot take these options."""
+    del seq_len
     common.check_layers(self.name, self.layers, cfg.n_layers)
     common.check_gate(self.name, self.targets, cfg)
 
