@@ -26,6 +26,7 @@ import pandas as pd
 from etils import epath
 
 from analysis import eft as eft_analysis
+from analysis import methods as methods_analysis
 from analysis import report as report_lib
 from scaling import laws, results
 from scaling import run as run_lib
@@ -90,9 +91,11 @@ def fit_and_report(workdir: str | epath.Path, delta: float = 1e-3, bootstrap: in
       warnings.filterwarnings("ignore", message=".*outside the starting grid")  # Recorded in on_grid_edge.
       fits = [{"section": "finetune", **f} for f in fit_study(table, delta, bootstrap)]
       fits += eft_analysis.fit_eft(table, delta, bootstrap)
+      fits += methods_analysis.fit_methods(table, delta, bootstrap)
     out.mkdir(parents=True, exist_ok=True)
     results.write_json(out / "fits.json", fits)
-    path = report_lib.write_report(table, points, fits, out, eft_analysis.report_lines(table, fits, out))
+    sections = methods_analysis.report_lines(table, fits) + eft_analysis.report_lines(table, fits, out)
+    path = report_lib.write_report(table, points, fits, out, sections)
     (out / "inputs.sha256").write_text(key)
   for f in fits:
     if f["section"] == "eft" and f["analysis"] == "decoupling" and f["beta"] == 1.0:
@@ -100,9 +103,10 @@ def fit_and_report(workdir: str | epath.Path, delta: float = 1e-3, bootstrap: in
       print(f"EFT {f['task']}/{f['method']} {f['metric']}: b1 (log N1) = {c['b1']:.3g} [{ci['b1'][0]:.3g}, "
             f"{ci['b1'][1]:.3g}], b2 (log N2) = {c['b2']:.3g} [{ci['b2'][0]:.3g}, {ci['b2'][1]:.3g}]: "
             f"follows {eft_analysis.SCALES.get(f['follows'], f['follows'])}")
-    if f["section"] == "finetune" and f["law"] == "multiplicative":
+    if f["section"] in ("finetune", "methods") and f["law"] == "multiplicative" and f["x"]:
       p, v = f["params"], f["validation"]
-      print(f"{f['task']}/{f['method']} over {f['x']}: L = {p['A']:.4g} * X^-{p['alpha']:.4f} * D_f^-{p['beta']:.4f}"
+      base = f" on {f['base']}" if f["base"] else ""
+      print(f"{f['task']}/{f['method']}{base} over {f['x']}: L = {p['A']:.4g} * X^-{p['alpha']:.4f} * D_f^-{p['beta']:.4f}"
             f" + {p['E']:.4f}  (A={p['A']:.4g}, alpha={p['alpha']:.4f}, beta={p['beta']:.4f}, E={p['E']:.4f};"
             f" {f['num_points']} points; held-out error {v['heldout_error']:.4g})")
   print(f"report: {path}")

@@ -1,4 +1,8 @@
-"""Fine-tuning methods: options as grid axes, LoRA and layer ranges; only the method's P trains."""
+"""Fine-tuning methods: options as grid axes, layer ranges, LoRA, SVF and prompt tuning; only the
+method's P trains, the base stays bit-identical, bad options fail validation."""
+
+import os
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -17,6 +21,7 @@ from scaling import study as study_lib
 from scaling.methods import lora, svf
 
 CFG = model_lib.ladder_config("d32l2", 64)
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _prepared(method, seed=0):
@@ -169,3 +174,14 @@ def test_prompt_tuning_scores_only_the_input_and_decodes_with_the_cache():
   np.testing.assert_allclose(np.concatenate([first, rest], axis=1), np.asarray(logits), rtol=1e-5, atol=1e-5)
   with pytest.raises(ValueError, match="prompt.length=0; allowed: a positive integer"):
     methods.get_method("prompt", length=0)
+
+
+def test_the_methods_study_config_is_valid_and_covers_every_method():
+  sys.path.insert(0, ROOT)
+  from configs import methods as methods_config
+
+  runs = grid.expand(study_lib.validate(methods_config.get_config(), 1))
+  labels = {methods.label(r.config["method"]) for r in runs if r.kind == "finetune"}
+  assert {r.config["method"]["name"] for r in runs if r.kind == "finetune"} == set(methods.METHODS)
+  assert {"full", "full-layers0_1", "lora-rank2", "lora", "lora-rank32", "prompt-length4", "prompt-length16"} <= labels
+  assert not any(r.kind == "eft" for r in runs)

@@ -1,0 +1,21 @@
+"""The methods study: the smoke world and bases, fine-tuned by every method at a few sizes of P.
+
+Full tuning (all layers, and the first layer only), LoRA at ranks 2, 8 and 32, prompt tuning with
+4 and 16 vectors, and SVF, each on the `qa` task at five D_f. The report compares the methods'
+exponents over N (alpha_m) and over P (alpha_t), and how much each forgets of the pretraining
+domain. `make study CONFIG=configs/methods.py WORKDIR=runs/methods`.
+"""
+
+import ml_collections
+
+from configs import smoke
+from scaling import study
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = smoke.get_config()
+  c.name = "methods"
+  c.finetune.methods = ("full", {"name": "full", "layers": (0, 1)}, {"name": "lora", "rank": (2, 8, 32)},
+                        {"name": "prompt", "length": (4, 16)}, "svf")
+  c.eft.enabled = False
+  return study.resolve(c)
