@@ -2,6 +2,7 @@
 
     python -m scaling.bench train [--size d768l12,d2048l24] [--seq 2048] [--batch 8] [--dtype bfloat16]
                                   [--remat none|dots|full] [--attention auto|xla|cudnn] [--vocab 32768]
+    python -m scaling.bench methods [--size d128l4] [--methods full,lora,prompt,svf] [--seq 256] [--batch 8]
     python -m scaling.bench laws [--points 40] [--bootstrap 1000]
     python -m scaling.bench eft [--workdir runs/smoke] [--n1 SIZE] [--n2 SIZE] [--k 4] [--tokens 48]
 
@@ -17,6 +18,10 @@ first step's loss (equal for both implementations up to rounding), the compiled 
 (arguments, outputs and temporaries) and the device's peak memory in use so far in this process,
 where the device reports it (so a row bounds its implementation's peak from above), and ours'
 step time over the reference's. Needs only jax, flax, optax, orbax, etils, numpy, tqdm and absl.
+
+`methods`: the train step of each fine-tuning method (default options) on the same base, against
+full tuning: trainable parameters P, median step time, tokens per second, and the compiled step's
+memory (arguments, outputs, temporaries), each also as a ratio to full tuning's.
 
 `laws`: fit the additive law from Hoffmann's full starting grid (4,500 starts) twice, vectorised
 (one JAX program) and the obvious way (a Python loop of scipy L-BFGS-B with exact gradients),
@@ -194,6 +199,46 @@ def bench_train(size: str, cfg: model_lib.ModelConfig, *, seq: int, batch: int, 
   return rows
 
 
+def bench_methods(cfg: model_lib.ModelConfig, entries: list[str], *, seq: int, batch: int, steps: int,
+                  warmup: int) -> list[tuple[str, ...]]:
+  """Rows of the methods benchmark: each method's train step on the same base, against full tuning."""
+  from scaling import methods  # Here: `train` needs none of the methods.
+
+  tx = train.make_optimizer(train.TrainConfig(batch_size=batch, seq_len=seq, warmup_steps=0, schedule="constant"))
+  mesh, rules = mesh_lib.make_mesh({"data": -1}), mesh_lib.DEFAULT_RULES
+  batch_sh = mesh_lib.batch_sharding(mesh, rules)
+  tokens_BxL = jax.random.randint(jax.random.key(0), (batch, seq + 1), 0, cfg.vocab_size)
+  data = jax.device_put({"inputs": tokens_BxL[:, :-1], "targets": tokens_BxL[:, 1:], "weights": jnp.ones((batch, seq))},
+                        batch_sh)
+  measured = []
+  for entry in entries:
+    method = methods.get_method(entry)
+    with mesh_lib.activate(mesh, rules):
+      create = lambda: method.prepare(model_lib.Transformer(cfg, nnx.Rngs(0)), nnx.Rngs(1))
+      graphdef, state = mesh_lib.create_sharded(create, mesh, rules)
+      graphdef, params, frozen = nnx.split(nnx.merge(graphdef, state), method.trainable, ...)
+      params, frozen = nnx.to_pure_dict(params), nnx.to_pure_dict(frozen)
+      sharding = lambda tree: jax.tree.map(lambda x: x.sharding, tree)
+      state_sh = train.state_shardings(tx, params, sharding(params), mesh)
+      train_state = {"step": jnp.zeros((), jnp.int32), "params": params,
+                     "opt": jax.jit(tx.init, out_shardings=state_sh["opt"])(params), "tokens": jnp.zeros((), jnp.float32)}
+      compiled = train.jit_step(graphdef, tx, state_sh, sharding(frozen), batch_sh).lower(
+          train_state, frozen, data).compile()
+      times = []
+      for _ in range(warmup + steps):
+        t0 = time.perf_counter()
+        train_state, _ = jax.block_until_ready(compiled(train_state, frozen, data))
+        times.append(time.perf_counter() - t0)
+    stats = compiled.memory_analysis()
+    memory = (stats.argument_size_in_bytes + stats.output_size_in_bytes + stats.temp_size_in_bytes
+              - stats.alias_size_in_bytes)
+    p = sum(x.size for x in jax.tree.leaves(params))
+    measured.append((entry, p, statistics.median(times[warmup:]), memory))
+  full = next((m for m in measured if m[0] == "full"), measured[0])
+  return [(name, f"{p:,}", f"{step * 1e3:.2f}", f"{batch * seq / step:,.0f}", f"{memory / 2**20:,.1f}",
+           f"{step / full[2]:.2f}x", f"{memory / full[3]:.2f}x") for name, p, step, memory in measured]
+
+
 def train_table(rows: list[dict]) -> list[str]:
   """The training-step benchmark as text: a title, a header and a row per (size, implementation)."""
   r = rows[0]
@@ -355,7 +400,8 @@ def print_table(title: str, rows: list[tuple[str, str]]) -> None:
 
 def main(argv: list[str] | None = None) -> None:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("which", choices=["train", "laws", "eft"])
+  parser.add_argument("which", choices=["train", "methods", "laws", "eft"])
+  parser.add_argument("--methods", default="full,lora,prompt,svf", help="methods: methods (default options).")
   parser.add_argument("--size", default="d128l4", help="train: ladder sizes, comma-separated.")
   parser.add_argument("--seq", type=int, default=256, help="train: tokens per sequence.")
   parser.add_argument("--batch", type=int, default=8, help="train: sequences per step, over all devices.")
@@ -376,10 +422,10 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--k", type=int, default=4, help="eft: tokens drafted per target pass.")
   parser.add_argument("--tokens", type=int, default=48, help="eft: tokens generated per prompt.")
   args = parser.parse_args(argv)
+  if args.which in ("train", "methods") and args.batch % jax.device_count():
+    parser.error(f"--batch={args.batch} does not split over the {jax.device_count()} devices; allowed: a multiple "
+                 f"of {jax.device_count()}")
   if args.which == "train":
-    if args.batch % jax.device_count():
-      parser.error(f"--batch={args.batch} does not split over the {jax.device_count()} devices; allowed: a multiple "
-                   f"of {jax.device_count()}")
     try:
       cfgs = {size: model_lib.ladder_config(size, args.vocab, compute_dtype=args.dtype, remat=args.remat,
                                             attention=args.attention) for size in args.size.split(",")}
@@ -394,6 +440,24 @@ def main(argv: list[str] | None = None) -> None:
     if args.json:
       with open(args.json, "w") as f:
         json.dump(rows, f, indent=1)
+    return
+  if args.which == "methods":
+    from scaling import methods  # Here: `train` needs none of the methods.
+
+    try:
+      cfg = model_lib.ladder_config(args.size, args.vocab, compute_dtype=args.dtype)
+      for name in args.methods.split(","):
+        methods.get_method(name).check(cfg, args.seq)
+    except ValueError as e:
+      parser.error(str(e))
+    rows = bench_methods(cfg, args.methods.split(","), seq=args.seq, batch=args.batch, steps=args.steps,
+                         warmup=args.warmup)
+    header = ("method", "P", "step ms", "tokens/s", "program MiB", "step / full", "memory / full")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    print(f"methods: train steps on {args.size} (vocab {args.vocab}, {args.batch} x {args.seq} tokens, {args.dtype}) "
+          f"on {jax.device_count()} x {jax.devices()[0].device_kind}; median of {args.steps} steps")
+    for r in [header, *rows]:
+      print("  ".join(c.rjust(w) for c, w in zip(r, widths)))
     return
   from scaling import run as run_lib  # Imports TFDS: not for `train`.
 

@@ -74,3 +74,18 @@ def test_peak_flops_by_device_kind():
   assert peak("NVIDIA H200", "bfloat16") == 989e12
   assert peak("TPU v5 lite", "bfloat16") == 197e12 and peak("TPU v5", "bfloat16") == 459e12
   assert peak("cpu", "float32") is None
+
+
+def test_methods_bench_compares_each_method_with_full_tuning():
+  from scaling import methods
+
+  cfg = model_lib.ladder_config("d32l2", vocab_size=64)
+  rows = bench.bench_methods(cfg, ["full", "lora", "prompt", "svf"], seq=16, batch=8, steps=2, warmup=1)  # 8 devices.
+  assert [r[0] for r in rows] == ["full", "lora", "prompt", "svf"]
+  for name, p, *_, step_ratio, memory_ratio in rows:
+    method = methods.get_method(name)
+    model = method.prepare(model_lib.Transformer(cfg, nnx.Rngs(0)), nnx.Rngs(1))
+    assert int(p.replace(",", "")) == methods.trainable_count(method, model)
+    assert float(step_ratio[:-1]) > 0 and float(memory_ratio[:-1]) > 0
+  assert rows[0][-2:] == ("1.00x", "1.00x")
+  assert all(float(r[-1][:-1]) < 1 for r in rows[1:])  # Fewer moments: every PET step needs less memory.

@@ -19,9 +19,10 @@ from scaling import run as run_lib
 from scaling import study as study_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The fine-tune is a LoRA run: its resume restores adapters and their moments, not base weights.
 LONG = {"pretrain.steps": (150,), "pretrain.train.checkpoint_every": 10,
-        "finetune.d_f": (32,), "finetune.train.max_steps": 150, "finetune.train.patience": 1000,
-        "finetune.train.checkpoint_every": 10}
+        "finetune.d_f": (32,), "finetune.methods": ({"name": "lora", "rank": 4},), "finetune.train.max_steps": 150,
+        "finetune.train.patience": 1000, "finetune.train.checkpoint_every": 10}
 
 
 def _plan(workdir, **overrides):
