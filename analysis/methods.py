@@ -39,7 +39,8 @@ def fit_methods(table: pd.DataFrame, delta: float = 1e-3, bootstrap: int = 200) 
     return []
   fits = []
   for (task, name, size), group in points.groupby(["task", "method_name", "size"]):
-    if group["trainable_params"].nunique() < 2 or len(group) <= 4:  # Four parameters need five points.
+    # Full tuning's P is the base (or some of its layers), not a size of a parameter-efficient method.
+    if name == "full" or group["trainable_params"].nunique() < 2 or len(group) <= 4:  # 4 parameters, 5 points.
       continue
     record = fit_lib.fit_frame(group, "multiplicative", d="d_f", y="test_loss", x="trainable_params",
                                delta=delta, bootstrap=bootstrap, holdout="largest_x")
