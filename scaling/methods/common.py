@@ -57,6 +57,24 @@ def replace_weights(model: nnx.Module, targets: Sequence[str], layers: Sequence[
   return model
 
 
+class OnTargets:
+  """What the methods that re-express target projections share: checking `targets` and `layers`."""
+
+  name: str
+  targets: tuple[str, ...]
+  layers: tuple[int, int] | None
+  SEQUENCES = ("targets", "layers")
+
+  def __post_init__(self):
+    check_targets(self.name, self.targets)
+
+  def check(self, cfg, seq_len: int) -> None:
+    """Raises ValueError if the model (trained on `seq_len` tokens) cannot take these options."""
+    del seq_len
+    check_layers(self.name, self.layers, cfg.n_layers)
+    check_gate(self.name, self.targets, cfg)
+
+
 class Reparameterised(nnx.Module):
   """A weight that a method re-expresses from frozen parts and trained ones: the model reads it as
   `w[...]`, like the nnx.Param that it replaces, and gets the effective weight."""

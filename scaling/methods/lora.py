@@ -37,7 +37,7 @@ class LoraWeight(common.Reparameterised):
 
 
 @dataclasses.dataclass(frozen=True)
-class Lora:
+class Lora(common.OnTargets):
   """LoRA of `rank` on the `targets` projections of the blocks in `layers`."""
 
   rank: int = 8
@@ -47,20 +47,13 @@ class Lora:
 
   name = "lora"
   trainable = LoraParam
-  SEQUENCES = ("targets", "layers")
 
   def __post_init__(self):
     if not isinstance(self.rank, int) or self.rank < 1:
       raise ValueError(f"lora.rank={self.rank!r}; allowed: a positive integer")
     if self.alpha <= 0:
       raise ValueError(f"lora.alpha={self.alpha!r}; allowed: > 0")
-    common.check_targets(self.name, self.targets)
-
-  def check(self, cfg, seq_len: int) -> None:
-    """Raises ValueError if the model (trained on `seq_len` tokens) cannot take these options."""
-    del seq_len
-    common.check_layers(self.name, self.layers, cfg.n_layers)
-    common.check_gate(self.name, self.targets, cfg)
+    super().__post_init__()
 
   def prepare(self, model: nnx.Module, rngs: nnx.Rngs) -> nnx.Module:
     return common.replace_weights(model, self.targets, self.layers,

@@ -45,7 +45,7 @@ class SvfWeight(common.Reparameterised):
 
 
 @dataclasses.dataclass(frozen=True)
-class Svf:
+class Svf(common.OnTargets):
   """SVF of the `targets` matrices (default: the MLP's, as the released code does) in `layers`."""
 
   targets: tuple[str, ...] = ("w_up", "w_gate", "w_down")
@@ -53,16 +53,6 @@ class Svf:
 
   name = "svf"
   trainable = SvfParam
-  SEQUENCES = ("targets", "layers")
-
-  def __post_init__(self):
-    common.check_targets(self.name, self.targets)
-
-  def check(self, cfg, seq_len: int) -> None:
-    """Raises ValueError if the model (trained on `seq_len` tokens) cannot take these options."""
-    del seq_len
-    common.check_layers(self.name, self.layers, cfg.n_layers)
-    common.check_gate(self.name, self.targets, cfg)
 
   def prepare(self, model: nnx.Module, rngs: nnx.Rngs) -> nnx.Module:
     del rngs
