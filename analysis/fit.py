@@ -26,6 +26,7 @@ import pandas as pd
 from etils import epath
 
 from analysis import eft as eft_analysis
+from analysis import locality as locality_analysis
 from analysis import methods as methods_analysis
 from analysis import report as report_lib
 from scaling import laws, results
@@ -82,7 +83,9 @@ def fit_and_report(workdir: str | epath.Path, delta: float = 1e-3, bootstrap: in
   out = workdir / "report"
   # The fits are a function of the points and the settings: unchanged inputs are not refitted.
   points = finetune_points(table)
-  inputs = f"{points.to_csv()}|{eft_analysis.eft_points(table).to_csv()}|{delta}|{bootstrap}|{laws.__doc__}"
+  sources = [points, eft_analysis.eft_points(table), locality_analysis.layer_points(table),
+             locality_analysis.transplant_points(table)]
+  inputs = f"{'|'.join(p.to_csv() for p in sources)}|{delta}|{bootstrap}|{laws.__doc__}"
   key = hashlib.sha256(inputs.encode()).hexdigest()
   if (out / "inputs.sha256").exists() and (out / "inputs.sha256").read_text() == key and (out / "fits.json").exists():
     fits, path = json.loads((out / "fits.json").read_text()), out / "report.md"
@@ -94,7 +97,8 @@ def fit_and_report(workdir: str | epath.Path, delta: float = 1e-3, bootstrap: in
       fits += methods_analysis.fit_methods(table, delta, bootstrap)
     out.mkdir(parents=True, exist_ok=True)
     results.write_json(out / "fits.json", fits)
-    sections = methods_analysis.report_lines(table, fits) + eft_analysis.report_lines(table, fits, out)
+    sections = (methods_analysis.report_lines(table, fits) + locality_analysis.report_lines(table)
+                + eft_analysis.report_lines(table, fits, out))
     path = report_lib.write_report(table, points, fits, out, sections)
     (out / "inputs.sha256").write_text(key)
   for f in fits:

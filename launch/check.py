@@ -90,7 +90,8 @@ def compiled_memory(run: grid.Run, vocab_size: int, mesh: jax.sharding.Mesh, rul
   batch_sh = mesh_lib.batch_sharding(mesh, rules)
   tokens = jax.ShapeDtypeStruct((tcfg.batch_size, tcfg.seq_len), "int32", sharding=batch_sh)
   batch = {"inputs": tokens, "targets": tokens,
-           "weights": jax.ShapeDtypeStruct(tokens.shape, "float32", sharding=batch_sh)}
+           "weights": jax.ShapeDtypeStruct(tokens.shape, "float32", sharding=batch_sh),
+           "prompt_len": jax.ShapeDtypeStruct((tcfg.batch_size,), "int32", sharding=batch_sh)}
   state = train.abstract_state(tx, params, state_sh)
   frozen = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), frozen, frozen_sh)
   with mesh_lib.activate(mesh, rules):

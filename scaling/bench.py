@@ -2,7 +2,7 @@
 
     python -m scaling.bench train [--size d768l12,d2048l24] [--seq 2048] [--batch 8] [--dtype bfloat16]
                                   [--remat none|dots|full] [--attention auto|xla|cudnn] [--vocab 32768]
-    python -m scaling.bench methods [--size d128l4] [--methods full,lora,prompt,svf] [--seq 256] [--batch 8]
+    python -m scaling.bench methods [--size d128l4] [--methods full,lora,prompt,reft,svf] [--seq 256] [--batch 8]
     python -m scaling.bench laws [--points 40] [--bootstrap 1000]
     python -m scaling.bench eft [--workdir runs/smoke] [--n1 SIZE] [--n2 SIZE] [--k 4] [--tokens 48]
 
@@ -155,14 +155,19 @@ def _peak_bytes() -> int | None:
   return max(s["peak_bytes_in_use"] for s in stats) if all("peak_bytes_in_use" in s for s in stats) else None
 
 
+def random_batch(cfg: model_lib.ModelConfig, batch: int, seq: int, sharding) -> dict:
+  """A batch of random tokens, every one scored, with the first half of each row as its prompt."""
+  tokens_BxL = jax.random.randint(jax.random.key(0), (batch, seq + 1), 0, cfg.vocab_size)
+  return jax.device_put({"inputs": tokens_BxL[:, :-1], "targets": tokens_BxL[:, 1:], "weights": jnp.ones((batch, seq)),
+                         "prompt_len": jnp.full((batch,), seq // 2, jnp.int32)}, sharding)
+
+
 def bench_train(size: str, cfg: model_lib.ModelConfig, *, seq: int, batch: int, steps: int,
                 warmup: int) -> list[dict]:
   """Rows of the training-step benchmark for one size: ours, then the reference."""
   tx = train.make_optimizer(train.TrainConfig(batch_size=batch, seq_len=seq, warmup_steps=0, schedule="constant"))
   mesh = mesh_lib.make_mesh({"data": -1})
-  tokens_BxL = jax.random.randint(jax.random.key(0), (batch, seq + 1), 0, cfg.vocab_size)
-  data = jax.device_put({"inputs": tokens_BxL[:, :-1], "targets": tokens_BxL[:, 1:], "weights": jnp.ones((batch, seq))},
-                        mesh_lib.batch_sharding(mesh, mesh_lib.DEFAULT_RULES))
+  data = random_batch(cfg, batch, seq, mesh_lib.batch_sharding(mesh, mesh_lib.DEFAULT_RULES))
   devices = jax.local_devices()
   peak = peak_flops(devices[0], cfg.compute_dtype)
   flops_per_token = model_lib.train_flops_per_token(cfg, seq)
@@ -207,9 +212,7 @@ def bench_methods(cfg: model_lib.ModelConfig, entries: list[str], *, seq: int, b
   tx = train.make_optimizer(train.TrainConfig(batch_size=batch, seq_len=seq, warmup_steps=0, schedule="constant"))
   mesh, rules = mesh_lib.make_mesh({"data": -1}), mesh_lib.DEFAULT_RULES
   batch_sh = mesh_lib.batch_sharding(mesh, rules)
-  tokens_BxL = jax.random.randint(jax.random.key(0), (batch, seq + 1), 0, cfg.vocab_size)
-  data = jax.device_put({"inputs": tokens_BxL[:, :-1], "targets": tokens_BxL[:, 1:], "weights": jnp.ones((batch, seq))},
-                        batch_sh)
+  data = random_batch(cfg, batch, seq, batch_sh)
   measured = []
   for entry in entries:
     method = methods.get_method(entry)
@@ -401,7 +404,7 @@ def print_table(title: str, rows: list[tuple[str, str]]) -> None:
 def main(argv: list[str] | None = None) -> None:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("which", choices=["train", "methods", "laws", "eft"])
-  parser.add_argument("--methods", default="full,lora,prompt,svf", help="methods: methods (default options).")
+  parser.add_argument("--methods", default="full,lora,prompt,reft,svf", help="methods: methods (default options).")
   parser.add_argument("--size", default="d128l4", help="train: ladder sizes, comma-separated.")
   parser.add_argument("--seq", type=int, default=256, help="train: tokens per sequence.")
   parser.add_argument("--batch", type=int, default=8, help="train: sequences per step, over all devices.")

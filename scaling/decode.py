@@ -36,6 +36,10 @@ class Model(NamedTuple):
   params: Params
   frozen: Params
 
+  def module(self) -> nnx.Module:
+    """The model as an NNX module (inside a trace: a view of the traced arrays)."""
+    return nnx.merge(self.graphdef, self.params, self.frozen)
+
 
 @functools.partial(jax.tree_util.register_dataclass, data_fields=["params", "frozen", "weights"],
                    meta_fields=["graphdefs"])
@@ -82,9 +86,10 @@ class Sampling:
 GREEDY = Sampling()
 
 
-def log_probs(mixture: Mixture, tokens_BxL: jax.Array) -> jax.Array:
-  """Teacher-forced next-token log-probabilities (B, L, V) of the mixture."""
-  return eft.combine([m(tokens_BxL) for m in mixture.modules()], mixture.weights)
+def log_probs(mixture: Mixture, tokens_BxL: jax.Array, prompt_len_B: jax.Array | None = None) -> jax.Array:
+  """Teacher-forced next-token log-probabilities (B, L, V) of the mixture (`prompt_len_B`: each row's
+  prompt length, for methods that act at prompt positions)."""
+  return eft.combine([m(tokens_BxL, prompt_len_B) for m in mixture.modules()], mixture.weights)
 
 
 def warp(logp_xV: jax.Array, sampling: Sampling) -> jax.Array:
@@ -108,18 +113,19 @@ def pick(logp_BxV: jax.Array, sampling: Sampling, key: jax.Array) -> jax.Array:
   return jax.random.categorical(key, warp(logp_BxV, sampling), axis=-1).astype(jnp.int32)
 
 
-def _extend(modules: Sequence[nnx.Module], caches: list, tokens_BxT: jax.Array,
-            positions_BxT: jax.Array) -> tuple[list[jax.Array], list]:
+def _extend(modules: Sequence[nnx.Module], caches: list, tokens_BxT: jax.Array, positions_BxT: jax.Array,
+            prompt_len_B: jax.Array) -> tuple[list[jax.Array], list]:
   """Every model's logits of T new tokens, and their updated caches."""
-  out = [m.extend(tokens_BxT, positions_BxT, c) for m, c in zip(modules, caches)]
+  out = [m.extend(tokens_BxT, positions_BxT, c, prompt_len_B) for m, c in zip(modules, caches)]
   return [logits for logits, _ in out], [cache for _, cache in out]
 
 
-def _prefill(modules: Sequence[nnx.Module], prompts_BxL: jax.Array, length: int) -> tuple[list[jax.Array], list]:
+def _prefill(modules: Sequence[nnx.Module], prompts_BxL: jax.Array, prompt_len_B: jax.Array,
+             length: int) -> tuple[list[jax.Array], list]:
   """Caches of `length` positions holding the prompts (positions 0..L-1), and the prompts' logits."""
   b, seq_len = prompts_BxL.shape
   caches = [m.init_cache(b, length) for m in modules]
-  return _extend(modules, caches, prompts_BxL, jnp.broadcast_to(jnp.arange(seq_len), (b, seq_len)))
+  return _extend(modules, caches, prompts_BxL, jnp.broadcast_to(jnp.arange(seq_len), (b, seq_len)), prompt_len_B)
 
 
 @functools.partial(jax.jit, static_argnames=("num_new", "sampling"))
@@ -128,13 +134,13 @@ def generate(mixture: Mixture, prompts_BxL: jax.Array, prompt_len_B: jax.Array, 
   """`num_new` tokens after each row's prompt: (B, num_new); one cached step per token."""
   modules = mixture.modules()
   rows_B = jnp.arange(prompts_BxL.shape[0])
-  logits, caches = _prefill(modules, prompts_BxL, prompts_BxL.shape[1] + num_new)
+  logits, caches = _prefill(modules, prompts_BxL, prompt_len_B, prompts_BxL.shape[1] + num_new)
   logp_BxV = eft.combine([l_BxLxV[rows_B, prompt_len_B - 1] for l_BxLxV in logits], mixture.weights)
 
   def step(carry, t):
     caches, logp_BxV = carry
     token_B = pick(logp_BxV, sampling, jax.random.fold_in(key, t))
-    logits, caches = _extend(modules, caches, token_B[:, None], (prompt_len_B + t)[:, None])
+    logits, caches = _extend(modules, caches, token_B[:, None], (prompt_len_B + t)[:, None], prompt_len_B)
     return (caches, eft.combine([l[:, 0] for l in logits], mixture.weights)), token_B
 
   _, tokens_NxB = jax.lax.scan(step, (caches, logp_BxV), jnp.arange(num_new))
@@ -165,13 +171,13 @@ def speculative_generate(mixture: Mixture, prompts_BxL: jax.Array, prompt_len_B:
   b, prompt_width = prompts_BxL.shape
   width = prompt_width + num_new + k  # The furthest a row still decoding writes: prompt + num_new - 1 + k.
   rows_B, steps_K1 = jnp.arange(b), jnp.arange(k + 1)
-  _, caches = _prefill(modules, prompts_BxL, width)
+  _, caches = _prefill(modules, prompts_BxL, prompt_len_B, width)
   tokens_BxS = jnp.zeros((b, width), jnp.int32).at[:, :prompt_width].set(prompts_BxL.astype(jnp.int32))
   end_B = prompt_len_B + num_new
 
   def draft_step(carry, j):
     cache, token_B, length_B, round_key = carry
-    logits_Bx1xV, cache = modules[draft].extend(token_B[:, None], (length_B - 1 + j)[:, None], cache)
+    logits_Bx1xV, cache = modules[draft].extend(token_B[:, None], (length_B - 1 + j)[:, None], cache, prompt_len_B)
     logq_BxV = warp(jax.nn.log_softmax(logits_Bx1xV[:, 0], axis=-1), sampling)
     token_B = pick(logq_BxV, sampling, jax.random.fold_in(round_key, j))
     return (cache, token_B, length_B, round_key), (token_B, logq_BxV)
@@ -184,7 +190,7 @@ def speculative_generate(mixture: Mixture, prompts_BxL: jax.Array, prompt_len_B:
         draft_step, (caches[draft], pending_B, length_B, round_key), jnp.arange(k))
     drafts_BxK, logq_BxKxV = drafts_KxB.T, jnp.swapaxes(logq_KxBxV, 0, 1)
     scored_BxK1 = jnp.concatenate([pending_B[:, None], drafts_BxK], axis=1)
-    logits, caches = _extend(modules, caches, scored_BxK1, length_B[:, None] - 1 + steps_K1)
+    logits, caches = _extend(modules, caches, scored_BxK1, length_B[:, None] - 1 + steps_K1, prompt_len_B)
     logp_BxK1xV = warp(eft.combine(logits, mixture.weights), sampling)
     if sampling.greedy:
       keep_BxK = drafts_BxK == jnp.argmax(logp_BxK1xV[:, :k], axis=-1)

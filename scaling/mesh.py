@@ -125,8 +125,9 @@ def create_sharded(create: Callable[..., nnx.Module], mesh: jax.sharding.Mesh, r
   return graphdef, build(*args)
 
 
-def batch_sharding(mesh: jax.sharding.Mesh, rules: Rules, ndim: int = 2) -> NamedSharding:
-  """Sharding of a (B, ...) input batch: batch over the data axes, the rest replicated."""
+def batch_sharding(mesh: jax.sharding.Mesh, rules: Rules, ndim: int = 1) -> NamedSharding:
+  """Sharding of a (B, ...) input batch: batch over the data axes, the rest replicated (the default
+  spec names only the batch axis, so it fits fields of any rank)."""
   return NamedSharding(mesh, spec(("act_batch",) + (None,) * (ndim - 1), rules))
 
 

@@ -8,6 +8,7 @@ heads, H head width, F MLP width, V vocabulary. Every parameter carries logical 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Literal, NamedTuple
 
 import jax
@@ -332,9 +333,12 @@ class Transformer(nnx.Module):
     return [KVCache(zeros(), zeros()) for _ in self.blocks]
 
   def forward_embeddings(self, x_BxLxD: jax.Array, positions_BxL: jax.Array | None = None,
-                         cache: list[KVCache] | None = None) -> tuple[jax.Array, list[KVCache] | None]:
+                         cache: list[KVCache] | None = None,
+                         after_block: Callable[[int, jax.Array], jax.Array] | None = None
+                         ) -> tuple[jax.Array, list[KVCache] | None]:
     """Logits from input embeddings (the entry point for methods that edit the input), and the
-    cache updated with these positions if one is given (positions default to 0..L-1)."""
+    cache updated with these positions if one is given (positions default to 0..L-1).
+    `after_block(i, x)`, if given, edits the hidden states after block i (methods that edit them)."""
     b, seq_len = x_BxLxD.shape[:2]
     if positions_BxL is None:
       positions_BxL = jnp.broadcast_to(jnp.arange(seq_len), (b, seq_len))
@@ -344,6 +348,8 @@ class Transformer(nnx.Module):
     new_cache = []
     for i, block in enumerate(self.blocks):
       x_BxLxD, layer_cache = run_block(block, x_BxLxD, positions_BxL, None if cache is None else cache[i])
+      if after_block is not None:
+        x_BxLxD = after_block(i, x_BxLxD)
       new_cache.append(layer_cache)
     x_BxLxD = self.norm_out(x_BxLxD)
     # Float32 accumulation and logits from compute-dtype operands: bfloat16 logits would carry a
@@ -356,10 +362,13 @@ class Transformer(nnx.Module):
     logits_BxLxV = mesh_lib.constrain(logits_BxLxV, ("act_batch", "act_length", "act_vocab"))
     return logits_BxLxV, None if cache is None else new_cache
 
-  def extend(self, tokens_BxT: jax.Array, positions_BxT: jax.Array,
-             cache: list[KVCache]) -> tuple[jax.Array, list[KVCache]]:
-    """Logits of T new tokens at their positions, attending to the cache; and the updated cache."""
+  def extend(self, tokens_BxT: jax.Array, positions_BxT: jax.Array, cache: list[KVCache],
+             prompt_len_B: jax.Array | None = None) -> tuple[jax.Array, list[KVCache]]:
+    """Logits of T new tokens at their positions, attending to the cache; and the updated cache.
+    Every model takes each row's prompt length; only methods that act at prompt positions use it."""
+    del prompt_len_B
     return self.forward_embeddings(self.embed_tokens(tokens_BxT), positions_BxT, cache)
 
-  def __call__(self, tokens_BxL: jax.Array) -> jax.Array:
+  def __call__(self, tokens_BxL: jax.Array, prompt_len_B: jax.Array | None = None) -> jax.Array:
+    del prompt_len_B  # See `extend`.
     return self.forward_embeddings(self.embed_tokens(tokens_BxL))[0]

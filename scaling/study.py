@@ -42,6 +42,11 @@ def defaults() -> ml_collections.ConfigDict:
   # seed -> the first of finetune's; pretrain_steps -> the largest pretraining budget.
   c.eft = ml_collections.ConfigDict({"enabled": False, "task": "", "method": "", "d_f": (), "seed": -1,
                                      "pretrain_steps": 0, "betas": (0.5, 1.0, 1.5), "pairs": ()})
+  # Layer transplants (scaling.kinds.transplant): a full fine-tune with its lower or upper k blocks
+  # reset to the base's, for every k from 1 to layers - 1. Empty fields, as for eft: task, method
+  # (a full-tuning label) and seed -> the first of finetune's; d_f -> the largest finetune.d_f.
+  c.transplant = ml_collections.ConfigDict({"enabled": False, "task": "", "method": "", "d_f": (), "seed": -1,
+                                            "parts": ("lower", "upper")})
   c.eval = ml_collections.ConfigDict({"batch_size": 100})
   c.mesh = ml_collections.ConfigDict({"shape": {"data": -1, "fsdp": 1, "tensor": 1},
                                       "rules": tuple(mesh_lib.DEFAULT_RULES)})
@@ -182,6 +187,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> ml_collecti
   if study.eval.batch_size % divisor:
     raise StudyError(f"eval.batch_size={study.eval.batch_size} is not divisible by the {divisor}-way data axes")
   _resolve_eft(study)
+  _resolve_transplant(study)
   return study
 
 
@@ -208,24 +214,11 @@ def method_specs(study: ml_collections.ConfigDict) -> list[dict]:
 def _resolve_eft(study: ml_collections.ConfigDict) -> None:
   """Checks the `eft` group against what the study trains and fills in its defaults."""
   e, ft = study.eft, study.finetune
-
-  def one_of(field: str, value, allowed, what: str, default, unset):
-    if value == unset:
-      return default
-    if value not in allowed:
-      raise StudyError(f"eft.{field}={value!r} is not {what}; allowed: {list(allowed)}")
-    return value
-
-  e.task = one_of("task", e.task, ft.tasks, "a task this study fine-tunes", ft.tasks[0], "")
   labels = [methods.label(spec) for spec in method_specs(study)]
-  e.method = one_of("method", e.method, labels, "a method this study fine-tunes with", labels[0], "")
-  e.seed = one_of("seed", e.seed, ft.seeds, "a fine-tuning seed of this study", ft.seeds[0], -1)
-  e.pretrain_steps = one_of("pretrain_steps", e.pretrain_steps, study.pretrain.steps,
-                            "a pretraining budget of this study", max(study.pretrain.steps), 0)
-  for d_f in e.d_f:
-    if d_f not in ft.d_f:
-      raise StudyError(f"eft.d_f contains {d_f!r}, which this study does not fine-tune on; allowed: {list(ft.d_f)}")
-  e.d_f = tuple(e.d_f) or tuple(ft.d_f)
+  _resolve_finetune_choice(study, "eft", labels)
+  e.pretrain_steps = _one_of("eft.pretrain_steps", e.pretrain_steps, study.pretrain.steps,
+                             "a pretraining budget of this study", max(study.pretrain.steps), 0)
+  e.d_f = _d_f_subset("eft.d_f", e.d_f, ft.d_f) or tuple(ft.d_f)
   betas = list(e.betas)
   if not betas or any(isinstance(b, bool) or not isinstance(b, (int, float)) or not math.isfinite(b) for b in betas):
     raise StudyError(f"eft.betas={betas}; allowed: a non-empty list of finite numbers (1.0 is plain EFT, "
@@ -240,3 +233,45 @@ def _resolve_eft(study: ml_collections.ConfigDict) -> None:
         raise StudyError(f"eft.pairs[{i}]={tuple(pair)!r}: {size!r} is not a size of this study; "
                          f"allowed: {list(sizes)}")
   e.pairs = tuple(tuple(p) for p in e.pairs) or tuple((n1, n2) for n1 in sizes for n2 in sizes)
+
+
+def _one_of(field: str, value, allowed, what: str, default, unset):
+  """`value` if it is one of `allowed`, `default` if it is `unset`; else a StudyError naming `field`."""
+  if value == unset:
+    return default
+  if value not in allowed:
+    raise StudyError(f"{field}={value!r} is not {what}; allowed: {list(allowed)}")
+  return value
+
+
+def _resolve_finetune_choice(study: ml_collections.ConfigDict, group: str, labels: list[str]) -> None:
+  """Fills in (or checks) a group's task, method and seed: one fine-tuning cell of each."""
+  g, ft = study[group], study.finetune
+  g.task = _one_of(f"{group}.task", g.task, ft.tasks, "a task this study fine-tunes", ft.tasks[0], "")
+  g.method = _one_of(f"{group}.method", g.method, labels, "a method this study fine-tunes with", labels[0], "")
+  g.seed = _one_of(f"{group}.seed", g.seed, ft.seeds, "a fine-tuning seed of this study", ft.seeds[0], -1)
+
+
+def _d_f_subset(field: str, values: Iterable, allowed: Iterable) -> tuple:
+  """`values` after checking that each is one of the study's D_f."""
+  for d_f in values:
+    if d_f not in allowed:
+      raise StudyError(f"{field} contains {d_f!r}, which this study does not fine-tune on; allowed: {list(allowed)}")
+  return tuple(values)
+
+
+def _resolve_transplant(study: ml_collections.ConfigDict) -> None:
+  """Checks the `transplant` group (full tuning only: it resets blocks of the fine-tuned weights)."""
+  t = study.transplant
+  if not t.enabled:
+    return
+  full = [methods.label(spec) for spec in method_specs(study) if spec["name"] == "full" and spec["layers"] is None]
+  if not full:
+    raise StudyError("transplant.enabled needs full tuning of every layer in finetune.methods; "
+                     "allowed: add 'full' to finetune.methods, or transplant.enabled=False")
+  _resolve_finetune_choice(study, "transplant", full)
+  t.d_f = _d_f_subset("transplant.d_f", t.d_f, study.finetune.d_f) or (max(study.finetune.d_f),)
+  parts = tuple(t.parts)
+  if not parts or any(p not in ("lower", "upper") for p in parts):
+    raise StudyError(f"transplant.parts={parts!r}; allowed: a non-empty subset of ('lower', 'upper')")
+  t.parts = parts

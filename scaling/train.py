@@ -88,12 +88,16 @@ def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
                      optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay))
 
 
+# What a train step reads of a batch: prompt lengths for the methods that act at prompt positions.
+BATCH_FIELDS = ("inputs", "targets", "weights", "prompt_len")
+
+
 def train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, state: dict, frozen: Mapping,
                batch: Mapping[str, jax.Array]) -> tuple[dict, dict]:
   """One optimiser step on the mean loss of the batch's scored tokens."""
 
   def loss_of(params):
-    logits_BxLxV = nnx.merge(graphdef, params, frozen)(batch["inputs"])
+    logits_BxLxV = nnx.merge(graphdef, params, frozen)(batch["inputs"], batch.get("prompt_len"))
     total, count = evaluate.weighted_cross_entropy(logits_BxLxV, batch["targets"], batch["weights"])
     return total / jnp.maximum(count, 1.0), count
 
@@ -204,7 +208,7 @@ def run(*, graphdef: nnx.GraphDef, params: Any, frozen: Mapping, batches, cfg: T
   bar = tqdm.tqdm(total=cfg.max_steps, initial=start, desc=description, disable=None, leave=False)
   while not stopped and step < cfg.max_steps:
     batch = mesh_lib.global_batch(lambda part: {k: v for k, v in batches.rows(step, part).items()
-                                                if k in ("inputs", "targets", "weights")}, cfg.batch_size, mesh, rules)
+                                                if k in BATCH_FIELDS}, cfg.batch_size, mesh, rules)
     state, metrics = step_fn(state, frozen, batch)
     step += 1
     if step % cfg.log_every == 0 or step == cfg.max_steps:

@@ -80,8 +80,8 @@ def test_methods_bench_compares_each_method_with_full_tuning():
   from scaling import methods
 
   cfg = model_lib.ladder_config("d32l2", vocab_size=64)
-  rows = bench.bench_methods(cfg, ["full", "lora", "prompt", "svf"], seq=16, batch=8, steps=2, warmup=1)  # 8 devices.
-  assert [r[0] for r in rows] == ["full", "lora", "prompt", "svf"]
+  rows = bench.bench_methods(cfg, ["full", "lora", "reft"], seq=16, batch=8, steps=2, warmup=1)  # 8 devices.
+  assert [r[0] for r in rows] == ["full", "lora", "reft"]
   for name, p, *_, step_ratio, memory_ratio in rows:
     method = methods.get_method(name)
     model = method.prepare(model_lib.Transformer(cfg, nnx.Rngs(0)), nnx.Rngs(1))

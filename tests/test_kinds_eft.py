@@ -17,7 +17,7 @@ from scaling import run as run_lib
 from scaling import study as study_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-EFT = {"model.sizes": ("d32l2", "d48l2"), "finetune.d_f": (16, 32),
+EFT = {"model.sizes": ("d32l2", "d48l2"), "finetune.d_f": (32,),
        "eft": {"enabled": True, "d_f": (32,), "betas": (0.0, 1.0)}}
 
 
@@ -49,6 +49,7 @@ def test_eft_cells_and_dependencies():
   assert ("d32l2", "d48l2") in pairs and ("d48l2", "d48l2") in pairs
 
 
+@pytest.mark.slow
 def test_eft_runs_score_as_their_parts(tmp_path):
   runs = _plan(tmp_path)
   done = {r.id: run_lib.execute(r, tmp_path) for r in runs}

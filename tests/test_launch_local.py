@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 CONFIG = """
@@ -22,6 +24,7 @@ def _launch(config, workdir, *extra):
                          *extra], cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT}, capture_output=True, text=True)
 
 
+@pytest.mark.slow
 def test_tiny_study_end_to_end_then_nothing_to_do(tmp_path):
   config = tmp_path / "tiny.py"
   config.write_text(CONFIG.format(tests=os.path.join(ROOT, "tests")))

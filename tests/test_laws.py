@@ -59,7 +59,7 @@ def test_bootstrap_interval_covers_alpha_in_most_datasets():
   for seed in range(50):
     y = clean * (1 + 0.01 * np.random.default_rng(100 + seed).standard_normal(len(d)))
     fit = laws.fit(law, d, y, x=x)
-    lo, hi = laws.bootstrap(law, fit, d, y, x=x, replicates=300, level=0.9, seed=seed).interval(law)["alpha"]
+    lo, hi = laws.bootstrap(law, fit, d, y, x=x, replicates=200, level=0.9, seed=seed).interval(law)["alpha"]
     covered += lo <= params["alpha"] <= hi
   assert covered >= 40, f"covered in {covered} of 50"
 

@@ -18,7 +18,7 @@ from scaling import mesh as mesh_lib
 from scaling import model as model_lib
 from scaling import run as run_lib
 from scaling import study as study_lib
-from scaling.methods import lora, svf
+from scaling.methods import lora, reft, svf
 
 CFG = model_lib.ladder_config("d32l2", 64)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -58,6 +58,9 @@ def test_each_method_combination_is_its_own_run():
     ({"name": "svf", "layers": (0, 0)}, "svf.layers=(0, 0); allowed"),
     ({"name": "prompt", "length": 17}, "prompt.length=17 is longer than the fine-tuning sequence "
                                        "(finetune.train.seq_len=16); allowed: 1 to 16"),
+    ({"name": "reft", "rank": 33}, "reft.rank=33 exceeds the model width 32; allowed: 1 to 32"),
+    ({"name": "reft", "positions": "last2"}, "reft.positions='last2'; allowed: 'f<n>', 'l<m>' or 'f<n>+l<m>'"),
+    ({"name": "reft", "layers": (2, 3)}, "reft.layers=(2, 3); allowed"),
 ])
 def test_bad_method_options_fail_validation_naming_the_field(entry, message):
   with pytest.raises(study_lib.StudyError, match="finetune.methods") as e:
@@ -104,19 +107,31 @@ def _flat(tree) -> dict:
   return {tuple(path): leaf for path, leaf in nnx.to_flat_state(nnx.State(tree))}
 
 
-@pytest.mark.parametrize("entry, replaced", [({"name": "lora", "rank": 2}, 0), ({"name": "full", "layers": (1, 2)}, 9),
-                                             ({"name": "svf", "targets": ("w_up", "wo")}, 4),
-                                             ({"name": "prompt", "length": 3}, 0)])
-def test_only_the_method_parameters_train_and_the_optimiser_holds_two_moments_of_them(tmp_path, entry, replaced):
-  study = study_lib.validate(tiny_study(**{"finetune.methods": (entry,), "finetune.d_f": (16,),
+TRAINED = ({"name": "lora", "rank": 2}, {"name": "full", "layers": (1, 2)}, {"name": "svf", "targets": ("w_up", "wo")},
+           {"name": "prompt", "length": 3}, {"name": "reft", "rank": 2})
+
+
+@pytest.fixture(scope="module")
+def shared_base(tmp_path_factory):
+  """A workdir with one pretrained base, and the runs of a study that tunes it by every TRAINED method."""
+  workdir = tmp_path_factory.mktemp("methods")
+  study = study_lib.validate(tiny_study(**{"finetune.methods": TRAINED, "finetune.d_f": (16,),
                                            "finetune.train.max_steps": 10, "finetune.train.eval_every": 0}), 1)
-  runs = grid.expand(study)[:2]
-  plan.write_plan(study, runs, tmp_path)
-  record = [run_lib.execute(r, tmp_path) for r in runs][1]
+  runs = grid.expand(study)
+  plan.write_plan(study, runs, workdir)
+  run_lib.execute(runs[0], workdir)
+  return workdir, runs
+
+
+@pytest.mark.parametrize("entry, replaced", zip(TRAINED, (0, 9, 4, 0, 0)))
+def test_only_the_method_parameters_train_and_the_optimiser_holds_two_moments_of_them(shared_base, entry, replaced):
+  workdir, all_runs = shared_base
+  runs = [all_runs[0], next(r for r in all_runs[1:] if r.config["method"] == methods.expand(entry)[0])]
+  record = run_lib.execute(runs[1], workdir)
   method = methods.from_spec(runs[1].config["method"])
   p = methods.trainable_count(method, _prepared(method))
   assert record["trainable_params"] == p and record["method"] == methods.label(runs[1].config["method"])
-  ctx = context_lib.context(runs[1], tmp_path)
+  ctx = context_lib.context(runs[1], workdir)
   with mesh_lib.activate(ctx.mesh, ctx.rules):
     base, tuned = (context_lib.load_run_model(ctx, r.id) for r in runs)
   assert sum(x.size for x in jax.tree.leaves(tuned.params)) == p  # The kept model is P, not a base copy.
@@ -124,7 +139,7 @@ def test_only_the_method_parameters_train_and_the_optimiser_holds_two_moments_of
   moments = [x.size for x in jax.tree.leaves(jax.eval_shape(tx.init, tuned.params)) if x.ndim > 0]
   assert sum(moments) == 2 * p  # Adam's two moments, of the trainable parameters only.
   # Every base weight outside P is bit-identical to the base's (LoRA keeps it as `<weight>/base`,
-  # prompt tuning as `model/<weight>`).
+  # prompt tuning and LoReFT as `model/<weight>`).
   base_flat = _flat(base.params)
   unwrap = lambda path: path[1:] if path[0] == "model" else path[:-1] if path[-1] == "base" else path
   frozen = {unwrap(path): leaf for path, leaf in _flat(tuned.frozen).items()}
@@ -132,11 +147,16 @@ def test_only_the_method_parameters_train_and_the_optimiser_holds_two_moments_of
   assert len(untouched) == len(base_flat) - replaced  # Full: block 1's 9 weights; SVF: its 2 x 2 matrices.
   for path in untouched:
     np.testing.assert_array_equal(np.asarray(frozen[path]), np.asarray(base_flat[path]), err_msg=str(path))
-  # Training moved P: from the base weights (full), from B = 0 (LoRA), from z = 1 (SVF).
+  # Training moved P: from the base weights (full), from B = 0 (LoRA), from z = 1 (SVF), from b = 0 (LoReFT).
   start = {"full": lambda path: base_flat[path], "lora": lambda path: 0.0 if path[-1] == "b" else None,
-           "svf": lambda path: 1.0, "prompt": lambda path: None}[entry["name"]]
+           "svf": lambda path: 1.0, "prompt": lambda path: None,
+           "reft": lambda path: 0.0 if path[-1] == "b" else None}[entry["name"]]
   assert any(start(path) is not None and not np.all(np.asarray(leaf) == start(path))
              for path, leaf in _flat(tuned.params).items()) or entry["name"] == "prompt"
+  # Which blocks' weights moved: none for the methods that edit inputs or hidden states.
+  unchanged = {"full": [True, False], "lora": [False, False], "svf": [False, False], "prompt": [True, True],
+               "reft": [True, True]}[entry["name"]]
+  assert [c == 0.0 for c in record["layer_change"]] == unchanged, record["layer_change"]
   if entry["name"] == "prompt":  # It started as embedding rows, and training moved every vector.
     vectors, table = np.asarray(tuned.params["prompt"]), np.asarray(base_flat[("embed",)])
     assert not any((table == v).all(axis=1).any() for v in vectors)
@@ -174,6 +194,73 @@ def test_prompt_tuning_scores_only_the_input_and_decodes_with_the_cache():
   np.testing.assert_allclose(np.concatenate([first, rest], axis=1), np.asarray(logits), rtol=1e-5, atol=1e-5)
   with pytest.raises(ValueError, match="prompt.length=0; allowed: a positive integer"):
     methods.get_method("prompt", length=0)
+
+
+def _reft_inputs():
+  tokens = _tokens()
+  return tokens, jnp.asarray([5, 9], jnp.int32)  # Each row's prompt length.
+
+
+@pytest.mark.parametrize("options", [{}, {"rank": 3, "layers": (1, 2), "positions": "f1+l1"}])
+def test_reft_starts_as_its_base_and_trains_two_rank_by_width_matrices_and_a_bias_per_layer(options):
+  method = methods.get_method("reft", **options)
+  model, base = _prepared(method), model_lib.Transformer(CFG, nnx.Rngs(0))
+  tokens, prompt_len = _reft_inputs()
+  np.testing.assert_array_equal(np.asarray(model(tokens, prompt_len)), np.asarray(base(tokens)))  # W = R, b = 0: exact.
+  layers = len(range(*(method.layers or (0, CFG.n_layers))))
+  assert methods.trainable_count(method, model) == layers * (2 * method.rank * CFG.d_model + method.rank)
+  with pytest.raises(ValueError, match="needs each row's prompt_len"):
+    model(tokens)
+
+
+def test_reft_edits_only_the_chosen_prompt_positions_and_decodes_with_the_cache():
+  model = _prepared(methods.get_method("reft", positions="f1+l2"))
+  params = nnx.state(model, reft.ReftParam)
+  nnx.update(model, jax.tree.map(lambda x: x + 0.3 * jax.random.normal(jax.random.key(2), x.shape), params))
+  tokens, prompt_len = _reft_inputs()
+  logits, base = np.asarray(model(tokens, prompt_len)), np.asarray(model.model(tokens))
+  # Row 0's prompt is positions 0-4, and 0, 3 and 4 are edited: through attention, the edit of
+  # position 0 reaches every later position.
+  changed = ~np.isclose(logits, base, rtol=1e-6, atol=1e-6).all(axis=-1)
+  assert changed[:, 0].all() and changed.all()
+  # With only the last position edited, every position before it is the base's, exactly.
+  last = _prepared(methods.get_method("reft", positions="l1"))
+  nnx.update(last, jax.tree.map(lambda x: x + 0.3 * jax.random.normal(jax.random.key(2), x.shape),
+                                nnx.state(last, reft.ReftParam)))
+  edited = np.asarray(last(tokens, prompt_len))
+  for row, end in enumerate([5, 9]):
+    np.testing.assert_array_equal(edited[row, :end - 1], base[row, :end - 1])
+    assert not np.allclose(edited[row, end - 1:], base[row, end - 1:])
+  # Decoding: a prefill then one token at a time gives the teacher-forced logits.
+  cache, positions = model.init_cache(2, 12), jnp.broadcast_to(jnp.arange(12), (2, 12))
+  first, cache = model.extend(tokens[:, :7], positions[:, :7], cache, prompt_len)
+  steps = []
+  for t in range(7, 12):
+    step, cache = model.extend(tokens[:, t:t + 1], positions[:, t:t + 1], cache, prompt_len)
+    steps.append(step)
+  np.testing.assert_allclose(np.concatenate([first, *steps], axis=1), logits, rtol=1e-5, atol=1e-5)
+
+
+def test_reft_rotation_stays_orthonormal_while_training():
+  method = methods.get_method("reft", rank=4)
+  model = _prepared(method)
+  tokens, prompt_len = _reft_inputs()
+  graphdef, params, frozen = nnx.split(model, reft.ReftParam, ...)
+  tx = train.make_optimizer(train.TrainConfig(batch_size=2, seq_len=12, warmup_steps=0, learning_rate=0.05))
+  state = {"step": jnp.int32(0), "params": params, "opt": tx.init(params), "tokens": jnp.float32(0)}
+  batch = {"inputs": tokens, "targets": jnp.roll(tokens, -1, axis=1), "weights": jnp.ones(tokens.shape),
+           "prompt_len": prompt_len}
+  step = jax.jit(lambda s: train.train_step(graphdef, tx, s, frozen, batch))
+  losses = []
+  for _ in range(10):
+    state, metrics = step(state)
+    losses.append(float(metrics["loss"]))
+  assert losses[-1] < losses[0]
+  trained = nnx.merge(graphdef, state["params"], frozen)
+  for intervention in trained.interventions:
+    r = np.asarray(intervention.rotation())
+    np.testing.assert_allclose(r @ r.T, np.eye(4), atol=1e-5)
+  assert not np.allclose(np.asarray(trained.interventions[0].basis[...]), np.asarray(model.interventions[0].basis[...]))
 
 
 def test_the_methods_study_config_is_valid_and_covers_every_method():

@@ -22,6 +22,7 @@ def _execute(workdir, shape):
   return [run_lib.execute(r, workdir) for r in runs]
 
 
+@pytest.mark.slow
 def test_sharded_runs_match_single_device_runs(tmp_path):
   one = _execute(tmp_path / "one", {"data": 1, "fsdp": 1, "tensor": 1})
   eight = _execute(tmp_path / "eight", {"data": 2, "fsdp": 2, "tensor": 2})

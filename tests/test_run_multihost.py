@@ -26,6 +26,7 @@ from scaling import grid
 from scaling import run as run_lib
 from scaling import study as study_lib
 
+pytestmark = pytest.mark.slow
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOL = 1e-5  # Relative, on metrics and parameters after 60 pretraining and up to 20 fine-tuning steps.
 
@@ -46,7 +47,8 @@ def _spec(workdir, run) -> str:
 
 
 def _env(devices: int) -> dict:
-  return {**os.environ, "PYTHONPATH": ROOT, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+  flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}".strip()
+  return {**os.environ, "PYTHONPATH": ROOT, "XLA_FLAGS": flags}
 
 
 def _one_process(workdir, run) -> None:

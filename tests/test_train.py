@@ -37,11 +37,8 @@ def _command(workdir, run):
 
 
 def _env():
-  return {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
-
-
-def _run_to_end(workdir, run):
-  subprocess.run(_command(workdir, run), check=True, env=_env(), cwd=ROOT, capture_output=True)
+  # As many CPU devices as this process has (conftest): the same XLA programs, the same numbers.
+  return {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), "JAX_NUM_CPU_DEVICES": "8"}
 
 
 def _run_and_kill_after_first_checkpoint(workdir, run):
@@ -64,19 +61,20 @@ def _params(workdir, run):
   return ocp.StandardCheckpointer().restore(str(workdir / "runs" / run.id / "model"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["pretrain", "finetune"])
 def test_killed_run_resumes_to_the_same_end(tmp_path, kind):
   straight, killed = tmp_path / "straight", tmp_path / "killed"
   runs = _plan(straight)
   assert _plan(killed) == runs
   if kind == "finetune":  # Both copies share one base.
-    _run_to_end(straight, runs["pretrain"])
+    run_lib.execute(runs["pretrain"], straight)
     shutil.copytree(straight / "runs" / runs["pretrain"].id, killed / "runs" / runs["pretrain"].id,
                     dirs_exist_ok=True)
   run = runs[kind]
-  _run_to_end(straight, run)
+  run_lib.execute(run, straight)  # In this process: the same code as a run's own process.
   _run_and_kill_after_first_checkpoint(killed, run)
-  _run_to_end(killed, run)
+  run_lib.execute(run, killed)
 
   a, b = (results.read_result(w / "runs" / run.id) for w in (straight, killed))
   assert a["metrics"] == b["metrics"]

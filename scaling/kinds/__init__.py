@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from scaling.kinds import eft, finetune, pretrain
+from scaling.kinds import eft, finetune, pretrain, transplant
 
 # In dependency order: a kind's runs may depend on the runs of the kinds before it.
-KINDS: dict[str, ModuleType] = {"pretrain": pretrain, "finetune": finetune, "eft": eft}
+KINDS: dict[str, ModuleType] = {"pretrain": pretrain, "finetune": finetune, "eft": eft, "transplant": transplant}
 
 
 def get(kind: str) -> ModuleType:

@@ -11,6 +11,7 @@ from scaling import context as context_lib
 from scaling import decode, grid, methods, train
 from scaling import study as study_lib
 from scaling.data import pipeline
+from scaling.methods import common
 from scaling.data import world as world_lib
 
 
@@ -54,6 +55,10 @@ def execute(ctx: context_lib.Context) -> dict:
     metrics[key] = value
     metrics[f"base_{key}"] = base["metrics"][key]
     metrics[f"delta_{key}"] = value - base["metrics"][key]
-  return context_lib.trained_record(ctx, outcome, metrics, trainable_params=trainable,
-                                    pretrain_tokens=base["pretrain_tokens"], base=cfg["base"], task=cfg["task"],
-                                    method=methods.label(cfg["method"]), d_f=cfg["d_f"])
+  record = context_lib.trained_record(ctx, outcome, metrics, trainable_params=trainable,
+                                      pretrain_tokens=base["pretrain_tokens"], base=cfg["base"], task=cfg["task"],
+                                      method=methods.label(cfg["method"]), d_f=cfg["d_f"])
+  # How far each block's weights moved from the base's, for the layer-locality analysis.
+  record["layer_change"] = common.layer_change(context_lib.load_run_model(ctx, cfg["base"]).module(),
+                                               mixture.modules()[0])
+  return record

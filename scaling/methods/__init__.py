@@ -26,6 +26,7 @@ from flax import nnx
 from scaling.methods.full import FullModel
 from scaling.methods.lora import Lora
 from scaling.methods.prompt import Prompt
+from scaling.methods.reft import Reft
 from scaling.methods.svf import Svf
 
 
@@ -38,7 +39,7 @@ class Method(Protocol):
   def prepare(self, model: nnx.Module, rngs: nnx.Rngs) -> nnx.Module: ...
 
 
-METHODS: dict[str, type] = {"full": FullModel, "lora": Lora, "prompt": Prompt, "svf": Svf}
+METHODS: dict[str, type] = {"full": FullModel, "lora": Lora, "prompt": Prompt, "reft": Reft, "svf": Svf}
 
 
 def get_method(name: str, **options) -> Method:

@@ -5,7 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
+
+from scaling import mesh as mesh_lib
 
 # A block's projection -> (the submodule that holds it, how many leading axes are its input).
 TARGETS = {"wq": ("attn", 1), "wk": ("attn", 1), "wv": ("attn", 1), "wo": ("attn", 2),
@@ -84,3 +87,22 @@ class Reparameterised(nnx.Module):
 
   def __getitem__(self, index):
     return self.weight()[index]
+
+
+def _projections(block: nnx.Module) -> list:
+  """A block's projection weights (plain or re-expressed), in TARGETS order."""
+  weights = [getattr(getattr(block, part), target, None) for target, (part, _) in TARGETS.items()]
+  return [w for w in weights if w is not None]
+
+
+def layer_change(base: nnx.Module, tuned: nnx.Module) -> list[float]:
+  """Per block, ||W_tuned - W_base|| / ||W_base|| over its projection weights as the model reads them
+  (LoRA and SVF included); a method that wraps the model (prompt, LoReFT) is read through `.model`."""
+  tuned = getattr(tuned, "model", tuned)
+  changes = []
+  for before, after in zip(base.blocks, tuned.blocks):
+    pairs = list(zip(_projections(before), _projections(after)))
+    moved = sum(jnp.sum(jnp.square(a[...] - b[...])) for b, a in pairs)
+    size = sum(jnp.sum(jnp.square(b[...])) for b, _ in pairs)
+    changes.append(jnp.sqrt(moved / size))
+  return [float(x) for x in mesh_lib.to_host(jnp.stack(changes))]

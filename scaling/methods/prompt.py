@@ -39,11 +39,14 @@ class PromptTuned(nnx.Module):
     """The model's cache, with room for the prompt before the `length` positions of the input."""
     return self.model.init_cache(batch, length + self.length)
 
-  def extend(self, tokens_BxT: jax.Array, positions_BxT: jax.Array, cache: list) -> tuple[jax.Array, list]:
+  def extend(self, tokens_BxT: jax.Array, positions_BxT: jax.Array, cache: list,
+             prompt_len_B: jax.Array | None = None) -> tuple[jax.Array, list]:
     """Logits of T new tokens at their positions after the prompt, and the updated cache."""
+    del prompt_len_B
     return self._run(tokens_BxT, positions_BxT, cache)
 
-  def __call__(self, tokens_BxL: jax.Array) -> jax.Array:
+  def __call__(self, tokens_BxL: jax.Array, prompt_len_B: jax.Array | None = None) -> jax.Array:
+    del prompt_len_B
     b, seq_len = tokens_BxL.shape
     return self._run(tokens_BxL, jnp.broadcast_to(jnp.arange(seq_len), (b, seq_len)), None)[0]
 
