@@ -20,10 +20,13 @@ FORGETTING = {"test_loss": "test loss", "knowledge": "knowledge", "behaviour": "
 
 
 def method_points(table: pd.DataFrame) -> pd.DataFrame:
-  """Fine-tuned runs averaged over seeds: one row per (task, method, method name, size, P, D_f)."""
+  """Fine-tuned runs averaged over seeds: one row per (task, method, method family, size, P, D_f)."""
   if "kind" not in table or not (table["kind"] == "finetune").any():
     return pd.DataFrame()
   ft = table[table["kind"] == "finetune"].rename(columns={"spec.method.name": "method_name"})
+  # A method's family: its name and training options; its sizes of P (rank, length) vary within.
+  rate = ft["spec.method.learning_rate"] if "spec.method.learning_rate" in ft else pd.Series(None, index=ft.index)
+  ft = ft.assign(method_name=[n if pd.isna(r) else f"{n}-lr{r:g}" for n, r in zip(ft["method_name"], rate)])
   keys = ["task", "method", "method_name", "size", "non_embedding_params", "trainable_params", "d_f"]
   return (ft.groupby(keys, as_index=False)
           .agg(**{m: (f"metrics.{m}", "mean") for m in FORGETTING if f"metrics.{m}" in ft})
@@ -31,7 +34,7 @@ def method_points(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def fit_methods(table: pd.DataFrame, delta: float = 1e-3, bootstrap: int = 200) -> list[dict]:
-  """The law over P and D_f for each (task, method name, base) with several sizes of P."""
+  """The law over P and D_f for each (task, method family, base) with several sizes of P."""
   from analysis import fit as fit_lib  # fit imports this module.
 
   points = method_points(table)
@@ -40,7 +43,7 @@ def fit_methods(table: pd.DataFrame, delta: float = 1e-3, bootstrap: int = 200) 
   fits = []
   for (task, name, size), group in points.groupby(["task", "method_name", "size"]):
     # Full tuning's P is the base (or some of its layers), not a size of a parameter-efficient method.
-    if name == "full" or group["trainable_params"].nunique() < 2 or len(group) <= 4:  # 4 parameters, 5 points.
+    if name.split("-")[0] == "full" or group["trainable_params"].nunique() < 2 or len(group) <= 4:  # 4 parameters, 5 points.
       continue
     record = fit_lib.fit_frame(group, "multiplicative", d="d_f", y="test_loss", x="trainable_params",
                                delta=delta, bootstrap=bootstrap, holdout="largest_x")

@@ -45,3 +45,12 @@ def test_one_method_gives_no_section():
   only_full = table[table["method"] == "full"]
   assert methods_analysis.fit_methods(only_full) == [] and methods_analysis.report_lines(only_full, []) == []
   assert np.isfinite(methods_analysis.method_points(only_full)["test_loss"]).all()
+
+
+def test_a_method_at_its_own_learning_rate_is_a_family_of_its_own():
+  plain = _table().assign(**{"spec.method.learning_rate": np.nan})
+  fast = plain[plain["spec.method.name"] == "lora"].assign(**{"spec.method.learning_rate": 0.01})
+  fast = fast.assign(method=fast["method"] + "-lr0.01", id=fast["id"] + "-fast")
+  fits = methods_analysis.fit_methods(pd.concat([plain, fast], ignore_index=True), bootstrap=10)
+  assert sorted(f["method"] for f in fits) == ["lora", "lora-lr0.01"]
+  assert all(f["num_points"] == 20 for f in fits)  # Four ranks x five D_f each, not mixed.

@@ -40,6 +40,11 @@ def test_options_given_as_tuples_are_grid_axes_and_labels_name_what_differs():
   assert [s["targets"] for s in axis] == [["wq"], ["w_up", "w_down"]]
   assert methods.expand("full") == [{"name": "full", "layers": None}] and methods.label({"name": "full", "layers": None}) == "full"
   assert [s["layers"] for s in methods.expand({"name": "full", "layers": ((0, 1), (1, 2))})] == [[0, 1], [1, 2]]
+  # A learning rate of its own is a training option of every method: in the spec only when given.
+  rates = methods.expand({"name": "reft", "learning_rate": (None, 0.01)})
+  assert "learning_rate" not in rates[0] and rates[1]["learning_rate"] == 0.01
+  assert [methods.label(s) for s in rates] == ["reft", "reft-lr0.01"]
+  assert methods.training_overrides(rates[1]) == {"learning_rate": 0.01} and methods.training_overrides(rates[0]) == {}
 
 
 def test_each_method_combination_is_its_own_run():
@@ -52,7 +57,7 @@ def test_each_method_combination_is_its_own_run():
 @pytest.mark.parametrize("entry, message", [
     ({"name": "lora", "rank": 0}, "lora.rank=0; allowed: a positive integer"),
     ({"name": "lora", "targets": ("wq", "wz")}, "lora.targets=('wq', 'wz'); allowed: a non-empty subset of"),
-    ({"name": "lora", "ranks": 4}, "lora has no option 'ranks'; allowed: ['rank', 'alpha', 'targets', 'layers']"),
+    ({"name": "lora", "ranks": 4}, "lora has no option 'ranks'; allowed: ['rank', 'alpha', 'targets', 'layers', 'learning_rate']"),
     ({"name": "full", "layers": (1, 3)}, "full.layers=(1, 3); allowed: (first, last + 1) with 0 <= first < last + 1 <= 2"),
     ({"name": "lora9"}, "is not a fine-tuning method"),
     ({"name": "svf", "layers": (0, 0)}, "svf.layers=(0, 0); allowed"),
@@ -61,6 +66,8 @@ def test_each_method_combination_is_its_own_run():
     ({"name": "reft", "rank": 33}, "reft.rank=33 exceeds the model width 32; allowed: 1 to 32"),
     ({"name": "reft", "positions": "last2"}, "reft.positions='last2'; allowed: 'f<n>', 'l<m>' or 'f<n>+l<m>'"),
     ({"name": "reft", "layers": (2, 3)}, "reft.layers=(2, 3); allowed"),
+    ({"name": "lora", "learning_rate": 0}, "lora.learning_rate=0; allowed: a positive number, or None for "
+                                           "finetune.train.learning_rate"),
 ])
 def test_bad_method_options_fail_validation_naming_the_field(entry, message):
   with pytest.raises(study_lib.StudyError, match="finetune.methods") as e:
@@ -108,7 +115,7 @@ def _flat(tree) -> dict:
 
 
 TRAINED = ({"name": "lora", "rank": 2}, {"name": "full", "layers": (1, 2)}, {"name": "svf", "targets": ("w_up", "wo")},
-           {"name": "prompt", "length": 3}, {"name": "reft", "rank": 2})
+           {"name": "prompt", "length": 3}, {"name": "reft", "rank": 2, "learning_rate": 0.01})
 
 
 @pytest.fixture(scope="module")
@@ -131,6 +138,7 @@ def test_only_the_method_parameters_train_and_the_optimiser_holds_two_moments_of
   method = methods.from_spec(runs[1].config["method"])
   p = methods.trainable_count(method, _prepared(method))
   assert record["trainable_params"] == p and record["method"] == methods.label(runs[1].config["method"])
+  assert record["train"]["learning_rate"] == entry.get("learning_rate", runs[1].config["train"]["learning_rate"])
   ctx = context_lib.context(runs[1], workdir)
   with mesh_lib.activate(ctx.mesh, ctx.rules):
     base, tuned = (context_lib.load_run_model(ctx, r.id) for r in runs)
@@ -270,5 +278,7 @@ def test_the_methods_study_config_is_valid_and_covers_every_method():
   runs = grid.expand(study_lib.validate(methods_config.get_config(), 1))
   labels = {methods.label(r.config["method"]) for r in runs if r.kind == "finetune"}
   assert {r.config["method"]["name"] for r in runs if r.kind == "finetune"} == set(methods.METHODS)
-  assert {"full", "full-layers0_1", "lora-rank2", "lora", "lora-rank32", "prompt-length4", "prompt-length16"} <= labels
+  assert {"full", "full-layers0_1", "lora-rank2", "lora", "lora-rank32", "prompt-length4-lr0.01", "prompt-length16-lr0.01",
+          "reft-rank1-lr0.01", "reft-lr0.01"} <= labels
+  assert any(r.kind == "transplant" for r in runs)
   assert not any(r.kind == "eft" for r in runs)

@@ -37,7 +37,7 @@ def cells(study: ml_collections.ConfigDict, prior: list[grid.Run], execution: di
 def execute(ctx: context_lib.Context) -> dict:
   """Fine-tunes a base with a method on D_f examples; evaluates it at its best dev step."""
   cfg = ctx.run.config
-  tcfg = train.TrainConfig(**cfg["train"])
+  tcfg = train.TrainConfig(**{**cfg["train"], **methods.training_overrides(cfg["method"])})
   splits = world_lib.TASKS[cfg["task"]]
   base = ctx.dependency(cfg["base"])
   model = context_lib.build_model(ctx, cfg["size"], context_lib.method_of(cfg), cfg["seed"],
@@ -58,6 +58,7 @@ def execute(ctx: context_lib.Context) -> dict:
   record = context_lib.trained_record(ctx, outcome, metrics, trainable_params=trainable,
                                       pretrain_tokens=base["pretrain_tokens"], base=cfg["base"], task=cfg["task"],
                                       method=methods.label(cfg["method"]), d_f=cfg["d_f"])
+  record["train"]["learning_rate"] = tcfg.learning_rate  # The study's, or the method's own.
   # How far each block's weights moved from the base's, for the layer-locality analysis.
   record["layer_change"] = common.layer_change(context_lib.load_run_model(ctx, cfg["base"]).module(),
                                                mixture.modules()[0])

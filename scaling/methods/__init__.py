@@ -4,8 +4,10 @@ A method is a frozen dataclass whose fields are its options. It has a `name`, `c
 that rejects options that a model cannot take, `prepare(model, rngs)` that returns the model to train
 (for example with adapters around its base weights) and `trainable`, an NNX filter of the
 variables that train; everything it leaves out stays frozen at its base value. The methods that
-change blocks take `layers`, a (first, last + 1) range of the blocks that they may change (None:
-all); prompt tuning changes only the input.
+change blocks or their outputs take `layers`, a (first, last + 1) range of the blocks that they may
+change (None: all); prompt tuning changes only the input. A prepared model is called as
+`model(tokens_BxL, prompt_len_B)` and `model.extend(tokens, positions, cache, prompt_len_B)`:
+LoReFT edits prompt positions, the others ignore the prompt lengths.
 
 In a study, `finetune.methods` lists names, or dicts of a name and options. An option given as a
 tuple is a grid axis (for the options that are sequences themselves, a tuple of tuples), and each
@@ -41,18 +43,33 @@ class Method(Protocol):
 
 METHODS: dict[str, type] = {"full": FullModel, "lora": Lora, "prompt": Prompt, "reft": Reft, "svf": Svf}
 
+# Options that every method takes, about how it trains rather than what: each overrides the field
+# of finetune.train of that name for the method's runs (methods differ in the rates they need).
+# A spec holds one only when it is given; labels shorten it.
+TRAINING_OPTIONS = {"learning_rate": "lr"}
+
 
 def get_method(name: str, **options) -> Method:
-  """The method of that name with these options; errors name the method, option and what is allowed."""
+  """The method of that name with these options (training options are checked and left out);
+  errors name the method, option and what is allowed."""
   if name not in METHODS:
     raise ValueError(f"unknown fine-tuning method {name!r}; allowed: {sorted(METHODS)}")
   cls = METHODS[name]
-  allowed = [f.name for f in dataclasses.fields(cls)]
+  allowed = [f.name for f in dataclasses.fields(cls)] + list(TRAINING_OPTIONS)
   unknown = sorted(set(options) - set(allowed))
   if unknown:
     raise ValueError(f"{name} has no option {unknown[0]!r}; allowed: {allowed}")
+  for key in TRAINING_OPTIONS:
+    value = options.pop(key, None)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
+      raise ValueError(f"{name}.{key}={value!r}; allowed: a positive number, or None for finetune.train.{key}")
   sequences = getattr(cls, "SEQUENCES", ())
   return cls(**{k: tuple(v) if k in sequences and v is not None else v for k, v in options.items()})
+
+
+def training_overrides(spec: Mapping) -> dict:
+  """The finetune.train fields that a method spec overrides (its training options that are given)."""
+  return {k: spec[k] for k in TRAINING_OPTIONS if spec.get(k) is not None}
 
 
 def _is_axis(cls: type, option: str, value) -> bool:
@@ -73,8 +90,10 @@ def expand(entry: str | Mapping) -> list[dict]:
   axes = {k: list(v) if _is_axis(METHODS[name], k, v) else [v] for k, v in entry.items()}
   specs = []
   for values in itertools.product(*axes.values()):
-    method = get_method(name, **dict(zip(axes, values)))
-    specs.append({"name": name, **{f.name: _plain(getattr(method, f.name)) for f in dataclasses.fields(method)}})
+    options = dict(zip(axes, values))
+    method = get_method(name, **options)
+    specs.append({"name": name, **{f.name: _plain(getattr(method, f.name)) for f in dataclasses.fields(method)},
+                  **training_overrides(options)})
   return specs
 
 
@@ -84,7 +103,7 @@ def _plain(value):
 
 def from_spec(spec: Mapping) -> Method:
   """The method of a run spec's `method` entry."""
-  return get_method(spec["name"], **{k: v for k, v in spec.items() if k != "name"})
+  return get_method(spec["name"], **{k: v for k, v in spec.items() if k not in ("name", *TRAINING_OPTIONS)})
 
 
 def label(spec: Mapping) -> str:
@@ -93,7 +112,7 @@ def label(spec: Mapping) -> str:
   parts = [spec["name"]]
   for k, v in spec.items():
     if k != "name" and v != defaults.get(k):
-      parts.append(f"{k}{'_'.join(map(str, v)) if isinstance(v, list) else v}")
+      parts.append(f"{TRAINING_OPTIONS.get(k, k)}{'_'.join(map(str, v)) if isinstance(v, list) else v}")
   return "-".join(parts)
 
 

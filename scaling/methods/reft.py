@@ -66,13 +66,13 @@ class ReftModel(nnx.Module):
   def __init__(self, model: nnx.Module, rank: int, layers: range, positions: str, rngs: nnx.Rngs):
     self.model, self.first_layer = model, layers.start
     self.interventions = nnx.List([Intervention(model.cfg.d_model, rank, rngs) for _ in layers])
-    self.first, self.last = parse_positions(positions)
+    self.num_first, self.num_last = parse_positions(positions)
 
   def _where(self, positions_BxT: jax.Array, prompt_len_B: jax.Array) -> jax.Array:
     """Which of these positions are edited: the first and last ones of each row's prompt."""
     end_Bx1 = prompt_len_B[:, None]
     in_prompt = positions_BxT < end_Bx1
-    return in_prompt & ((positions_BxT < self.first) | (positions_BxT >= end_Bx1 - self.last))
+    return in_prompt & ((positions_BxT < self.num_first) | (positions_BxT >= end_Bx1 - self.num_last))
 
   def _edit(self, where_BxT: jax.Array):
     def after_block(i: int, x_BxTxD: jax.Array) -> jax.Array:
@@ -83,17 +83,16 @@ class ReftModel(nnx.Module):
   def init_cache(self, batch: int, length: int) -> list:
     return self.model.init_cache(batch, length)
 
-  def extend(self, tokens_BxT: jax.Array, positions_BxT: jax.Array, cache: list,
-             prompt_len_B: jax.Array | None = None) -> tuple[jax.Array, list]:
-    """Logits of T new tokens at their positions, and the updated cache; prompt positions edited."""
+  def extend(self, tokens_BxT: jax.Array, positions_BxT: jax.Array, cache: list | None,
+             prompt_len_B: jax.Array | None = None) -> tuple[jax.Array, list | None]:
+    """Logits of T new tokens at their positions, and the updated cache (if one is given); the
+    tokens at prompt positions are edited."""
     edit = self._edit(self._where(positions_BxT, _required(prompt_len_B)))
     return self.model.forward_embeddings(self.model.embed_tokens(tokens_BxT), positions_BxT, cache, edit)
 
   def __call__(self, tokens_BxL: jax.Array, prompt_len_B: jax.Array | None = None) -> jax.Array:
     b, seq_len = tokens_BxL.shape
-    positions_BxL = jnp.broadcast_to(jnp.arange(seq_len), (b, seq_len))
-    edit = self._edit(self._where(positions_BxL, _required(prompt_len_B)))
-    return self.model.forward_embeddings(self.model.embed_tokens(tokens_BxL), positions_BxL, None, edit)[0]
+    return self.extend(tokens_BxL, jnp.broadcast_to(jnp.arange(seq_len), (b, seq_len)), None, prompt_len_B)[0]
 
 
 def _required(prompt_len_B):
