@@ -165,6 +165,15 @@ def retention_metrics(ctx: Context, mixture: decode.Mixture) -> dict[str, float]
           "cloze_knowledge": answer_metrics(ctx, mixture, ctx.eval_batches("cloze_test"))["knowledge"]}
 
 
+def retention_against(ctx: Context, mixture: decode.Mixture, base_metrics: dict) -> dict[str, float]:
+  """Retention metrics of a model made from a base, with the base's (`base_<key>`) and the change
+  (`delta_<key>`)."""
+  out = {}
+  for key, value in retention_metrics(ctx, mixture).items():
+    out.update({key: value, f"base_{key}": base_metrics[key], f"delta_{key}": value - base_metrics[key]})
+  return out
+
+
 def trained_record(ctx: Context, outcome: train.TrainOutcome, metrics: dict, *, trainable_params: int,
                    pretrain_tokens: float, base: str | None = None, task: str | None = None,
                    method: str | None = None, d_f: int | None = None) -> dict:

@@ -26,7 +26,8 @@ def weighted_cross_entropy(logits_BxLxV: jax.Array, targets_BxL: jax.Array, weig
 @jax.jit
 def loss_sums(mixture: decode.Mixture, batch: Mapping[str, jax.Array]):
   """Summed answer-token loss and token count of one batch."""
-  return weighted_cross_entropy(decode.log_probs(mixture, batch["inputs"], batch["prompt_len"]), batch["targets"], batch["weights"])
+  logp_BxLxV = decode.log_probs(mixture, batch["inputs"], batch["prompt_len"])
+  return weighted_cross_entropy(logp_BxLxV, batch["targets"], batch["weights"])
 
 
 def mean_loss(mixture: decode.Mixture, batches: Sequence[Mapping]) -> float:

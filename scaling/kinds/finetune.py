@@ -51,10 +51,7 @@ def execute(ctx: context_lib.Context) -> dict:
   train.save_params(outcome.params, str(ctx.run_dir / "model"))
   mixture = decode.Mixture.single(model.graphdef, outcome.params, model.frozen)
   metrics = context_lib.task_metrics(ctx, mixture, cfg["task"])
-  for key, value in context_lib.retention_metrics(ctx, mixture).items():
-    metrics[key] = value
-    metrics[f"base_{key}"] = base["metrics"][key]
-    metrics[f"delta_{key}"] = value - base["metrics"][key]
+  metrics.update(context_lib.retention_against(ctx, mixture, base["metrics"]))
   record = context_lib.trained_record(ctx, outcome, metrics, trainable_params=trainable,
                                       pretrain_tokens=base["pretrain_tokens"], base=cfg["base"], task=cfg["task"],
                                       method=methods.label(cfg["method"]), d_f=cfg["d_f"])

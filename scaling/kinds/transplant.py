@@ -62,10 +62,7 @@ def execute(ctx: context_lib.Context) -> dict:
   graphdef, params, frozen = nnx.split(model, nnx.Param, ...)
   mixture = decode.Mixture.single(graphdef, nnx.to_pure_dict(params), nnx.to_pure_dict(frozen))
   metrics = context_lib.task_metrics(ctx, mixture, cfg["task"])
-  base_metrics = ctx.dependency(cfg["base"])["metrics"]
-  for key, value in context_lib.retention_metrics(ctx, mixture).items():
-    metrics[key] = value
-    metrics[f"delta_{key}"] = value - base_metrics[key]
+  metrics.update(context_lib.retention_against(ctx, mixture, ctx.dependency(cfg["base"])["metrics"]))
   mc = ctx.model_cfg
   return {"size": cfg["size"], "base": cfg["base"], "finetuned": cfg["finetuned"], "task": cfg["task"],
           "method": cfg["method"], "d_f": cfg["d_f"], "seed": cfg["seed"], "part": cfg["part"], "k": cfg["k"],

@@ -103,7 +103,7 @@ def _plain(value):
 
 def from_spec(spec: Mapping) -> Method:
   """The method of a run spec's `method` entry."""
-  return get_method(spec["name"], **{k: v for k, v in spec.items() if k not in ("name", *TRAINING_OPTIONS)})
+  return get_method(spec["name"], **{k: v for k, v in spec.items() if k != "name"})
 
 
 def label(spec: Mapping) -> str:
