@@ -31,16 +31,24 @@ class ModelConfig:
   d_ff: int | None = None  # None: 4 * d_model for GELU, 8/3 * d_model (rounded to 8) for SwiGLU.
   norm: Literal["rms", "layer"] = "rms"
   norm_eps: float = 1e-5
-  mlp: Literal["swiglu", "gelu"] = "swiglu"
+  mlp: Literal["swiglu", "gelu", "gelu_exact"] = "swiglu"  # gelu: tanh approximation; gelu_exact: erf.
   rotary_fraction: float = 1.0
   rope_theta: float = 10_000.0
-  use_bias: bool = False
+  use_bias: bool | tuple[str, ...] = False  # True: every projection; or the parts in BIAS_PARTS that have one.
   parallel_residual: bool = False
   tie_embeddings: bool = True
   compute_dtype: Literal["float32", "bfloat16"] = "float32"  # Parameters stay float32.
   attention: Literal["auto", "xla", "cudnn"] = "auto"  # auto: cudnn where it applies, else xla.
   remat: Literal["none", "dots", "full"] = "none"  # What each block keeps for the backward pass.
   init_std: float = 0.02
+
+  def __post_init__(self):
+    if isinstance(self.use_bias, list):  # From JSON: a tuple keeps the config hashable.
+      object.__setattr__(self, "use_bias", tuple(self.use_bias))
+
+  def has_bias(self, part: str) -> bool:
+    """Whether the projections of `part` (one of BIAS_PARTS) have biases."""
+    return self.use_bias is True or (not isinstance(self.use_bias, bool) and part in self.use_bias)
 
   @property
   def kv_heads(self) -> int:
@@ -54,7 +62,7 @@ class ModelConfig:
   def ff_width(self) -> int:
     if self.d_ff:
       return self.d_ff
-    if self.mlp == "gelu":
+    if self.mlp != "swiglu":
       return 4 * self.d_model
     return 8 * ((8 * self.d_model // 3 + 7) // 8)
 
@@ -69,6 +77,8 @@ class ModelConfig:
     for field, allowed in CHOICES.items():
       if getattr(self, field) not in allowed:
         raise ValueError(f"model.{field}={getattr(self, field)!r}; allowed: {', '.join(map(repr, allowed))}")
+    if not isinstance(self.use_bias, bool) and not set(self.use_bias) <= set(BIAS_PARTS):
+      raise ValueError(f"model.use_bias={self.use_bias!r}; allowed: True, False, or a subset of {BIAS_PARTS}")
     if not 0.0 <= self.rotary_fraction <= 1.0:
       raise ValueError(f"model.rotary_fraction={self.rotary_fraction}; allowed: 0 to 1")
 
@@ -77,8 +87,11 @@ class ModelConfig:
 REMAT_POLICIES = {"dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,  # Projection and MLP outputs.
                   "full": jax.checkpoint_policies.nothing_saveable}  # Only the block's input.
 
+# The projections that may carry biases: q, k and v; the attention output; the MLP's.
+BIAS_PARTS = ("qkv", "out", "mlp")
+
 CHOICES: dict[str, tuple[str, ...]] = {
-    "norm": ("rms", "layer"), "mlp": ("swiglu", "gelu"), "compute_dtype": ("float32", "bfloat16"),
+    "norm": ("rms", "layer"), "mlp": ("swiglu", "gelu", "gelu_exact"), "compute_dtype": ("float32", "bfloat16"),
     "attention": ("auto", "xla", "cudnn"), "remat": ("none", *REMAT_POLICIES)}
 
 
@@ -133,8 +146,11 @@ def param_count(cfg: ModelConfig) -> int:
   norm = d * (2 if cfg.norm == "layer" else 1)
   attn = d * h * (cfg.n_heads + 2 * cfg.kv_heads) + cfg.n_heads * h * d
   mlp = d * f * (3 if cfg.mlp == "swiglu" else 2)
-  if cfg.use_bias:
-    attn += h * (cfg.n_heads + 2 * cfg.kv_heads) + d
+  if cfg.has_bias("qkv"):
+    attn += h * (cfg.n_heads + 2 * cfg.kv_heads)
+  if cfg.has_bias("out"):
+    attn += d
+  if cfg.has_bias("mlp"):
     mlp += f * (2 if cfg.mlp == "swiglu" else 1) + d
   return embedding_params(cfg) + cfg.n_layers * (2 * norm + attn + mlp) + norm
 
@@ -212,10 +228,11 @@ class Attention(nnx.Module):
     self.wk = _param(rngs, (d, k, h), ("embed", "kv_heads", "head_dim"), std)
     self.wv = _param(rngs, (d, k, h), ("embed", "kv_heads", "head_dim"), std)
     self.wo = _param(rngs, (n, h, d), ("heads", "head_dim", "embed"), std / (2 * cfg.n_layers) ** 0.5)
-    if cfg.use_bias:
+    if cfg.has_bias("qkv"):
       self.bq = _param(rngs, (n, h), ("heads", "head_dim"), 0)
       self.bk = _param(rngs, (k, h), ("kv_heads", "head_dim"), 0)
       self.bv = _param(rngs, (k, h), ("kv_heads", "head_dim"), 0)
+    if cfg.has_bias("out"):
       self.bo = _param(rngs, (d,), ("embed",), 0)
 
   def __call__(self, x_BxLxD: jax.Array, positions_BxL: jax.Array,
@@ -226,7 +243,7 @@ class Attention(nnx.Module):
     q_BxLxNxH = jnp.einsum("bld,dnh->blnh", x_BxLxD, self.wq[...].astype(dt))
     k_BxLxKxH = jnp.einsum("bld,dkh->blkh", x_BxLxD, self.wk[...].astype(dt))
     v_BxLxKxH = jnp.einsum("bld,dkh->blkh", x_BxLxD, self.wv[...].astype(dt))
-    if cfg.use_bias:
+    if cfg.has_bias("qkv"):
       q_BxLxNxH += self.bq[...].astype(dt)
       k_BxLxKxH += self.bk[...].astype(dt)
       v_BxLxKxH += self.bv[...].astype(dt)
@@ -250,7 +267,7 @@ class Attention(nnx.Module):
       out_BxLxNxH = jax.nn.dot_product_attention(q_BxLxNxH, cache.k.astype(dt), cache.v.astype(dt),
                                                  mask=mask_Bx1xLxS)
     out_BxLxD = jnp.einsum("blnh,nhd->bld", out_BxLxNxH, self.wo[...].astype(dt))
-    if cfg.use_bias:
+    if cfg.has_bias("out"):
       out_BxLxD += self.bo[...].astype(dt)
     return out_BxLxD, cache
 
@@ -264,7 +281,7 @@ class Mlp(nnx.Module):
     self.w_up = _param(rngs, (d, f), ("embed", "mlp"), std)
     self.w_gate = _param(rngs, (d, f), ("embed", "mlp"), std) if cfg.mlp == "swiglu" else None
     self.w_down = _param(rngs, (f, d), ("mlp", "embed"), std / (2 * cfg.n_layers) ** 0.5)
-    if cfg.use_bias:
+    if cfg.has_bias("mlp"):
       self.b_up = _param(rngs, (f,), ("mlp",), 0)
       self.b_gate = _param(rngs, (f,), ("mlp",), 0) if cfg.mlp == "swiglu" else None
       self.b_down = _param(rngs, (d,), ("embed",), 0)
@@ -272,18 +289,18 @@ class Mlp(nnx.Module):
   def __call__(self, x_BxLxD: jax.Array) -> jax.Array:
     cfg, dt = self.cfg, x_BxLxD.dtype
     up_BxLxF = x_BxLxD @ self.w_up[...].astype(dt)
-    if cfg.use_bias:
+    if cfg.has_bias("mlp"):
       up_BxLxF += self.b_up[...].astype(dt)
     if cfg.mlp == "swiglu":
       gate_BxLxF = x_BxLxD @ self.w_gate[...].astype(dt)
-      if cfg.use_bias:
+      if cfg.has_bias("mlp"):
         gate_BxLxF += self.b_gate[...].astype(dt)
       h_BxLxF = jax.nn.silu(gate_BxLxF) * up_BxLxF
     else:
-      h_BxLxF = jax.nn.gelu(up_BxLxF)
+      h_BxLxF = jax.nn.gelu(up_BxLxF, approximate=cfg.mlp == "gelu")
     h_BxLxF = mesh_lib.constrain(h_BxLxF, ("act_batch", "act_length", "act_mlp"))
     out_BxLxD = h_BxLxF @ self.w_down[...].astype(dt)
-    if cfg.use_bias:
+    if cfg.has_bias("mlp"):
       out_BxLxD += self.b_down[...].astype(dt)
     return out_BxLxD
 
