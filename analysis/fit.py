@@ -63,8 +63,13 @@ def fit_study(table: pd.DataFrame, delta: float = 1e-3, bootstrap: int = 200) ->
     for axis in [a for a in X_AXES if group[a].nunique() > 1]:
       points = group.groupby([axis, "d_f"], as_index=False)["test_loss"].mean()
       for law in JOINT_LAWS:
+        holdout = _holdout(points, axis, law)
+        if holdout is None:
+          warnings.warn(f"{task}/{method}: {len(points)} points over {axis} and D_f are too few to fit and "
+                        f"validate the {law} law; add base sizes or D_f", stacklevel=2)
+          continue
         record = fit_frame(points, law, d="d_f", y="test_loss", x=axis, delta=delta, bootstrap=bootstrap,
-                           holdout="largest_x")
+                           holdout=holdout)
         fits.append({"task": task, "method": method, "x": axis, "base": None, **record})
     for size, curve in group.groupby("size"):
       for law in CURVE_LAWS:
@@ -72,6 +77,15 @@ def fit_study(table: pd.DataFrame, delta: float = 1e-3, bootstrap: int = 200) ->
           record = fit_frame(curve, law, d="d_f", y="test_loss", delta=delta, holdout="largest_d")
           fits.append({"task": task, "method": method, "x": None, "base": size, **record})
   return fits
+
+
+def _holdout(points: pd.DataFrame, axis: str, law: str) -> str | None:
+  """Which points a joint law is validated on: the largest X held out, or (with two values of X,
+  too few to fit without the largest) the largest D_f; None if neither leaves enough to fit."""
+  for holdout, column in (("largest_x", axis), ("largest_d", "d_f")):
+    if (points[column] < points[column].max()).sum() >= len(laws.get_law(law).params):
+      return holdout
+  return None
 
 
 def fit_and_report(workdir: str | epath.Path, delta: float = 1e-3, bootstrap: int = 200) -> list[dict]:

@@ -108,7 +108,7 @@ def check(study, tgt: Target) -> list[dict]:
   mesh = mesh_lib.make_mesh(study.mesh.shape.to_dict(), list(tgt.devices))
   rules = mesh_lib.parse_rules(study.mesh.rules)
   world = world_lib.build_world(study_lib.world_config(study))
-  vocab = tokenizer.padded_vocab_size(tokenizer.word_tokenizer(world.vocabulary()))
+  vocab = tokenizer.padded_vocab_size(tokenizer.from_tokenizers(tokenizer.word_tokenizer(world.vocabulary())))
   rows = []
   for (size, _, method, batch, length), run in step_shapes(grid.expand(study)).items():
     params, memory = compiled_memory(run, vocab, mesh, rules)

@@ -345,7 +345,6 @@ def bench_eft(workdir: str, n1: str | None, n2: str | None, d_f: int | None, k: 
   from scaling import context as context_lib
   from scaling import results
   from scaling import run as run_lib
-  from scaling.data import world as world_lib
 
   table = results.load_table(workdir)
   if table.empty:
@@ -364,13 +363,13 @@ def bench_eft(workdir: str, n1: str | None, n2: str | None, d_f: int | None, k: 
     models = [context_lib.load_run_model(ctx, i) for i in (base[n1], ft_n2["id"], base[n2])]
     mixture = decode.Mixture.of(models, eft.weights(1.0))
     large, small = (decode.Mixture.of([m], [1.0]) for m in models[:2])
-    bos = ctx.tok.token_to_id(world_lib.BOS)
-    people = ctx.world.people(2)
+    bos, world = ctx.tok.bos, ctx.sources.world
+    people = world.people(2)
     rows = [("N1 base / N2 fine-tune", f"{n1} / {n2} (qa, D_f={d_f}), beta 1, k={k}, greedy"),
             ("generated per prompt", f"{tokens} tokens of a held-out person's biography")]
     for batch in batches:
-      names = [ctx.world.names[people[i % len(people)]] for i in range(batch)]
-      prompts = np.asarray([[bos, *ctx.tok.encode(name).ids] for name in names], np.int32)
+      names = [world.names[people[i % len(people)]] for i in range(batch)]
+      prompts = np.asarray([[bos, *ctx.tok.encode(name)] for name in names], np.int32)
       lens = np.full(batch, prompts.shape[1], np.int32)
       key = jax.random.key(0)
       plain_s, plain = _timed(lambda: decode.generate(mixture, prompts, lens, key, num_new=tokens))

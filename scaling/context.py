@@ -8,28 +8,25 @@ import dataclasses
 from collections.abc import Callable
 
 import jax
-import numpy as np
 from etils import epath
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from scaling import decode, evaluate, grid, results, train
+from scaling import decode, evaluate, grid, hf, results, train
+from scaling import sources as sources_lib
 from scaling import mesh as mesh_lib
 from scaling import methods as methods_lib
 from scaling import model as model_lib
-from scaling.data import pipeline, tfds_world, tokenizer
-from scaling.data import world as world_lib
+from scaling.data import pipeline, tokenizer
 
 
 @dataclasses.dataclass(frozen=True)
 class Context:
-  """A run with its world, data, tokenizer and mesh."""
+  """A run with its text sources (corpus, task, tokenizer) and its mesh."""
 
   run: grid.Run
   workdir: epath.Path
-  world: world_lib.World
-  builder: tfds_world.WorldBuilder
-  tok: object
+  sources: sources_lib.Sources
   mesh: jax.sharding.Mesh
   rules: tuple
 
@@ -38,19 +35,29 @@ class Context:
     return self.workdir / "runs" / self.run.id
 
   @property
+  def tok(self) -> tokenizer.TextTokenizer:
+    return self.sources.tok
+
+  @property
   def model_cfg(self) -> model_lib.ModelConfig:
     """The config of the run's own model size."""
     return self.model_config(self.run.config["size"])
 
+  def checkpoint(self, size: str) -> str | None:
+    """The model folder that a base of `size` is imported from (None: pretrained here)."""
+    entry = self.run.config.get("checkpoints", {}).get(size)
+    return entry and entry["path"]
+
   def model_config(self, size: str) -> model_lib.ModelConfig:
-    """A ladder size with the run's block options and the world's vocabulary."""
-    return model_lib.ladder_config(size, tokenizer.padded_vocab_size(self.tok), **self.run.config["block"])
+    """A ladder size, or an imported checkpoint's architecture, with the run's block options."""
+    block = self.run.config["block"]
+    if self.checkpoint(size):
+      return hf.model_config(hf.read_config(self.checkpoint(size)), **block)
+    return model_lib.ladder_config(size, tokenizer.padded_vocab_size(self.tok), **block)
 
-  def source(self, split: str):
-    return self.builder.as_data_source(split)
-
-  def eval_batches(self, split: str) -> list[dict]:
-    return pipeline.eval_batches(self.source(split), self.tok, self.run.execution["eval_batch_size"])
+  def eval_batches(self, source) -> list[dict]:
+    """Evaluation batches of a record source (a corpus's or a task's split)."""
+    return pipeline.eval_batches(source, self.tok, self.run.execution["eval_batch_size"])
 
   def dependency(self, run_id: str) -> dict:
     """The result record of a run this one needs; an error if it has not finished."""
@@ -61,19 +68,18 @@ class Context:
 
 
 def context(run: grid.Run, workdir: str | epath.Path) -> Context:
-  """Builds (or finds) the run's dataset and tokenizer and makes its mesh."""
+  """Builds (or finds) the run's datasets and tokenizer and makes its mesh."""
   workdir = results.workdir_path(workdir)
-  world_cfg = world_lib.WorldConfig(**run.config["world"])
-  if jax.process_count() > 1:  # One host builds the dataset; the others wait, then read it.
+  sources = sources_lib.from_spec(run.config, str(workdir / "data"))
+  tasks = (sources_lib.task_of(run.config),) if "task" in run.config else ()
+  if jax.process_count() > 1:  # One host builds the datasets; the others wait, then read them.
     if jax.process_index() == 0:
-      tfds_world.prepare(world_cfg, str(workdir / "data"))
-    multihost_utils.sync_global_devices(f"world data of {run.id}")
-  builder = tfds_world.prepare(world_cfg, str(workdir / "data"))
-  world = world_lib.build_world(world_cfg)
-  tok = tokenizer.word_tokenizer(world.vocabulary())
+      sources.prepare(tasks)
+    multihost_utils.sync_global_devices(f"data of {run.id}")
+  sources.prepare(tasks)
   rules = mesh_lib.parse_rules(run.execution["rules"])
   mesh = mesh_lib.make_mesh(run.execution["mesh_shape"])
-  return Context(run, workdir, world, builder, tok, mesh, rules)
+  return Context(run, workdir, sources, mesh, rules)
 
 
 def model_creator(cfg: model_lib.ModelConfig, method, seed: int) -> Callable[[], nnx.Module]:
@@ -87,10 +93,15 @@ def model_creator(cfg: model_lib.ModelConfig, method, seed: int) -> Callable[[],
 
 
 def build_model(ctx: Context, size: str, method, seed: int, base_dir: epath.Path | None = None) -> decode.Model:
-  """A model of `size`, sharded, with the base weights in `base_dir` if given, then prepared by
-  `method` (None: the bare model); its params are what the method trains."""
+  """A model of `size`, sharded, with the base weights in `base_dir` if given (an imported size
+  starts from its checkpoint), then prepared by `method` (None: the bare model); its params are
+  what the method trains."""
   cfg = ctx.model_config(size)
-  graphdef, state = mesh_lib.create_sharded(model_creator(cfg, None, seed), ctx.mesh, ctx.rules)
+  if ctx.checkpoint(size):  # Imported: every device reads its slice of the folder's weights.
+    graphdef, abstract = nnx.split(nnx.eval_shape(model_creator(cfg, None, seed)))
+    state = hf.read_params(ctx.checkpoint(size), cfg, mesh_lib.state_shardings(abstract, ctx.mesh, ctx.rules))
+  else:
+    graphdef, state = mesh_lib.create_sharded(model_creator(cfg, None, seed), ctx.mesh, ctx.rules)
   if base_dir is not None:
     state = train.load_params(str(base_dir), state, jax.tree.map(lambda x: x.sharding, state))
   if method is not None:  # After loading: a method may derive its variables from the base weights.
@@ -126,43 +137,35 @@ def load_run_model(ctx: Context, run_id: str) -> decode.Model:
 def _load_run_model(ctx: Context, run_id: str) -> decode.Model:
   spec = ctx.dependency(run_id)["spec"]
   runs = ctx.workdir / "runs"
-  if spec["kind"] == "pretrain":
-    return build_model(ctx, spec["size"], None, spec["seed"], runs / run_id / "model")
-  model = build_model(ctx, spec["size"], method_of(spec), spec["seed"], runs / spec["base"] / "model")
+  if spec["kind"] in grid.BASE_KINDS:
+    return build_model(ctx, spec["size"], None, spec["seed"], base_dir(ctx, run_id))
+  model = build_model(ctx, spec["size"], method_of(spec), spec["seed"], base_dir(ctx, spec["base"]))
   shardings = jax.tree.map(lambda x: x.sharding, model.params)
   return model._replace(params=train.load_params(str(runs / run_id / "model"), model.params, shardings))
 
 
-def value_ids(ctx: Context) -> dict[int, np.ndarray]:
-  """Token ids of each attribute's values, by attribute index."""
-  return {i: np.asarray([ctx.tok.token_to_id(v) for v in ctx.world.values[attr]])
-          for i, attr in enumerate(world_lib.ATTRIBUTES)}
+def base_dir(ctx: Context, run_id: str) -> epath.Path | None:
+  """Where a base run keeps its weights (None: an imported base, read from its checkpoint)."""
+  spec = ctx.dependency(run_id)["spec"]
+  return None if ctx.checkpoint(spec["size"]) else ctx.workdir / "runs" / run_id / "model"
 
 
-def answer_metrics(ctx: Context, mixture: decode.Mixture, batches: list[dict]) -> dict[str, float]:
-  """Knowledge and behaviour of greedy one-word answers."""
-  return evaluate.answer_metrics(mixture, batches, value_ids(ctx), ctx.tok.token_to_id(world_lib.EOS), 1)
-
-
-def task_metrics(ctx: Context, mixture: decode.Mixture, task: str, log=None) -> dict[str, float]:
-  """Test loss on answer tokens, knowledge and behaviour on a task's test split.
-
-  `log`, if given, receives each metric as it is measured (a run's progress record).
-  """
-  test = ctx.eval_batches(world_lib.TASKS[task]["test"])
+def task_metrics(ctx: Context, mixture: decode.Mixture, task, log=None) -> dict[str, float]:
+  """Test loss on answer tokens of a task's test split, and the task's own metrics (knowledge and
+  behaviour for the world's). `log`, if given, receives each metric as it is measured."""
+  test = ctx.eval_batches(ctx.sources.task(task, "test"))
   metrics = {"test_loss": evaluate.mean_loss(mixture, test)}
   if log:
     log(dict(metrics))
-  metrics.update(answer_metrics(ctx, mixture, test))
+  metrics.update(ctx.sources.task_metrics(task, mixture, test))
   if log:
     log(dict(metrics))
   return metrics
 
 
 def retention_metrics(ctx: Context, mixture: decode.Mixture) -> dict[str, float]:
-  """Pretraining-domain held-out loss and cloze knowledge of held-out people."""
-  return {"heldout_loss": evaluate.mean_loss(mixture, ctx.eval_batches("pretrain_heldout")),
-          "cloze_knowledge": answer_metrics(ctx, mixture, ctx.eval_batches("cloze_test"))["knowledge"]}
+  """Pretraining-corpus held-out loss (and, for the world, cloze knowledge of held-out people)."""
+  return ctx.sources.retention(mixture, ctx.eval_batches)
 
 
 def retention_against(ctx: Context, mixture: decode.Mixture, base_metrics: dict) -> dict[str, float]:

@@ -12,6 +12,8 @@ import json
 import ml_collections
 
 SPEC_FORMAT = 1  # Bump when the meaning of a spec changes, so that old results are not reused.
+# Kinds whose runs are base models (trained here or imported) that the other kinds build on.
+BASE_KINDS = ("pretrain", "checkpoint")
 
 
 @dataclasses.dataclass(frozen=True)

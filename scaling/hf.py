@@ -11,7 +11,10 @@ are read one tensor at a time.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import hashlib
 import json
+import os
 from collections.abc import Callable
 
 import jax
@@ -267,6 +270,37 @@ def write_safetensors(tensors: dict[str, np.ndarray], file: epath.Path) -> None:
     f.write(len(blob).to_bytes(8, "little") + blob)
     for x in tensors.values():
       f.write(np.ascontiguousarray(x).tobytes())
+
+
+@functools.lru_cache(maxsize=256)
+def _sha256(file: str, size: int, mtime_ns: int) -> str:
+  """A local file's SHA-256, cached while its size and time stamp stay the same."""
+  del size, mtime_ns  # Part of the cache key only.
+  digest = hashlib.sha256()
+  with open(file, "rb") as f:
+    for chunk in iter(lambda: f.read(1 << 24), b""):
+      digest.update(chunk)
+  return digest.hexdigest()
+
+
+def _file_id(file: epath.Path) -> str:
+  """A file's content identity: its SHA-256 locally, the store's checksum on gs:// (no download)."""
+  if file.as_uri().startswith("file://"):
+    stat = os.stat(file)
+    return _sha256(str(file), stat.st_size, stat.st_mtime_ns)
+  import fsspec  # Remote stores keep a checksum of every object.
+
+  fs, name = fsspec.core.url_to_fs(str(file))
+  info = fs.info(name)
+  return str(info.get("md5Hash") or info.get("crc32c") or info.get("etag") or info["size"])
+
+
+def content_id(path: str | epath.Path) -> str:
+  """The identity of a model folder's content (config.json and every weights file): a changed
+  checkpoint gets a new identity, so the runs built on it are new runs."""
+  folder = epath.Path(path)
+  files = [folder / "config.json"] + Tensors(folder).files
+  return hashlib.sha256("|".join(f"{f.name}:{_file_id(f)}" for f in files).encode()).hexdigest()[:16]
 
 
 # --- Import ----------------------------------------------------------------------------------------

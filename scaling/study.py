@@ -8,8 +8,8 @@ from collections.abc import Iterable
 
 import ml_collections
 
+from scaling import hf, methods, sources
 from scaling import mesh as mesh_lib
-from scaling import methods
 from scaling import model as model_lib
 from scaling.data import world as world_lib
 from scaling.train import TrainConfig
@@ -28,7 +28,13 @@ def defaults() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.name = "study"
   c.world = dataclasses.asdict(world_lib.WorldConfig())
-  c.model = ml_collections.ConfigDict({"sizes": ("d32l2", "d64l2"), "block": {}})
+  # Bases: ladder sizes pretrained here, and checkpoints imported from Hugging Face model folders,
+  # each {"name": ..., "path": folder (local or gs://), "pretrain_tokens": tokens it has seen (optional)}.
+  c.model = ml_collections.ConfigDict({"sizes": ("d32l2", "d64l2"), "block": {}, "checkpoints": ()})
+  # Text (scaling.sources): the pretraining corpus ('world', 'shakespeare' or a TFDS corpus dict) and
+  # the tokenizer ('' picks: the first checkpoint's folder, else the corpus's own: 'world' or
+  # 'shakespeare'; or a folder that transformers.AutoTokenizer loads).
+  c.data = ml_collections.ConfigDict({"corpus": "world", "tokenizer": ""})
   c.pretrain = ml_collections.ConfigDict({
       "seed": 0, "steps": (1000,),
       "train": dataclasses.asdict(TrainConfig(seq_len=48, checkpoint_every=500))})
@@ -54,7 +60,7 @@ def defaults() -> ml_collections.ConfigDict:
 
 
 # Groups whose keys are free-form: they are replaced whole, not merged field by field.
-_OPEN_GROUPS = ("model.block", "mesh.shape")
+_OPEN_GROUPS = ("model.block", "mesh.shape", "data.corpus")
 
 
 def resolve(config: ml_collections.ConfigDict | dict) -> ml_collections.ConfigDict:
@@ -90,6 +96,8 @@ def _merge(into: ml_collections.ConfigDict, src: dict, prefix: str) -> None:
       continue
     if isinstance(value, list):  # Config files may write lists; overrides need tuples.
       value = tuple(value)
+    if path in _OPEN_GROUPS:  # Replaced whole, whatever its type was (data.corpus: a name or a dict).
+      del into[key]
     try:
       into[key] = ml_collections.ConfigDict(value) if isinstance(value, dict) else value
     except TypeError as e:
@@ -146,32 +154,42 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> ml_collecti
   """The resolved study, or a StudyError naming the first bad field. Runs no training."""
   study = resolve(config)
   world = world_config(study)
-  if not study.model.sizes:
-    raise StudyError("model.sizes=[]; allowed: names from the size ladder " f"{sorted(model_lib.LADDER)}")
+  checkpoints = _resolve_checkpoints(study)
+  if not study.model.sizes and not checkpoints:
+    raise StudyError("model.sizes=[] and model.checkpoints=[]; allowed: names from the size ladder "
+                     f"{sorted(model_lib.LADDER)}, or checkpoints to import")
   for size in study.model.sizes:
     if size not in model_lib.LADDER:
       raise StudyError(f"model.sizes contains {size!r}; allowed: {sorted(model_lib.LADDER)}")
     model_config(study, size, vocab_size=64)
+  _resolve_data(study, checkpoints)
   _positive_ints("pretrain.steps", study.pretrain.steps)
   _positive_ints("finetune.d_f", study.finetune.d_f)
   if not study.finetune.seeds:
     raise StudyError("finetune.seeds=[]; allowed: a non-empty list of integers")
   specs = method_specs(study)
-  for size in study.model.sizes:
-    cfg = model_config(study, size, vocab_size=64)
+  configs = {size: model_config(study, size, vocab_size=64) for size in study.model.sizes}
+  configs.update({name: c["config"] for name, c in checkpoints.items()})
+  for size, cfg in configs.items():
     for spec in specs:
       try:
         methods.from_spec(spec).check(cfg, study.finetune.train.seq_len)
       except ValueError as e:
         raise StudyError(f"finetune.methods: {methods.label(spec)} on model size {size!r}: {e}") from None
+  names = []
   for i, task in enumerate(study.finetune.tasks):
-    if task not in world_lib.TASKS:
-      raise StudyError(f"finetune.tasks[{i}]={task!r} is not a task; allowed: {sorted(world_lib.TASKS)}")
-    n_train = world_lib.split_size(world, world_lib.TASKS[task]["train"])
+    task = task.to_dict() if isinstance(task, ml_collections.ConfigDict) else task
+    try:
+      names.append(sources.check_task(task, f"finetune.tasks[{i}]", study.data.tokenizer))
+      n_train = sources.task_size(task, world)
+    except ValueError as e:
+      raise StudyError(str(e)) from None
     too_big = [d for d in study.finetune.d_f if d > n_train]
     if too_big:
       raise StudyError(f"finetune.d_f contains {too_big[0]}, more than the {n_train} examples of task "
-                       f"{task!r}'s training split; allowed: 1 to {n_train}")
+                       f"{names[-1]!r}'s training split; allowed: 1 to {n_train}")
+  if len(set(names)) < len(names):
+    raise StudyError(f"finetune.tasks names {names}; allowed: each task once")
   try:
     sizes = mesh_lib.resolve_shape(study.mesh.shape.to_dict(), num_devices)
   except ValueError as e:
@@ -189,6 +207,85 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> ml_collecti
   _resolve_eft(study)
   _resolve_transplant(study)
   return study
+
+
+CHECKPOINT_FIELDS = ("name", "path", "pretrain_tokens")
+
+
+def _resolve_checkpoints(study: ml_collections.ConfigDict) -> dict[str, dict]:
+  """Checks `model.checkpoints` (each folder is read: its config.json must be one we implement, its
+  weights present); returns name -> {"path", "pretrain_tokens", "config"}."""
+  out = {}
+  for i, entry in enumerate(study.model.checkpoints):
+    where = f"model.checkpoints[{i}]"
+    entry = entry.to_dict() if isinstance(entry, ml_collections.ConfigDict) else entry
+    if not isinstance(entry, dict) or not {"name", "path"} <= set(entry) or set(entry) - set(CHECKPOINT_FIELDS):
+      raise StudyError(f"{where}={entry!r}; allowed: a dict with 'name' and 'path' (and optionally "
+                       "'pretrain_tokens')")
+    name, tokens = entry["name"], entry.get("pretrain_tokens")
+    if not isinstance(name, str) or not name or name in model_lib.LADDER or name in out:
+      raise StudyError(f"{where}.name={name!r}; allowed: a new non-empty name, not a ladder size")
+    if tokens is not None and (isinstance(tokens, bool) or not isinstance(tokens, (int, float)) or tokens <= 0):
+      raise StudyError(f"{where}.pretrain_tokens={tokens!r}; allowed: a positive number, or absent")
+    try:
+      cfg = hf.model_config(hf.read_config(entry["path"]), **study.model.block.to_dict())
+      hf.Tensors(entry["path"])
+    except (ValueError, TypeError) as e:
+      raise StudyError(f"{where}.path: {e}") from None
+    out[name] = {"path": str(entry["path"]), "pretrain_tokens": tokens, "config": cfg}
+  return out
+
+
+def _resolve_data(study: ml_collections.ConfigDict, checkpoints: dict[str, dict]) -> None:
+  """Checks the corpus and fills in the tokenizer: the first checkpoint's, else the corpus's own."""
+  d = study.data
+  corpus = d.corpus.to_dict() if isinstance(d.corpus, ml_collections.ConfigDict) else d.corpus
+  try:
+    sources.check_corpus(corpus)
+  except ValueError as e:
+    raise StudyError(str(e)) from None
+  if not d.tokenizer:
+    if study.model.checkpoints:
+      d.tokenizer = str(study.model.checkpoints[0]["path"])
+    elif isinstance(corpus, str):
+      d.tokenizer = corpus
+    else:
+      raise StudyError("data.tokenizer='' with a TFDS corpus; allowed: a folder that transformers.AutoTokenizer "
+                       "loads (its tokenizer.json and tokenizer_config.json)")
+  if d.tokenizer not in ("world", "shakespeare"):
+    try:
+      size = sources.Sources(world_lib.WorldConfig(), "", corpus, d.tokenizer).tok.size
+    except ValueError as e:
+      raise StudyError(f"data.tokenizer: {e}") from None
+    for name, entry in checkpoints.items():
+      if entry["config"].vocab_size < size:
+        raise StudyError(f"data.tokenizer {d.tokenizer!r} has {size} tokens, more than checkpoint {name!r}'s "
+                         f"vocabulary of {entry['config'].vocab_size}; allowed: the checkpoints' own tokenizer")
+  for group in ("eft", "transplant"):
+    if study[group].enabled and study.model.checkpoints:
+      raise StudyError(f"{group}.enabled with model.checkpoints is not supported yet; allowed: "
+                       f"{group}.enabled=False, or bases pretrained here (model.sizes)")
+
+
+def data_fields(study: ml_collections.ConfigDict, task: str | None = None, sizes: tuple[str, ...] = ()) -> dict:
+  """The spec fields that say where a run's text and bases come from, where they are not the world
+  and the ladder (so that the ids of world studies stay as they were): corpus, tokenizer, the
+  TFDS task's source, and the checkpoints of `sizes` with their content identity."""
+  out = {}
+  corpus = study.data.corpus
+  if corpus != "world":
+    out["corpus"] = corpus.to_dict() if isinstance(corpus, ml_collections.ConfigDict) else corpus
+  if study.data.tokenizer != "world":
+    out["tokenizer"] = study.data.tokenizer
+  for entry in study.finetune.tasks:
+    entry = entry.to_dict() if isinstance(entry, ml_collections.ConfigDict) else entry
+    if task is not None and not isinstance(entry, str) and sources.task_name(entry) == task:
+      out["task_source"] = entry
+  paths = {c["name"]: str(c["path"]) for c in study.model.checkpoints}
+  used = {size: {"path": paths[size], "content": hf.content_id(paths[size])} for size in sizes if size in paths}
+  if used:
+    out["checkpoints"] = used
+  return out
 
 
 def method_specs(study: ml_collections.ConfigDict) -> list[dict]:
@@ -247,7 +344,8 @@ def _one_of(field: str, value, allowed, what: str, default, unset):
 def _resolve_finetune_choice(study: ml_collections.ConfigDict, group: str, labels: list[str]) -> None:
   """Fills in (or checks) a group's task, method and seed: one fine-tuning cell of each."""
   g, ft = study[group], study.finetune
-  g.task = _one_of(f"{group}.task", g.task, ft.tasks, "a task this study fine-tunes", ft.tasks[0], "")
+  names = [sources.task_name(t) for t in ft.tasks]
+  g.task = _one_of(f"{group}.task", g.task, names, "a task this study fine-tunes", names[0], "")
   g.method = _one_of(f"{group}.method", g.method, labels, "a method this study fine-tunes with", labels[0], "")
   g.seed = _one_of(f"{group}.seed", g.seed, ft.seeds, "a fine-tuning seed of this study", ft.seeds[0], -1)
 

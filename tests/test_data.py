@@ -73,21 +73,28 @@ def test_tokenizer_round_trip():
   ids = tok.encode(text).ids
   assert tok.token_to_id(world_lib.UNK) not in ids
   assert tok.decode(ids) == text
-  assert tokenizer.padded_vocab_size(tok) % 64 == 0
-  assert tokenizer.padded_vocab_size(tok) >= len(world.vocabulary())
+  text_tok = tokenizer.from_tokenizers(tok)
+  assert text_tok.encode(text) == ids
+  assert (text_tok.bos, text_tok.eos, text_tok.pad) == tuple(tok.token_to_id(t) for t in (
+      world_lib.BOS, world_lib.EOS, world_lib.PAD))
+  assert tokenizer.padded_vocab_size(text_tok) % 64 == 0
+  assert tokenizer.padded_vocab_size(text_tok) >= len(world.vocabulary())
 
 
 def test_encoder_scores_answer_and_end_only():
   world = world_lib.build_world(TINY_WORLD)
   tok = tokenizer.word_tokenizer(world.vocabulary())
   record = next(world_lib.records(world, "qa_train"))
-  ex = pipeline.Encoder(tok, 24)(record)
+  ex = pipeline.Encoder(tokenizer.from_tokenizers(tok), 24)(record)
   scored = ex["targets"][ex["weights"] > 0]
   assert list(scored) == [tok.token_to_id(record["answer"]), tok.token_to_id(world_lib.EOS)]
   assert ex["inputs"][ex["prompt_len"]] == tok.token_to_id(record["answer"])
   np.testing.assert_array_equal(ex["inputs"][1:], ex["targets"][:-1])
   with pytest.raises(ValueError, match="seq_len=4 is too short"):
-    pipeline.Encoder(tok, 4)(record)
+    pipeline.Encoder(tokenizer.from_tokenizers(tok), 4)(record)
+  truncated = pipeline.Encoder(tokenizer.from_tokenizers(tok), 4, truncate=True)(record)
+  np.testing.assert_array_equal(truncated["inputs"], pipeline.Encoder(tokenizer.from_tokenizers(tok), 24)(record)[
+      "inputs"][:4])
 
 
 def test_nested_subsets_are_nested_and_deterministic():
@@ -102,7 +109,7 @@ def test_nested_subsets_are_nested_and_deterministic():
 
 def test_finetune_batches_draw_only_from_their_subset(world_data_dir):
   world = world_lib.build_world(TINY_WORLD)
-  tok = tokenizer.word_tokenizer(world.vocabulary())
+  tok = tokenizer.from_tokenizers(tokenizer.word_tokenizer(world.vocabulary()))
   source = tfds_world.data_source(TINY_WORLD, world_data_dir, "qa_train")
   batches = pipeline.train_batches(source, pipeline.Encoder(tok, 16), 8, seed=0, subset=16, subset_seed=1)
   allowed = {tuple(r) for r in pipeline.encode_split(source, pipeline.Encoder(tok, 16))["inputs"][
@@ -120,7 +127,7 @@ def test_finetune_batches_draw_only_from_their_subset(world_data_dir):
 
 def test_eval_batches_cover_the_split_once(world_data_dir):
   world = world_lib.build_world(TINY_WORLD)
-  tok = tokenizer.word_tokenizer(world.vocabulary())
+  tok = tokenizer.from_tokenizers(tokenizer.word_tokenizer(world.vocabulary()))
   source = tfds_world.data_source(TINY_WORLD, world_data_dir, "qa_test")
   batches = pipeline.eval_batches(source, tok, batch_size=16)
   assert sum(b["valid"].sum() for b in batches) == len(source)

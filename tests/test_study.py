@@ -24,7 +24,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     ({"mesh.shape": {"data": 2, "fsdp": 2}, "finetune.train.batch_size": 6},
      r"finetune.train.batch_size=6 is not divisible .*multiple of 4"),
     ({"model.sizes": ("d32l2", "huge")}, r"model.sizes contains 'huge'; allowed: \["),
-    ({"finetune.tasks": ("translate",)}, r"finetune.tasks\[0\]='translate' is not a task; allowed: \['qa'\]"),
+    ({"finetune.tasks": ("translate",)}, r"finetune.tasks\[0\]='translate' is not a task; allowed: \['qa', 'shakespeare_play'\], or a TFDS task"),
     ({"pretrain.train.lr": 0.1}, r"pretrain.train.lr is not a study field"),
     ({"finetune.train.schedule": "linear"}, r"finetune.train.schedule='linear'; allowed: 'cosine', 'constant'"),
     ({"model.block": {"norm": "batch"}}, r"model.norm='batch'; allowed: 'rms', 'layer'"),

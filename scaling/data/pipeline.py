@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import grain
 import numpy as np
-from tokenizers import Tokenizer
 
 from scaling.data import world as world_lib
+from scaling.data.tokenizer import TextTokenizer
 
 _ATTRS = list(world_lib.ATTRIBUTES)
 
@@ -24,35 +24,41 @@ def _text(x) -> str:
 
 
 class Encoder:
-  """Turns one record into fixed-length arrays; rejects records that do not fit."""
+  """Turns one record into fixed-length arrays; rejects records that do not fit, or (`truncate`, for
+  pretraining text) keeps their first seq_len + 1 tokens."""
 
-  def __init__(self, tok: Tokenizer, seq_len: int):
-    self.tok, self.seq_len = tok, seq_len
-    self.bos, self.eos, self.pad = (tok.token_to_id(t) for t in (world_lib.BOS, world_lib.EOS, world_lib.PAD))
+  def __init__(self, tok: TextTokenizer, seq_len: int, truncate: bool = False):
+    self.tok, self.seq_len, self.truncate = tok, seq_len, truncate
+    self.bos, self.eos, self.pad = tok.bos, tok.eos, tok.pad
 
   def token_ids(self, record: dict) -> tuple[list[int], list[int]]:
     """(prompt ids, answer ids) of a record."""
-    prompt = self.tok.encode(_text(record["prompt"])).ids if _text(record["prompt"]) else []
-    return prompt, self.tok.encode(_text(record["answer"])).ids
+    return self.tok.encode(_text(record["prompt"])), self.tok.encode(_text(record["answer"]))
 
   def __call__(self, record: dict) -> dict[str, np.ndarray]:
     prompt, answer = self.token_ids(record)
     ids = [self.bos, *prompt, *answer, self.eos]
     if len(ids) > self.seq_len + 1:
-      raise ValueError(f"an example has {len(ids) - 1} tokens; seq_len={self.seq_len} is too short")
+      if not self.truncate:
+        raise ValueError(f"an example has {len(ids) - 1} tokens; seq_len={self.seq_len} is too short")
+      ids = ids[: self.seq_len + 1]
     tokens = np.full(self.seq_len + 1, self.pad, np.int32)
     tokens[: len(ids)] = ids
     scored = np.zeros(self.seq_len + 1, np.float32)
     scored[1 + len(prompt): len(ids)] = 1.0  # Answer tokens and the end token.
-    attr = _text(record["attribute"])
+    attr = _text(record.get("attribute", ""))
     return {"inputs": tokens[:-1], "targets": tokens[1:], "weights": scored[1:],
             "prompt_len": np.int32(1 + len(prompt)), "answer_len": np.int32(len(answer)),
             "attribute": np.int32(_ATTRS.index(attr) if attr else -1)}
 
 
-def encode_split(source, encoder: Encoder) -> dict[str, np.ndarray]:
-  """Reads a whole split through grain and encodes it: arrays with a leading example axis."""
-  examples = list(grain.MapDataset.source(source).map(encoder))
+def encode_split(source, encoder: Encoder, indices: np.ndarray | None = None) -> dict[str, np.ndarray]:
+  """Reads a split (or only its records at `indices`) through grain and encodes it: arrays with a
+  leading example axis."""
+  if indices is None:
+    examples = list(grain.MapDataset.source(source).map(encoder))
+  else:
+    examples = list(grain.MapDataset.range(len(indices)).map(lambda j: encoder(source[int(indices[j])])))
   return {k: np.stack([e[k] for e in examples]) for k in examples[0]}
 
 
@@ -95,13 +101,13 @@ class StepBatches:
 
 def train_batches(source, encoder: Encoder, batch_size: int, seed: int,
                   subset: int | None = None, subset_seed: int = 0) -> StepBatches:
-  """Step-indexed training batches over a split, or over its nested subset of `subset` examples."""
-  arrays = encode_split(source, encoder)
-  indices = nested_subset(len(arrays["inputs"]), subset, subset_seed)
-  return StepBatches(arrays, batch_size, seed, indices)
+  """Step-indexed training batches over a split, or over its nested subset of `subset` examples
+  (only those are read: a subset of a large corpus costs its own size)."""
+  indices = nested_subset(len(source), subset, subset_seed)
+  return StepBatches(encode_split(source, encoder, indices), batch_size, seed)
 
 
-def eval_batches(source, tok: Tokenizer, batch_size: int) -> list[dict]:
+def eval_batches(source, tok: TextTokenizer, batch_size: int) -> list[dict]:
   """A whole split as batches of the shortest length (a multiple of 8) that fits every example.
 
   The last batch is padded with zero-weight copies of the first example (`valid` marks real ones).

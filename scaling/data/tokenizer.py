@@ -1,10 +1,26 @@
-"""A word-level tokenizer over a fixed vocabulary (Hugging Face `tokenizers`)."""
+"""Tokenizers: the world's word tokenizer (Hugging Face `tokenizers`), and `TextTokenizer`, what the
+pipeline needs of any tokenizer (the world's, a trained BPE, or a model folder's through transformers)."""
 
 from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
 
 from tokenizers import Tokenizer, models, pre_tokenizers
 
 from scaling.data.world import BOS, EOS, PAD, UNK
+
+
+@dataclasses.dataclass(frozen=True)
+class TextTokenizer:
+  """Ids of a text (no special tokens added), the special tokens' ids, and the vocabulary size."""
+
+  encode: Callable[[str], list[int]]
+  bos: int
+  eos: int
+  pad: int
+  size: int
+  token_id: Callable[[str], int | None]  # The id of one token's text (None if it is not one token).
 
 
 def word_tokenizer(vocabulary: list[str]) -> Tokenizer:
@@ -17,6 +33,27 @@ def word_tokenizer(vocabulary: list[str]) -> Tokenizer:
   return tok
 
 
-def padded_vocab_size(tok: Tokenizer, multiple: int = 64) -> int:
+def from_tokenizers(tok: Tokenizer) -> TextTokenizer:
+  """A `tokenizers.Tokenizer` whose vocabulary has the world's special tokens."""
+  missing = [t for t in (PAD, BOS, EOS) if tok.token_to_id(t) is None]
+  if missing:
+    raise ValueError(f"the tokenizer lacks special tokens {missing}")
+  return TextTokenizer(lambda text: tok.encode(text).ids if text else [], tok.token_to_id(BOS), tok.token_to_id(EOS),
+                       tok.token_to_id(PAD), tok.get_vocab_size(), tok.token_to_id)
+
+
+def from_transformers(tok) -> TextTokenizer:
+  """A `transformers` tokenizer; one without a start or padding token uses its end token (as
+  Pythia's, whose <|endoftext|> is all three)."""
+  if tok.eos_token_id is None:
+    raise ValueError(f"tokenizer {tok.name_or_path!r} has no end-of-text token (eos_token); allowed: one that has")
+  eos = tok.eos_token_id
+  bos = eos if tok.bos_token_id is None else tok.bos_token_id
+  pad = eos if tok.pad_token_id is None else tok.pad_token_id
+  return TextTokenizer(lambda text: tok(text, add_special_tokens=False)["input_ids"] if text else [], bos, eos, pad,
+                       len(tok), tok.convert_tokens_to_ids)
+
+
+def padded_vocab_size(tok: TextTokenizer, multiple: int = 64) -> int:
   """Model vocabulary size: the tokenizer's, rounded up so that it shards over any small mesh axis."""
-  return -(-tok.get_vocab_size() // multiple) * multiple
+  return -(-tok.size // multiple) * multiple

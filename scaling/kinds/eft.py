@@ -15,7 +15,7 @@ import jax
 import ml_collections
 
 from scaling import context as context_lib
-from scaling import decode, grid, methods
+from scaling import decode, grid, methods, sources
 from scaling import eft as eft_lib
 from scaling import model as model_lib
 from scaling import study as study_lib
@@ -40,7 +40,8 @@ def cells(study: ml_collections.ConfigDict, prior: list[grid.Run], execution: di
       for beta in e.betas:
         spec = {"kind": "eft", "world": world, "size": n1, "finetune_size": n2, "block": base_n1.config["block"],
                 "base": base_n1.id, "finetune_base": base_n2.id, "finetuned": ft_n2.id, "task": e.task,
-                "method": e.method, "d_f": d_f, "seed": e.seed, "beta": float(beta)}
+                "method": e.method, "d_f": d_f, "seed": e.seed, "beta": float(beta),
+                **study_lib.data_fields(study, e.task, (n1, n2))}
         label = f"eft-{n1}-{n2}-{e.task}-{e.method}-df{d_f}-b{beta:g}-s{e.seed}"
         deps = tuple(dict.fromkeys((base_n1.id, base_n2.id, ft_n2.id)))
         runs.append(grid.Run(grid.run_id(label, spec), "eft", spec, deps, execution))
@@ -66,7 +67,7 @@ def execute(ctx: context_lib.Context) -> dict:
       with progress.open("a") as f:
         f.write(json.dumps(metrics, sort_keys=True) + "\n")
 
-  metrics = context_lib.task_metrics(ctx, mixture, cfg["task"], log)
+  metrics = context_lib.task_metrics(ctx, mixture, sources.task_of(cfg), log)
   n1, n2 = ctx.model_config(cfg["size"]), ctx.model_config(cfg["finetune_size"])
   return {"size": cfg["size"], "finetune_size": cfg["finetune_size"], "beta": cfg["beta"], "task": cfg["task"],
           "method": cfg["method"], "d_f": cfg["d_f"], "seed": cfg["seed"], "base": cfg["base"],

@@ -22,7 +22,7 @@ def cells(study: ml_collections.ConfigDict, prior: list[grid.Run], execution: di
     for steps in study.pretrain.steps:
       tcfg = study_lib.train_config(study.pretrain.train, "pretrain.train", max_steps=steps)
       spec = {"kind": "pretrain", "world": world, "size": size, "block": study.model.block.to_dict(),
-              "seed": study.pretrain.seed, "train": dataclasses.asdict(tcfg)}
+              "seed": study.pretrain.seed, "train": dataclasses.asdict(tcfg), **study_lib.data_fields(study)}
       runs.append(grid.Run(grid.run_id(f"pt-{size}-{steps}", spec), "pretrain", spec, (), execution))
   return runs
 
@@ -32,7 +32,7 @@ def execute(ctx: context_lib.Context) -> dict:
   cfg = ctx.run.config
   tcfg = train.TrainConfig(**cfg["train"])
   model = context_lib.build_model(ctx, cfg["size"], None, cfg["seed"])
-  batches = pipeline.train_batches(ctx.source("pretrain"), pipeline.Encoder(ctx.tok, tcfg.seq_len),
+  batches = pipeline.train_batches(ctx.sources.corpus("train"), pipeline.Encoder(ctx.tok, tcfg.seq_len, truncate=True),
                                    tcfg.batch_size, seed=cfg["seed"])
   outcome = train.run(graphdef=model.graphdef, params=model.params, frozen=model.frozen, batches=batches,
                       cfg=tcfg, run_dir=str(ctx.run_dir), mesh=ctx.mesh, rules=ctx.rules, description=ctx.run.id)

@@ -16,7 +16,7 @@ import ml_collections
 from flax import nnx
 
 from scaling import context as context_lib
-from scaling import decode, grid, methods
+from scaling import decode, grid, methods, sources
 from scaling import model as model_lib
 from scaling import study as study_lib
 from scaling.methods import common
@@ -41,7 +41,7 @@ def cells(study: ml_collections.ConfigDict, prior: list[grid.Run], execution: di
         for k in range(1, n_layers):
           spec = {"kind": "transplant", "world": world, "size": size, "block": base.config["block"], "base": base.id,
                   "finetuned": tuned.id, "task": t.task, "method": t.method, "d_f": d_f, "seed": t.seed,
-                  "part": part, "k": k}
+                  "part": part, "k": k, **study_lib.data_fields(study, t.task, (size,))}
           label = f"tp-{size}-{t.task}-{t.method}-df{d_f}-{part}{k}-s{t.seed}"
           runs.append(grid.Run(grid.run_id(label, spec), "transplant", spec, (base.id, tuned.id), execution))
   return runs
@@ -61,7 +61,7 @@ def execute(ctx: context_lib.Context) -> dict:
     nnx.update(model.blocks[i], nnx.state(base_model.blocks[i]))
   graphdef, params, frozen = nnx.split(model, nnx.Param, ...)
   mixture = decode.Mixture.single(graphdef, nnx.to_pure_dict(params), nnx.to_pure_dict(frozen))
-  metrics = context_lib.task_metrics(ctx, mixture, cfg["task"])
+  metrics = context_lib.task_metrics(ctx, mixture, sources.task_of(cfg))
   metrics.update(context_lib.retention_against(ctx, mixture, ctx.dependency(cfg["base"])["metrics"]))
   mc = ctx.model_cfg
   return {"size": cfg["size"], "base": cfg["base"], "finetuned": cfg["finetuned"], "task": cfg["task"],
