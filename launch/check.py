@@ -77,7 +77,7 @@ def step_shapes(runs: list[grid.Run]) -> dict[tuple, grid.Run]:
 def compiled_memory(run: grid.Run, vocab_size: int, mesh: jax.sharding.Mesh, rules) -> tuple[int, dict]:
   """(parameters, per-device memory stats) of the run's train step, compiled for the mesh."""
   c = run.config
-  cfg = model_lib.ladder_config(c["size"], vocab_size, **c["block"])
+  cfg = context_lib.spec_model_config(c, c["size"], lambda: vocab_size)
   method = context_lib.method_of(c) if "method" in c else None
   abstract = nnx.eval_shape(context_lib.model_creator(cfg, method, 0))
   graphdef, trainable, frozen = nnx.split(abstract, method.trainable if method else nnx.Param, ...)

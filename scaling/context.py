@@ -50,10 +50,7 @@ class Context:
 
   def model_config(self, size: str) -> model_lib.ModelConfig:
     """A ladder size, or an imported checkpoint's architecture, with the run's block options."""
-    block = self.run.config["block"]
-    if self.checkpoint(size):
-      return hf.model_config(hf.read_config(self.checkpoint(size)), **block)
-    return model_lib.ladder_config(size, tokenizer.padded_vocab_size(self.tok), **block)
+    return spec_model_config(self.run.config, size, lambda: tokenizer.padded_vocab_size(self.tok))
 
   def eval_batches(self, source) -> list[dict]:
     """Evaluation batches of a record source (a corpus's or a task's split)."""
@@ -65,6 +62,15 @@ class Context:
     if record is None:
       raise RuntimeError(f"run {self.run.id} needs {run_id}, which has no result yet")
     return record
+
+
+def spec_model_config(spec: dict, size: str, vocab_size: Callable[[], int]) -> model_lib.ModelConfig:
+  """The ModelConfig of `size` in a run's spec: an imported checkpoint's architecture, or the ladder
+  size with `vocab_size()` tokens; either with the spec's block options."""
+  block, checkpoint = spec["block"], spec.get("checkpoints", {}).get(size)
+  if checkpoint:
+    return hf.model_config(hf.read_config(checkpoint["path"]), **block)
+  return model_lib.ladder_config(size, vocab_size(), **block)
 
 
 def context(run: grid.Run, workdir: str | epath.Path) -> Context:

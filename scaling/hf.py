@@ -385,38 +385,36 @@ def _family_of(cfg: model_lib.ModelConfig) -> str:
   return "llama"
 
 
+# The fields that make an architecture (the rest say how it computes: dtype, kernels, remat).
+ARCHITECTURE = ("vocab_size", "d_model", "n_layers", "n_heads", "kv_heads", "head_width", "ff_width", "norm",
+                "norm_eps", "mlp", "rotary_dims", "rope_theta", "parallel_residual", "tie_embeddings")
+
+
 def hf_config(cfg: model_lib.ModelConfig, kind: str, like: dict | None = None) -> dict:
-  """A config.json for `cfg` in family `kind`, keeping `like`'s other fields (token ids and such);
-  an error names what the family cannot express."""
-  need = {"gpt_neox": dict(norm="layer", n_kv_heads=cfg.n_heads, parallel_residual=cfg.parallel_residual),
-          "llama": dict(norm="rms", mlp="swiglu", parallel_residual=False, rotary_fraction=1.0),
-          "qwen2": dict(norm="rms", mlp="swiglu", parallel_residual=False, rotary_fraction=1.0)}[kind]
-  for field, value in need.items():
-    if getattr(cfg, field if field != "n_kv_heads" else "kv_heads") != value:
-      raise ValueError(f"a {kind} checkpoint cannot hold model.{field}={getattr(cfg, field)!r}; allowed: {value!r}")
+  """A config.json for `cfg` in family `kind`, keeping `like`'s other fields (token ids and such).
+  It is read back as an import would read it: a field the family cannot express is an error."""
   out = {k: v for k, v in (like or {}).items() if k not in ("rope_scaling", "rotary_pct", "rotary_emb_base",
                                                               "rope_theta", "torch_dtype", "dtype")}
   out.update(model_type=kind, vocab_size=cfg.vocab_size, hidden_size=cfg.d_model, num_hidden_layers=cfg.n_layers,
              num_attention_heads=cfg.n_heads, intermediate_size=cfg.ff_width, tie_word_embeddings=cfg.tie_embeddings,
              rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta}, dtype="float32")
   if kind == "gpt_neox":
-    if cfg.mlp == "swiglu" or not cfg.has_bias("mlp") or cfg.has_bias("qkv") != cfg.has_bias("out"):
-      raise ValueError(f"a gpt_neox checkpoint needs a GELU MLP with biases and attention biases on all or none; "
-                       f"here model.mlp={cfg.mlp!r}, model.use_bias={cfg.use_bias!r}")
     out["rope_parameters"]["partial_rotary_factor"] = cfg.rotary_dims / cfg.head_width
     out.update(architectures=["GPTNeoXForCausalLM"], hidden_act="gelu" if cfg.mlp == "gelu_exact" else "gelu_new",
                layer_norm_eps=cfg.norm_eps, use_parallel_residual=cfg.parallel_residual,
                attention_bias=cfg.has_bias("qkv"))
   else:
-    if kind == "qwen2" and cfg.use_bias != ("qkv",):
-      raise ValueError(f"a qwen2 checkpoint has biases on q, k and v only; here model.use_bias={cfg.use_bias!r}")
-    if kind == "llama" and cfg.has_bias("qkv") != cfg.has_bias("out"):
-      raise ValueError(f"a llama checkpoint has attention biases on q, k, v and o or on none; "
-                       f"here model.use_bias={cfg.use_bias!r}")
     out.update(architectures=["LlamaForCausalLM" if kind == "llama" else "Qwen2ForCausalLM"], hidden_act="silu",
                num_key_value_heads=cfg.kv_heads, head_dim=cfg.head_width, rms_norm_eps=cfg.norm_eps)
     if kind == "llama":
       out.update(attention_bias=cfg.has_bias("qkv"), mlp_bias=cfg.has_bias("mlp"))
+  back = model_config(out)
+  wrong = [f for f in ARCHITECTURE if getattr(back, f) != getattr(cfg, f)]
+  wrong += [f"use_bias ({part})" for part in model_lib.BIAS_PARTS if back.has_bias(part) != cfg.has_bias(part)]
+  if wrong:
+    field = wrong[0].split(" ")[0]
+    raise ValueError(f"a {kind} checkpoint cannot hold model.{field}={getattr(cfg, field)!r} (it would read back "
+                     f"as {getattr(back, field)!r}); differing: {wrong}")
   return out
 
 

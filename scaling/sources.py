@@ -186,10 +186,12 @@ def check_task(entry: str | Mapping, where: str, tokenizer_spec: str, data_dir: 
                          f"data.tokenizer='world', not {tokenizer_spec!r}")
       return entry
     if entry == SHAKESPEARE_TASK:
+      _check_real_text(where, entry, tokenizer_spec)
       return entry
     raise ValueError(f"{where}={entry!r} is not a task; allowed: {sorted(world_lib.TASKS) + [SHAKESPEARE_TASK]}, "
                      f"or a TFDS task {{{', '.join(TFDS_TASK_FIELDS)}}}")
   spec = _dict_fields(entry, TFDS_TASK_FIELDS, where)
+  _check_real_text(where, spec["name"], tokenizer_spec)
   ds = tfds_text.open_dataset(spec["tfds"], spec["data_dir"])
   for role in ("train", "dev", "test"):
     try:
@@ -200,6 +202,12 @@ def check_task(entry: str | Mapping, where: str, tokenizer_spec: str, data_dir: 
   if not spec["name"] or spec["name"] in world_lib.TASKS or spec["name"] == SHAKESPEARE_TASK:
     raise ValueError(f"{where}.name={spec['name']!r}; allowed: a new, non-empty name")
   return spec["name"]
+
+
+def _check_real_text(where: str, name: str, tokenizer_spec: str) -> None:
+  if tokenizer_spec == "world":
+    raise ValueError(f"{where}: task {name!r} is real text, which the world's word tokenizer cannot read; "
+                     "allowed: data.tokenizer='shakespeare', a tokenizer folder, or model.checkpoints")
 
 
 def task_size(entry: str | Mapping, world: world_lib.WorldConfig) -> int:

@@ -203,3 +203,10 @@ def test_bad_folders_fail_naming_what_is_wrong(folders, tmp_path):
   hf.write_safetensors(kept, missing / hf.SINGLE)
   with pytest.raises(ValueError, match="tensor model.layers.1.self_attn.k_proj.weight is missing"):
     hf.load(missing)
+
+
+def test_export_refuses_what_the_family_cannot_hold(tmp_path):
+  cfg = model_lib.ModelConfig(vocab_size=VOCAB, d_model=32, n_layers=2, n_heads=4, mlp="gelu", norm="layer")
+  with pytest.raises(ValueError, match="a llama checkpoint cannot hold model.norm='layer'"):
+    hf.save(model_lib.Transformer(cfg, nnx.Rngs(0)), tmp_path / "x", like="llama")
+  assert not (tmp_path / "x").exists()
