@@ -6,7 +6,7 @@ import shutil
 import pytest
 from tokenizers import Tokenizer
 
-from scaling.data import shakespeare, tfds_text
+from scaling.data import shakespeare, tfds_text, tokenizer
 from scaling.data import world as world_lib
 
 PAIRS = {"train": [("Guten Morgen.", "Good morning."), ("Danke schön.", "Thank you very much."),
@@ -132,3 +132,11 @@ def test_tokenizer_is_deterministic_and_round_trips(tmp_path):
   hf = AutoTokenizer.from_pretrained(str(tmp_path / "a"))
   assert (hf.pad_token_id, hf.bos_token_id, hf.eos_token_id, hf.unk_token_id) == (0, 1, 2, 3)
   assert hf("HAMLET: Who's there?")["input_ids"] == tok.encode("HAMLET: Who's there?").ids
+  text_tok = tokenizer.from_transformers(hf)
+  assert (text_tok.bos, text_tok.eos, text_tok.pad, text_tok.size) == (1, 2, 0, 1024)
+  assert text_tok.encode("HAMLET: Who's there?") == tok.encode("HAMLET: Who's there?").ids
+  # Pythia's kind: one end-of-text token, no start or padding token of its own.
+  from transformers import PreTrainedTokenizerFast
+
+  only_eos = tokenizer.from_transformers(PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>"))
+  assert (only_eos.bos, only_eos.eos, only_eos.pad) == (2, 2, 2)
