@@ -50,7 +50,7 @@ def finetune_points(table: pd.DataFrame) -> pd.DataFrame:
                   stacklevel=2)
     ft = ft[~bad]
   keys = ["task", "method", "size", *X_AXES, "d_f"]
-  return (ft.groupby(keys, as_index=False)
+  return (ft.groupby(keys, as_index=False, dropna=False)  # An imported base may not say its D_p.
           .agg(test_loss=("metrics.test_loss", "mean"), seeds=("seed", "count"))
           .sort_values(keys, ignore_index=True))
 
@@ -61,7 +61,7 @@ def fit_study(table: pd.DataFrame, delta: float = 1e-3, bootstrap: int = 200) ->
   fits = []
   for (task, method), group in finetune_points(table).groupby(["task", "method"]):
     for axis in [a for a in X_AXES if group[a].nunique() > 1]:
-      points = group.groupby([axis, "d_f"], as_index=False)["test_loss"].mean()
+      points = _along(group, axis).groupby([axis, "d_f"], as_index=False)["test_loss"].mean()
       for law in JOINT_LAWS:
         holdout = _holdout(points, axis, law)
         if holdout is None:
@@ -71,12 +71,30 @@ def fit_study(table: pd.DataFrame, delta: float = 1e-3, bootstrap: int = 200) ->
         record = fit_frame(points, law, d="d_f", y="test_loss", x=axis, delta=delta, bootstrap=bootstrap,
                            holdout=holdout)
         fits.append({"task": task, "method": method, "x": axis, "base": None, **record})
-    for size, curve in group.groupby("size"):
+    for (size, tokens), curve in group.groupby(["size", "pretrain_tokens"], dropna=False):
+      # A curve per base: a size pretrained (or checkpointed) at several D_p is several bases.
+      several = group.loc[group["size"] == size, "pretrain_tokens"].nunique() > 1
+      base = f"{size} at D_p {tokens:.3g}" if several else size
       for law in CURVE_LAWS:
         if len(curve) > len(laws.get_law(law).params):
           record = fit_frame(curve, law, d="d_f", y="test_loss", delta=delta, holdout="largest_d")
-          fits.append({"task": task, "method": method, "x": None, "base": size, **record})
+          fits.append({"task": task, "method": method, "x": None, "base": base, **record})
   return fits
+
+
+# Factors of the base: a law over one is fitted with the other held fixed.
+BASE_AXES = ("non_embedding_params", "pretrain_tokens")
+
+
+def _along(group: pd.DataFrame, axis: str) -> pd.DataFrame:
+  """The points that vary only `axis` among the base's factors: over N, the bases of one D_p; over
+  D_p, the checkpoints of one N (each time the value that leaves the most distinct points, the
+  largest on ties)."""
+  if axis not in BASE_AXES:
+    return group
+  other = next(a for a in BASE_AXES if a != axis)
+  slices = [part for _, part in group.groupby(other, dropna=False)][::-1]  # Ties: the largest value.
+  return max(slices, key=lambda part: part[axis].nunique())
 
 
 def _holdout(points: pd.DataFrame, axis: str, law: str) -> str | None:

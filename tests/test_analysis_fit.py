@@ -65,3 +65,31 @@ def test_diverged_runs_are_excluded_with_a_warning():
   with pytest.warns(UserWarning, match=r"excluded 2 runs with a non-finite test loss: \['ft-1', 'ft-3'\]"):
     points = fit_lib.finetune_points(table)
   assert list(points["d_f"]) == [8, 32] and list(points["test_loss"]) == [2.0, 1.5]
+
+
+def _law_table(extra_budgets: bool, tokens_known: bool = True) -> pd.DataFrame:
+  """Fine-tunes of three bases (and, if asked, the middle one at two smaller D_p, worse by 1 nat)
+  whose test loss follows L = 50 N^-0.3 D_f^-0.2 + 1.5 exactly at the final D_p."""
+  rows = []
+  bases = [(n, 3e11, 0.0) for n in (1e5, 4e5, 1.6e6)]
+  if extra_budgets:
+    bases += [(4e5, 1e11, 1.0), (4e5, 2e11, 0.5)]
+  for n, tokens, worse in bases:
+    for d_f in (100, 200, 400, 800):
+      rows.append({"kind": "finetune", "id": f"{n}-{tokens}-{d_f}", "task": "t", "method": "full", "size": {1e5: "small", 4e5: "mid", 1.6e6: "large"}[n],
+                   "non_embedding_params": n, "pretrain_tokens": tokens if tokens_known else None,
+                   "trainable_params": 1000, "d_f": d_f, "seed": 0,
+                   "metrics.test_loss": 50 * n ** -0.3 * d_f ** -0.2 + 1.5 + worse})
+  return pd.DataFrame(rows)
+
+
+def test_law_over_n_holds_d_p_fixed_and_curves_are_per_base():
+  fits = fit_lib.fit_study(_law_table(extra_budgets=True), bootstrap=0)
+  over_n = next(f for f in fits if f["law"] == "multiplicative" and f["x"] == "non_embedding_params")
+  assert over_n["num_points"] == 12 and over_n["params"]["alpha"] == pytest.approx(0.3, abs=1e-3)
+  over_dp = next(f for f in fits if f["law"] == "multiplicative" and f["x"] == "pretrain_tokens")
+  assert over_dp["num_points"] == 12  # The middle base's three budgets.
+  curves = {f["base"] for f in fits if f["x"] is None and f["law"] == "single"}
+  assert curves == {"small", "large", "mid at D_p 1e+11", "mid at D_p 2e+11", "mid at D_p 3e+11"}
+  # Imported bases that do not say their D_p still make points.
+  assert len(fit_lib.finetune_points(_law_table(extra_budgets=False, tokens_known=False))) == 12
