@@ -50,9 +50,14 @@ def finetune_points(table: pd.DataFrame) -> pd.DataFrame:
                   stacklevel=2)
     ft = ft[~bad]
   keys = ["task", "method", "size", *X_AXES, "d_f"]
-  return (ft.groupby(keys, as_index=False, dropna=False)  # An imported base may not say its D_p.
-          .agg(test_loss=("metrics.test_loss", "mean"), seeds=("seed", "count"))
-          .sort_values(keys, ignore_index=True))
+  points = (ft.groupby(keys, as_index=False, dropna=False)  # An imported base may not say its D_p.
+            .agg(test_loss=("metrics.test_loss", "mean"), seeds=("seed", "count"))
+            .sort_values(keys, ignore_index=True))
+  # A base is a size at a D_p: a size pretrained (or checkpointed) at several D_p is several bases.
+  several = points.groupby("size")["pretrain_tokens"].transform("nunique") > 1
+  points["base"] = [f"{s} at D_p {t:.3g}" if many else s
+                    for s, t, many in zip(points["size"], points["pretrain_tokens"], several)]
+  return points
 
 
 def fit_study(table: pd.DataFrame, delta: float = 1e-3, bootstrap: int = 200) -> list[dict]:
@@ -71,10 +76,7 @@ def fit_study(table: pd.DataFrame, delta: float = 1e-3, bootstrap: int = 200) ->
         record = fit_frame(points, law, d="d_f", y="test_loss", x=axis, delta=delta, bootstrap=bootstrap,
                            holdout=holdout)
         fits.append({"task": task, "method": method, "x": axis, "base": None, **record})
-    for (size, tokens), curve in group.groupby(["size", "pretrain_tokens"], dropna=False):
-      # A curve per base: a size pretrained (or checkpointed) at several D_p is several bases.
-      several = group.loc[group["size"] == size, "pretrain_tokens"].nunique() > 1
-      base = f"{size} at D_p {tokens:.3g}" if several else size
+    for base, curve in group.groupby("base"):
       for law in CURVE_LAWS:
         if len(curve) > len(laws.get_law(law).params):
           record = fit_frame(curve, law, d="d_f", y="test_loss", delta=delta, holdout="largest_d")

@@ -11,6 +11,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from etils import epath  # noqa: E402
 
+from scaling import grid as grid_lib  # noqa: E402
 from scaling import laws  # noqa: E402
 
 X_LABELS = {"non_embedding_params": "base non-embedding parameters", "pretrain_tokens": "pretraining tokens",
@@ -92,12 +93,12 @@ def plot_residuals(points: pd.DataFrame, fits: list[dict], path: epath.Path) -> 
 def plot_curves(points: pd.DataFrame, fits: list[dict], path: epath.Path) -> None:
   """Each base model's loss against D_f with the single-factor (dashed) and rectified (solid) fits."""
   fig, ax = plt.subplots(figsize=(6.4, 4.4))
-  sizes = points.drop_duplicates("size").sort_values("non_embedding_params")["size"].tolist()
-  colours = dict(zip(sizes, plt.cm.viridis(np.linspace(0.0, 0.85, len(sizes)))))
+  bases = points.sort_values(["non_embedding_params", "pretrain_tokens"]).drop_duplicates("base")["base"].tolist()
+  colours = dict(zip(bases, plt.cm.viridis(np.linspace(0.0, 0.85, len(bases)))))
   grid = np.geomspace(points["d_f"].min() * 0.8, points["d_f"].max() * 1.25, 100)
-  for size in sizes:
-    mine = points[points["size"] == size]
-    ax.scatter(mine["d_f"], mine["test_loss"], color=colours[size], label=size, zorder=3)
+  for base in bases:
+    mine = points[points["base"] == base]
+    ax.scatter(mine["d_f"], mine["test_loss"], color=colours[base], label=base, zorder=3)
   for fit in fits:
     law = laws.get_law(fit["law"])
     ax.plot(grid, law.predict(_theta(law, fit), None, grid), color=colours[fit["base"]],
@@ -164,9 +165,11 @@ def write_report(table: pd.DataFrame, points: pd.DataFrame, fits: list[dict], ou
   for (task, method), group in ft.groupby(["task", "method"], sort=False):
     cols = [c for c in RUN_COLUMNS if c in group]
     lines += [f"### {task} / {method}", "", markdown_table(group[cols].rename(columns=RUN_COLUMNS)), ""]
-  base = table[table["kind"] == "pretrain"].sort_values("non_embedding_params")
-  base_cols = {"size": "base", "params": "params", "non_embedding_params": "N", "pretrain_tokens": "tokens",
-               "metrics.heldout_loss": "held-out loss", "metrics.cloze_knowledge": "cloze knowledge"}
+  base = table[table["kind"].isin(grid_lib.BASE_KINDS)].sort_values(["non_embedding_params", "pretrain_tokens"])
+  base_cols = {"size": "base", "kind": "kind", "params": "params", "non_embedding_params": "N",
+               "pretrain_tokens": "tokens", "metrics.heldout_loss": "held-out loss",
+               "metrics.cloze_knowledge": "cloze knowledge"}
+  base_cols = {k: v for k, v in base_cols.items() if k in base}  # Real corpora have no cloze probes.
   lines += ["## Base models", "", markdown_table(base[list(base_cols)].rename(columns=base_cols)), ""]
   path = out / "report.md"
   path.write_text("\n".join(lines))
