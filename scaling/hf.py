@@ -21,7 +21,7 @@ import jax
 import ml_dtypes
 import numpy as np
 from etils import epath
-from flax import nnx
+from flax import nnx, traverse_util
 
 from scaling import mesh as mesh_lib
 from scaling import model as model_lib
@@ -305,19 +305,6 @@ def content_id(path: str | epath.Path) -> str:
 
 # --- Import ----------------------------------------------------------------------------------------
 
-def _paths(tree: dict, prefix: Path = ()) -> dict[Path, object]:
-  out = {}
-  for key, value in tree.items():
-    out.update(_paths(value, prefix + (key,)) if isinstance(value, dict) else {prefix + (key,): value})
-  return out
-
-
-def _set(tree: dict, path: Path, value) -> None:
-  for key in path[:-1]:
-    tree = tree[key]
-  tree[path[-1]] = value
-
-
 def _dotted(path: Path) -> str:
   return ".".join(map(str, path))
 
@@ -331,8 +318,8 @@ def read_params(path: str | epath.Path, cfg: model_lib.ModelConfig, shardings: d
   if extra:
     raise ValueError(f"{path}: tensor {extra[0]} is not part of a {kind} model with this config.json "
                      f"({len(extra)} such tensors); is config.json the one written with these weights?")
-  params: dict = jax.tree.map(lambda _: None, shardings)
-  for ours, sharding in _paths(shardings).items():
+  params = {}
+  for ours, sharding in traverse_util.flatten_dict(shardings).items():
     slot = slots[ours]
     if slot.name not in tensors:
       raise ValueError(f"{path}: tensor {slot.name} is missing; a {kind} model with this config.json needs it "
@@ -342,9 +329,8 @@ def read_params(path: str | epath.Path, cfg: model_lib.ModelConfig, shardings: d
       raise ValueError(f"{path}: tensor {slot.name} has shape {list(stored.shape)}; this config.json needs "
                        f"{list(slot.shape)}")
     x = slot.view(stored)
-    _set(params, ours, jax.make_array_from_callback(
-        x.shape, sharding, lambda index, x=x: np.asarray(x[index], np.float32)))
-  return params
+    params[ours] = jax.make_array_from_callback(x.shape, sharding, lambda index, x=x: np.asarray(x[index], np.float32))
+  return traverse_util.unflatten_dict(params)
 
 
 def _single_device_mesh() -> jax.sharding.Mesh:
