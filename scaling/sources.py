@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping
 import numpy as np
 from etils import epath
 
-from scaling import evaluate
+from scaling import evaluate, hf
 from scaling.data import shakespeare, tfds_text, tfds_world, tokenizer
 from scaling.data import world as world_lib
 
@@ -109,11 +109,11 @@ class Sources:
     """Builds the datasets and tokenizer these sources read (one host does this before the others read)."""
     uses = {x for x in (self.corpus_spec, self.tokenizer_spec, *tasks) if isinstance(x, str)}
     if "world" in uses or any(is_world_task(t) for t in tasks):
-      self._world_builder
+      _ = self._world_builder  # Built on first use.
     if uses & {"shakespeare", SHAKESPEARE_TASK}:
       shakespeare.prepare(self.data_dir, "corpus")
       shakespeare.prepare(self.data_dir, "play")
-    self.tok
+    _ = self.tok  # Shakespeare's is trained on first use.
 
   @functools.cached_property
   def tok(self) -> tokenizer.TextTokenizer:
@@ -124,8 +124,6 @@ class Sources:
     if spec == "shakespeare":
       folder = epath.Path(self.data_dir) / "shakespeare_tokenizer"
       return tokenizer.from_tokenizers(shakespeare.train_tokenizer(str(folder), SHAKESPEARE_TOKENIZER_SIZE))
-    from scaling import hf  # transformers: only for folders.
-
     return tokenizer.from_transformers(hf.tokenizer(spec))
 
   @functools.cached_property
