@@ -72,7 +72,7 @@ def _study(root, data_dir, **overrides):
             "heldout": "validation"}
   return tiny_study(**{"model.sizes": (), "data": {"corpus": corpus},
                        "model.checkpoints": ({"name": "small", "path": str(root / "small"), "pretrain_tokens": 1e6},
-                                             {"name": "large", "path": str(root / "large"), "pretrain_tokens": 2e6}),
+                                             {"name": "large", "path": str(root / "large"), "pretrain_tokens": 1e6}),
                        "finetune.tasks": (task,), "finetune.d_f": (8, 16, 32, 64), "finetune.train.max_steps": 10,
                        **overrides})
 
