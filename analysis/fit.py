@@ -6,9 +6,11 @@
 
 For a study, the fine-tuned test loss of every (task, method), averaged over seeds, is fitted by
 the multiplicative law L(X, D_f) = A * X^-alpha * D_f^-beta + E and the additive law beside it,
-for each factor X the study varies (base non-embedding parameters N, pretraining tokens, trainable
-parameters); and each base model's curve over D_f by the single-factor and rectified laws. Every
-fit reports held-out errors (the largest X, or the largest D_f, held out) and leave-one-out error.
+for each factor X the study varies (base non-embedding parameters N at one D_p, pretraining
+tokens D_p at one N, trainable parameters P where a base has several); and each base's curve over
+D_f (a base: a size at a D_p) by the single-factor and rectified laws. Every fit reports held-out
+errors (the largest X held out, or the largest D_f where two values of X are too few) and
+leave-one-out error.
 For a CSV, `--d` is the data column, `--x` the other scaling factor (omit it for a single-factor
 law) and `--y` the loss; `fit_frame` does the same for a pandas DataFrame in your own scripts.
 """
@@ -65,8 +67,8 @@ def fit_study(table: pd.DataFrame, delta: float = 1e-3, bootstrap: int = 200) ->
   the single-factor laws per base model's D_f curve; each with held-out errors."""
   fits = []
   for (task, method), group in finetune_points(table).groupby(["task", "method"]):
-    for axis in [a for a in X_AXES if group[a].nunique() > 1]:
-      points = _along(group, axis).groupby([axis, "d_f"], as_index=False)["test_loss"].mean()
+    for axis in varied_axes(group):
+      points = law_points(group, axis)
       for law in JOINT_LAWS:
         holdout = _holdout(points, axis, law)
         if holdout is None:
@@ -88,15 +90,24 @@ def fit_study(table: pd.DataFrame, delta: float = 1e-3, bootstrap: int = 200) ->
 BASE_AXES = ("non_embedding_params", "pretrain_tokens")
 
 
-def _along(group: pd.DataFrame, axis: str) -> pd.DataFrame:
-  """The points that vary only `axis` among the base's factors: over N, the bases of one D_p; over
-  D_p, the checkpoints of one N (each time the value that leaves the most distinct points, the
-  largest on ties)."""
-  if axis not in BASE_AXES:
-    return group
-  other = next(a for a in BASE_AXES if a != axis)
-  slices = [part for _, part in group.groupby(other, dropna=False)][::-1]  # Ties: the largest value.
-  return max(slices, key=lambda part: part[axis].nunique())
+def varied_axes(group: pd.DataFrame) -> list[str]:
+  """The factors of X_AXES that a (task, method)'s points vary; P only where it is not a function of
+  N (one P per base: its law would be the law over N, relabelled)."""
+  axes = [a for a in X_AXES if group[a].nunique() > 1]
+  if "trainable_params" in axes and (group.groupby("non_embedding_params")["trainable_params"].nunique() <= 1).all():
+    axes.remove("trainable_params")
+  return axes
+
+
+def law_points(group: pd.DataFrame, axis: str) -> pd.DataFrame:
+  """The (axis, d_f, test_loss) points of a joint law over `axis`, averaged over seeds. Base factors
+  vary one at a time: over N, the bases of one D_p; over D_p, the bases of one N (each time the
+  value that leaves the most distinct points, the largest on ties)."""
+  if axis in BASE_AXES:
+    other = next(a for a in BASE_AXES if a != axis)
+    slices = [part for _, part in group.groupby(other, dropna=False)][::-1]  # Ties: the largest value.
+    group = max(slices, key=lambda part: part[axis].nunique())
+  return group.groupby([axis, "d_f"], as_index=False)["test_loss"].mean()
 
 
 def _holdout(points: pd.DataFrame, axis: str, law: str) -> str | None:

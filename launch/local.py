@@ -24,6 +24,7 @@ USAGE = "python -m launch.local --config CONFIG.py --workdir DIR [--config.a.b=v
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Study config file (get_config()).", lock_config=False)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where runs, results and the report go (local or gs://).")
 _ANALYSE = flags.DEFINE_bool("analyse", True, "Fit the laws and write the report after the runs.")
+_BOOTSTRAP = flags.DEFINE_integer("bootstrap", 200, "Bootstrap replicates of each joint law's intervals.", lower_bound=1)
 
 
 def execute_all(runs: list[grid.Run], workdir: epath.Path) -> tuple[int, int]:
@@ -66,7 +67,7 @@ def main(argv) -> None:
   print(f"runs: {executed} executed, {skipped} already done ({time.time() - t0:.1f}s)", flush=True)
   if _ANALYSE.value:
     from analysis import fit as fit_lib  # Imported late: the runs do not need it.
-    fit_lib.fit_and_report(workdir)
+    fit_lib.fit_and_report(workdir, bootstrap=_BOOTSTRAP.value)
   print(f"total {time.time() - t0:.1f}s", flush=True)
 
 

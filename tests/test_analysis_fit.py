@@ -84,12 +84,13 @@ def _law_table(extra_budgets: bool, tokens_known: bool = True) -> pd.DataFrame:
 
 
 def test_law_over_n_holds_d_p_fixed_and_curves_are_per_base():
-  fits = fit_lib.fit_study(_law_table(extra_budgets=True), bootstrap=0)
-  over_n = next(f for f in fits if f["law"] == "multiplicative" and f["x"] == "non_embedding_params")
-  assert over_n["num_points"] == 12 and over_n["params"]["alpha"] == pytest.approx(0.3, abs=1e-3)
-  over_dp = next(f for f in fits if f["law"] == "multiplicative" and f["x"] == "pretrain_tokens")
-  assert over_dp["num_points"] == 12  # The middle base's three budgets.
-  curves = {f["base"] for f in fits if f["x"] is None and f["law"] == "single"}
-  assert curves == {"small", "large", "mid at D_p 1e+11", "mid at D_p 2e+11", "mid at D_p 3e+11"}
+  points = fit_lib.finetune_points(_law_table(extra_budgets=True))
+  assert fit_lib.varied_axes(points) == ["non_embedding_params", "pretrain_tokens"]  # P is one per base here.
+  over_n = fit_lib.law_points(points, "non_embedding_params")
+  exact = 50 * over_n["non_embedding_params"] ** -0.3 * over_n["d_f"] ** -0.2 + 1.5
+  assert len(over_n) == 12 and np.allclose(over_n["test_loss"], exact)  # The final D_p only, not a mean.
+  over_dp = fit_lib.law_points(points, "pretrain_tokens")
+  assert len(over_dp) == 12 and set(over_dp["pretrain_tokens"]) == {1e11, 2e11, 3e11}  # The middle base's.
+  assert set(points["base"]) == {"small", "large", "mid at D_p 1e+11", "mid at D_p 2e+11", "mid at D_p 3e+11"}
   # Imported bases that do not say their D_p still make points.
   assert len(fit_lib.finetune_points(_law_table(extra_budgets=False, tokens_known=False))) == 12

@@ -29,7 +29,7 @@ def test_tiny_study_end_to_end_then_nothing_to_do(tmp_path):
   config = tmp_path / "tiny.py"
   config.write_text(CONFIG.format(tests=os.path.join(ROOT, "tests")))
   workdir = tmp_path / "w"
-  first = _launch(config, workdir)
+  first = _launch(config, workdir, "--bootstrap=50")  # Fewer replicates than a study's 200: test time.
   assert first.returncode == 0, first.stderr[-3000:]
   assert "12 runs" in first.stdout and "runs: 12 executed, 0 already done" in first.stdout
   assert "alpha=" in first.stdout and "report: " in first.stdout
@@ -62,7 +62,7 @@ def test_tiny_study_end_to_end_then_nothing_to_do(tmp_path):
       assert {"test_loss", "knowledge", "behaviour", "heldout_loss", "base_heldout_loss"} <= set(result["metrics"])
 
   mtimes = {p: p.stat().st_mtime_ns for p in workdir.glob("runs/*/result.json")}
-  second = _launch(config, workdir, "--config.finetune.train.log_every=5")
+  second = _launch(config, workdir, "--config.finetune.train.log_every=5", "--bootstrap=50")
   assert second.returncode == 0, second.stderr[-3000:]
   assert "runs: 0 executed, 12 already done" in second.stdout
   assert mtimes == {p: p.stat().st_mtime_ns for p in workdir.glob("runs/*/result.json")}
