@@ -148,11 +148,6 @@ def _two_loop(g, S, Y, rho, count, slot):
   return -z
 
 
-# The fitter is compute-bound: it keeps XLA's full optimisation even where a process asks for
-# cheap compiles (the test suite does).
-OPTIMISED = {"xla_backend_optimization_level": 3, "xla_llvm_disable_expensive_passes": False}
-
-
 @functools.lru_cache(maxsize=None)
 def _lbfgs(law: Law, delta: float, iters: int, ftol: float, gtol: float, dtype: str, memory: int = 10):
   """Jitted (init, run): `iters` L-BFGS iterations on every active lane at once.
@@ -216,15 +211,13 @@ def _lbfgs(law: Law, delta: float, iters: int, ftol: float, gtol: float, dtype: 
             "rho": jnp.zeros((lanes, memory), dtype), "count": jnp.zeros(lanes, jnp.int32),
             "slot": jnp.zeros(lanes, jnp.int32), "active": jnp.isfinite(f)}
 
-  return (jax.jit(init, compiler_options=OPTIMISED),
-          jax.jit(lambda st, data: jax.lax.fori_loop(0, iters, lambda _, s: step(s, data), st),
-                  compiler_options=OPTIMISED))
+  return jax.jit(init), jax.jit(lambda st, data: jax.lax.fori_loop(0, iters, lambda _, s: step(s, data), st))
 
 
 @functools.lru_cache(maxsize=None)
 def _values(law: Law, delta: float):
   """Jitted objective of every lane."""
-  return jax.jit(jax.vmap(lambda theta, lane: objective(law, theta, *lane, delta)), compiler_options=OPTIMISED)
+  return jax.jit(jax.vmap(lambda theta, lane: objective(law, theta, *lane, delta)))
 
 
 def _bucket(n: int) -> int:
