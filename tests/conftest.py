@@ -23,21 +23,10 @@ run_lib.setup_runtime()  # The persistent compilation cache, shared by the test 
 TINY_WORLD = world_lib.WorldConfig(seed=0, num_people=40, bio_renderings=2, heldout_renderings=1)
 
 
-# The longest files, longest first (cold suite, Nov 2026): each worker starts on one of them.
-LONGEST = ("test_launch_local.py", "test_run_multihost.py", "test_laws.py", "test_kinds_eft.py", "test_run.py",
-           "test_train.py", "test_kinds_checkpoint.py")
-
-
 def pytest_collection_modifyitems(items):
-  """The longest files first, then other files with slow tests: two workers then end together
-  instead of one waiting on a long file that started late."""
+  """Files with slow tests first: two workers then end together instead of waiting on a late one."""
   slow = {item.path for item in items if item.get_closest_marker("slow")}
-
-  def rank(item) -> tuple[int, bool]:
-    name = item.path.name
-    return (LONGEST.index(name) if name in LONGEST else len(LONGEST), item.path not in slow)
-
-  items.sort(key=rank)  # Stable: a file's tests stay together, in order.
+  items.sort(key=lambda item: item.path not in slow)  # Stable: a file's tests stay together, in order.
 
 
 @pytest.fixture(scope="session")
