@@ -148,6 +148,11 @@ def _two_loop(g, S, Y, rho, count, slot):
   return -z
 
 
+# The fitter is compute-bound: it keeps XLA's full optimisation even where a process asks for
+# cheap compiles (the test suite does).
+OPTIMISED = {"xla_backend_optimization_level": 3, "xla_llvm_disable_expensive_passes": False}
+
+
 @functools.lru_cache(maxsize=None)
 def _lbfgs(law: Law, delta: float, iters: int, ftol: float, gtol: float, dtype: str, memory: int = 10):
   """Jitted (init, run): `iters` L-BFGS iterations on every active lane at once.
@@ -211,18 +216,31 @@ def _lbfgs(law: Law, delta: float, iters: int, ftol: float, gtol: float, dtype: 
             "rho": jnp.zeros((lanes, memory), dtype), "count": jnp.zeros(lanes, jnp.int32),
             "slot": jnp.zeros(lanes, jnp.int32), "active": jnp.isfinite(f)}
 
-  return jax.jit(init), jax.jit(lambda st, data: jax.lax.fori_loop(0, iters, lambda _, s: step(s, data), st))
+  return (jax.jit(init, compiler_options=OPTIMISED),
+          jax.jit(lambda st, data: jax.lax.fori_loop(0, iters, lambda _, s: step(s, data), st),
+                  compiler_options=OPTIMISED))
 
 
-@functools.lru_cache(maxsize=None)
-def _values(law: Law, delta: float):
-  """Jitted objective of every lane."""
-  return jax.jit(jax.vmap(lambda theta, lane: objective(law, theta, *lane, delta)))
+# The lane counts that compile, by dtype. The float32 search runs a large set in blocks of 512 and
+# its last few lanes in a block of 64; the float64 polish (a few lanes per dataset) in blocks of 64.
+_BLOCKS = {"float32": (64, 512), "float64": (64,)}
+_POLISH = {"ftol": 0.0, "gtol": 1e-12, "dtype": "float64"}
 
 
-def _bucket(n: int) -> int:
-  """Padded lane count, a power of two (at least 64), so that few shapes ever compile."""
-  return max(64, 1 << int(np.ceil(np.log2(max(n, 1)))))
+def _by_blocks(fn: Callable, sizes: tuple[int, ...], *args):
+  """fn over lanes (the leading axis of every array in args) in blocks of the given sizes.
+
+  A fit compiles a handful of programs whatever its number of starts and datasets; on a CPU a
+  block of 512 lanes runs as fast per lane as one batch of all of them.
+  """
+  n = len(jax.tree.leaves(args)[0])
+  outs = []
+  for start in range(0, n, sizes[-1]):
+    size = next(s for s in sizes if s >= min(n - start, sizes[-1]))
+    pick = np.minimum(np.arange(start, start + size), n - 1)  # Padded with copies of the last lane.
+    out = jax.device_get(fn(*jax.tree.map(lambda a: a[pick], args)))
+    outs.append(jax.tree.map(lambda a: a[: n - start], out))
+  return jax.tree.map(lambda *parts: np.concatenate(parts), *outs)
 
 
 def _minimize_lanes(law: Law, x0: np.ndarray, data: tuple[np.ndarray, ...], delta: float, max_iter: int,
@@ -232,20 +250,11 @@ def _minimize_lanes(law: Law, x0: np.ndarray, data: tuple[np.ndarray, ...], delt
   init, run = _lbfgs(law, delta, chunk, ftol, gtol, dtype)
   x, f, g = np.array(x0, np.float64), np.full(len(x0), np.inf), np.zeros(len(x0))
   data = tuple(np.asarray(a, dtype) for a in data)
-  # Start at a power of two, or a multiple of 1024 for big grids: few shapes, little padding.
-  size = _bucket(len(x0)) if len(x0) <= 1024 else -(-len(x0) // 1024) * 1024
+  state = _by_blocks(init, _BLOCKS[dtype][-1:], np.asarray(x0, dtype), data)  # Once: one block size.
   lanes, done = np.arange(len(x0)), 0
-  pick = np.concatenate([lanes, np.zeros(size - len(lanes), np.int64)])  # Pad with copies of lane 0.
-  state = jax.device_get(init(jnp.asarray(x0[pick], dtype), tuple(jnp.asarray(a[pick]) for a in data)))
-  state = {k: v[: len(lanes)] for k, v in state.items()}
   while len(lanes) and done < max_iter:
-    size = min(size, _bucket(len(lanes)))
-    pick = np.concatenate([np.arange(len(lanes)), np.zeros(size - len(lanes), np.int64)])  # Pad with lane 0.
-    sub = {k: v[pick] for k, v in state.items()}
-    sub["active"] = sub["active"] & (np.arange(size) < len(lanes))
-    sub = jax.device_get(run(sub, tuple(jnp.asarray(a[lanes[pick]]) for a in data)))
+    state = _by_blocks(run, _BLOCKS[dtype], state, tuple(a[lanes] for a in data))
     done += chunk
-    state = {k: v[: len(lanes)] for k, v in sub.items()}
     out = ~state["active"] | (done >= max_iter)
     x[lanes[out]], f[lanes[out]] = state["x"][out], state["f"][out]
     g[lanes[out]] = np.abs(state["g"][out]).max(-1)
@@ -274,15 +283,16 @@ def fit_many(law: Law, starts: np.ndarray, log_x: np.ndarray, log_d: np.ndarray,
     # The search runs in float32 (twice the throughput); the best optima are polished in float64.
     theta, value, grad = _minimize_lanes(law, np.tile(starts, (r, 1)), lane_data, delta, max_iter, ftol, gtol,
                                          "float32" if polish else "float64")
-    if polish:  # Exact float64 objectives of the float32 optima: what is ranked and reported.
-      value = np.asarray(_values(law, delta)(jnp.asarray(theta), tuple(jnp.asarray(a) for a in lane_data)))
+    if polish:  # Exact float64 objectives of the float32 optima (the polish's first evaluation).
+      init = _lbfgs(law, delta, 10, **_POLISH)[0]
+      value = _by_blocks(init, _BLOCKS["float64"], theta, lane_data)["f"]
       value = np.where(np.isfinite(value), value, np.inf)
     theta, value, grad = theta.reshape(r, s, -1), value.reshape(r, s), grad.reshape(r, s)
     if polish:
       best = np.argsort(value, axis=1)[:, :polish]
       rows = np.repeat(np.arange(r), best.shape[1])
       x0 = theta[rows, best.ravel()]
-      pol = _minimize_lanes(law, x0, tuple(a[rows] for a in data), delta, 5 * max_iter, 0.0, 1e-12)
+      pol = _minimize_lanes(law, x0, tuple(a[rows] for a in data), delta, 5 * max_iter, **_POLISH)
       better = pol[1] < value[rows, best.ravel()]
       for arr, new in zip((theta, value, grad), pol):
         arr[rows[better], best.ravel()[better]] = new[better]

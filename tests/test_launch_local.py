@@ -67,6 +67,9 @@ def test_tiny_study_end_to_end_then_nothing_to_do(tmp_path):
   assert "runs: 0 executed, 12 already done" in second.stdout
   assert mtimes == {p: p.stat().st_mtime_ns for p in workdir.glob("runs/*/result.json")}
 
-  refit = subprocess.run([sys.executable, "-m", "analysis.fit", "--workdir", str(workdir)], cwd=ROOT,
+  # The same settings: the CLI prints the report's fits without fitting again.
+  fitted = (workdir / "report" / "fits.json").stat().st_mtime_ns
+  refit = subprocess.run([sys.executable, "-m", "analysis.fit", "--workdir", str(workdir), "--bootstrap=50"], cwd=ROOT,
                          env={**os.environ, "PYTHONPATH": ROOT}, capture_output=True, text=True)
   assert refit.returncode == 0 and "qa/full over non_embedding_params: L = " in refit.stdout
+  assert (workdir / "report" / "fits.json").stat().st_mtime_ns == fitted
