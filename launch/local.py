@@ -18,7 +18,7 @@ from ml_collections import config_flags
 
 from launch import cli
 from launch.plan import write_plan
-from scaling import grid, results, run as run_lib, study as study_lib
+from scaling import grid, results, run as run_lib, study as study_lib, timing
 
 USAGE = "python -m launch.local --config CONFIG.py --workdir DIR [--config.a.b=value]"
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Study config file (get_config()).", lock_config=False)
@@ -28,21 +28,20 @@ _BOOTSTRAP = flags.DEFINE_integer("bootstrap", 200, "Bootstrap replicates of eac
 
 
 def execute_all(runs: list[grid.Run], workdir: epath.Path) -> tuple[int, int]:
-  """Executes runs in order, skipping finished ones; returns (executed, skipped)."""
-  executed = skipped = 0
-  for i, r in enumerate(runs):
-    if results.read_result(workdir / "runs" / r.id) is not None:
-      skipped += 1
-      continue
-    missing = [d for d in r.deps if results.read_result(workdir / "runs" / d) is None]
+  """Executes runs in order (in packs where their kind packs them), skipping finished ones;
+  returns (executed, skipped)."""
+  pending = [r for r in runs if results.read_result(workdir / "runs" / r.id) is None]
+  position = {r.id: i + 1 for i, r in enumerate(runs)}
+  for group in run_lib.packs(pending):
+    missing = [d for r in group for d in r.deps if results.read_result(workdir / "runs" / d) is None]
     if missing:
-      raise RuntimeError(f"run {r.id} depends on unfinished runs {missing}")
-    t0 = time.time()
-    record = run_lib.execute(r, workdir)
-    executed += 1
-    shown = {k: round(v, 4) for k, v in record["metrics"].items() if not k.startswith(("base_", "delta_"))}
-    print(f"[{i + 1}/{len(runs)}] {r.id} ({time.time() - t0:.1f}s): {shown}", flush=True)
-  return executed, skipped
+      raise RuntimeError(f"runs {[r.id for r in group]} depend on unfinished runs {missing}")
+    records = run_lib.execute_pack(group, workdir)
+    for r, record in zip(group, records):
+      shown = {k: round(v, 4) for k, v in record["metrics"].items() if not k.startswith(("base_", "delta_"))}
+      packed = f", {len(group)} packed" if len(group) > 1 else ""
+      print(f"[{position[r.id]}/{len(runs)}] {r.id} ({record['seconds']:.1f}s{packed}): {shown}", flush=True)
+  return len(pending), len(runs) - len(pending)
 
 
 def main(argv) -> None:
@@ -67,8 +66,9 @@ def main(argv) -> None:
   print(f"runs: {executed} executed, {skipped} already done ({time.time() - t0:.1f}s)", flush=True)
   if _ANALYSE.value:
     from analysis import fit as fit_lib  # Imported late: the runs do not need it.
-    fit_lib.fit_and_report(workdir, bootstrap=_BOOTSTRAP.value)
-  print(f"total {time.time() - t0:.1f}s", flush=True)
+    with timing.phase("fitting and report"):
+      fit_lib.fit_and_report(workdir, bootstrap=_BOOTSTRAP.value)
+  print(timing.summary(time.time() - t0), flush=True)
 
 
 if __name__ == "__main__":

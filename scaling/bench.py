@@ -5,6 +5,7 @@
     python -m scaling.bench methods [--size d128l4] [--methods full,lora,prompt,reft,svf] [--seq 256] [--batch 8]
     python -m scaling.bench laws [--points 40] [--bootstrap 1000]
     python -m scaling.bench eft [--workdir runs/smoke] [--n1 SIZE] [--n2 SIZE] [--k 4] [--tokens 48]
+    python -m scaling.bench grid [--workdir runs/smoke] [--lanes 8] [--sizes d32l2,d64l2]
 
 `train`: for each ladder size, our training step (`scaling.train.jit_step` over the Flax model,
 sharded by `scaling.mesh` over every local device, data-parallel) and a plain-JAX reference step
@@ -33,13 +34,20 @@ with plain EFT decoding (three models, one cached step each per token) and with 
 decoding (the small fine-tune drafts k tokens, the three models check them in one pass each);
 greedy, so both must produce the same tokens. Prints tokens per second, the acceptance rate,
 large-model passes per generated token and the speed-up, at batch 1 and 32.
+
+`grid`: the fine-tunes of a finished study (bases, data and plan reused; every run trained again
+in a scratch folder), one by one and then packed as lanes of one program (`scaling.pack`), each
+after an untimed pass that compiles its programs: runs per hour of both, the speed-up, and the
+largest relative difference of any metric between a run trained alone and packed.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import json
+import os
 import statistics
 import sys
 import time
@@ -393,6 +401,55 @@ def bench_eft(workdir: str, n1: str | None, n2: str | None, d_f: int | None, k: 
   return rows
 
 
+def bench_grid(workdir: str, lanes: int, sizes: tuple[str, ...] = ()) -> list[tuple[str, str]]:
+  """Rows of the packing benchmark: a finished study's fine-tunes, one by one and packed."""
+  import shutil
+  import tempfile
+
+  from scaling import grid, results
+  from scaling import run as run_lib
+  from scaling.kinds import finetune
+
+  root = epath.Path(workdir)
+  specs = sorted((root / "runs").glob("*/spec.json")) if (root / "runs").exists() else []
+  runs = [grid.Run.from_json(json.loads(p.read_text())) for p in specs]
+  bases = {r.id: r for r in runs if r.kind in grid.BASE_KINDS and results.read_result(root / "runs" / r.id)}
+  tunes = [r for r in runs if r.kind == "finetune" and r.config["base"] in bases
+           and (not sizes or r.config["size"] in sizes)]
+  if not tunes:
+    raise SystemExit(f"no fine-tunes with finished bases in {workdir}: run the study first (make study)")
+  # Runs of a pack are consecutive in a study's plan: here, fine-tunes of one pack key in a row.
+  tunes.sort(key=lambda r: (finetune.pack_key(r), r.config["d_f"], r.config["seed"]))
+
+  def execute_all(mode_lanes: int) -> tuple[float, list[dict]]:
+    """Seconds and records of every fine-tune, in a scratch copy of the workdir's bases and data."""
+    with tempfile.TemporaryDirectory() as scratch:
+      scratch = epath.Path(scratch)
+      for base in {r.config["base"] for r in tunes}:
+        shutil.copytree(root / "runs" / base, scratch / "runs" / base)
+      os.symlink(os.path.abspath(root / "data"), scratch / "data")  # Prepared datasets: read only.
+      mine = [dataclasses.replace(r, execution={**r.execution, "pack": mode_lanes}) for r in tunes]
+      for r in mine:
+        (scratch / "runs" / r.id).mkdir(parents=True)
+      t0 = time.perf_counter()
+      records = [rec for group in run_lib.packs(mine) for rec in run_lib.execute_pack(group, scratch)]
+      return time.perf_counter() - t0, records
+
+  timed = {}
+  for mode in (1, lanes):
+    execute_all(mode)  # Compiles every program of the mode (and fills the persistent cache).
+    timed[mode] = execute_all(mode)
+  (alone_s, alone), (packed_s, packed) = timed[1], timed[lanes]
+  worst = max(abs(b["metrics"][k] - v) / max(abs(v), 1e-12) for a, b in zip(alone, packed)
+              for k, v in a["metrics"].items())
+  per_hour = lambda seconds: len(tunes) * 3600 / seconds
+  return [("fine-tunes", f"{len(tunes)} ({', '.join(sorted({r.config['size'] for r in tunes}))}) of {workdir}"),
+          ("one by one", f"{alone_s:.1f} s, {per_hour(alone_s):,.0f} runs/hour"),
+          (f"packed (up to {lanes} lanes)", f"{packed_s:.1f} s, {per_hour(packed_s):,.0f} runs/hour"),
+          ("speed-up", f"{alone_s / packed_s:.2f}x"),
+          ("largest relative metric difference", f"{worst:.2e}")]
+
+
 def print_table(title: str, rows: list[tuple[str, str]]) -> None:
   width = max(len(k) for k, _ in rows)
   print(title)
@@ -402,7 +459,7 @@ def print_table(title: str, rows: list[tuple[str, str]]) -> None:
 
 def main(argv: list[str] | None = None) -> None:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("which", choices=["train", "methods", "laws", "eft"])
+  parser.add_argument("which", choices=["train", "methods", "laws", "eft", "grid"])
   parser.add_argument("--methods", default="full,lora,prompt,reft,svf", help="methods: methods (default options).")
   parser.add_argument("--size", default="d128l4", help="train: ladder sizes, comma-separated.")
   parser.add_argument("--seq", type=int, default=256, help="train: tokens per sequence.")
@@ -417,7 +474,9 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--json", help="train: also write the rows, every measurement included, to this file.")
   parser.add_argument("--points", type=int, default=40, help="laws: data points.")
   parser.add_argument("--bootstrap", type=int, default=1000, help="laws: bootstrap replicates.")
-  parser.add_argument("--workdir", default="runs/smoke", help="eft: a finished study's workdir.")
+  parser.add_argument("--workdir", default="runs/smoke", help="eft, grid: a finished study's workdir.")
+  parser.add_argument("--lanes", type=int, default=8, help="grid: the most fine-tunes per pack.")
+  parser.add_argument("--sizes", default="", help="grid: only the fine-tunes of these bases, comma-separated.")
   parser.add_argument("--n1", help="eft: the base size (default: the study's largest).")
   parser.add_argument("--n2", help="eft: the fine-tuned size (default: the study's smallest).")
   parser.add_argument("--d-f", type=int, help="eft: the fine-tune's D_f (default: the largest).")
@@ -466,6 +525,9 @@ def main(argv: list[str] | None = None) -> None:
   run_lib.setup_runtime()
   if args.which == "laws":
     print_table(f"laws: additive law, {args.points} points, Hoffmann's grid", bench_laws(args.points, args.bootstrap))
+  elif args.which == "grid":
+    print_table(f"grid: fine-tunes one by one against packed ({jax.devices()[0].platform})",
+                bench_grid(args.workdir, args.lanes, tuple(filter(None, args.sizes.split(",")))))
   else:
     print_table(f"eft: plain against speculative EFT decoding ({jax.devices()[0].platform})",
                 bench_eft(args.workdir, args.n1, args.n2, args.d_f, args.k, args.tokens))

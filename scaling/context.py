@@ -12,12 +12,12 @@ from etils import epath
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from scaling import decode, evaluate, grid, hf, results, train
+from scaling import decode, evaluate, grid, hf, results, timing, train
 from scaling import sources as sources_lib
 from scaling import mesh as mesh_lib
 from scaling import methods as methods_lib
 from scaling import model as model_lib
-from scaling.data import pipeline, tokenizer
+from scaling.data import tokenizer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,7 +54,8 @@ class Context:
 
   def eval_batches(self, source) -> list[dict]:
     """Evaluation batches of a record source (a corpus's or a task's split)."""
-    return pipeline.eval_batches(source, self.tok, self.run.execution["eval_batch_size"])
+    with timing.phase("data"):
+      return self.sources.eval_batches(source, self.run.execution["eval_batch_size"])
 
   def dependency(self, run_id: str) -> dict:
     """The result record of a run this one needs; an error if it has not finished."""
@@ -78,11 +79,12 @@ def context(run: grid.Run, workdir: str | epath.Path) -> Context:
   workdir = results.workdir_path(workdir)
   sources = sources_lib.from_spec(run.config, str(workdir / "data"))
   tasks = (sources_lib.task_of(run.config),) if "task" in run.config else ()
-  if jax.process_count() > 1:  # One host builds the datasets; the others wait, then read them.
-    if jax.process_index() == 0:
-      sources.prepare(tasks)
-    multihost_utils.sync_global_devices(f"data of {run.id}")
-  sources.prepare(tasks)
+  with timing.phase("data"):
+    if jax.process_count() > 1:  # One host builds the datasets; the others wait, then read them.
+      if jax.process_index() == 0:
+        sources.prepare(tasks)
+      multihost_utils.sync_global_devices(f"data of {run.id}")
+    sources.prepare(tasks)
   rules = mesh_lib.parse_rules(run.execution["rules"])
   mesh = mesh_lib.make_mesh(run.execution["mesh_shape"])
   return Context(run, workdir, sources, mesh, rules)
@@ -160,18 +162,20 @@ def task_metrics(ctx: Context, mixture: decode.Mixture, task, log=None) -> dict[
   """Test loss on answer tokens of a task's test split, and the task's own metrics (knowledge and
   behaviour for the world's). `log`, if given, receives each metric as it is measured."""
   test = ctx.eval_batches(ctx.sources.task(task, "test"))
-  metrics = {"test_loss": evaluate.mean_loss(mixture, test)}
-  if log:
-    log(dict(metrics))
-  metrics.update(ctx.sources.task_metrics(task, mixture, test))
-  if log:
-    log(dict(metrics))
+  with timing.phase("evaluation"):
+    metrics = {"test_loss": evaluate.mean_loss(mixture, test)}
+    if log:
+      log(dict(metrics))
+    metrics.update(ctx.sources.task_metrics(task, mixture, test))
+    if log:
+      log(dict(metrics))
   return metrics
 
 
 def retention_metrics(ctx: Context, mixture: decode.Mixture) -> dict[str, float]:
   """Pretraining-corpus held-out loss (and, for the world, cloze knowledge of held-out people)."""
-  return ctx.sources.retention(mixture, ctx.eval_batches)
+  with timing.phase("evaluation"):
+    return ctx.sources.retention(mixture, ctx.eval_batches)
 
 
 def retention_against(ctx: Context, mixture: decode.Mixture, base_metrics: dict) -> dict[str, float]:

@@ -32,7 +32,7 @@ def loss_sums(mixture: decode.Mixture, batch: Mapping[str, jax.Array]):
 
 def mean_loss(mixture: decode.Mixture, batches: Sequence[Mapping]) -> float:
   """Mean loss per scored token over a list of batches."""
-  sums = [loss_sums(mixture, _device_batch(b)) for b in batches]
+  sums = [loss_sums(mixture, device_batch(b)) for b in batches]
   total, count = (float(sum(float(s[i]) for s in sums)) for i in (0, 1))
   return total / max(count, 1.0)
 
@@ -43,7 +43,7 @@ def answer_metrics(mixture: decode.Mixture, batches: Sequence[Mapping], value_id
   attribute followed by the end token, right or wrong."""
   exact, formatted, n = 0.0, 0.0, 0.0
   for batch in batches:
-    device = _device_batch(batch)
+    device = device_batch(batch)
     gen_BxT = mesh_lib.to_host(decode.generate(mixture, device["inputs"], device["prompt_len"], jax.random.key(0),
                                                num_new=max_answer_len + 1))
     for i in np.flatnonzero(batch["valid"]):
@@ -56,7 +56,7 @@ def answer_metrics(mixture: decode.Mixture, batches: Sequence[Mapping], value_id
   return {"knowledge": exact / max(n, 1), "behaviour": formatted / max(n, 1)}
 
 
-def _device_batch(batch: Mapping) -> dict:
+def device_batch(batch: Mapping) -> dict:
   """The batch's model inputs split over the active mesh's batch axes; each host builds its part."""
   keys = ("inputs", "targets", "weights", "prompt_len")
   return mesh_lib.global_batch(lambda part: {k: batch[k][part] for k in keys}, len(batch["inputs"]))

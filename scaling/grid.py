@@ -45,7 +45,8 @@ def expand(study: ml_collections.ConfigDict) -> list[Run]:
   from scaling import kinds  # The kinds build Runs: imported here, not at the top, to avoid a cycle.
 
   execution = json.loads(json.dumps({"mesh_shape": study.mesh.shape.to_dict(), "rules": study.mesh.rules,
-                                     "eval_batch_size": study.eval.batch_size}))  # As spec.json holds it.
+                                     "eval_batch_size": study.eval.batch_size,
+                                     "pack": study.finetune.pack}))  # As spec.json holds it.
   runs: list[Run] = []
   for kind in kinds.KINDS.values():
     runs += kind.cells(study, list(runs), execution)

@@ -112,6 +112,7 @@ def attention_implementation(cfg: ModelConfig) -> Literal["xla", "cudnn"]:
 
 # The size ladder: name -> (d_model, n_layers, n_heads). Widths double every two rungs.
 LADDER: dict[str, tuple[int, int, int]] = {
+    "d16l2": (16, 2, 2),
     "d32l2": (32, 2, 2),
     "d48l2": (48, 2, 2),
     "d64l2": (64, 2, 4),

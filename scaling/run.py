@@ -20,6 +20,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Sequence
 
 import jax
 from absl import logging
@@ -32,17 +33,40 @@ from scaling import mesh as mesh_lib
 
 def execute(run: grid.Run, workdir: str | epath.Path) -> dict:
   """Runs (or resumes) one run and writes its result; returns the result record."""
-  done = results.read_result(epath.Path(workdir) / "runs" / run.id)
-  if done is not None:
-    return done
-  t0 = time.time()
-  ctx = context_lib.context(run, workdir)
-  with mesh_lib.activate(ctx.mesh, ctx.rules):
-    fields = kinds.get(run.kind).execute(ctx)
-  record = {"id": run.id, "kind": run.kind, **fields, "seconds": time.time() - t0, "spec": run.config}
-  if jax.process_index() == 0:
-    results.write_json(ctx.run_dir / results.RESULT, record)
-  return record
+  return execute_pack([run], workdir)[0]
+
+
+def execute_pack(runs: Sequence[grid.Run], workdir: str | epath.Path) -> list[dict]:
+  """Runs (or resumes) runs of one pack (see `packs`) together, writes each result and returns
+  the records; a pack of one is a run alone."""
+  records = {run.id: results.read_result(epath.Path(workdir) / "runs" / run.id) for run in runs}
+  pending = [run for run in runs if records[run.id] is None]
+  if pending:
+    t0 = time.time()
+    ctxs = [context_lib.context(run, workdir) for run in pending]
+    kind = kinds.get(pending[0].kind)
+    with mesh_lib.activate(ctxs[0].mesh, ctxs[0].rules):
+      fields = [kind.execute(ctxs[0])] if len(pending) == 1 else kind.execute_pack(ctxs)
+    seconds = (time.time() - t0) / len(pending)  # A pack's runs share its time.
+    for run, ctx, f in zip(pending, ctxs, fields):
+      records[run.id] = {"id": run.id, "kind": run.kind, **f, "seconds": seconds, "spec": run.config}
+      if jax.process_index() == 0:
+        results.write_json(ctx.run_dir / results.RESULT, records[run.id])
+  return [records[run.id] for run in runs]
+
+
+def packs(runs: Sequence[grid.Run]) -> list[list[grid.Run]]:
+  """The runs in order, in packs: consecutive runs whose kind trains several at once (it has
+  `pack_key` and `execute_pack`) and whose keys are equal, at most `execution["pack"]` of them."""
+  out: list[tuple[object, list[grid.Run]]] = []
+  for run in runs:
+    key_of = getattr(kinds.get(run.kind), "pack_key", None)
+    key = key_of(run) if key_of and run.execution.get("pack", 1) > 1 else None
+    if key is not None and out and out[-1][0] == key and len(out[-1][1]) < run.execution["pack"]:
+      out[-1][1].append(run)
+    else:
+      out.append((key, [run]))
+  return [group for _, group in out]
 
 
 def setup_runtime(cache_dir: str | None = None) -> None:

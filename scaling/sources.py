@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 from collections.abc import Callable, Mapping
 
 import numpy as np
 from etils import epath
 
 from scaling import evaluate, hf
-from scaling.data import shakespeare, tfds_text, tfds_world, tokenizer
+from scaling.data import pipeline, shakespeare, tfds_text, tfds_world, tokenizer
 from scaling.data import world as world_lib
 
 SHAKESPEARE_TASK = "shakespeare_play"
@@ -67,10 +68,20 @@ def _dict_fields(entry: Mapping, fields: tuple[str, ...], where: str) -> dict:
   return entry
 
 
+_OPENED: dict[str, Sources] = {}
+
+
 def from_spec(spec: Mapping, data_dir: str) -> Sources:
-  """The sources of a run's spec: its world, and its corpus and tokenizer where they are not the world's."""
-  return Sources(world_lib.WorldConfig(**spec["world"]), data_dir, spec.get("corpus", "world"),
-                 spec.get("tokenizer", "world"))
+  """The sources of a run's spec: its world, and its corpus and tokenizer where they are not the world's.
+
+  One object per process for equal sources: the runs of a study share its world, tokenizer,
+  record sources and evaluation batches instead of building them again.
+  """
+  args = (spec["world"], data_dir, spec.get("corpus", "world"), spec.get("tokenizer", "world"))
+  key = json.dumps(args, sort_keys=True)
+  if key not in _OPENED:
+    _OPENED[key] = Sources(world_lib.WorldConfig(**args[0]), *args[1:])
+  return _OPENED[key]
 
 
 def task_of(spec: Mapping) -> str | Mapping:
@@ -96,6 +107,20 @@ class Sources:
   data_dir: str
   corpus_spec: str | Mapping = "world"
   tokenizer_spec: str = "world"
+
+  def _memo(self, key: tuple, make: Callable[[], object]):
+    """make(), once per key and object."""
+    memo = self.__dict__.setdefault("_memoised", {})  # Beside cached_property's values.
+    if key not in memo:
+      memo[key] = make()
+    return memo[key]
+
+  def eval_batches(self, source, batch_size: int) -> list[dict]:
+    """Evaluation batches of one of these sources' record sources (made once)."""
+    source_, batches = self._memo(("batches", id(source), batch_size),
+                                  lambda: (source, pipeline.eval_batches(source, self.tok, batch_size)))
+    assert source_ is source, "eval_batches takes the record sources of corpus() and task()"
+    return batches
 
   @functools.cached_property
   def world(self) -> world_lib.World:
@@ -134,6 +159,9 @@ class Sources:
 
   def corpus(self, role: str):
     """Random-access pretraining records (`prompt` empty, `answer` the text) of `train` or `heldout`."""
+    return self._memo(("corpus", role), lambda: self._corpus(role))
+
+  def _corpus(self, role: str):
     spec = self.corpus_spec
     if spec == "world":
       return self._world_builder.as_data_source({"train": "pretrain", "heldout": "pretrain_heldout"}[role])
@@ -148,14 +176,17 @@ class Sources:
     of held-out people). `batches` makes evaluation batches of a record source."""
     out = {"heldout_loss": evaluate.mean_loss(mixture, batches(self.corpus("heldout")))}
     if self.corpus_spec == "world" and self.tokenizer_spec == "world":
-      out["cloze_knowledge"] = self.answer_metrics(mixture, batches(self._world_builder.as_data_source(
-          "cloze_test")))["knowledge"]
+      cloze = self._memo(("cloze",), lambda: self._world_builder.as_data_source("cloze_test"))
+      out["cloze_knowledge"] = self.answer_metrics(mixture, batches(cloze))["knowledge"]
     return out
 
   # --- Tasks ---
 
   def task(self, entry: str | Mapping, role: str):
     """Random-access records (`prompt`, `answer`) of a task's `train`, `dev` or `test` split."""
+    return self._memo(("task", json.dumps(entry, sort_keys=True), role), lambda: self._task(entry, role))
+
+  def _task(self, entry: str | Mapping, role: str):
     if is_world_task(entry):
       return self._world_builder.as_data_source(world_lib.TASKS[entry][role])
     if entry == SHAKESPEARE_TASK:

@@ -40,6 +40,10 @@ def defaults() -> ml_collections.ConfigDict:
       "train": dataclasses.asdict(TrainConfig(seq_len=48, checkpoint_every=500))})
   c.finetune = ml_collections.ConfigDict({
       "tasks": ("qa",), "methods": ("full",), "d_f": (100, 1000), "seeds": (0,),
+      # At most this many fine-tunes of one base, method and task, differing in D_f, seed or
+      # learning rate, train at once as lanes of one program (scaling.pack); 1 trains each alone.
+      # Lanes multiply a step's memory: for large bases on accelerators, set 1.
+      "pack": 8,
       "train": dataclasses.asdict(TrainConfig(seq_len=16, schedule="constant", learning_rate=1e-3,
                                               warmup_steps=10, max_steps=1000, weight_decay=0.0,
                                               eval_every=20, patience=3, checkpoint_every=200))})
@@ -165,6 +169,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> ml_collecti
   _resolve_data(study, checkpoints)
   _positive_ints("pretrain.steps", study.pretrain.steps)
   _positive_ints("finetune.d_f", study.finetune.d_f)
+  _positive_ints("finetune.pack", (study.finetune.pack,))
   if not study.finetune.seeds:
     raise StudyError("finetune.seeds=[]; allowed: a non-empty list of integers")
   specs = method_specs(study)

@@ -24,7 +24,7 @@ from etils import epath
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
-from scaling import decode, evaluate
+from scaling import decode, evaluate, timing
 from scaling import mesh as mesh_lib
 
 
@@ -152,6 +152,7 @@ class MetricsLog:
         f.write(json.dumps(record, sort_keys=True) + "\n")
 
 
+@timing.phase("training")
 def run(*, graphdef: nnx.GraphDef, params: Any, frozen: Mapping, batches, cfg: TrainConfig, run_dir: str,
         mesh: jax.sharding.Mesh, rules: mesh_lib.Rules, dev_batches: Sequence[Mapping] | None = None,
         description: str = "train") -> TrainOutcome:
@@ -171,7 +172,10 @@ def run(*, graphdef: nnx.GraphDef, params: Any, frozen: Mapping, batches, cfg: T
   step_fn = jit_step(graphdef, tx, state_sh, frozen_sh, batch_sh)
   init_opt = jax.jit(tx.init, out_shardings=state_sh["opt"])
   early_stopping = cfg.eval_every > 0 and dev_batches is not None
-  dev_loss = lambda p: evaluate.mean_loss(decode.Mixture.single(graphdef, p, frozen), dev_batches)
+
+  def dev_loss(p):
+    with timing.phase("evaluation"):
+      return evaluate.mean_loss(decode.Mixture.single(graphdef, p, frozen), dev_batches)
 
   # Scalars replicated over the mesh: on several hosts, a host-local array could not be saved.
   scalar = lambda value, dtype: mesh_lib.replicated(np.asarray(value, dtype), mesh)
@@ -218,7 +222,8 @@ def run(*, graphdef: nnx.GraphDef, params: Any, frozen: Mapping, batches, cfg: T
     if early_stopping and step % cfg.eval_every == 0:
       stopped = evaluate_dev(step)
     if step % cfg.checkpoint_every == 0 or stopped or step == cfg.max_steps:
-      manager.save(step, args=ocp.args.StandardSave(tree()), force=True)
+      with timing.phase("checkpoints"):
+        manager.save(step, args=ocp.args.StandardSave(tree()), force=True)
     bar.update(1)
   bar.close()
   manager.wait_until_finished()
@@ -232,9 +237,10 @@ def run(*, graphdef: nnx.GraphDef, params: Any, frozen: Mapping, batches, cfg: T
 
 def save_params(params: Any, path: str) -> None:
   """Writes the kept parameters once, atomically (orbax finalises a temporary directory)."""
-  checkpointer = ocp.StandardCheckpointer()
-  checkpointer.save(epath.Path(path), params, force=True)
-  checkpointer.wait_until_finished()
+  with timing.phase("checkpoints"):
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save(epath.Path(path), params, force=True)
+    checkpointer.wait_until_finished()
 
 
 def load_params(path: str, abstract_params: Any, shardings: Any) -> Any:

@@ -89,3 +89,22 @@ def test_methods_bench_compares_each_method_with_full_tuning():
     assert float(step_ratio[:-1]) > 0 and float(memory_ratio[:-1]) > 0
   assert rows[0][-2:] == ("1.00x", "1.00x")
   assert all(float(r[-1][:-1]) < 1 for r in rows[1:])  # Fewer moments: every PET step needs less memory.
+
+
+def test_grid_bench_trains_a_studys_fine_tunes_alone_and_packed_to_the_same_metrics(tmp_path):
+  from conftest import tiny_study
+
+  from launch import local
+  from scaling import grid
+  from scaling import run as run_lib
+  from scaling import study as study_lib
+
+  study = study_lib.validate(tiny_study(**{"finetune.d_f": (8, 16, 32), "finetune.train.max_steps": 10}), 8)
+  runs = grid.expand(study)
+  local.write_plan(study, runs, tmp_path)
+  run_lib.execute(runs[0], tmp_path)  # The base; its fine-tunes are the bench's.
+  rows = dict(bench.bench_grid(str(tmp_path), lanes=3))
+  assert rows["fine-tunes"].startswith("3 (d32l2)")
+  assert "runs/hour" in rows["one by one"] and "runs/hour" in rows["packed (up to 3 lanes)"]
+  assert float(rows["largest relative metric difference"]) < 1e-4
+  assert not list((tmp_path / "runs").glob("ft-*/result.json"))  # It trained in scratch folders.

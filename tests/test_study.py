@@ -74,7 +74,7 @@ def _launch(tmp_path, *args):
     (("--config.finetune.methods=('full','lora9')",), "finetune.methods[1]='lora9' is not a fine-tuning method"),
     (("--config.eft.betas=()",), "eft.betas=[]; allowed: a non-empty list"),
     (("--config.finetune.methodz=full",),
-     "--config.finetune.methodz: 'methodz' is not a field of finetune; allowed: ['d_f', 'methods', 'seeds'"),
+     "--config.finetune.methodz: 'methodz' is not a field of finetune; allowed: ['d_f', 'methods', 'pack', 'seeds'"),
     (("--config.evall.batch_size=4",), "'evall' is not a field of the study; allowed: ["),
     (("--config.model.block.rotary_fractoin=0.5",), "the config file does not set rotary_fractoin"),
     (("--workdirr=/tmp/x",), "usage error: Unknown command line flag 'workdirr'"),

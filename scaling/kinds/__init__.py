@@ -2,7 +2,9 @@
 
 A kind is a module with `cells(study, prior, execution)`, which adds its runs (with their
 dependencies among `prior`, the runs of the kinds before it) to a study's grid, and
-`execute(ctx)`, which runs one spec of that kind and returns its result record's fields. Adding a
+`execute(ctx)`, which runs one spec of that kind and returns its result record's fields. A kind
+whose runs can train together also has `pack_key(run)` (runs with equal keys may share a program)
+and `execute_pack(ctxs)` (their records' fields, in order); see `scaling.run.packs`. Adding a
 kind is adding one module and one entry here; `scaling.grid`, `scaling.run` and the launchers do
 not change.
 """

@@ -1,0 +1,178 @@
+"""Several fine-tunes trained at once, as lanes of one vmapped program.
+
+Small runs spend their time in dispatch and Python, not arithmetic: K fine-tunes of one base with
+one method and one set of shapes run K times the work per step for about the cost of one. Each lane
+keeps its own data (D_f subset and order), learning rate, early stopping and best parameters, and
+writes its own metrics.jsonl and checkpoints in the format of `train.run`, so that a killed pack
+resumes each lane from its own last checkpoint. A lane that has stopped rides along masked: its
+state no longer changes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+import tqdm
+from etils import epath
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
+
+from scaling import decode, evaluate, timing, train
+from scaling import mesh as mesh_lib
+
+
+@dataclasses.dataclass(frozen=True)
+class Lane:
+  """One fine-tune of a pack: its parameters, data, settings and run directory."""
+
+  params: Any
+  batches: Any  # data.pipeline.StepBatches
+  cfg: train.TrainConfig
+  run_dir: str
+
+
+def _lanes_sharding(x: jax.Array) -> NamedSharding:
+  """A lane-stacked array's sharding: lanes unsplit, each lane as the unstacked array was."""
+  return NamedSharding(x.sharding.mesh, PartitionSpec(None, *x.sharding.spec))
+
+
+def stack(trees: Sequence[Any]) -> Any:
+  """Trees of like arrays -> one tree with a leading lane axis."""
+  return jax.tree.map(lambda *xs: jax.device_put(jnp.stack(xs), _lanes_sharding(xs[0])), *trees)
+
+
+def _where(mask_K: jax.Array, new: Any, old: Any) -> Any:
+  """Per lane, the new tree where mask, else the old."""
+  pick = lambda n, o: jnp.where(mask_K.reshape((-1,) + (1,) * (n.ndim - 1)), n, o)
+  return jax.tree.map(pick, new, old)
+
+
+def _step_fn(graphdef: nnx.GraphDef, cfg: train.TrainConfig):
+  """The jitted train step of every lane at once; lanes not `active` keep their state."""
+
+  def one(lr, state, frozen, batch):
+    return train.train_step(graphdef, train.make_optimizer(dataclasses.replace(cfg, learning_rate=lr)),
+                            state, frozen, batch)
+
+  def step(state, frozen, batch, lr_K, active_K):
+    new, metrics = jax.vmap(one, in_axes=(0, 0, None, 0))(lr_K, state, frozen, batch)
+    return _where(active_K, new, state), metrics
+
+  return jax.jit(step, donate_argnums=0)
+
+
+def _dev_loss_fn(graphdef: nnx.GraphDef):
+  """Summed dev loss and token count of one batch, for every lane's parameters."""
+  sums = lambda p, frozen, batch: evaluate.loss_sums(decode.Mixture.single(graphdef, p, frozen), batch)
+  return jax.jit(jax.vmap(sums, in_axes=(0, None, None)))
+
+
+def train_lanes(*, graphdef: nnx.GraphDef, frozen: Mapping, lanes: Sequence[Lane], mesh: jax.sharding.Mesh,
+                rules: mesh_lib.Rules, dev_batches: Sequence[Mapping] | None = None,
+                description: str = "pack") -> list[train.TrainOutcome]:
+  """Trains every lane (or resumes it from its checkpoint) and returns each lane's outcome, as
+  `train.run` would for it alone. The lanes' configs may differ only in the learning rate."""
+  t0 = time.time()
+  cfg = lanes[0].cfg
+  if any(dataclasses.replace(lane.cfg, learning_rate=cfg.learning_rate) != cfg for lane in lanes):
+    raise ValueError("the lanes of a pack may differ only in their learning rate")
+  k = len(lanes)
+  tx = train.make_optimizer(cfg)  # The optimiser state's structure; each lane's rate is its own.
+  early_stopping = cfg.eval_every > 0 and dev_batches is not None
+  params = stack([lane.params for lane in lanes])
+  state = {"step": jnp.zeros(k, jnp.int32), "params": params, "opt": jax.jit(jax.vmap(tx.init))(params),
+           "tokens": jnp.zeros(k, jnp.float32)}
+  best = {"params": jax.tree.map(jnp.copy, params) if early_stopping else {},
+          "dev_loss": np.full(k, np.inf, np.float32), "step": np.zeros(k, np.int32), "bad_evals": np.zeros(k, np.int32)}
+  managers = [ocp.CheckpointManager(epath.Path(lane.run_dir) / "ckpt", options=ocp.CheckpointManagerOptions(
+      max_to_keep=1, enable_async_checkpointing=False)) for lane in lanes]
+
+  def lane_tree(i: int) -> dict:
+    """Lane i's checkpoint, as `train.run` writes it."""
+    one = lambda tree: jax.tree.map(lambda x: x[i], tree)
+    out = {"state": one(state)}
+    if early_stopping:
+      out["best"] = {"params": one(best["params"]), **{key: jnp.asarray(best[key][i]) for key in
+                                                       ("dev_loss", "step", "bad_evals")}}
+    return out
+
+  for i, manager in enumerate(managers):  # Resume each lane from its own last checkpoint.
+    if manager.latest_step() is not None:
+      like = lane_tree(i)
+      restored = manager.restore(manager.latest_step(), args=ocp.args.StandardRestore(
+          jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), like)))
+      put = lambda tree, part: jax.tree.map(lambda x, y: x.at[i].set(y), tree, part)
+      state = put(state, restored["state"])
+      if early_stopping:
+        best["params"] = put(best["params"], restored["best"]["params"])
+        for key in ("dev_loss", "step", "bad_evals"):
+          best[key][i] = restored["best"][key]
+  steps = np.asarray(state["step"]).copy()
+  logs = [train.MetricsLog(epath.Path(lane.run_dir) / "metrics.jsonl", int(s), jax.process_index() == 0)
+          for lane, s in zip(lanes, steps)]
+  step_fn, dev_sums = _step_fn(graphdef, cfg), _dev_loss_fn(graphdef)
+  lr_K = jnp.asarray([lane.cfg.learning_rate for lane in lanes], jnp.float32)
+  batch_sh = mesh_lib.batch_sharding(mesh, rules)
+  lane_batch_sh = NamedSharding(mesh, PartitionSpec(None, *batch_sh.spec))
+  dev = [evaluate.device_batch(b) for b in dev_batches] if early_stopping else []
+
+  def evaluate_dev(due: np.ndarray) -> np.ndarray:
+    """Records the dev loss of the lanes `due`; returns which of them ran out of patience."""
+    with timing.phase("evaluation"):
+      sums = [jax.device_get(dev_sums(state["params"], frozen, b)) for b in dev]
+    loss = np.sum([s[0] for s in sums], 0, np.float64) / np.maximum(np.sum([s[1] for s in sums], 0, np.float64), 1.0)
+    improved = due & (loss < best["dev_loss"])
+    for i in np.flatnonzero(due):
+      logs[i].write({"step": int(steps[i]), "dev_loss": float(loss[i])})
+    if improved.any():
+      best["params"] = _where(jnp.asarray(improved), state["params"], best["params"])
+    best["dev_loss"] = np.where(improved, loss, best["dev_loss"]).astype(np.float32)
+    best["step"] = np.where(improved, steps, best["step"]).astype(np.int32)
+    best["bad_evals"] = np.where(improved, 0, best["bad_evals"] + due).astype(np.int32)
+    return due & (best["bad_evals"] >= cfg.patience)
+
+  stopped = early_stopping & (steps > 0) & (best["bad_evals"] >= cfg.patience)
+  if early_stopping and (steps == 0).any():
+    stopped |= evaluate_dev(steps == 0)
+  bar = tqdm.tqdm(total=k * cfg.max_steps, initial=int(steps.sum()), desc=description, disable=None, leave=False)
+  with timing.phase("training"):
+    while (active := ~stopped & (steps < cfg.max_steps)).any():
+      rows = [lane.batches.rows(int(s), slice(None)) for lane, s in zip(lanes, steps)]
+      batch = {key: np.stack([r[key] for r in rows]) for key in train.BATCH_FIELDS if key in rows[0]}
+      state, metrics = step_fn(state, frozen, jax.device_put(batch, lane_batch_sh), lr_K, jnp.asarray(active))
+      steps = steps + active
+      logged = active & ((steps % cfg.log_every == 0) | (steps == cfg.max_steps))
+      if logged.any():
+        metrics = jax.device_get(metrics)
+        for i in np.flatnonzero(logged):
+          logs[i].write({"step": int(steps[i]), **{key: float(v[i]) for key, v in metrics.items()}})
+      ended = np.zeros(k, bool)
+      if early_stopping:
+        due = active & (steps % cfg.eval_every == 0)
+        if due.any():
+          ended = evaluate_dev(due)
+          stopped |= ended
+      save = active & ((steps % cfg.checkpoint_every == 0) | ended | (steps == cfg.max_steps))
+      with timing.phase("checkpoints"):
+        for i in np.flatnonzero(save):
+          managers[i].save(int(steps[i]), args=ocp.args.StandardSave(lane_tree(i)), force=True)
+      bar.update(int(active.sum()))
+  bar.close()
+  for manager in managers:
+    manager.wait_until_finished()
+    manager.close()
+  kept = best["params"] if early_stopping else state["params"]
+  tokens = np.asarray(state["tokens"])
+  seconds = time.time() - t0
+  return [train.TrainOutcome(params=jax.tree.map(lambda x: x[i], kept), steps=int(steps[i]),
+                             best_step=int(best["step"][i]) if early_stopping else int(steps[i]),
+                             best_dev_loss=float(best["dev_loss"][i]) if early_stopping else None,
+                             hit_step_cap=bool(steps[i] >= cfg.max_steps and not stopped[i]),
+                             tokens_seen=float(tokens[i]), seconds=seconds) for i in range(k)]

@@ -1,0 +1,110 @@
+"""Fine-tunes packed as lanes of one program end where each ends alone, and a killed pack resumes."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from conftest import tiny_study
+
+from launch import local
+from scaling import grid, results
+from scaling import run as run_lib
+from scaling import study as study_lib
+from scaling.data import pipeline
+
+TOL = 1e-4  # Relative: a vmapped step sums in another order than the step of one run.
+# Four fine-tunes of one base: two D_f, and two learning rates whose faster one stops early.
+STUDY = {"finetune.d_f": (8, 32), "finetune.methods": ({"name": "full", "learning_rate": (1e-3, 0.01)},),
+         "finetune.train.max_steps": 30, "finetune.train.patience": 1}
+
+
+def _plan(workdir, pack):
+  study = study_lib.validate(tiny_study(**{**STUDY, "finetune.pack": pack}), 8)
+  runs = grid.expand(study)
+  local.write_plan(study, runs, workdir)
+  return runs
+
+
+def _lines(workdir, run):
+  return [json.loads(line) for line in (workdir / "runs" / run.id / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def alone_and_packed(tmp_path_factory):
+  alone, packed = tmp_path_factory.mktemp("alone"), tmp_path_factory.mktemp("packed")
+  runs = _plan(alone, 1)
+  assert [len(g) for g in run_lib.packs(runs)] == [1] * 5
+  for r in runs:
+    run_lib.execute(r, alone)
+  packed_runs = _plan(packed, 8)
+  assert [r.id for r in packed_runs] == [r.id for r in runs]  # Packing is how runs execute, not what they compute.
+  runs = packed_runs
+  shutil.copytree(alone / "runs" / runs[0].id, packed / "runs" / runs[0].id,
+                  dirs_exist_ok=True)  # The shared base.
+  groups = run_lib.packs(runs)
+  assert [len(g) for g in groups] == [1, 4]
+  for group in groups:
+    run_lib.execute_pack(group, packed)
+  return alone, packed, runs
+
+
+def test_packed_fine_tunes_end_where_each_ends_alone(alone_and_packed):
+  alone, packed, runs = alone_and_packed
+  steps = set()
+  for run in runs[1:]:
+    a, b = (results.read_result(w / "runs" / run.id) for w in (alone, packed))
+    for key, value in a["train"].items():  # Steps, best step and whether the cap was hit: equal.
+      if "seconds" not in key:
+        assert b["train"][key] == (pytest.approx(value, rel=TOL) if isinstance(value, float) else value), (run.id, key)
+    assert set(a["metrics"]) == set(b["metrics"])
+    for key, value in a["metrics"].items():
+      assert b["metrics"][key] == pytest.approx(value, rel=TOL, abs=TOL), (run.id, key)
+    for x, y in zip(a["layer_change"], b["layer_change"], strict=True):
+      np.testing.assert_allclose(y, x, rtol=TOL, atol=TOL)
+    la, lb = _lines(alone, run), _lines(packed, run)
+    assert [sorted(r) for r in la] == [sorted(r) for r in lb] and [r["step"] for r in la] == [r["step"] for r in lb]
+    for ra, rb in zip(la, lb):
+      for key in ra:
+        assert rb[key] == pytest.approx(ra[key], rel=TOL), (run.id, ra["step"], key)
+    steps.add(a["train"]["steps"])
+  assert len(steps) > 1 and max(steps) == 30  # Lanes stopped early while others ran on.
+
+
+def test_pack_sizes_follow_the_limit_and_the_key(tmp_path):
+  runs = _plan(tmp_path, 3)
+  assert [len(g) for g in run_lib.packs(runs)] == [1, 3, 1]
+  last = runs[-1]
+  other = grid.Run(last.id + "x", last.kind, {**last.config, "task": "other"}, last.deps, last.execution)
+  assert [len(g) for g in run_lib.packs([*runs[:3], other])] == [1, 2, 1]  # Another task: another program.
+
+
+@pytest.mark.slow
+def test_killed_pack_resumes_to_the_same_end(alone_and_packed, tmp_path, monkeypatch):
+  _, packed, runs = alone_and_packed
+  killed = tmp_path / "killed"
+  assert _plan(killed, 8) == runs
+  shutil.copytree(packed / "runs" / runs[0].id, killed / "runs" / runs[0].id, dirs_exist_ok=True)
+  group = run_lib.packs(runs)[1]
+  rows = pipeline.StepBatches.rows
+
+  def dies_at_step_15(self, step, part):
+    if step == 15:
+      raise KeyboardInterrupt("killed")
+    return rows(self, step, part)
+
+  monkeypatch.setattr(pipeline.StepBatches, "rows", dies_at_step_15)
+  with pytest.raises(KeyboardInterrupt):
+    run_lib.execute_pack(group, killed)
+  monkeypatch.undo()
+  for run in group:
+    assert results.read_result(killed / "runs" / run.id) is None
+    saved = [int(p.name) for p in (killed / "runs" / run.id / "ckpt").iterdir() if p.name.isdigit()]
+    assert saved and max(saved) <= 15
+  run_lib.execute_pack(group, killed)
+  for run in group:
+    a, b = (results.read_result(w / "runs" / run.id) for w in (packed, killed))
+    assert a["metrics"] == b["metrics"], run.id
+    assert {k: v for k, v in a["train"].items() if "seconds" not in k} == \
+           {k: v for k, v in b["train"].items() if "seconds" not in k}
+    assert _lines(packed, run) == _lines(killed, run)
