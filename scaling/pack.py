@@ -105,9 +105,7 @@ def train_lanes(*, graphdef: nnx.GraphDef, frozen: Mapping, lanes: Sequence[Lane
 
   for i, manager in enumerate(managers):  # Resume each lane from its own last checkpoint.
     if manager.latest_step() is not None:
-      like = lane_tree(i)
-      restored = manager.restore(manager.latest_step(), args=ocp.args.StandardRestore(
-          jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), like)))
+      restored = train.restore_latest(manager, lane_tree(i))
       put = lambda tree, part: jax.tree.map(lambda x, y: x.at[i].set(y), tree, part)
       state = put(state, restored["state"])
       if early_stopping:

@@ -132,6 +132,12 @@ def abstract_state(tx: optax.GradientTransformation, params: Any, state_sh: dict
   return _abstract(tree, state_sh)
 
 
+def restore_latest(manager: ocp.CheckpointManager, like: Any) -> Any:
+  """The manager's latest checkpoint, read onto the shapes, dtypes and shardings of `like`."""
+  abstract = _abstract(like, jax.tree.map(lambda x: x.sharding, like))
+  return manager.restore(manager.latest_step(), args=ocp.args.StandardRestore(abstract))
+
+
 def _abstract(tree: Any, shardings: Any) -> Any:
   return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
 
@@ -187,8 +193,7 @@ def run(*, graphdef: nnx.GraphDef, params: Any, frozen: Mapping, batches, cfg: T
       max_to_keep=1, enable_async_checkpointing=False))
   tree = lambda: {"state": state, "best": best} if early_stopping else {"state": state}
   if manager.latest_step() is not None:
-    abstract = _abstract(tree(), jax.tree.map(lambda x: x.sharding, tree()))
-    restored = manager.restore(manager.latest_step(), args=ocp.args.StandardRestore(abstract))
+    restored = restore_latest(manager, tree())
     state, best = restored["state"], restored.get("best", best)
   start = int(state["step"])
   log = MetricsLog(run_dir / "metrics.jsonl", start, jax.process_index() == 0)
