@@ -136,7 +136,7 @@ def write_report(table: pd.DataFrame, points: pd.DataFrame, fits: list[dict], ou
            "a grid of starts. Δe: mean |predicted - observed| on the points fitted; Δh: the same on the "
            "held-out points (the largest factor X, or the largest D_f), predicted by a fit without them; "
            "leave-one-out: each point predicted by a fit without it. Schema of fits.json: see the README.", ""]
-  for (task, method), mine in pd.DataFrame(fits).groupby(["task", "method"], sort=False):
+  for task, method in dict.fromkeys((f["task"], f["method"]) for f in fits):
     pts = points[(points["task"] == task) & (points["method"] == method)]
     lines += [f"## {task} / {method}", ""]
     joint = [f for f in fits if (f["task"], f["method"]) == (task, method) and f["x"]]

@@ -105,13 +105,15 @@ def build_model(ctx: Context, size: str, method, seed: int, base_dir: epath.Path
   starts from its checkpoint), then prepared by `method` (None: the bare model); its params are
   what the method trains."""
   cfg = ctx.model_config(size)
-  if ctx.checkpoint(size):  # Imported: every device reads its slice of the folder's weights.
-    graphdef, abstract = nnx.split(nnx.eval_shape(model_creator(cfg, None, seed)))
-    state = hf.read_params(ctx.checkpoint(size), cfg, mesh_lib.state_shardings(abstract, ctx.mesh, ctx.rules))
-  else:
+  if base_dir is None and not ctx.checkpoint(size):
     graphdef, state = mesh_lib.create_sharded(model_creator(cfg, None, seed), ctx.mesh, ctx.rules)
-  if base_dir is not None:
-    state = train.load_params(str(base_dir), state, jax.tree.map(lambda x: x.sharding, state))
+  else:  # Weights read straight onto their shards: nothing is initialised only to be overwritten.
+    graphdef, abstract = nnx.split(nnx.eval_shape(model_creator(cfg, None, seed)))
+    shardings = mesh_lib.state_shardings(abstract, ctx.mesh, ctx.rules)
+    if base_dir is not None:
+      state = train.load_params(str(base_dir), nnx.to_pure_dict(abstract), shardings)
+    else:  # Imported: every device reads its slice of the folder's weights.
+      state = hf.read_params(ctx.checkpoint(size), cfg, shardings)
   if method is not None:  # After loading: a method may derive its variables from the base weights.
     prepare = lambda base: method.prepare(nnx.merge(graphdef, base), nnx.Rngs(seed + 1))
     graphdef, state = mesh_lib.create_sharded(prepare, ctx.mesh, ctx.rules, state)

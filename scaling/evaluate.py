@@ -7,14 +7,16 @@ are split over its batch axes and the sums cover every host's examples.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from flax import nnx
 
-from scaling import decode
+from scaling import decode, eft
 from scaling import mesh as mesh_lib
 
 
@@ -24,16 +26,41 @@ def weighted_cross_entropy(logits_BxLxV: jax.Array, targets_BxL: jax.Array, weig
   return (losses_BxL * weights_BxL).sum(), weights_BxL.sum()
 
 
-@jax.jit
 def loss_sums(mixture: decode.Mixture, batch: Mapping[str, jax.Array]):
-  """Summed answer-token loss and token count of one batch."""
+  """Summed answer-token loss and token count of one batch (a pure function, for callers' own jits)."""
   logp_BxLxV = decode.log_probs(mixture, batch["inputs"], batch["prompt_len"])
   return weighted_cross_entropy(logp_BxLxV, batch["targets"], batch["weights"])
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _logits(graphdef: nnx.GraphDef, params, frozen, tokens_BxL: jax.Array, prompt_len_B: jax.Array) -> jax.Array:
+  """One model's teacher-forced logits (B, L, V)."""
+  return nnx.merge(graphdef, params, frozen)(tokens_BxL, prompt_len_B)
+
+
+@jax.jit
+def _combined_scores(logits: tuple[jax.Array, ...], mixture_weights: jax.Array, targets_BxL: jax.Array,
+                     weights_BxL: jax.Array):
+  logp_BxLxV = eft.combine(logits, mixture_weights)
+  total, count = weighted_cross_entropy(logp_BxLxV, targets_BxL, weights_BxL)
+  return total, count, jnp.argmax(logp_BxLxV, axis=-1)
+
+
+def scores(mixture: decode.Mixture, batch: Mapping[str, jax.Array]) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """(summed answer-token loss, token count, each position's most likely token (B, L)) of one batch.
+
+  Each model of the mixture runs in a program of its own, which every mixture holding a model of
+  that shape shares: a study's emulated fine-tunes, one mixture per pair of sizes, compile no model
+  program that its fine-tunes have not compiled already.
+  """
+  logits = tuple(_logits(g, p, f, batch["inputs"], batch["prompt_len"])
+                 for g, p, f in zip(mixture.graphdefs, mixture.params, mixture.frozen))
+  return _combined_scores(logits, mixture.weights, batch["targets"], batch["weights"])
+
+
 def mean_loss(mixture: decode.Mixture, batches: Sequence[Mapping]) -> float:
   """Mean loss per scored token over a list of batches."""
-  sums = [loss_sums(mixture, device_batch(b)) for b in batches]
+  sums = [scores(mixture, device_batch(b))[:2] for b in batches]
   total, count = (float(sum(float(s[i]) for s in sums)) for i in (0, 1))
   return total / max(count, 1.0)
 
@@ -55,27 +82,21 @@ def answer_metrics(mixture: decode.Mixture, batches: Sequence[Mapping], value_id
   return {"knowledge": exact / max(n, 1), "behaviour": formatted / max(n, 1)}
 
 
-@jax.jit
-def _greedy_next(mixture: decode.Mixture, tokens_BxL: jax.Array, prompt_len_B: jax.Array, at_B: jax.Array):
-  """The mixture's most likely token after position `at_B` of each row (teacher-forced)."""
-  logp_BxLxV = decode.log_probs(mixture, tokens_BxL, prompt_len_B)
-  return jnp.argmax(logp_BxLxV[jnp.arange(tokens_BxL.shape[0]), at_B], axis=-1)
-
-
 def _greedy_answers(mixture: decode.Mixture, batch: Mapping, num_new: int) -> np.ndarray:
   """`num_new` greedy tokens after each row's prompt, (B, num_new).
 
   Each token is one teacher-forced pass over the row with the tokens so far written after its
-  prompt: for answers of a few tokens, one compiled program of the batch's shape serves every
-  step, where cached decoding compiles a prefill and a decode step of its own.
+  prompt, by the programs that score the batch's loss: the batch's own width serves where it has
+  room after every prompt (as for answers it holds), so answers compile no program of their own.
   """
-  tokens = np.concatenate([batch["inputs"], np.zeros((len(batch["inputs"]), num_new), batch["inputs"].dtype)], 1)
-  rows, start = np.arange(len(tokens)), np.asarray(batch["prompt_len"])
-  out = np.zeros((len(tokens), num_new), tokens.dtype)
+  inputs, start = np.asarray(batch["inputs"]), np.asarray(batch["prompt_len"])
+  width = max(inputs.shape[1], int(start.max()) + num_new - 1)
+  tokens = np.pad(inputs, ((0, 0), (0, width - inputs.shape[1])))
+  unscored = {k: np.zeros((len(tokens), width), np.asarray(batch[k]).dtype) for k in ("targets", "weights")}
+  rows, out = np.arange(len(tokens)), np.zeros((len(tokens), num_new), tokens.dtype)
   for t in range(num_new):
-    device = mesh_lib.global_batch(lambda part: {"inputs": tokens[part], "prompt_len": start[part],
-                                                 "at": start[part] - 1 + t}, len(tokens))
-    out[:, t] = mesh_lib.to_host(_greedy_next(mixture, device["inputs"], device["prompt_len"], device["at"]))
+    best_BxL = scores(mixture, device_batch({"inputs": tokens, "prompt_len": start, **unscored}))[2]
+    out[:, t] = mesh_lib.to_host(best_BxL)[rows, start - 1 + t]
     tokens[rows, start + t] = out[:, t]
   return out
 

@@ -43,15 +43,29 @@ def _lanes_sharding(x: jax.Array) -> NamedSharding:
   return NamedSharding(x.sharding.mesh, PartitionSpec(None, *x.sharding.spec))
 
 
+# The tree operations below are each one program, not one per array shape: a pack's few calls of
+# each would otherwise compile more programs than its training does.
+@jax.jit
+def _stacked(trees: Sequence[Any]) -> Any:
+  return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+
+
 def stack(trees: Sequence[Any]) -> Any:
   """Trees of like arrays -> one tree with a leading lane axis."""
-  return jax.tree.map(lambda *xs: jax.device_put(jnp.stack(xs), _lanes_sharding(xs[0])), *trees)
+  return jax.device_put(_stacked(list(trees)), jax.tree.map(_lanes_sharding, trees[0]))
 
 
+@jax.jit
 def _where(mask_K: jax.Array, new: Any, old: Any) -> Any:
   """Per lane, the new tree where mask, else the old."""
   pick = lambda n, o: jnp.where(mask_K.reshape((-1,) + (1,) * (n.ndim - 1)), n, o)
   return jax.tree.map(pick, new, old)
+
+
+@jax.jit
+def _lane(tree: Any, i: jax.Array) -> Any:
+  """Lane i of a lane-stacked tree."""
+  return jax.tree.map(lambda x: x[i], tree)
 
 
 def _step_fn(graphdef: nnx.GraphDef, cfg: train.TrainConfig):
@@ -96,11 +110,10 @@ def train_lanes(*, graphdef: nnx.GraphDef, frozen: Mapping, lanes: Sequence[Lane
 
   def lane_tree(i: int) -> dict:
     """Lane i's checkpoint, as `train.run` writes it."""
-    one = lambda tree: jax.tree.map(lambda x: x[i], tree)
-    out = {"state": one(state)}
+    out = {"state": _lane(state, i)}
     if early_stopping:
-      out["best"] = {"params": one(best["params"]), **{key: jnp.asarray(best[key][i]) for key in
-                                                       ("dev_loss", "step", "bad_evals")}}
+      out["best"] = {"params": _lane(best["params"], i), **{key: jnp.asarray(best[key][i]) for key in
+                                                            ("dev_loss", "step", "bad_evals")}}
     return out
 
   for i, manager in enumerate(managers):  # Resume each lane from its own last checkpoint.
@@ -169,7 +182,7 @@ def train_lanes(*, graphdef: nnx.GraphDef, frozen: Mapping, lanes: Sequence[Lane
   kept = best["params"] if early_stopping else state["params"]
   tokens = np.asarray(state["tokens"])
   seconds = time.time() - t0
-  return [train.TrainOutcome(params=jax.tree.map(lambda x: x[i], kept), steps=int(steps[i]),
+  return [train.TrainOutcome(params=_lane(kept, i), steps=int(steps[i]),
                              best_step=int(best["step"][i]) if early_stopping else int(steps[i]),
                              best_dev_loss=float(best["dev_loss"][i]) if early_stopping else None,
                              hit_step_cap=bool(steps[i] >= cfg.max_steps and not stopped[i]),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 
 import jax
@@ -99,18 +100,18 @@ def layer_change(base: nnx.Module, tuned: nnx.Module) -> list[float]:
   """Per block, ||W_tuned - W_base|| / ||W_base|| over its projection weights as the model reads them
   (LoRA and SVF included); a method that wraps the model (prompt, LoReFT) is read through `.model`."""
   (base_def, base_state), (tuned_def, tuned_state) = nnx.split(base), nnx.split(getattr(tuned, "model", tuned))
+  return [float(x) for x in mesh_lib.to_host(_changes(base_def, tuned_def, base_state, tuned_state))]
 
-  # One program: on several hosts, every process runs the same collectives in it, where a
-  # sequence of eager operations on global arrays can deadlock.
-  @jax.jit
-  def changes(base_state, tuned_state):
-    before_model, after_model = nnx.merge(base_def, base_state), nnx.merge(tuned_def, tuned_state)
-    out = []
-    for before, after in zip(before_model.blocks, after_model.blocks):
-      pairs = list(zip(_projections(before), _projections(after)))
-      moved = sum(jnp.sum(jnp.square(a[...] - b[...])) for b, a in pairs)
-      size = sum(jnp.sum(jnp.square(b[...])) for b, _ in pairs)
-      out.append(jnp.sqrt(moved / size))
-    return jnp.stack(out)
 
-  return [float(x) for x in mesh_lib.to_host(changes(base_state, tuned_state))]
+# One program: on several hosts, every process runs the same collectives in it, where a sequence of
+# eager operations on global arrays can deadlock. Compiled once per pair of model structures.
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _changes(base_def: nnx.GraphDef, tuned_def: nnx.GraphDef, base_state, tuned_state) -> jax.Array:
+  before_model, after_model = nnx.merge(base_def, base_state), nnx.merge(tuned_def, tuned_state)
+  out = []
+  for before, after in zip(before_model.blocks, after_model.blocks):
+    pairs = list(zip(_projections(before), _projections(after)))
+    moved = sum(jnp.sum(jnp.square(a[...] - b[...])) for b, a in pairs)
+    size = sum(jnp.sum(jnp.square(b[...])) for b, _ in pairs)
+    out.append(jnp.sqrt(moved / size))
+  return jnp.stack(out)
