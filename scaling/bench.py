@@ -61,7 +61,7 @@ import scipy.optimize  # A dependency of jax: installed wherever jax is.
 from etils import epath
 from flax import nnx
 
-from scaling import decode, eft, laws, train
+from scaling import decode, eft, laws, timing, train
 from scaling import mesh as mesh_lib
 from scaling import model as model_lib
 
@@ -431,21 +431,25 @@ def bench_grid(workdir: str, lanes: int, sizes: tuple[str, ...] = ()) -> list[tu
       mine = [dataclasses.replace(r, execution={**r.execution, "pack": mode_lanes}) for r in tunes]
       for r in mine:
         (scratch / "runs" / r.id).mkdir(parents=True)
-      t0 = time.perf_counter()
+      before, t0 = timing.totals(), time.perf_counter()
       records = [rec for group in run_lib.packs(mine) for rec in run_lib.execute_pack(group, scratch)]
-      return time.perf_counter() - t0, records
+      seconds = time.perf_counter() - t0
+      phases = {k: v - before.get(k, 0.0) for k, v in timing.totals().items()}
+      return seconds, records, timing.summary(seconds, phases).removeprefix("time: ")
 
   timed = {}
   for mode in (1, lanes):
     execute_all(mode)  # Compiles every program of the mode (and fills the persistent cache).
     timed[mode] = execute_all(mode)
-  (alone_s, alone), (packed_s, packed) = timed[1], timed[lanes]
+  (alone_s, alone, alone_phases), (packed_s, packed, packed_phases) = timed[1], timed[lanes]
   worst = max(abs(b["metrics"][k] - v) / max(abs(v), 1e-12) for a, b in zip(alone, packed)
               for k, v in a["metrics"].items())
   per_hour = lambda seconds: len(tunes) * 3600 / seconds
   return [("fine-tunes", f"{len(tunes)} ({', '.join(sorted({r.config['size'] for r in tunes}))}) of {workdir}"),
           ("one by one", f"{alone_s:.1f} s, {per_hour(alone_s):,.0f} runs/hour"),
+          ("  where its time goes", alone_phases),
           (f"packed (up to {lanes} lanes)", f"{packed_s:.1f} s, {per_hour(packed_s):,.0f} runs/hour"),
+          ("  where its time goes", packed_phases),
           ("speed-up", f"{alone_s / packed_s:.2f}x"),
           ("largest relative metric difference", f"{worst:.2e}")]
 

@@ -97,7 +97,8 @@ def _greedy_answers(mixture: decode.Mixture, batch: Mapping, num_new: int) -> np
   for t in range(num_new):
     best_BxL = scores(mixture, device_batch({"inputs": tokens, "prompt_len": start, **unscored}))[2]
     out[:, t] = mesh_lib.to_host(best_BxL)[rows, start - 1 + t]
-    tokens[rows, start + t] = out[:, t]
+    if t + 1 < num_new:
+      tokens[rows, start + t] = out[:, t]
   return out
 
 

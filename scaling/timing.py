@@ -59,9 +59,9 @@ def totals() -> dict[str, float]:
     return dict(_totals)
 
 
-def summary(total: float) -> str:
-  """One line: each phase's seconds and share of `total`, the rest as "other"."""
-  parts = sorted(totals().items(), key=lambda kv: -kv[1])
+def summary(total: float, phases: dict[str, float] | None = None) -> str:
+  """One line: each phase's seconds (by default, `totals()`) and share of `total`, the rest as "other"."""
+  parts = sorted((totals() if phases is None else phases).items(), key=lambda kv: -kv[1])
   parts.append(("other", max(total - sum(v for _, v in parts), 0.0)))
   return "time: " + ", ".join(f"{k} {v:.1f}s ({100 * v / max(total, 1e-9):.0f}%)" for k, v in parts) + \
          f"; total {total:.1f}s"

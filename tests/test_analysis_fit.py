@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from analysis import fit as fit_lib
+from analysis import report as report_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CSV = os.path.join(ROOT, "examples", "smoke_qa_full.csv")
@@ -94,3 +95,14 @@ def test_law_over_n_holds_d_p_fixed_and_curves_are_per_base():
   assert set(points["base"]) == {"small", "large", "mid at D_p 1e+11", "mid at D_p 2e+11", "mid at D_p 3e+11"}
   # Imported bases that do not say their D_p still make points.
   assert len(fit_lib.finetune_points(_law_table(extra_budgets=False, tokens_known=False))) == 12
+
+
+def test_a_study_too_small_for_laws_still_gets_its_report(tmp_path):
+  """One base and one D_f: nothing to fit, and the report holds the runs."""
+  table = _law_table(extra_budgets=False).iloc[:1]
+  table = pd.concat([table, pd.DataFrame([{"kind": "pretrain", "id": "pt", "size": "small", "non_embedding_params": 1e5,
+                                           "pretrain_tokens": 3e11, "metrics.heldout_loss": 2.0}])])
+  points = fit_lib.finetune_points(table)
+  assert fit_lib.fit_study(table, 1e-3, 10) == []
+  text = report_lib.write_report(table, points, [], tmp_path).read_text()
+  assert "## Fine-tuned runs" in text and "### t / full" in text and "\n## t / full" not in text

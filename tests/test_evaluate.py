@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from scaling import decode, evaluate
+from scaling import decode, eft, evaluate
 from scaling import model as model_lib
 
 
@@ -49,3 +49,37 @@ def test_loss_ignores_unweighted_tokens():
   logits = jnp.log(jnp.asarray([[[0.5, 0.5], [0.9, 0.1]]]))
   total, count = evaluate.weighted_cross_entropy(logits, jnp.asarray([[0, 1]]), jnp.asarray([[1.0, 0.0]]))
   assert float(count) == 1.0 and float(total) == np.float32(-np.log(0.5))
+
+
+def test_greedy_answers_need_no_room_after_the_prompt():
+  """A batch whose rows end at their prompts is widened for the answer: the same answers."""
+  mixture = _mixture()
+  prompt = np.asarray([[1, 5, 6, 7, 0, 0, 0, 0]])
+  tight = {"inputs": prompt[:, :4], "targets": np.zeros((1, 4), np.int64), "weights": np.zeros((1, 4)),
+           "prompt_len": np.asarray([4])}
+  roomy = {**tight, "inputs": prompt, "targets": np.zeros((1, 8), np.int64), "weights": np.zeros((1, 8))}
+  got = [evaluate._greedy_answers(mixture, b, 3) for b in (tight, roomy)]
+  np.testing.assert_array_equal(got[0], got[1])
+  assert got[0].shape == (1, 3)
+
+
+def test_mixtures_share_their_models_programs():
+  """An emulated fine-tune of models whose shapes were scored before compiles no model program,
+  and its loss is that of the combined distribution."""
+  single = _mixture()
+  (model,) = single.modules()
+  other = nnx.to_pure_dict(nnx.state(model_lib.Transformer(model_lib.ladder_config("d32l2", vocab_size=64),
+                                                           nnx.Rngs(4))))
+  tokens = np.asarray(jax.random.randint(jax.random.key(2), (2, 9), 1, 64))
+  batch = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:], "weights": np.ones((2, 8), np.float32),
+           "prompt_len": np.asarray([1, 1])}
+  evaluate.mean_loss(single, [batch])
+  compiled = evaluate._logits._cache_size()
+  g, p = single.graphdefs[0], single.params[0]
+  emulated = decode.Mixture.of([decode.Model(g, p, {}), decode.Model(g, other, {}), decode.Model(g, p, {})],
+                               eft.weights(0.5))
+  loss = evaluate.mean_loss(emulated, [batch])
+  assert evaluate._logits._cache_size() == compiled
+  logp = np.asarray(decode.log_probs(emulated, jnp.asarray(batch["inputs"])))
+  expected = -np.take_along_axis(logp, tokens[:, 1:, None], -1).mean()
+  assert abs(loss - expected) < 1e-5
