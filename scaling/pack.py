@@ -1,7 +1,9 @@
 """Several fine-tunes trained at once, as lanes of one vmapped program.
 
-Small runs spend their time in dispatch and Python, not arithmetic: K fine-tunes of one base with
-one method and one set of shapes run K times the work per step for about the cost of one. Each lane
+K fine-tunes of one base with one method and one set of shapes share one compiled step, one model
+build and one dispatch per step; where a step leaves the device idle (an accelerator and a small
+model), K lanes may cost little more than one run (not yet measured). On a CPU the step is arithmetic, so what a pack
+saves there is the per-run work (see the README's "Packed fine-tunes" benchmark). Each lane
 keeps its own data (D_f subset and order), learning rate, early stopping and best parameters, and
 writes its own metrics.jsonl and checkpoints in the format of `train.run`, so that a killed pack
 resumes each lane from its own last checkpoint. A lane that has stopped rides along masked: its
