@@ -6,6 +6,8 @@ the target devices, with its per-device memory against the device's.
 Without --topology the target is this machine's devices. With it, the steps are compiled for a
 Cloud TPU slice through libtpu (`pip install -e '.[tpu]'`) on this CPU-only machine: nothing
 runs, and nobody pays for a slice to find out that a run does not fit. Exits 1 if one does not.
+On this machine's devices, fine-tunes are checked as launch.local trains them: packed, as lanes of
+one step (column `lanes`); the pod launchers run one spec per process.
 """
 
 from __future__ import annotations
@@ -17,12 +19,13 @@ import sys
 import jax
 from absl import app, flags
 from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
 from ml_collections import config_flags
 
 from launch import cli
 from launch.slices import CheckError, require_full_mesh, tpu_topology
 from scaling import context as context_lib
-from scaling import grid, methods, train
+from scaling import grid, methods, pack, train
 from scaling import mesh as mesh_lib
 from scaling import model as model_lib
 from scaling import run as run_lib
@@ -41,6 +44,7 @@ class Target:
   name: str
   devices: tuple
   memory_bytes: int | None
+  packs: bool = False  # Whether fine-tunes train packed, as launch.local trains them on this machine.
 
 
 def target(topology: str | None) -> Target:
@@ -48,7 +52,7 @@ def target(topology: str | None) -> Target:
   if topology is None:
     devices = tuple(jax.devices())
     stats = devices[0].memory_stats() or {}
-    return Target(f"local {devices[0].platform} x{len(devices)}", devices, stats.get("bytes_limit"))
+    return Target(f"local {devices[0].platform} x{len(devices)}", devices, stats.get("bytes_limit"), packs=True)
   topo_name, hbm = tpu_topology(topology)
   os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")  # No TPU VM here: no peers to look for.
   try:
@@ -61,21 +65,31 @@ def target(topology: str | None) -> Target:
   return Target(f"{topology} ({topo_name})", tuple(desc.devices), hbm * GiB)
 
 
-def step_shapes(runs: list[grid.Run]) -> dict[tuple, grid.Run]:
-  """One run per distinct training step: (size, block, method, batch, length)."""
+def step_shapes(runs: list[grid.Run], packs: bool) -> dict[tuple, grid.Run]:
+  """One run per distinct training step: (size, block, method, batch, length, lanes). With `packs`,
+  fine-tunes count as the packs that launch.local trains as lanes of one step (scaling.pack)."""
+  lanes = {r.id: len(group) for group in (run_lib.packs(runs) if packs else [[r] for r in runs]) for r in group}
   shapes: dict[tuple, grid.Run] = {}
   for r in runs:
     if "train" not in r.config:  # Evaluation-only kinds (eft) compile no train step.
       continue
     c, t = r.config, r.config["train"]
     method = methods.label(c["method"]) if "method" in c else "pretrain"
-    key = (c["size"], str(sorted(c["block"].items())), method, t["batch_size"], t["seq_len"])
+    key = (c["size"], str(sorted(c["block"].items())), method, t["batch_size"], t["seq_len"], lanes[r.id])
     shapes.setdefault(key, r)
   return shapes
 
 
-def compiled_memory(run: grid.Run, vocab_size: int, mesh: jax.sharding.Mesh, rules) -> tuple[int, dict]:
-  """(parameters, per-device memory stats) of the run's train step, compiled for the mesh."""
+def _with_lanes(x: jax.ShapeDtypeStruct, lanes: int) -> jax.ShapeDtypeStruct:
+  """`x` stacked `lanes` times on a new leading axis, each lane sharded as `x`."""
+  sharding = NamedSharding(x.sharding.mesh, PartitionSpec(None, *x.sharding.spec))
+  return jax.ShapeDtypeStruct((lanes, *x.shape), x.dtype, sharding=sharding)
+
+
+def compiled_memory(run: grid.Run, vocab_size: int, mesh: jax.sharding.Mesh, rules,
+                    lanes: int = 1) -> tuple[int, dict]:
+  """(parameters, per-device memory stats) of the run's train step, compiled for the mesh; with
+  `lanes` > 1, of the packed step that trains that many such runs at once."""
   c = run.config
   cfg = context_lib.spec_model_config(c, c["size"], lambda: vocab_size)
   method = context_lib.method_of(c) if "method" in c else None
@@ -95,7 +109,14 @@ def compiled_memory(run: grid.Run, vocab_size: int, mesh: jax.sharding.Mesh, rul
   state = train.abstract_state(tx, params, state_sh)
   frozen = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), frozen, frozen_sh)
   with mesh_lib.activate(mesh, rules):
-    compiled = train.jit_step(graphdef, tx, state_sh, frozen_sh, batch_sh).lower(state, frozen, batch).compile()
+    if lanes == 1:
+      lowered = train.jit_step(graphdef, tx, state_sh, frozen_sh, batch_sh).lower(state, frozen, batch)
+    else:
+      stacked = lambda tree: jax.tree.map(lambda x: _with_lanes(x, lanes), tree)
+      per_lane = lambda dtype: jax.ShapeDtypeStruct((lanes,), dtype, sharding=NamedSharding(mesh, PartitionSpec()))
+      lowered = pack.step_fn(graphdef, tcfg).lower(stacked(state), frozen, stacked(batch), per_lane("float32"),
+                                                   per_lane("bool"))
+    compiled = lowered.compile()
   stats = compiled.memory_analysis()
   memory = {k: int(getattr(stats, f"{k}_size_in_bytes")) for k in ("argument", "output", "temp", "alias")}
   memory["peak"] = memory["argument"] + memory["output"] + memory["temp"] - memory["alias"]
@@ -110,11 +131,11 @@ def check(study, tgt: Target) -> list[dict]:
   world = world_lib.build_world(study_lib.world_config(study))
   vocab = tokenizer.padded_vocab_size(tokenizer.from_tokenizers(tokenizer.word_tokenizer(world.vocabulary())))
   rows = []
-  for (size, _, method, batch, length), run in step_shapes(grid.expand(study)).items():
-    params, memory = compiled_memory(run, vocab, mesh, rules)
+  for (size, _, method, batch, length, lanes), run in step_shapes(grid.expand(study), tgt.packs).items():
+    params, memory = compiled_memory(run, vocab, mesh, rules, lanes)
     fits = None if tgt.memory_bytes is None else memory["peak"] <= tgt.memory_bytes
-    rows.append({"size": size, "method": method, "batch": batch, "seq_len": length, "params": params,
-                 **memory, "device_memory": tgt.memory_bytes, "fits": fits})
+    rows.append({"size": size, "method": method, "batch": batch, "seq_len": length, "lanes": lanes,
+                 "params": params, **memory, "device_memory": tgt.memory_bytes, "fits": fits})
   return rows
 
 
@@ -124,12 +145,12 @@ def format_rows(rows: list[dict], tgt: Target) -> str:
   gib = lambda b: "n/a" if b is None else f"{b / scale:.2f}"
   device = "unknown (host memory)" if tgt.memory_bytes is None else f"{tgt.memory_bytes / GiB:g} GiB"
   lines = [f"per-device memory ({unit}) on {tgt.name}, mesh over {len(tgt.devices)} devices; device memory {device}",
-           f"{'size':>10} {'method':>9} {'batch x len':>12} {'params':>14} {'arguments':>10} {'outputs':>9} "
+           f"{'size':>10} {'method':>9} {'batch x len':>12} {'lanes':>5} {'params':>14} {'arguments':>10} {'outputs':>9} "
            f"{'temps':>9} {'peak':>9}  fits"]
   for r in rows:
     fits = "n/a" if r["fits"] is None else "yes" if r["fits"] else "NO"
     lines.append(f"{r['size']:>10} {r['method']:>9} {str(r['batch']) + ' x ' + str(r['seq_len']):>12} "
-                 f"{r['params']:>14,} {gib(r['argument']):>10} {gib(r['output']):>9} {gib(r['temp']):>9} "
+                 f"{r['lanes']:>5} {r['params']:>14,} {gib(r['argument']):>10} {gib(r['output']):>9} {gib(r['temp']):>9} "
                  f"{gib(r['peak']):>9}  {fits}")
   return "\n".join(lines)
 

@@ -70,7 +70,7 @@ def _lane(tree: Any, i: jax.Array) -> Any:
   return jax.tree.map(lambda x: x[i], tree)
 
 
-def _step_fn(graphdef: nnx.GraphDef, cfg: train.TrainConfig):
+def step_fn(graphdef: nnx.GraphDef, cfg: train.TrainConfig):
   """The jitted train step of every lane at once; lanes not `active` keep their state."""
 
   def one(lr, state, frozen, batch):
@@ -130,7 +130,7 @@ def train_lanes(*, graphdef: nnx.GraphDef, frozen: Mapping, lanes: Sequence[Lane
   steps = np.asarray(state["step"]).copy()
   logs = [train.MetricsLog(epath.Path(lane.run_dir) / "metrics.jsonl", int(s), jax.process_index() == 0)
           for lane, s in zip(lanes, steps)]
-  step_fn, dev_sums = _step_fn(graphdef, cfg), _dev_loss_fn(graphdef)
+  lanes_step, dev_sums = step_fn(graphdef, cfg), _dev_loss_fn(graphdef)
   lr_K = jnp.asarray([lane.cfg.learning_rate for lane in lanes], jnp.float32)
   batch_sh = mesh_lib.batch_sharding(mesh, rules)
   lane_batch_sh = NamedSharding(mesh, PartitionSpec(None, *batch_sh.spec))
@@ -159,7 +159,7 @@ def train_lanes(*, graphdef: nnx.GraphDef, frozen: Mapping, lanes: Sequence[Lane
     while (active := ~stopped & (steps < cfg.max_steps)).any():
       rows = [lane.batches.rows(int(s), slice(None)) for lane, s in zip(lanes, steps)]
       batch = {key: np.stack([r[key] for r in rows]) for key in train.BATCH_FIELDS if key in rows[0]}
-      state, metrics = step_fn(state, frozen, jax.device_put(batch, lane_batch_sh), lr_K, jnp.asarray(active))
+      state, metrics = lanes_step(state, frozen, jax.device_put(batch, lane_batch_sh), lr_K, jnp.asarray(active))
       steps = steps + active
       logged = active & ((steps % cfg.log_every == 0) | (steps == cfg.max_steps))
       if logged.any():

@@ -30,9 +30,9 @@ def test_bad_slice_names_are_named(name, message):
     slices.tpu_topology(name)
 
 
-def _rows(mesh_shape, memory_bytes=None):
+def _rows(mesh_shape, memory_bytes=None, packs=False):
   study = study_lib.validate(tiny_study(**{"mesh.shape": mesh_shape, "model.sizes": ("d32l2", "d48l2")}), 8)
-  target = check.Target("8 cpu", tuple(jax.devices()), memory_bytes)
+  target = check.Target("8 cpu", tuple(jax.devices()), memory_bytes, packs)
   return check.check(study, target)
 
 
@@ -46,6 +46,17 @@ def test_every_distinct_train_step_is_compiled_and_sharding_shows():
   # Replicated over 8 data shards, each device holds the whole state; FSDP splits it 8 ways.
   assert fsdp[1]["argument"] < data[1]["argument"] / 3
   assert all(r["fits"] is False for r in _rows({"data": 8}, memory_bytes=1000))
+
+
+def test_packed_fine_tunes_are_checked_as_their_packs():
+  """On this machine launch.local packs a base's fine-tunes (two D_f here): the check compiles the
+  packed step, whose state is the lanes' states."""
+  alone, packed = _rows({"data": 8}), _rows({"data": 8}, packs=True)
+  assert [r["lanes"] for r in alone] == [1, 1, 1, 1] and [r["lanes"] for r in packed] == [1, 1, 2, 2]
+  assert packed[0] == alone[0]  # A pretraining run is its own step either way.
+  for one, two in zip(alone[2:], packed[2:]):
+    assert 1.8 * one["argument"] < two["argument"] < 2.2 * one["argument"]
+  assert "lanes" in check.format_rows(packed, check.Target("8 cpu", tuple(jax.devices()), None, True))
 
 
 def test_a_mesh_that_leaves_devices_out_is_named():
