@@ -80,12 +80,6 @@ def step_shapes(runs: list[grid.Run], packs: bool) -> dict[tuple, grid.Run]:
   return shapes
 
 
-def _with_lanes(x: jax.ShapeDtypeStruct, lanes: int) -> jax.ShapeDtypeStruct:
-  """`x` stacked `lanes` times on a new leading axis, each lane sharded as `x`."""
-  sharding = NamedSharding(x.sharding.mesh, PartitionSpec(None, *x.sharding.spec))
-  return jax.ShapeDtypeStruct((lanes, *x.shape), x.dtype, sharding=sharding)
-
-
 def compiled_memory(run: grid.Run, vocab_size: int, mesh: jax.sharding.Mesh, rules,
                     lanes: int = 1) -> tuple[int, dict]:
   """(parameters, per-device memory stats) of the run's train step, compiled for the mesh; with
@@ -112,7 +106,8 @@ def compiled_memory(run: grid.Run, vocab_size: int, mesh: jax.sharding.Mesh, rul
     if lanes == 1:
       lowered = train.jit_step(graphdef, tx, state_sh, frozen_sh, batch_sh).lower(state, frozen, batch)
     else:
-      stacked = lambda tree: jax.tree.map(lambda x: _with_lanes(x, lanes), tree)
+      stacked = lambda tree: jax.tree.map(
+          lambda x: jax.ShapeDtypeStruct((lanes, *x.shape), x.dtype, sharding=pack.lanes_sharding(x)), tree)
       per_lane = lambda dtype: jax.ShapeDtypeStruct((lanes,), dtype, sharding=NamedSharding(mesh, PartitionSpec()))
       lowered = pack.step_fn(graphdef, tcfg).lower(stacked(state), frozen, stacked(batch), per_lane("float32"),
                                                    per_lane("bool"))

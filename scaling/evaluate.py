@@ -41,6 +41,7 @@ def _logits(graphdef: nnx.GraphDef, params, frozen, tokens_BxL: jax.Array, promp
 @jax.jit
 def _combined_scores(logits: tuple[jax.Array, ...], mixture_weights: jax.Array, targets_BxL: jax.Array,
                      weights_BxL: jax.Array):
+  """The mixture's loss sums and most likely tokens, from its models' logits."""
   logp_BxLxV = eft.combine(logits, mixture_weights)
   total, count = weighted_cross_entropy(logp_BxLxV, targets_BxL, weights_BxL)
   return total, count, jnp.argmax(logp_BxLxV, axis=-1)

@@ -40,8 +40,8 @@ class Lane:
   run_dir: str
 
 
-def _lanes_sharding(x: jax.Array) -> NamedSharding:
-  """A lane-stacked array's sharding: lanes unsplit, each lane as the unstacked array was."""
+def lanes_sharding(x: jax.Array | jax.ShapeDtypeStruct) -> NamedSharding:
+  """The sharding of `x` stacked on a leading lane axis: lanes unsplit, each lane as `x` is."""
   return NamedSharding(x.sharding.mesh, PartitionSpec(None, *x.sharding.spec))
 
 
@@ -54,7 +54,7 @@ def _stacked(trees: Sequence[Any]) -> Any:
 
 def stack(trees: Sequence[Any]) -> Any:
   """Trees of like arrays -> one tree with a leading lane axis."""
-  return jax.device_put(_stacked(list(trees)), jax.tree.map(_lanes_sharding, trees[0]))
+  return jax.device_put(_stacked(list(trees)), jax.tree.map(lanes_sharding, trees[0]))
 
 
 @jax.jit
