@@ -38,18 +38,27 @@ else
   attention=xla
 fi
 
-# Name, then flags. d768l12 is 110M parameters with this vocabulary, d2048l24 1.3B. Batches are
-# sequences of 2048 tokens, sized to fit 80 GB by estimate: d768l12 bf16 ~27 GB; its float32 row
-# (XLA attention, the L x L probabilities kept) ~50 GB; d2048l24 remat full ~35 GB, dots ~50 GB.
+# Name, XLA flags, then bench flags. d768l12 is 110M parameters with this vocabulary, d2048l24
+# 1.3B. Batches are sequences of 2048 tokens, sized to fit 80 GB by estimate: d768l12 bf16 ~27 GB;
+# its float32 row (XLA attention, the L x L probabilities kept) ~50 GB; d2048l24 remat full ~35 GB,
+# dots ~50 GB. "notriton": XLA's Triton GEMM fusions off, so matmuls go to cuBLAS. Compiling
+# d768l12 took 100 s on an H200 with the defaults and d2048l24 did not finish in 395 s; the GEMM
+# fusion autotuner, which compiles and times hundreds of Triton configurations per fusion, is
+# the likely cost (MaxText's GPU tables report minutes of it), and cuBLAS GEMMs need none of it.
+# The 110M row runs both ways, so the table shows what the flag costs or saves in speed. The last
+# row prices the chunked loss (memory.loss_chunk): its memory saved and its time spent.
+notriton="--xla_gpu_enable_triton_gemm=false"
 settings=(
-  "d768l12-bf16-b16 --size d768l12 --batch 16 --dtype bfloat16"
-  "d2048l24-bf16-b8-full --size d2048l24 --batch 8 --dtype bfloat16 --remat full"
-  "d768l12-f32-b8 --size d768l12 --batch 8 --dtype float32"
-  "d2048l24-bf16-b8-dots --size d2048l24 --batch 8 --dtype bfloat16 --remat dots"
-  "d768l12-bf16-b16-dots --size d768l12 --batch 16 --dtype bfloat16 --remat dots"
+  "d768l12-bf16-b16-notriton|$notriton|--size d768l12 --batch 16 --dtype bfloat16"
+  "d2048l24-bf16-b8-full-notriton|$notriton|--size d2048l24 --batch 8 --dtype bfloat16 --remat full"
+  "d768l12-bf16-b16||--size d768l12 --batch 16 --dtype bfloat16"
+  "d2048l24-bf16-b8-dots-notriton|$notriton|--size d2048l24 --batch 8 --dtype bfloat16 --remat dots"
+  "d2048l24-bf16-b8-full||--size d2048l24 --batch 8 --dtype bfloat16 --remat full"
+  "d768l12-f32-b8-notriton|$notriton|--size d768l12 --batch 8 --dtype float32"
+  "d768l12-bf16-b16-chunk512-notriton|$notriton|--size d768l12 --batch 16 --dtype bfloat16 --loss-chunk 512"
 )
 for setting in "${settings[@]}"; do
-  name=${setting%% *}
+  IFS="|" read -r name xla_flags flags <<< "$setting"
   left=$((BUDGET - (SECONDS - start)))
   if ((left < 90)); then
     echo "== $name: skipped, ${left} s of the budget left"
@@ -57,8 +66,8 @@ for setting in "${settings[@]}"; do
   fi
   echo "== $name (${left} s of the budget left)"
   # shellcheck disable=SC2086  # The flags split into words.
-  timeout "$left" python3 -m scaling.bench train --seq 2048 --vocab 32768 --attention "$attention" ${setting#* } \
-      --json "$OUT/$name.json" > "$OUT/$name.txt" 2> "$OUT/$name.log"
+  XLA_FLAGS="${XLA_FLAGS:-} $xla_flags" timeout "$left" python3 -m scaling.bench train --seq 2048 --vocab 32768 \
+      --attention "$attention" $flags --json "$OUT/$name.json" > "$OUT/$name.txt" 2> "$OUT/$name.log"
   status=$?
   cat "$OUT/$name.txt"
   if ((status != 0)); then

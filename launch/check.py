@@ -93,6 +93,7 @@ def compiled_memory(run: grid.Run, vocab_size: int, mesh: jax.sharding.Mesh, rul
   frozen_sh = mesh_lib.state_shardings(frozen, mesh, rules)
   params, frozen = nnx.to_pure_dict(trainable), nnx.to_pure_dict(frozen)
   tcfg = train.TrainConfig(**c["train"])
+  loss_chunk = run.execution.get("loss_chunk", 0)
   tx = train.make_optimizer(tcfg)
   state_sh = train.state_shardings(tx, params, param_sh, mesh)  # Outside the mesh context: tx.init runs.
   batch_sh = mesh_lib.batch_sharding(mesh, rules)
@@ -104,12 +105,12 @@ def compiled_memory(run: grid.Run, vocab_size: int, mesh: jax.sharding.Mesh, rul
   frozen = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), frozen, frozen_sh)
   with mesh_lib.activate(mesh, rules):
     if lanes == 1:
-      lowered = train.jit_step(graphdef, tx, state_sh, frozen_sh, batch_sh).lower(state, frozen, batch)
+      lowered = train.jit_step(graphdef, tx, state_sh, frozen_sh, batch_sh, loss_chunk).lower(state, frozen, batch)
     else:
       stacked = lambda tree: jax.tree.map(
           lambda x: jax.ShapeDtypeStruct((lanes, *x.shape), x.dtype, sharding=pack.lanes_sharding(x)), tree)
       per_lane = lambda dtype: jax.ShapeDtypeStruct((lanes,), dtype, sharding=NamedSharding(mesh, PartitionSpec()))
-      lowered = pack.step_fn(graphdef, tcfg).lower(stacked(state), frozen, stacked(batch), per_lane("float32"),
+      lowered = pack.step_fn(graphdef, tcfg, loss_chunk).lower(stacked(state), frozen, stacked(batch), per_lane("float32"),
                                                    per_lane("bool"))
     compiled = lowered.compile()
   stats = compiled.memory_analysis()

@@ -2,6 +2,7 @@
 
     python -m scaling.bench train [--size d768l12,d2048l24] [--seq 2048] [--batch 8] [--dtype bfloat16]
                                   [--remat none|dots|full] [--attention auto|xla|cudnn] [--vocab 32768]
+                                  [--loss-chunk 256]
     python -m scaling.bench methods [--size d128l4] [--methods full,lora,prompt,reft,svf] [--seq 256] [--batch 8]
     python -m scaling.bench laws [--points 40] [--bootstrap 1000]
     python -m scaling.bench eft [--workdir runs/smoke] [--n1 SIZE] [--n2 SIZE] [--k 4] [--tokens 48]
@@ -140,7 +141,7 @@ def reference_step(cfg: model_lib.ModelConfig, tx: optax.GradientTransformation,
 
 
 def _compiled_step(impl: str, cfg: model_lib.ModelConfig, tx: optax.GradientTransformation,
-                   mesh: jax.sharding.Mesh, batch: dict) -> tuple[Callable, dict, jax.stages.Compiled]:
+                   mesh: jax.sharding.Mesh, batch: dict, loss_chunk: int = 0) -> tuple[Callable, dict, jax.stages.Compiled]:
   """(step(state) -> (state, metrics), the initial state, the compiled program) of one implementation."""
   rules = mesh_lib.DEFAULT_RULES
   with mesh_lib.activate(mesh, rules):
@@ -152,7 +153,7 @@ def _compiled_step(impl: str, cfg: model_lib.ModelConfig, tx: optax.GradientTran
     state_sh = train.state_shardings(tx, params, jax.tree.map(lambda x: x.sharding, params), mesh)
     state = {"step": jnp.zeros((), jnp.int32), "params": params,
              "opt": jax.jit(tx.init, out_shardings=state_sh["opt"])(params), "tokens": jnp.zeros((), jnp.float32)}
-    step = train.jit_step(graphdef, tx, state_sh, {}, mesh_lib.batch_sharding(mesh, rules))
+    step = train.jit_step(graphdef, tx, state_sh, {}, mesh_lib.batch_sharding(mesh, rules), loss_chunk)
     compiled = step.lower(state, {}, batch).compile()
     return lambda s: compiled(s, {}, batch), state, compiled
 
@@ -171,8 +172,9 @@ def random_batch(cfg: model_lib.ModelConfig, batch: int, seq: int, sharding) -> 
 
 
 def bench_train(size: str, cfg: model_lib.ModelConfig, *, seq: int, batch: int, steps: int,
-                warmup: int) -> list[dict]:
-  """Rows of the training-step benchmark for one size: ours, then the reference."""
+                warmup: int, loss_chunk: int = 0) -> list[dict]:
+  """Rows of the training-step benchmark for one size: ours (its loss in chunks of `loss_chunk`
+  positions, if not 0), then the reference (never chunked)."""
   tx = train.make_optimizer(train.TrainConfig(batch_size=batch, seq_len=seq, warmup_steps=0, schedule="constant"))
   mesh = mesh_lib.make_mesh({"data": -1})
   data = random_batch(cfg, batch, seq, mesh_lib.batch_sharding(mesh, mesh_lib.DEFAULT_RULES))
@@ -183,7 +185,7 @@ def bench_train(size: str, cfg: model_lib.ModelConfig, *, seq: int, batch: int, 
   for impl in ("ours", "reference"):
     print(f"{size} {impl}: compiling", file=sys.stderr, flush=True)
     t0 = time.perf_counter()
-    step, state, compiled = _compiled_step(impl, cfg, tx, mesh, data)
+    step, state, compiled = _compiled_step(impl, cfg, tx, mesh, data, loss_chunk if impl == "ours" else 0)
     compile_s = time.perf_counter() - t0
     stats = compiled.memory_analysis()
     times, losses = [], []
@@ -197,9 +199,9 @@ def bench_train(size: str, cfg: model_lib.ModelConfig, *, seq: int, batch: int, 
     tokens_per_s = batch * seq / step_s
     rows.append({
         "size": size, "impl": impl, "params": model_lib.param_count(cfg), "vocab": cfg.vocab_size, "seq": seq,
-        "batch": batch, "dtype": cfg.compute_dtype, "remat": cfg.remat,
+        "batch": batch, "dtype": cfg.compute_dtype, "remat": cfg.remat, "loss_chunk": loss_chunk,
         "attention": model_lib.attention_implementation(cfg), "devices": len(devices),
-        "device_kind": devices[0].device_kind, "compile_s": compile_s,
+        "device_kind": devices[0].device_kind, "xla_flags": os.environ.get("XLA_FLAGS", ""), "compile_s": compile_s,
         "step_s": step_s, "step_s_all": times[warmup:], "tokens_per_s": tokens_per_s,
         "flops_per_s": flops_per_token * tokens_per_s,
         "mfu": None if peak is None else flops_per_token * tokens_per_s / (peak * len(devices)),
@@ -255,7 +257,9 @@ def train_table(rows: list[dict]) -> list[str]:
   r = rows[0]
   lines = [f"train: ours (Flax NNX, scaling.train.jit_step) against a plain-JAX reference on {r['devices']} x "
            f"{r['device_kind']}; vocab {r['vocab']}, {r['batch']} x {r['seq']} tokens, {r['dtype']}, "
-           f"remat {r['remat']}, attention {r['attention']}; median of {len(r['step_s_all'])} steps",
+           f"remat {r['remat']}, attention {r['attention']}, our loss in chunks of "
+           f"{r.get('loss_chunk') or 'the whole sequence'}; median of {len(r['step_s_all'])} steps"
+           + (f"; XLA_FLAGS {r['xla_flags']}" if r.get("xla_flags") else ""),
            f"{'size':>9} {'impl':>9} {'params':>14} {'compile s':>9} {'step ms':>9} {'tokens/s':>11} {'TFLOP/s':>8} "
            f"{'MFU':>6} {'loss@0':>8} {'program MiB':>11} {'peak MiB':>9} {'ours/ref':>8}"]
   mib = lambda b: "-" if b is None else f"{b / 2**20:,.0f}"
@@ -473,6 +477,8 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--remat", default="none", choices=model_lib.CHOICES["remat"], help="train: remat policy.")
   parser.add_argument("--attention", default="auto", choices=model_lib.CHOICES["attention"], help="train: kernel.")
   parser.add_argument("--vocab", type=int, default=32768, help="train: vocabulary, as a real LM's, not our world's.")
+  parser.add_argument("--loss-chunk", type=int, default=0,
+                      help="train: our loss's logits made this many positions at a time (0: all at once).")
   parser.add_argument("--steps", type=int, default=10, help="train: timed steps per implementation.")
   parser.add_argument("--warmup", type=int, default=2, help="train: untimed steps after compiling.")
   parser.add_argument("--json", help="train: also write the rows, every measurement included, to this file.")
@@ -487,6 +493,8 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--k", type=int, default=4, help="eft: tokens drafted per target pass.")
   parser.add_argument("--tokens", type=int, default=48, help="eft: tokens generated per prompt.")
   args = parser.parse_args(argv)
+  if args.loss_chunk < 0:
+    parser.error(f"--loss-chunk={args.loss_chunk}; allowed: 0 (no chunks) or a positive integer")
   if args.which in ("train", "methods") and args.batch % jax.device_count():
     parser.error(f"--batch={args.batch} does not split over the {jax.device_count()} devices; allowed: a multiple "
                  f"of {jax.device_count()}")
@@ -500,7 +508,8 @@ def main(argv: list[str] | None = None) -> None:
     except ValueError as e:
       parser.error(str(e))
     rows = [row for size, cfg in cfgs.items()
-            for row in bench_train(size, cfg, seq=args.seq, batch=args.batch, steps=args.steps, warmup=args.warmup)]
+            for row in bench_train(size, cfg, seq=args.seq, batch=args.batch, steps=args.steps, warmup=args.warmup,
+                                   loss_chunk=args.loss_chunk)]
     print("\n".join(train_table(rows)))
     if args.json:
       with open(args.json, "w") as f:

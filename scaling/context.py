@@ -35,6 +35,11 @@ class Context:
     return self.workdir / "runs" / self.run.id
 
   @property
+  def loss_chunk(self) -> int:
+    """Positions per chunk of the training loss's logits (0: all at once); older specs lack it."""
+    return self.run.execution.get("loss_chunk", 0)
+
+  @property
   def tok(self) -> tokenizer.TextTokenizer:
     return self.sources.tok
 

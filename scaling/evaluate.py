@@ -8,7 +8,7 @@ are split over its batch axes and the sums cover every host's examples.
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -24,6 +24,26 @@ def weighted_cross_entropy(logits_BxLxV: jax.Array, targets_BxL: jax.Array, weig
   """(sum of weighted token losses, sum of weights)."""
   losses_BxL = optax.softmax_cross_entropy_with_integer_labels(logits_BxLxV, targets_BxL)
   return (losses_BxL * weights_BxL).sum(), weights_BxL.sum()
+
+
+def chunked_cross_entropy(logits_fn: Callable[[jax.Array], jax.Array], x_BxLxD: jax.Array, targets_BxL: jax.Array,
+                          weights_BxL: jax.Array, chunk: int):
+  """`weighted_cross_entropy` of `logits_fn(x)`, `chunk` positions at a time (0: all at once); a
+  chunk's logits are recomputed for the backward pass, so the (B, L, V) logits never exist whole."""
+  seq_len = x_BxLxD.shape[1]
+  if not chunk or chunk >= seq_len:
+    return weighted_cross_entropy(logits_fn(x_BxLxD), targets_BxL, weights_BxL)
+  pad = -seq_len % chunk  # Padded positions weigh 0.
+  split = lambda a: jnp.moveaxis(jnp.pad(a, [(0, 0), (0, pad)] + [(0, 0)] * (a.ndim - 2)).reshape(
+      a.shape[0], -1, chunk, *a.shape[2:]), 1, 0)
+
+  @jax.checkpoint
+  def add_chunk(total, chunk_of):
+    x_BxCxD, targets_BxC, weights_BxC = chunk_of
+    return total + weighted_cross_entropy(logits_fn(x_BxCxD), targets_BxC, weights_BxC)[0], None
+
+  total, _ = jax.lax.scan(add_chunk, jnp.zeros((), jnp.float32), (split(x_BxLxD), split(targets_BxL), split(weights_BxL)))
+  return total, weights_BxL.sum()
 
 
 def loss_sums(mixture: decode.Mixture, batch: Mapping[str, jax.Array]):

@@ -46,7 +46,8 @@ def expand(study: ml_collections.ConfigDict) -> list[Run]:
 
   execution = json.loads(json.dumps({"mesh_shape": study.mesh.shape.to_dict(), "rules": study.mesh.rules,
                                      "eval_batch_size": study.eval.batch_size,
-                                     "pack": study.finetune.pack}))  # As spec.json holds it.
+                                     "pack": study.finetune.pack,
+                                     "loss_chunk": study.memory.loss_chunk}))  # As spec.json holds it.
   runs: list[Run] = []
   for kind in kinds.KINDS.values():
     runs += kind.cells(study, list(runs), execution)

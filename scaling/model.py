@@ -352,11 +352,12 @@ class Transformer(nnx.Module):
 
   def forward_embeddings(self, x_BxLxD: jax.Array, positions_BxL: jax.Array | None = None,
                          cache: list[KVCache] | None = None,
-                         after_block: Callable[[int, jax.Array], jax.Array] | None = None
-                         ) -> tuple[jax.Array, list[KVCache] | None]:
+                         after_block: Callable[[int, jax.Array], jax.Array] | None = None,
+                         hidden: bool = False) -> tuple[jax.Array, list[KVCache] | None]:
     """Logits from input embeddings (the entry point for methods that edit the input), and the
     cache updated with these positions if one is given (positions default to 0..L-1).
-    `after_block(i, x)`, if given, edits the hidden states after block i (methods that edit them)."""
+    `after_block(i, x)`, if given, edits the hidden states after block i (methods that edit them).
+    `hidden`: the final normalised hidden states (B, L, D) instead of logits (see `unembed`)."""
     b, seq_len = x_BxLxD.shape[:2]
     if positions_BxL is None:
       positions_BxL = jnp.broadcast_to(jnp.arange(seq_len), (b, seq_len))
@@ -370,6 +371,10 @@ class Transformer(nnx.Module):
         x_BxLxD = after_block(i, x_BxLxD)
       new_cache.append(layer_cache)
     x_BxLxD = self.norm_out(x_BxLxD)
+    return x_BxLxD if hidden else self.logits(x_BxLxD), None if cache is None else new_cache
+
+  def logits(self, x_BxLxD: jax.Array) -> jax.Array:
+    """Next-token logits (B, L, V) in float32 from final hidden states (B, L, D)."""
     # Float32 accumulation and logits from compute-dtype operands: bfloat16 logits would carry a
     # rounding error of 0.4% of their size into the loss.
     if self.cfg.tie_embeddings:
@@ -377,8 +382,7 @@ class Transformer(nnx.Module):
                                 preferred_element_type=jnp.float32)
     else:
       logits_BxLxV = jnp.matmul(x_BxLxD, self.unembed[...].astype(x_BxLxD.dtype), preferred_element_type=jnp.float32)
-    logits_BxLxV = mesh_lib.constrain(logits_BxLxV, ("act_batch", "act_length", "act_vocab"))
-    return logits_BxLxV, None if cache is None else new_cache
+    return mesh_lib.constrain(logits_BxLxV, ("act_batch", "act_length", "act_vocab"))
 
   def extend(self, tokens_BxT: jax.Array, positions_BxT: jax.Array, cache: list[KVCache],
              prompt_len_B: jax.Array | None = None) -> tuple[jax.Array, list[KVCache]]:
@@ -387,6 +391,7 @@ class Transformer(nnx.Module):
     del prompt_len_B
     return self.forward_embeddings(self.embed_tokens(tokens_BxT), positions_BxT, cache)
 
-  def __call__(self, tokens_BxL: jax.Array, prompt_len_B: jax.Array | None = None) -> jax.Array:
+  def __call__(self, tokens_BxL: jax.Array, prompt_len_B: jax.Array | None = None, hidden: bool = False) -> jax.Array:
+    """Logits (B, L, V) of every position; with `hidden`, the final hidden states (B, L, D)."""
     del prompt_len_B  # See `extend`.
-    return self.forward_embeddings(self.embed_tokens(tokens_BxL))[0]
+    return self.forward_embeddings(self.embed_tokens(tokens_BxL), hidden=hidden)[0]

@@ -70,12 +70,12 @@ def _lane(tree: Any, i: jax.Array) -> Any:
   return jax.tree.map(lambda x: x[i], tree)
 
 
-def step_fn(graphdef: nnx.GraphDef, cfg: train.TrainConfig):
+def step_fn(graphdef: nnx.GraphDef, cfg: train.TrainConfig, loss_chunk: int = 0):
   """The jitted train step of every lane at once; lanes not `active` keep their state."""
 
   def one(lr, state, frozen, batch):
     return train.train_step(graphdef, train.make_optimizer(dataclasses.replace(cfg, learning_rate=lr)),
-                            state, frozen, batch)
+                            state, frozen, batch, loss_chunk)
 
   def step(state, frozen, batch, lr_K, active_K):
     new, metrics = jax.vmap(one, in_axes=(0, 0, None, 0))(lr_K, state, frozen, batch)
@@ -92,7 +92,7 @@ def _dev_loss_fn(graphdef: nnx.GraphDef):
 
 def train_lanes(*, graphdef: nnx.GraphDef, frozen: Mapping, lanes: Sequence[Lane], mesh: jax.sharding.Mesh,
                 rules: mesh_lib.Rules, dev_batches: Sequence[Mapping] | None = None,
-                description: str = "pack") -> list[train.TrainOutcome]:
+                description: str = "pack", loss_chunk: int = 0) -> list[train.TrainOutcome]:
   """Trains every lane (or resumes it from its checkpoint) and returns each lane's outcome, as
   `train.run` would for it alone. The lanes' configs may differ only in the learning rate."""
   t0 = time.time()
@@ -130,7 +130,7 @@ def train_lanes(*, graphdef: nnx.GraphDef, frozen: Mapping, lanes: Sequence[Lane
   steps = np.asarray(state["step"]).copy()
   logs = [train.MetricsLog(epath.Path(lane.run_dir) / "metrics.jsonl", int(s), jax.process_index() == 0)
           for lane, s in zip(lanes, steps)]
-  lanes_step, dev_sums = step_fn(graphdef, cfg), _dev_loss_fn(graphdef)
+  lanes_step, dev_sums = step_fn(graphdef, cfg, loss_chunk), _dev_loss_fn(graphdef)
   lr_K = jnp.asarray([lane.cfg.learning_rate for lane in lanes], jnp.float32)
   batch_sh = mesh_lib.batch_sharding(mesh, rules)
   lane_batch_sh = NamedSharding(mesh, PartitionSpec(None, *batch_sh.spec))
@@ -154,13 +154,19 @@ def train_lanes(*, graphdef: nnx.GraphDef, frozen: Mapping, lanes: Sequence[Lane
   stopped = early_stopping & (steps > 0) & (best["bad_evals"] >= cfg.patience)
   if early_stopping and (steps == 0).any():
     stopped |= evaluate_dev(steps == 0)
+  def device_batch(at: np.ndarray) -> dict:
+    """Every lane's batch of its step `at`, stacked on the lane axis."""
+    rows = [lane.batches.rows(int(s), slice(None)) for lane, s in zip(lanes, at)]
+    return jax.device_put({key: np.stack([r[key] for r in rows]) for key in train.BATCH_FIELDS if key in rows[0]},
+                          lane_batch_sh)
+
   bar = tqdm.tqdm(total=k * cfg.max_steps, initial=int(steps.sum()), desc=description, disable=None, leave=False)
+  batch = device_batch(steps)
   with timing.phase("training"):
     while (active := ~stopped & (steps < cfg.max_steps)).any():
-      rows = [lane.batches.rows(int(s), slice(None)) for lane, s in zip(lanes, steps)]
-      batch = {key: np.stack([r[key] for r in rows]) for key in train.BATCH_FIELDS if key in rows[0]}
-      state, metrics = lanes_step(state, frozen, jax.device_put(batch, lane_batch_sh), lr_K, jnp.asarray(active))
+      state, metrics = lanes_step(state, frozen, batch, lr_K, jnp.asarray(active))
       steps = steps + active
+      batch = device_batch(steps)  # Made and sent while this step runs, as in `train.run`.
       logged = active & ((steps % cfg.log_every == 0) | (steps == cfg.max_steps))
       if logged.any():
         metrics = jax.device_get(metrics)

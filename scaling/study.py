@@ -58,6 +58,12 @@ def defaults() -> ml_collections.ConfigDict:
   c.transplant = ml_collections.ConfigDict({"enabled": False, "task": "", "method": "", "d_f": (), "seed": -1,
                                             "parts": ("lower", "upper")})
   c.eval = ml_collections.ConfigDict({"batch_size": 100})
+  # How a train step spends memory; like eval.batch_size and mesh, not part of what a run computes
+  # (nor of its hash). loss_chunk: the loss's logits are made this many positions at a time and
+  # remade in the backward pass, so the float32 (batch, seq, vocab) logits never exist whole; 0
+  # makes them all at once. Chunks trade memory for time: set one where the logits bind memory (a
+  # large vocabulary, long sequences), as `python -m scaling.bench train --loss-chunk` shows.
+  c.memory = ml_collections.ConfigDict({"loss_chunk": 0})
   c.mesh = ml_collections.ConfigDict({"shape": {"data": -1, "fsdp": 1, "tensor": 1},
                                       "rules": tuple(mesh_lib.DEFAULT_RULES)})
   return c
@@ -170,6 +176,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> ml_collecti
   _positive_ints("pretrain.steps", study.pretrain.steps)
   _positive_ints("finetune.d_f", study.finetune.d_f)
   _positive_ints("finetune.pack", (study.finetune.pack,))
+  if not isinstance(study.memory.loss_chunk, int) or study.memory.loss_chunk < 0:
+    raise StudyError(f"memory.loss_chunk={study.memory.loss_chunk!r}; allowed: 0 (no chunks) or a positive integer")
   if not study.finetune.seeds:
     raise StudyError("finetune.seeds=[]; allowed: a non-empty list of integers")
   specs = method_specs(study)

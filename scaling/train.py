@@ -93,12 +93,15 @@ BATCH_FIELDS = ("inputs", "targets", "weights", "prompt_len")
 
 
 def train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, state: dict, frozen: Mapping,
-               batch: Mapping[str, jax.Array]) -> tuple[dict, dict]:
-  """One optimiser step on the mean loss of the batch's scored tokens."""
+               batch: Mapping[str, jax.Array], loss_chunk: int = 0) -> tuple[dict, dict]:
+  """One optimiser step on the mean loss of the batch's scored tokens; the loss's logits are made
+  `loss_chunk` positions at a time (0: all at once; see `evaluate.chunked_cross_entropy`)."""
 
   def loss_of(params):
-    logits_BxLxV = nnx.merge(graphdef, params, frozen)(batch["inputs"], batch.get("prompt_len"))
-    total, count = evaluate.weighted_cross_entropy(logits_BxLxV, batch["targets"], batch["weights"])
+    model = nnx.merge(graphdef, params, frozen)
+    x_BxLxD = model(batch["inputs"], batch.get("prompt_len"), hidden=True)
+    total, count = evaluate.chunked_cross_entropy(model.logits, x_BxLxD, batch["targets"], batch["weights"],
+                                                  loss_chunk)
     return total / jnp.maximum(count, 1.0), count
 
   (loss, count), grads = jax.value_and_grad(loss_of, has_aux=True)(state["params"])
@@ -119,10 +122,10 @@ def state_shardings(tx: optax.GradientTransformation, abstract_params: Any, para
 
 
 def jit_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, state_sh: dict, frozen_sh: Any,
-             batch_sh: NamedSharding):
+             batch_sh: NamedSharding, loss_chunk: int = 0):
   """The train step, jitted with fixed shardings and the state donated (also lowered ahead of time)."""
-  return jax.jit(lambda s, f, b: train_step(graphdef, tx, s, f, b), in_shardings=(state_sh, frozen_sh, batch_sh),
-                 out_shardings=(state_sh, None), donate_argnums=0)
+  return jax.jit(lambda s, f, b: train_step(graphdef, tx, s, f, b, loss_chunk),
+                 in_shardings=(state_sh, frozen_sh, batch_sh), out_shardings=(state_sh, None), donate_argnums=0)
 
 
 def abstract_state(tx: optax.GradientTransformation, params: Any, state_sh: dict) -> dict:
@@ -161,7 +164,7 @@ class MetricsLog:
 @timing.phase("training")
 def run(*, graphdef: nnx.GraphDef, params: Any, frozen: Mapping, batches, cfg: TrainConfig, run_dir: str,
         mesh: jax.sharding.Mesh, rules: mesh_lib.Rules, dev_batches: Sequence[Mapping] | None = None,
-        description: str = "train") -> TrainOutcome:
+        description: str = "train", loss_chunk: int = 0) -> TrainOutcome:
   """Trains from `params` (or from the run's latest checkpoint) and returns the kept parameters.
 
   `batches.rows(step, part)` must return rows `part` (a slice) of the batch of that step (see
@@ -175,7 +178,7 @@ def run(*, graphdef: nnx.GraphDef, params: Any, frozen: Mapping, batches, cfg: T
   frozen_sh = jax.tree.map(lambda x: x.sharding, frozen)
   state_sh = state_shardings(tx, params, param_sh, mesh)
   batch_sh = mesh_lib.batch_sharding(mesh, rules)
-  step_fn = jit_step(graphdef, tx, state_sh, frozen_sh, batch_sh)
+  step_fn = jit_step(graphdef, tx, state_sh, frozen_sh, batch_sh, loss_chunk)
   init_opt = jax.jit(tx.init, out_shardings=state_sh["opt"])
   early_stopping = cfg.eval_every > 0 and dev_batches is not None
 
@@ -213,13 +216,20 @@ def run(*, graphdef: nnx.GraphDef, params: Any, frozen: Mapping, batches, cfg: T
   stopped = early_stopping and start > 0 and int(best["bad_evals"]) >= cfg.patience
   if early_stopping and start == 0:
     stopped = evaluate_dev(0)
+
+  def device_batch(at: int) -> dict:
+    return mesh_lib.global_batch(lambda part: {k: v for k, v in batches.rows(at, part).items() if k in BATCH_FIELDS},
+                                 cfg.batch_size, mesh, rules)
+
   step = start
   bar = tqdm.tqdm(total=cfg.max_steps, initial=start, desc=description, disable=None, leave=False)
+  batch = device_batch(step)
   while not stopped and step < cfg.max_steps:
-    batch = mesh_lib.global_batch(lambda part: {k: v for k, v in batches.rows(step, part).items()
-                                                if k in BATCH_FIELDS}, cfg.batch_size, mesh, rules)
     state, metrics = step_fn(state, frozen, batch)
     step += 1
+    # Step t+1's batch is made and sent while step t runs (dispatch is asynchronous), before the
+    # logging, evaluation and checkpoints below wait for step t.
+    batch = device_batch(step)
     if step % cfg.log_every == 0 or step == cfg.max_steps:
       metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
       log.write({"step": step, **metrics})

@@ -83,3 +83,28 @@ def test_mixtures_share_their_models_programs():
   logp = np.asarray(decode.log_probs(emulated, jnp.asarray(batch["inputs"])))
   expected = -np.take_along_axis(logp, tokens[:, 1:, None], -1).mean()
   assert abs(loss - expected) < 1e-5
+
+
+def test_chunked_loss_equals_the_whole_and_never_holds_all_logits():
+  k1, k2, k3, k4 = jax.random.split(jax.random.key(0), 4)
+  x_BxLxD = jax.random.normal(k1, (4, 64, 16))
+  w_DxV = jax.random.normal(k2, (16, 4096)) * 0.3
+  targets = jax.random.randint(k3, (4, 64), 0, 4096)
+  weights = (jax.random.uniform(k4, (4, 64)) > 0.3).astype(jnp.float32)
+
+  def loss(chunk):
+    def total(x, w):
+      return evaluate.chunked_cross_entropy(lambda h: h @ w, x, targets, weights, chunk)[0]
+    return jax.jit(jax.value_and_grad(total, argnums=(0, 1)))
+
+  whole, (gx, gw) = loss(0)(x_BxLxD, w_DxV)
+  for chunk in (3, 8, 64):  # 3 does not divide the 64 positions: the last chunk is padded.
+    value, (cx, cw) = loss(chunk)(x_BxLxD, w_DxV)
+    np.testing.assert_allclose(value, whole, rtol=1e-5)
+    np.testing.assert_allclose(cx, gx, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(cw, gw, rtol=1e-4, atol=1e-6)
+  assert evaluate.chunked_cross_entropy(lambda h: h @ w_DxV, x_BxLxD, targets, weights, 8)[1] == weights.sum()
+  # The whole loss holds the (4, 64, 4096) float32 logits (4 MiB) and their gradient; chunks of 8
+  # positions hold an eighth of them at a time.
+  temp = lambda chunk: loss(chunk).lower(x_BxLxD, w_DxV).compile().memory_analysis().temp_size_in_bytes
+  assert temp(0) > 4 * 2**20 and temp(8) < temp(0) / 4

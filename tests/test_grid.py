@@ -46,6 +46,7 @@ def test_ids_follow_what_a_run_is_not_how_it_runs():
   assert {r.id for r in _runs(**{"finetune.train.learning_rate": 5e-4})} != base
   # Evaluation batching and the mesh do not change what a run computes: same ids.
   assert {r.id for r in _runs(**{"eval.batch_size": 8})} == base
+  assert {r.id for r in _runs(**{"memory.loss_chunk": 8})} == base
   assert {r.id for r in _runs(**{"mesh.shape": {"data": 2}})} == base
 
 

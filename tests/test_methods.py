@@ -271,6 +271,21 @@ def test_reft_rotation_stays_orthonormal_while_training():
   assert not np.allclose(np.asarray(trained.interventions[0].basis[...]), np.asarray(model.interventions[0].basis[...]))
 
 
+@pytest.mark.parametrize("name", sorted(methods.METHODS))
+def test_every_method_trains_the_same_with_its_loss_in_chunks(name):
+  method = methods.get_method(name)
+  graphdef, params, frozen = nnx.split(_prepared(method), method.trainable, ...)
+  tokens, prompt_len = _reft_inputs()
+  tx = train.make_optimizer(train.TrainConfig(warmup_steps=0))
+  batch = {"inputs": tokens, "targets": jnp.roll(tokens, -1, axis=1), "weights": jnp.ones(tokens.shape),
+           "prompt_len": prompt_len}
+  state = {"step": jnp.int32(0), "params": params, "opt": tx.init(params), "tokens": jnp.float32(0)}
+  (whole, whole_m), (chunked, chunked_m) = (
+      jax.jit(lambda s, c=chunk: train.train_step(graphdef, tx, s, frozen, batch, c))(state) for chunk in (0, 5))
+  np.testing.assert_allclose(chunked_m["loss"], whole_m["loss"], rtol=1e-6)
+  np.testing.assert_allclose(chunked_m["grad_norm"], whole_m["grad_norm"], rtol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), chunked["params"], whole["params"])
+
 def test_the_methods_study_config_is_valid_and_covers_every_method():
   sys.path.insert(0, ROOT)
   from configs import methods as methods_config

@@ -45,6 +45,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     ({"eft": {"enabled": True, "d_f": (16, 64)}},
      r"eft.d_f contains 64, which this study does not fine-tune on; allowed: \[16, 32\]"),
     ({"eft": {"enabled": True, "seed": 3}}, r"eft.seed=3 is not a fine-tuning seed of this study; allowed: \[0\]"),
+    ({"memory": {"loss_chunk": -8}}, r"memory.loss_chunk=-8; allowed: 0 \(no chunks\) or a positive integer"),
 ])
 def test_bad_study_names_the_field(overrides, message):
   with pytest.raises(study_lib.StudyError, match=message):

@@ -100,7 +100,7 @@ def execute(ctx: context_lib.Context) -> dict:
   model = setup.model
   outcome = train.run(graphdef=model.graphdef, params=model.params, frozen=model.frozen, batches=setup.batches,
                       cfg=setup.cfg, run_dir=str(ctx.run_dir), mesh=ctx.mesh, rules=ctx.rules,
-                      dev_batches=_dev_batches(ctx), description=ctx.run.id)
+                      dev_batches=_dev_batches(ctx), description=ctx.run.id, loss_chunk=ctx.loss_chunk)
   return _finish(ctx, setup, outcome)
 
 
@@ -111,5 +111,6 @@ def execute_pack(ctxs: list[context_lib.Context]) -> list[dict]:
   first, ctx = setups[0].model, ctxs[0]
   lanes = [pack.Lane(s.model.params, s.batches, s.cfg, str(c.run_dir)) for s, c in zip(setups, ctxs)]
   outcomes = pack.train_lanes(graphdef=first.graphdef, frozen=first.frozen, lanes=lanes, mesh=ctx.mesh,
-                              rules=ctx.rules, dev_batches=_dev_batches(ctx), description=f"{len(ctxs)} lanes")
+                              rules=ctx.rules, dev_batches=_dev_batches(ctx), description=f"{len(ctxs)} lanes",
+                              loss_chunk=ctx.loss_chunk)
   return [_finish(c, s, o) for c, s, o in zip(ctxs, setups, outcomes)]

@@ -35,7 +35,8 @@ def execute(ctx: context_lib.Context) -> dict:
   batches = pipeline.train_batches(ctx.sources.corpus("train"), pipeline.Encoder(ctx.tok, tcfg.seq_len, truncate=True),
                                    tcfg.batch_size, seed=cfg["seed"])
   outcome = train.run(graphdef=model.graphdef, params=model.params, frozen=model.frozen, batches=batches,
-                      cfg=tcfg, run_dir=str(ctx.run_dir), mesh=ctx.mesh, rules=ctx.rules, description=ctx.run.id)
+                      cfg=tcfg, run_dir=str(ctx.run_dir), mesh=ctx.mesh, rules=ctx.rules, description=ctx.run.id,
+                      loss_chunk=ctx.loss_chunk)
   train.save_params(outcome.params, str(ctx.run_dir / "model"))
   mixture = decode.Mixture.single(model.graphdef, outcome.params, model.frozen)
   return context_lib.trained_record(ctx, outcome, context_lib.retention_metrics(ctx, mixture),

@@ -27,13 +27,14 @@ class PromptTuned(nnx.Module):
     ids = jax.random.randint(rngs.params(), (length,), 0, model.cfg.vocab_size)
     self.prompt = PromptParam(jnp.take(model.embed[...], ids, axis=0), logical_axes=(None, "embed"))
 
-  def _run(self, tokens_BxT: jax.Array, positions_BxT: jax.Array, cache):
+  def _run(self, tokens_BxT: jax.Array, positions_BxT: jax.Array, cache, hidden: bool = False):
     b, p = tokens_BxT.shape[0], self.length
     x_BxTxD = self.model.embed_tokens(tokens_BxT)
     prompt_BxPxD = jnp.broadcast_to(self.prompt[...].astype(x_BxTxD.dtype), (b, p, x_BxTxD.shape[-1]))
     positions = jnp.concatenate([jnp.broadcast_to(jnp.arange(p), (b, p)), positions_BxT + p], axis=1)
-    logits, cache = self.model.forward_embeddings(jnp.concatenate([prompt_BxPxD, x_BxTxD], axis=1), positions, cache)
-    return logits[:, p:], cache
+    out, cache = self.model.forward_embeddings(jnp.concatenate([prompt_BxPxD, x_BxTxD], axis=1), positions, cache,
+                                               hidden=hidden)
+    return out[:, p:], cache
 
   def init_cache(self, batch: int, length: int) -> list:
     """The model's cache, with room for the prompt before the `length` positions of the input."""
@@ -45,10 +46,13 @@ class PromptTuned(nnx.Module):
     del prompt_len_B
     return self._run(tokens_BxT, positions_BxT, cache)
 
-  def __call__(self, tokens_BxL: jax.Array, prompt_len_B: jax.Array | None = None) -> jax.Array:
+  def __call__(self, tokens_BxL: jax.Array, prompt_len_B: jax.Array | None = None, hidden: bool = False) -> jax.Array:
     del prompt_len_B
     b, seq_len = tokens_BxL.shape
-    return self._run(tokens_BxL, jnp.broadcast_to(jnp.arange(seq_len), (b, seq_len)), None)[0]
+    return self._run(tokens_BxL, jnp.broadcast_to(jnp.arange(seq_len), (b, seq_len)), None, hidden)[0]
+
+  def logits(self, x_BxLxD: jax.Array) -> jax.Array:
+    return self.model.logits(x_BxLxD)
 
 
 @dataclasses.dataclass(frozen=True)

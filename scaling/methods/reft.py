@@ -84,15 +84,19 @@ class ReftModel(nnx.Module):
     return self.model.init_cache(batch, length)
 
   def extend(self, tokens_BxT: jax.Array, positions_BxT: jax.Array, cache: list | None,
-             prompt_len_B: jax.Array | None = None) -> tuple[jax.Array, list | None]:
+             prompt_len_B: jax.Array | None = None, hidden: bool = False) -> tuple[jax.Array, list | None]:
     """Logits of T new tokens at their positions, and the updated cache (if one is given); the
     tokens at prompt positions are edited."""
     edit = self._edit(self._where(positions_BxT, _required(prompt_len_B)))
-    return self.model.forward_embeddings(self.model.embed_tokens(tokens_BxT), positions_BxT, cache, edit)
+    return self.model.forward_embeddings(self.model.embed_tokens(tokens_BxT), positions_BxT, cache, edit, hidden)
 
-  def __call__(self, tokens_BxL: jax.Array, prompt_len_B: jax.Array | None = None) -> jax.Array:
+  def __call__(self, tokens_BxL: jax.Array, prompt_len_B: jax.Array | None = None, hidden: bool = False) -> jax.Array:
     b, seq_len = tokens_BxL.shape
-    return self.extend(tokens_BxL, jnp.broadcast_to(jnp.arange(seq_len), (b, seq_len)), None, prompt_len_B)[0]
+    return self.extend(tokens_BxL, jnp.broadcast_to(jnp.arange(seq_len), (b, seq_len)), None, prompt_len_B,
+                       hidden)[0]
+
+  def logits(self, x_BxLxD: jax.Array) -> jax.Array:
+    return self.model.logits(x_BxLxD)
 
 
 def _required(prompt_len_B):
