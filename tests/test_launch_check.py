@@ -30,8 +30,8 @@ def test_bad_slice_names_are_named(name, message):
     slices.tpu_topology(name)
 
 
-def _rows(mesh_shape, memory_bytes=None, packs=False):
-  study = study_lib.validate(tiny_study(**{"mesh.shape": mesh_shape, "model.sizes": ("d32l2", "d48l2")}), 8)
+def _rows(mesh_shape, memory_bytes=None, packs=False, sizes=("d32l2", "d48l2"), **overrides):
+  study = study_lib.validate(tiny_study(**{"mesh.shape": mesh_shape, "model.sizes": sizes, **overrides}), 8)
   target = check.Target("8 cpu", tuple(jax.devices()), memory_bytes, packs)
   return check.check(study, target)
 
@@ -57,6 +57,12 @@ def test_packed_fine_tunes_are_checked_as_their_packs():
   for one, two in zip(alone[2:], packed[2:]):
     assert 1.8 * one["argument"] < two["argument"] < 2.2 * one["argument"]
   assert "lanes" in check.format_rows(packed, check.Target("8 cpu", tuple(jax.devices()), None, True))
+
+
+def test_steps_are_checked_with_the_studys_loss_chunks():
+  whole, chunked = (_rows({"data": 8}, sizes=("d32l2",), **{"memory.loss_chunk": c}) for c in (0, 4))
+  assert [r["method"] for r in chunked] == ["pretrain", "full"]
+  assert all(c["temp"] < w["temp"] and c["argument"] == w["argument"] for w, c in zip(whole, chunked))
 
 
 def test_a_mesh_that_leaves_devices_out_is_named():
