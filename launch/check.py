@@ -110,8 +110,8 @@ def compiled_memory(run: grid.Run, vocab_size: int, mesh: jax.sharding.Mesh, rul
       stacked = lambda tree: jax.tree.map(
           lambda x: jax.ShapeDtypeStruct((lanes, *x.shape), x.dtype, sharding=pack.lanes_sharding(x)), tree)
       per_lane = lambda dtype: jax.ShapeDtypeStruct((lanes,), dtype, sharding=NamedSharding(mesh, PartitionSpec()))
-      lowered = pack.step_fn(graphdef, tcfg, loss_chunk).lower(stacked(state), frozen, stacked(batch), per_lane("float32"),
-                                                   per_lane("bool"))
+      lowered = pack.step_fn(graphdef, tcfg, loss_chunk).lower(stacked(state), frozen, stacked(batch),
+                                                               per_lane("float32"), per_lane("bool"))
     compiled = lowered.compile()
   stats = compiled.memory_analysis()
   memory = {k: int(getattr(stats, f"{k}_size_in_bytes")) for k in ("argument", "output", "temp", "alias")}

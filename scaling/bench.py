@@ -141,7 +141,8 @@ def reference_step(cfg: model_lib.ModelConfig, tx: optax.GradientTransformation,
 
 
 def _compiled_step(impl: str, cfg: model_lib.ModelConfig, tx: optax.GradientTransformation,
-                   mesh: jax.sharding.Mesh, batch: dict, loss_chunk: int = 0) -> tuple[Callable, dict, jax.stages.Compiled]:
+                   mesh: jax.sharding.Mesh, batch: dict,
+                   loss_chunk: int = 0) -> tuple[Callable, dict, jax.stages.Compiled]:
   """(step(state) -> (state, metrics), the initial state, the compiled program) of one implementation."""
   rules = mesh_lib.DEFAULT_RULES
   with mesh_lib.activate(mesh, rules):

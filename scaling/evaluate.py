@@ -42,7 +42,8 @@ def chunked_cross_entropy(logits_fn: Callable[[jax.Array], jax.Array], x_BxLxD: 
     x_BxCxD, targets_BxC, weights_BxC = chunk_of
     return total + weighted_cross_entropy(logits_fn(x_BxCxD), targets_BxC, weights_BxC)[0], None
 
-  total, _ = jax.lax.scan(add_chunk, jnp.zeros((), jnp.float32), (split(x_BxLxD), split(targets_BxL), split(weights_BxL)))
+  chunks = (split(x_BxLxD), split(targets_BxL), split(weights_BxL))
+  total, _ = jax.lax.scan(add_chunk, jnp.zeros((), jnp.float32), chunks)
   return total, weights_BxL.sum()
 
 

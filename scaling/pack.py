@@ -154,6 +154,7 @@ def train_lanes(*, graphdef: nnx.GraphDef, frozen: Mapping, lanes: Sequence[Lane
   stopped = early_stopping & (steps > 0) & (best["bad_evals"] >= cfg.patience)
   if early_stopping and (steps == 0).any():
     stopped |= evaluate_dev(steps == 0)
+
   def device_batch(at: np.ndarray) -> dict:
     """Every lane's batch of its step `at`, stacked on the lane axis."""
     rows = [lane.batches.rows(int(s), slice(None)) for lane, s in zip(lanes, at)]

@@ -7,7 +7,9 @@ variables that train; everything it leaves out stays frozen at its base value. T
 change blocks or their outputs take `layers`, a (first, last + 1) range of the blocks that they may
 change (None: all); prompt tuning changes only the input. A prepared model is called as
 `model(tokens_BxL, prompt_len_B)` and `model.extend(tokens, positions, cache, prompt_len_B)`:
-LoReFT edits prompt positions, the others ignore the prompt lengths.
+LoReFT edits prompt positions, the others ignore the prompt lengths. For the training loss,
+`model(tokens_BxL, prompt_len_B, hidden=True)` gives the final hidden states and `model.logits(x)`
+turns them into logits (so that the loss can make its logits in chunks).
 
 In a study, `finetune.methods` lists names, or dicts of a name and options. An option given as a
 tuple is a grid axis (for the options that are sequences themselves, a tuple of tuples), and each
