@@ -1,13 +1,14 @@
 """Several fine-tunes trained at once, as lanes of one vmapped program.
 
 K fine-tunes of one base with one method and one set of shapes share one compiled step, one model
-build and one dispatch per step; where a step leaves the device idle (an accelerator and a small
-model), K lanes may cost little more than one run (not yet measured). On a CPU the step is arithmetic, so what a pack
-saves there is the per-run work (see the README's "Packed fine-tunes" benchmark). Each lane
-keeps its own data (D_f subset and order), learning rate, early stopping and best parameters, and
-writes its own metrics.jsonl and checkpoints in the format of `train.run`, so that a killed pack
-resumes each lane from its own last checkpoint. A lane that has stopped rides along masked: its
-state no longer changes.
+build and one dispatch per step. On an accelerator the lanes are vmapped: where a step leaves the
+device idle (a small model), K lanes may cost little more than one run (not yet measured), and a
+lane that has stopped rides along masked. On a CPU the step is arithmetic, so the lanes run one
+after another inside the program, each exactly as a run alone (the same results, bit for bit), and
+a stopped lane costs nothing; what a pack saves there is the per-run work (see the README's "Packed
+fine-tunes" benchmark). Each lane keeps its own data (D_f subset and order), learning rate, early
+stopping and best parameters, and writes its own metrics.jsonl and checkpoints in the format of
+`train.run`, so that a killed pack resumes each lane from its own last checkpoint.
 """
 
 from __future__ import annotations
@@ -70,18 +71,31 @@ def _lane(tree: Any, i: jax.Array) -> Any:
   return jax.tree.map(lambda x: x[i], tree)
 
 
-def step_fn(graphdef: nnx.GraphDef, cfg: train.TrainConfig, loss_chunk: int = 0):
-  """The jitted train step of every lane at once; lanes not `active` keep their state."""
+def step_fn(graphdef: nnx.GraphDef, cfg: train.TrainConfig, loss_chunk: int = 0, backend: str | None = None):
+  """The jitted train step of every lane at once; lanes not `active` keep their state.
+
+  On an accelerator the lanes run in parallel (vmapped), and a stopped lane is computed and its
+  result dropped. On a CPU (`backend`, default JAX's) there is no parallelism to gain: the lanes
+  run one after another inside the program, each at one run's shapes, and a stopped lane is
+  skipped. Both are one program and one dispatch per step.
+  """
 
   def one(lr, state, frozen, batch):
     return train.train_step(graphdef, train.make_optimizer(dataclasses.replace(cfg, learning_rate=lr)),
                             state, frozen, batch, loss_chunk)
 
-  def step(state, frozen, batch, lr_K, active_K):
+  def vmapped(state, frozen, batch, lr_K, active_K):
     new, metrics = jax.vmap(one, in_axes=(0, 0, None, 0))(lr_K, state, frozen, batch)
     return _where(active_K, new, state), metrics
 
-  return jax.jit(step, donate_argnums=0)
+  def in_turn(state, frozen, batch, lr_K, active_K):
+    lane = lambda lr, s, b: one(lr, s, frozen, b)
+    skipped = jax.tree.map(lambda m: jnp.zeros(m.shape, m.dtype),
+                           jax.eval_shape(lane, lr_K[0], *_lane((state, batch), 0))[1])
+    return jax.lax.map(lambda x: jax.lax.cond(x[3], lane, lambda lr, s, b: (s, skipped), *x[:3]),
+                       (lr_K, state, batch, active_K))
+
+  return jax.jit(in_turn if (backend or jax.default_backend()) == "cpu" else vmapped, donate_argnums=0)
 
 
 def _dev_loss_fn(graphdef: nnx.GraphDef):

@@ -108,3 +108,32 @@ def test_killed_pack_resumes_to_the_same_end(alone_and_packed, tmp_path, monkeyp
     assert {k: v for k, v in a["train"].items() if "seconds" not in k} == \
            {k: v for k, v in b["train"].items() if "seconds" not in k}
     assert _lines(packed, run) == _lines(killed, run)
+
+
+def test_lanes_in_turn_and_vmapped_take_the_same_step():
+  """The CPU's step (lanes one after another, stopped ones skipped) equals the accelerators'
+  (vmapped, stopped ones masked): each active lane takes its own step, a stopped one keeps its state."""
+  import jax
+  import jax.numpy as jnp
+  from flax import nnx
+
+  from scaling import model as model_lib
+  from scaling import pack, train
+
+  cfg = train.TrainConfig(batch_size=4, seq_len=8, warmup_steps=0)
+  graphdef, params = nnx.split(model_lib.Transformer(model_lib.ladder_config("d16l2", 64), nnx.Rngs(0)))
+  tx = train.make_optimizer(cfg)
+  lanes = jax.tree.map(lambda x: jnp.stack([x] * 3), params)
+  state = lambda: {"step": jnp.zeros(3, jnp.int32), "params": jax.tree.map(jnp.copy, lanes),
+                   "opt": jax.vmap(tx.init)(lanes), "tokens": jnp.zeros(3)}
+  tokens = jax.random.randint(jax.random.key(1), (3, 4, 9), 0, 64)
+  batch = {"inputs": tokens[..., :-1], "targets": tokens[..., 1:], "weights": jnp.ones((3, 4, 8))}
+  lr, active = jnp.asarray([1e-3, 1e-2, 1e-2]), jnp.asarray([True, True, False])
+  (turn, turn_m), (vmap, vmap_m) = (pack.step_fn(graphdef, cfg, backend=b)(state(), {}, batch, lr, active)
+                                    for b in ("cpu", "gpu"))
+  np.testing.assert_array_equal(turn["step"], [1, 1, 0])
+  np.testing.assert_allclose(turn_m["loss"][:2], vmap_m["loss"][:2], rtol=1e-6)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), turn, vmap)
+  jax.tree.map(lambda a, b: np.testing.assert_array_equal(a[2], b[2]), turn["params"], lanes)
+  moved = jax.tree.leaves(jax.tree.map(lambda a, b: float(jnp.abs(a[:2] - b[:2]).max()), turn["params"], lanes))
+  assert max(moved) > 0
