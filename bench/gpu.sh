@@ -57,8 +57,11 @@ settings=(
   "d768l12-f32-b8-notriton|$notriton|--size d768l12 --batch 8 --dtype float32"
   "d768l12-bf16-b16-chunk512-notriton|$notriton|--size d768l12 --batch 16 --dtype bfloat16 --loss-chunk 512"
 )
+base_flags=${XLA_FLAGS:-}
 for setting in "${settings[@]}"; do
   IFS="|" read -r name xla_flags flags <<< "$setting"
+  # shellcheck disable=SC2086  # Joined by single spaces: XLA reads a blank XLA_FLAGS as a file name.
+  row_flags=$(echo $base_flags $xla_flags)
   left=$((BUDGET - (SECONDS - start)))
   if ((left < 90)); then
     echo "== $name: skipped, ${left} s of the budget left"
@@ -66,7 +69,7 @@ for setting in "${settings[@]}"; do
   fi
   echo "== $name (${left} s of the budget left)"
   # shellcheck disable=SC2086  # The flags split into words.
-  XLA_FLAGS="${XLA_FLAGS:-} $xla_flags" timeout "$left" python3 -m scaling.bench train --seq 2048 --vocab 32768 \
+  env ${row_flags:+XLA_FLAGS="$row_flags"} timeout "$left" python3 -m scaling.bench train --seq 2048 --vocab 32768 \
       --attention "$attention" $flags --json "$OUT/$name.json" > "$OUT/$name.txt" 2> "$OUT/$name.log"
   status=$?
   cat "$OUT/$name.txt"
