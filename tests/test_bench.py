@@ -108,3 +108,42 @@ def test_grid_bench_trains_a_studys_fine_tunes_alone_and_packed_to_the_same_metr
   assert "runs/hour" in rows["one by one"] and "runs/hour" in rows["packed (up to 3 lanes)"]
   assert float(rows["largest relative metric difference"]) < 1e-4
   assert not list((tmp_path / "runs").glob("ft-*/result.json"))  # It trained in scratch folders.
+
+
+RECORDER = """#!{python}
+import json, os, sys
+with open({log!r}, "a") as f:
+  f.write(json.dumps({{"tool": os.path.basename(sys.argv[0]), "argv": sys.argv[1:],
+                      "xla_flags": os.environ.get("XLA_FLAGS")}}) + "\\n")
+"""
+
+
+@pytest.mark.parametrize("xla_flags", [None, "--xla_dump_to=/tmp/x"])
+def test_gpu_script_runs_every_setting_with_its_xla_flags(tmp_path, xla_flags):
+  """bench/gpu.sh against recording stand-ins for python3 and nvidia-smi: each setting runs the
+  train bench once, with its flags added to the caller's XLA_FLAGS and never a blank XLA_FLAGS
+  (which XLA reads as a file name and aborts)."""
+  log = tmp_path / "calls.jsonl"
+  for tool in ("python3", "nvidia-smi"):
+    (tmp_path / tool).write_text(RECORDER.format(python=sys.executable, log=str(log)))
+    (tmp_path / tool).chmod(0o755)
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env.update({"PATH": f"{tmp_path}:{env['PATH']}", "OUT": str(tmp_path / "out")})
+  if xla_flags:
+    env["XLA_FLAGS"] = xla_flags
+  done = subprocess.run(["bash", os.path.join(ROOT, "bench", "gpu.sh")], env=env, capture_output=True, text=True)
+  assert done.returncode == 0 and "== done" in done.stdout, done.stdout + done.stderr
+  calls = [json.loads(line) for line in log.read_text().splitlines()]
+  rows = [c for c in calls if c["tool"] == "python3" and c["argv"][:3] == ["-m", "scaling.bench", "train"]]
+  smoke, settings = rows[0], rows[1:]
+  assert "--seq" in smoke["argv"] and smoke["xla_flags"] == xla_flags
+  assert len(settings) == 7 and all(r["argv"][3:7] == ["--seq", "2048", "--vocab", "32768"] for r in settings)
+  notriton = [r for r in settings if r["xla_flags"] and "--xla_gpu_enable_triton_gemm=false" in r["xla_flags"]]
+  assert len(notriton) == 5
+  for r in settings:
+    assert r["xla_flags"] is None or r["xla_flags"].strip() == r["xla_flags"] != ""
+    if xla_flags:
+      assert xla_flags in r["xla_flags"]
+    elif r not in notriton:
+      assert r["xla_flags"] is None
+  assert sum("--loss-chunk" in r["argv"] for r in settings) == 1
