@@ -106,12 +106,14 @@ def compiled_memory(run: grid.Run, vocab_size: int, mesh: jax.sharding.Mesh, rul
   with mesh_lib.activate(mesh, rules):
     if lanes == 1:
       lowered = train.jit_step(graphdef, tx, state_sh, frozen_sh, batch_sh, loss_chunk).lower(state, frozen, batch)
-    else:
+    else:  # Laid out as scaling.pack lays out its lanes.
+      axes, width = pack.lane_layout(mesh, rules, (param_sh, frozen_sh), lanes)
       stacked = lambda tree: jax.tree.map(
-          lambda x: jax.ShapeDtypeStruct((lanes, *x.shape), x.dtype, sharding=pack.lanes_sharding(x)), tree)
-      per_lane = lambda dtype: jax.ShapeDtypeStruct((lanes,), dtype, sharding=NamedSharding(mesh, PartitionSpec()))
-      lowered = pack.step_fn(graphdef, tcfg, loss_chunk).lower(stacked(state), frozen, stacked(batch),
-                                                               per_lane("float32"), per_lane("bool"))
+          lambda x: jax.ShapeDtypeStruct((width, *x.shape), x.dtype, sharding=pack.lanes_sharding(x, axes)), tree)
+      vector = pack.stacked_sharding(NamedSharding(mesh, PartitionSpec()), axes)
+      per_lane = lambda dtype: jax.ShapeDtypeStruct((width,), dtype, sharding=vector)
+      lowered = pack.step_fn(graphdef, tcfg, loss_chunk, mesh=mesh, axes=axes).lower(
+          stacked(state), frozen, stacked(batch), per_lane("float32"), per_lane("bool"))
     compiled = lowered.compile()
   stats = compiled.memory_analysis()
   memory = {k: int(getattr(stats, f"{k}_size_in_bytes")) for k in ("argument", "output", "temp", "alias")}

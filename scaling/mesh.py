@@ -98,10 +98,20 @@ def spec(names: Sequence[str | None], rules: Rules | None = None) -> PartitionSp
 
 
 def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
-  """Sharding constraint on an activation by logical names; a no-op outside `activate`."""
-  if _RULES.get() is None or jax.sharding.get_abstract_mesh().empty:
+  """Sharding constraint on an activation by logical names; a no-op outside `activate`. Inside a
+  shard_map, the axes it splits by hand are left out: there, each device holds its own part."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if _RULES.get() is None or mesh.empty:
     return x
-  return jax.lax.with_sharding_constraint(x, spec(names))
+  return jax.lax.with_sharding_constraint(x, without_axes(spec(names), set(mesh.manual_axes)))
+
+
+def without_axes(partition: PartitionSpec, axes: set[str]) -> PartitionSpec:
+  """The spec with the mesh axes `axes` removed from every dimension."""
+  def keep(entry):
+    kept = tuple(a for a in (entry if isinstance(entry, tuple) else (entry,)) if a is not None and a not in axes)
+    return kept[0] if len(kept) == 1 else (kept or None)
+  return PartitionSpec(*map(keep, partition))
 
 
 def state_shardings(state: nnx.State, mesh: jax.sharding.Mesh, rules: Rules) -> dict:

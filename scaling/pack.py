@@ -1,12 +1,14 @@
 """Several fine-tunes trained at once, as lanes of one vmapped program.
 
 K fine-tunes of one base with one method and one set of shapes share one compiled step, one model
-build and one dispatch per step. On an accelerator the lanes are vmapped: where a step leaves the
-device idle (a small model), K lanes may cost little more than one run (not yet measured), and a
-lane that has stopped rides along masked. On a CPU the step is arithmetic, so the lanes run one
-after another inside the program, each exactly as a run alone (the same results, bit for bit), and
-a stopped lane costs nothing; what a pack saves there is the per-run work (see the README's "Packed
-fine-tunes" benchmark). Each lane keeps its own data (D_f subset and order), learning rate, early
+build and one dispatch per step. Where the mesh splits the batch over devices that split no weight
+(data parallelism), the lanes are split over them instead: each device trains whole lanes and no
+step communicates. On an accelerator a device's lanes are vmapped: where a step leaves the device
+idle (a small model), K lanes may cost little more than one run (not yet measured), and a lane
+that has stopped rides along masked. On a CPU the step is arithmetic, so a device's lanes run one
+after another inside the program, each as a run alone (on one device, the same results bit for
+bit), and a stopped lane costs nothing; what a pack saves there is the per-run work (see the
+README's "Packed fine-tunes" benchmark). Each lane keeps its own data (D_f subset and order), learning rate, early
 stopping and best parameters, and writes its own metrics.jsonl and checkpoints in the format of
 `train.run`, so that a killed pack resumes each lane from its own last checkpoint.
 """
@@ -41,9 +43,28 @@ class Lane:
   run_dir: str
 
 
-def lanes_sharding(x: jax.Array | jax.ShapeDtypeStruct) -> NamedSharding:
-  """The sharding of `x` stacked on a leading lane axis: lanes unsplit, each lane as `x` is."""
-  return NamedSharding(x.sharding.mesh, PartitionSpec(None, *x.sharding.spec))
+def lane_layout(mesh: jax.sharding.Mesh, rules: mesh_lib.Rules, lane_shardings: Any,
+                lanes: int) -> tuple[tuple[str, ...], int]:
+  """(the mesh axes that a pack splits its lanes over, its lane count padded to a multiple of
+  their size). The axes are those of the batch (of size > 1) that split no array of a lane: each
+  device then trains whole lanes, and no step communicates. Padding lanes never train."""
+  used = {axis for s in jax.tree.leaves(lane_shardings) for entry in s.spec if entry is not None
+          for axis in (entry if isinstance(entry, tuple) else (entry,))}
+  axes = tuple(a for a in mesh_lib.batch_axes(rules) if mesh.shape[a] > 1 and a not in used)
+  width = int(np.prod([mesh.shape[a] for a in axes]))
+  return axes, lanes + -lanes % width
+
+
+def stacked_sharding(sharding: NamedSharding, axes: tuple[str, ...] = ()) -> NamedSharding:
+  """The sharding of an array stacked on a leading lane axis: lanes split over `axes`, each lane
+  as `sharding` splits it but for those axes."""
+  rest = mesh_lib.without_axes(sharding.spec, set(axes))
+  return NamedSharding(sharding.mesh, PartitionSpec(axes or None, *rest))
+
+
+def lanes_sharding(x: jax.Array | jax.ShapeDtypeStruct, axes: tuple[str, ...] = ()) -> NamedSharding:
+  """The sharding of `x` stacked on a leading lane axis (see `stacked_sharding`)."""
+  return stacked_sharding(x.sharding, axes)
 
 
 # The tree operations below are each one program, not one per array shape: a pack's few calls of
@@ -53,9 +74,9 @@ def _stacked(trees: Sequence[Any]) -> Any:
   return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
 
 
-def stack(trees: Sequence[Any]) -> Any:
-  """Trees of like arrays -> one tree with a leading lane axis."""
-  return jax.device_put(_stacked(list(trees)), jax.tree.map(lanes_sharding, trees[0]))
+def stack(trees: Sequence[Any], axes: tuple[str, ...] = ()) -> Any:
+  """Trees of like arrays -> one tree with a leading lane axis, split over the mesh axes `axes`."""
+  return jax.device_put(_stacked(list(trees)), jax.tree.map(lambda x: lanes_sharding(x, axes), trees[0]))
 
 
 @jax.jit
@@ -71,12 +92,24 @@ def _lane(tree: Any, i: jax.Array) -> Any:
   return jax.tree.map(lambda x: x[i], tree)
 
 
-def step_fn(graphdef: nnx.GraphDef, cfg: train.TrainConfig, loss_chunk: int = 0, backend: str | None = None):
+def over_lanes(fn, mesh: jax.sharding.Mesh | None, axes: tuple[str, ...], lane_args: Sequence[bool]):
+  """`fn` of lane-stacked arguments (and others, False in `lane_args`), run by each device on the
+  lanes it holds when the lanes are split over the mesh axes `axes`; its outputs are lane-stacked."""
+  if not axes:
+    return fn
+  lanes = PartitionSpec(axes)
+  return jax.shard_map(fn, mesh=mesh, in_specs=tuple(lanes if a else PartitionSpec() for a in lane_args),
+                       out_specs=lanes, axis_names=set(axes), check_vma=False)
+
+
+def step_fn(graphdef: nnx.GraphDef, cfg: train.TrainConfig, loss_chunk: int = 0, backend: str | None = None,
+            mesh: jax.sharding.Mesh | None = None, axes: tuple[str, ...] = ()):
   """The jitted train step of every lane at once; lanes not `active` keep their state.
 
-  On an accelerator the lanes run in parallel (vmapped), and a stopped lane is computed and its
-  result dropped. On a CPU (`backend`, default JAX's) there is no parallelism to gain: the lanes
-  run one after another inside the program, each at one run's shapes, and a stopped lane is
+  With the lanes split over mesh `axes` (see `lane_axes`), each device steps its own lanes. On an
+  accelerator a device's lanes run in parallel (vmapped), and a stopped lane is computed and its
+  result dropped. On a CPU (`backend`, default JAX's) there is no parallelism to gain inside a
+  device: its lanes run one after another, each at one run's shapes, and a stopped lane is
   skipped. Both are one program and one dispatch per step.
   """
 
@@ -95,13 +128,14 @@ def step_fn(graphdef: nnx.GraphDef, cfg: train.TrainConfig, loss_chunk: int = 0,
     return jax.lax.map(lambda x: jax.lax.cond(x[3], lane, lambda lr, s, b: (s, skipped), *x[:3]),
                        (lr_K, state, batch, active_K))
 
-  return jax.jit(in_turn if (backend or jax.default_backend()) == "cpu" else vmapped, donate_argnums=0)
+  local = in_turn if (backend or jax.default_backend()) == "cpu" else vmapped
+  return jax.jit(over_lanes(local, mesh, axes, (True, False, True, True, True)), donate_argnums=0)
 
 
-def _dev_loss_fn(graphdef: nnx.GraphDef):
+def _dev_loss_fn(graphdef: nnx.GraphDef, mesh: jax.sharding.Mesh, axes: tuple[str, ...]):
   """Summed dev loss and token count of one batch, for every lane's parameters."""
   sums = lambda p, frozen, batch: evaluate.loss_sums(decode.Mixture.single(graphdef, p, frozen), batch)
-  return jax.jit(jax.vmap(sums, in_axes=(0, None, None)))
+  return jax.jit(over_lanes(jax.vmap(sums, in_axes=(0, None, None)), mesh, axes, (True, False, False)))
 
 
 def train_lanes(*, graphdef: nnx.GraphDef, frozen: Mapping, lanes: Sequence[Lane], mesh: jax.sharding.Mesh,
@@ -116,9 +150,15 @@ def train_lanes(*, graphdef: nnx.GraphDef, frozen: Mapping, lanes: Sequence[Lane
   k = len(lanes)
   tx = train.make_optimizer(cfg)  # The optimiser state's structure; each lane's rate is its own.
   early_stopping = cfg.eval_every > 0 and dev_batches is not None
-  params = stack([lane.params for lane in lanes])
-  state = {"step": jnp.zeros(k, jnp.int32), "params": params, "opt": jax.jit(jax.vmap(tx.init))(params),
-           "tokens": jnp.zeros(k, jnp.float32)}
+  param_sh = jax.tree.map(lambda x: x.sharding, lanes[0].params)
+  axes, width = lane_layout(mesh, rules, (param_sh, jax.tree.map(lambda x: x.sharding, frozen)), k)
+  padded = list(lanes) + [lanes[0]] * (width - k)  # Padding lanes: lane 0's, never active.
+  state_sh = jax.tree.map(lambda s: stacked_sharding(s, axes), train.state_shardings(tx, lanes[0].params, param_sh,
+                                                                                       mesh))
+  params = stack([lane.params for lane in padded], axes)
+  state = jax.device_put({"step": np.zeros(len(padded), np.int32), "params": params,
+                          "opt": jax.jit(jax.vmap(tx.init), out_shardings=state_sh["opt"])(params),
+                          "tokens": np.zeros(len(padded), np.float32)}, state_sh)
   best = {"params": jax.tree.map(jnp.copy, params) if early_stopping else {},
           "dev_loss": np.full(k, np.inf, np.float32), "step": np.zeros(k, np.int32), "bad_evals": np.zeros(k, np.int32)}
   managers = [ocp.CheckpointManager(epath.Path(lane.run_dir) / "ckpt", options=ocp.CheckpointManagerOptions(
@@ -141,25 +181,33 @@ def train_lanes(*, graphdef: nnx.GraphDef, frozen: Mapping, lanes: Sequence[Lane
         best["params"] = put(best["params"], restored["best"]["params"])
         for key in ("dev_loss", "step", "bad_evals"):
           best[key][i] = restored["best"][key]
-  steps = np.asarray(state["step"]).copy()
+  state = jax.device_put(state, state_sh)  # As the step hands it back: one program.
+  if early_stopping:
+    best["params"] = jax.device_put(best["params"], state_sh["params"])
+  steps = np.asarray(state["step"])[:k].copy()
   logs = [train.MetricsLog(epath.Path(lane.run_dir) / "metrics.jsonl", int(s), jax.process_index() == 0)
           for lane, s in zip(lanes, steps)]
-  lanes_step, dev_sums = step_fn(graphdef, cfg, loss_chunk), _dev_loss_fn(graphdef)
-  lr_K = jnp.asarray([lane.cfg.learning_rate for lane in lanes], jnp.float32)
-  batch_sh = mesh_lib.batch_sharding(mesh, rules)
-  lane_batch_sh = NamedSharding(mesh, PartitionSpec(None, *batch_sh.spec))
-  dev = [evaluate.device_batch(b) for b in dev_batches] if early_stopping else []
+  lanes_step = step_fn(graphdef, cfg, loss_chunk, mesh=mesh, axes=axes)
+  dev_sums = _dev_loss_fn(graphdef, mesh, axes)
+  lane_vector = stacked_sharding(NamedSharding(mesh, PartitionSpec()), axes)
+  per_lane = lambda values, dtype: jax.device_put(np.asarray(values, dtype), lane_vector)
+  lr_K = per_lane([lane.cfg.learning_rate for lane in padded], np.float32)
+  lane_batch_sh = stacked_sharding(mesh_lib.batch_sharding(mesh, rules), axes)
+  # Every device group evaluates its own lanes on the whole dev set.
+  unsplit = lambda x: jax.device_put(x, NamedSharding(mesh, mesh_lib.without_axes(x.sharding.spec, set(axes))))
+  dev = [jax.tree.map(unsplit, evaluate.device_batch(b)) for b in dev_batches] if early_stopping else []
 
   def evaluate_dev(due: np.ndarray) -> np.ndarray:
     """Records the dev loss of the lanes `due`; returns which of them ran out of patience."""
     with timing.phase("evaluation"):
       sums = [jax.device_get(dev_sums(state["params"], frozen, b)) for b in dev]
-    loss = np.sum([s[0] for s in sums], 0, np.float64) / np.maximum(np.sum([s[1] for s in sums], 0, np.float64), 1.0)
+    total, count = (np.sum([s[j][:k] for s in sums], 0, np.float64) for j in (0, 1))
+    loss = total / np.maximum(count, 1.0)
     improved = due & (loss < best["dev_loss"])
     for i in np.flatnonzero(due):
       logs[i].write({"step": int(steps[i]), "dev_loss": float(loss[i])})
     if improved.any():
-      best["params"] = _where(jnp.asarray(improved), state["params"], best["params"])
+      best["params"] = _where(per_lane(np.pad(improved, (0, len(padded) - k)), bool), state["params"], best["params"])
     best["dev_loss"] = np.where(improved, loss, best["dev_loss"]).astype(np.float32)
     best["step"] = np.where(improved, steps, best["step"]).astype(np.int32)
     best["bad_evals"] = np.where(improved, 0, best["bad_evals"] + due).astype(np.int32)
@@ -170,8 +218,8 @@ def train_lanes(*, graphdef: nnx.GraphDef, frozen: Mapping, lanes: Sequence[Lane
     stopped |= evaluate_dev(steps == 0)
 
   def device_batch(at: np.ndarray) -> dict:
-    """Every lane's batch of its step `at`, stacked on the lane axis."""
-    rows = [lane.batches.rows(int(s), slice(None)) for lane, s in zip(lanes, at)]
+    """Every lane's batch of its step `at`, stacked on the lane axis (padding lanes: lane 0's)."""
+    rows = [lane.batches.rows(int(s), slice(None)) for lane, s in zip(padded, [*at, *[at[0]] * (len(padded) - k)])]
     return jax.device_put({key: np.stack([r[key] for r in rows]) for key in train.BATCH_FIELDS if key in rows[0]},
                           lane_batch_sh)
 
@@ -179,7 +227,7 @@ def train_lanes(*, graphdef: nnx.GraphDef, frozen: Mapping, lanes: Sequence[Lane
   batch = device_batch(steps)
   with timing.phase("training"):
     while (active := ~stopped & (steps < cfg.max_steps)).any():
-      state, metrics = lanes_step(state, frozen, batch, lr_K, jnp.asarray(active))
+      state, metrics = lanes_step(state, frozen, batch, lr_K, per_lane(np.pad(active, (0, len(padded) - k)), bool))
       steps = steps + active
       batch = device_batch(steps)  # Made and sent while this step runs, as in `train.run`.
       logged = active & ((steps % cfg.log_every == 0) | (steps == cfg.max_steps))
@@ -205,7 +253,7 @@ def train_lanes(*, graphdef: nnx.GraphDef, frozen: Mapping, lanes: Sequence[Lane
   kept = best["params"] if early_stopping else state["params"]
   tokens = np.asarray(state["tokens"])
   seconds = time.time() - t0
-  return [train.TrainOutcome(params=_lane(kept, i), steps=int(steps[i]),
+  return [train.TrainOutcome(params=jax.device_put(_lane(kept, i), param_sh), steps=int(steps[i]),
                              best_step=int(best["step"][i]) if early_stopping else int(steps[i]),
                              best_dev_loss=float(best["dev_loss"][i]) if early_stopping else None,
                              hit_step_cap=bool(steps[i] >= cfg.max_steps and not stopped[i]),

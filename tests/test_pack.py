@@ -19,8 +19,9 @@ STUDY = {"finetune.d_f": (8, 32), "finetune.methods": ({"name": "full", "learnin
          "finetune.train.max_steps": 30, "finetune.train.patience": 1}
 
 
-def _plan(workdir, pack):
-  study = study_lib.validate(tiny_study(**{**STUDY, "finetune.pack": pack}), 8)
+def _plan(workdir, pack, data=1):
+  """The study's runs, planned in `workdir`; packs on a mesh of `data` devices split their lanes over them."""
+  study = study_lib.validate(tiny_study(**{**STUDY, "finetune.pack": pack, "mesh.shape.data": data}), 8)
   runs = grid.expand(study)
   local.write_plan(study, runs, workdir)
   return runs
@@ -37,7 +38,7 @@ def alone_and_packed(tmp_path_factory):
   assert [len(g) for g in run_lib.packs(runs)] == [1] * 5
   for r in runs:
     run_lib.execute(r, alone)
-  packed_runs = _plan(packed, 8)
+  packed_runs = _plan(packed, 8, data=2)  # Two lanes on each of two devices.
   assert [r.id for r in packed_runs] == [r.id for r in runs]  # Packing is how runs execute, not what they compute.
   runs = packed_runs
   shutil.copytree(alone / "runs" / runs[0].id, packed / "runs" / runs[0].id,
@@ -83,7 +84,7 @@ def test_pack_sizes_follow_the_limit_and_the_key(tmp_path):
 def test_killed_pack_resumes_to_the_same_end(alone_and_packed, tmp_path, monkeypatch):
   _, packed, runs = alone_and_packed
   killed = tmp_path / "killed"
-  assert _plan(killed, 8) == runs
+  assert _plan(killed, 8, data=2) == runs
   shutil.copytree(packed / "runs" / runs[0].id, killed / "runs" / runs[0].id, dirs_exist_ok=True)
   group = run_lib.packs(runs)[1]
   rows = pipeline.StepBatches.rows
@@ -110,30 +111,53 @@ def test_killed_pack_resumes_to_the_same_end(alone_and_packed, tmp_path, monkeyp
     assert _lines(packed, run) == _lines(killed, run)
 
 
-def test_lanes_in_turn_and_vmapped_take_the_same_step():
+def test_lanes_in_turn_vmapped_and_over_devices_take_the_same_step():
   """The CPU's step (lanes one after another, stopped ones skipped) equals the accelerators'
-  (vmapped, stopped ones masked): each active lane takes its own step, a stopped one keeps its state."""
+  (vmapped, stopped ones masked), and either with the lanes split over two devices equals it
+  unsplit: each active lane takes its own step, a stopped one keeps its state."""
   import jax
   import jax.numpy as jnp
   from flax import nnx
 
+  from scaling import mesh as mesh_lib
   from scaling import model as model_lib
   from scaling import pack, train
 
   cfg = train.TrainConfig(batch_size=4, seq_len=8, warmup_steps=0)
-  graphdef, params = nnx.split(model_lib.Transformer(model_lib.ladder_config("d16l2", 64), nnx.Rngs(0)))
+  mesh = mesh_lib.make_mesh({"data": 2}, jax.devices()[:2])
+  with mesh_lib.activate(mesh):
+    graphdef, params = mesh_lib.create_sharded(lambda: model_lib.Transformer(model_lib.ladder_config("d16l2", 64),
+                                                                             nnx.Rngs(0)), mesh, mesh_lib.DEFAULT_RULES)
+  axes, width = pack.lane_layout(mesh, mesh_lib.DEFAULT_RULES, jax.tree.map(lambda x: x.sharding, params), 4)
+  assert (axes, width) == (("data",), 4)
+  assert pack.lane_layout(mesh, mesh_lib.DEFAULT_RULES, {}, 3) == (("data",), 4)  # One padding lane.
+  assert pack.lane_layout(mesh_lib.make_mesh({"data": 1}, jax.devices()[:1]), mesh_lib.DEFAULT_RULES, {}, 3) == ((), 3)
+  fsdp = mesh_lib.make_mesh({"data": 2, "fsdp": 2}, jax.devices()[:4])  # Weights split over fsdp: lanes over data.
+  assert pack.lane_layout(fsdp, mesh_lib.DEFAULT_RULES, [jax.NamedSharding(fsdp, jax.P("fsdp"))], 3) == (("data",), 4)
   tx = train.make_optimizer(cfg)
-  lanes = jax.tree.map(lambda x: jnp.stack([x] * 3), params)
-  state = lambda: {"step": jnp.zeros(3, jnp.int32), "params": jax.tree.map(jnp.copy, lanes),
-                   "opt": jax.vmap(tx.init)(lanes), "tokens": jnp.zeros(3)}
-  tokens = jax.random.randint(jax.random.key(1), (3, 4, 9), 0, 64)
-  batch = {"inputs": tokens[..., :-1], "targets": tokens[..., 1:], "weights": jnp.ones((3, 4, 8))}
-  lr, active = jnp.asarray([1e-3, 1e-2, 1e-2]), jnp.asarray([True, True, False])
-  (turn, turn_m), (vmap, vmap_m) = (pack.step_fn(graphdef, cfg, backend=b)(state(), {}, batch, lr, active)
-                                    for b in ("cpu", "gpu"))
-  np.testing.assert_array_equal(turn["step"], [1, 1, 0])
-  np.testing.assert_allclose(turn_m["loss"][:2], vmap_m["loss"][:2], rtol=1e-6)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), turn, vmap)
-  jax.tree.map(lambda a, b: np.testing.assert_array_equal(a[2], b[2]), turn["params"], lanes)
+  lanes = pack.stack([params] * 4)
+  state = lambda: {"step": jnp.zeros(4, jnp.int32), "params": jax.tree.map(jnp.copy, lanes),
+                   "opt": jax.vmap(tx.init)(lanes), "tokens": jnp.zeros(4)}
+  tokens = jax.random.randint(jax.random.key(1), (4, 4, 9), 0, 64)
+  batch = {"inputs": tokens[..., :-1], "targets": tokens[..., 1:], "weights": jnp.ones((4, 4, 8))}
+  lr, active = jnp.asarray([1e-3, 1e-2, 1e-2, 3e-3]), jnp.asarray([True, True, False, True])
+  with mesh_lib.activate(mesh):
+    steps = {(b, split): pack.step_fn(graphdef, cfg, backend=b, mesh=mesh, axes=axes if split else ())(
+        state(), {}, batch, lr, active) for b in ("cpu", "gpu") for split in (False, True)}
+  turn, turn_m = steps["cpu", False]
+  np.testing.assert_array_equal(turn["step"], [1, 1, 0, 1])
+  for (backend, split), (other, other_m) in steps.items():
+    np.testing.assert_allclose(turn_m["loss"][active], other_m["loss"][active], rtol=1e-6)
+    # Another program sums in another order: each optimiser array within 1e-6 of its largest
+    # entry; the parameters within a hundredth of a step, since Adam's first step (about lr times
+    # the gradient's sign) magnifies that noise where a gradient is near 0.
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(b, a, atol=1e-6 * float(np.abs(a).max())),
+                 turn["opt"], other["opt"])
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(b, a, atol=1e-2 * float(lr.min())),
+                 turn["params"], other["params"])
+    np.testing.assert_array_equal(other["step"], turn["step"])
+    jax.tree.map(lambda a, b: np.testing.assert_array_equal(a[2], b[2]), other["params"], lanes)  # Stopped.
+    if split:  # Each device holds two whole lanes.
+      assert jax.tree.leaves(other["params"])[0].sharding.spec[0] == "data", backend
   moved = jax.tree.leaves(jax.tree.map(lambda a, b: float(jnp.abs(a[:2] - b[:2]).max()), turn["params"], lanes))
   assert max(moved) > 0
