@@ -169,11 +169,12 @@ def task_metrics(ctx: Context, mixture: decode.Mixture, task, log=None) -> dict[
   """Test loss on answer tokens of a task's test split, and the task's own metrics (knowledge and
   behaviour for the world's). `log`, if given, receives each metric as it is measured."""
   test = ctx.eval_batches(ctx.sources.task(task, "test"))
+  metrics = {}
   with timing.phase("evaluation"):
-    metrics = {"test_loss": evaluate.mean_loss(mixture, test)}
+    metrics["test_loss"], predictions = evaluate.loss_and_predictions(mixture, test)
     if log:
       log(dict(metrics))
-    metrics.update(ctx.sources.task_metrics(task, mixture, test))
+    metrics.update(ctx.sources.task_metrics(task, mixture, test, predictions))
     if log:
       log(dict(metrics))
   return metrics

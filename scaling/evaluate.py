@@ -82,18 +82,28 @@ def scores(mixture: decode.Mixture, batch: Mapping[str, jax.Array]) -> tuple[jax
 
 def mean_loss(mixture: decode.Mixture, batches: Sequence[Mapping]) -> float:
   """Mean loss per scored token over a list of batches."""
-  sums = [scores(mixture, device_batch(b))[:2] for b in batches]
-  total, count = (float(sum(float(s[i]) for s in sums)) for i in (0, 1))
+  return _mean([scores(mixture, device_batch(b)) for b in batches])
+
+
+def loss_and_predictions(mixture: decode.Mixture, batches: Sequence[Mapping]) -> tuple[float, list[np.ndarray]]:
+  """`mean_loss`, and each batch's most likely token at every position (B, L) of the same pass."""
+  per_batch = [scores(mixture, device_batch(b)) for b in batches]
+  return _mean(per_batch), [mesh_lib.to_host(s[2]) for s in per_batch]
+
+
+def _mean(per_batch: Sequence[tuple[jax.Array, ...]]) -> float:
+  total, count = (float(sum(float(s[i]) for s in per_batch)) for i in (0, 1))
   return total / max(count, 1.0)
 
 
 def answer_metrics(mixture: decode.Mixture, batches: Sequence[Mapping], value_ids: Mapping[int, np.ndarray],
-                   eos: int, max_answer_len: int) -> dict[str, float]:
+                   eos: int, max_answer_len: int, predictions: Sequence[np.ndarray] | None = None) -> dict[str, float]:
   """Knowledge: the greedy answer is the true value. Behaviour: it is a value of the asked
-  attribute followed by the end token, right or wrong."""
+  attribute followed by the end token, right or wrong. `predictions`, the batches' most likely
+  tokens from `loss_and_predictions`, spare the first greedy pass."""
   exact, formatted, n = 0.0, 0.0, 0.0
-  for batch in batches:
-    gen_BxT = _greedy_answers(mixture, batch, max_answer_len + 1)
+  for j, batch in enumerate(batches):
+    gen_BxT = _greedy_answers(mixture, batch, max_answer_len + 1, None if predictions is None else predictions[j])
     for i in np.flatnonzero(batch["valid"]):
       start, length = int(batch["prompt_len"][i]), int(batch["answer_len"][i])
       truth = batch["targets"][i, start - 1: start - 1 + length]
@@ -104,12 +114,14 @@ def answer_metrics(mixture: decode.Mixture, batches: Sequence[Mapping], value_id
   return {"knowledge": exact / max(n, 1), "behaviour": formatted / max(n, 1)}
 
 
-def _greedy_answers(mixture: decode.Mixture, batch: Mapping, num_new: int) -> np.ndarray:
+def _greedy_answers(mixture: decode.Mixture, batch: Mapping, num_new: int,
+                    predictions_BxL: np.ndarray | None = None) -> np.ndarray:
   """`num_new` greedy tokens after each row's prompt, (B, num_new).
 
   Each token is one teacher-forced pass over the row with the tokens so far written after its
   prompt, by the programs that score the batch's loss: the batch's own width serves where it has
   room after every prompt (as for answers it holds), so answers compile no program of their own.
+  The first pass reads the batch as it is, so the loss pass's `predictions_BxL` serve for it.
   """
   inputs, start = np.asarray(batch["inputs"]), np.asarray(batch["prompt_len"])
   width = max(inputs.shape[1], int(start.max()) + num_new - 1)
@@ -117,8 +129,12 @@ def _greedy_answers(mixture: decode.Mixture, batch: Mapping, num_new: int) -> np
   unscored = {k: np.zeros((len(tokens), width), np.asarray(batch[k]).dtype) for k in ("targets", "weights")}
   rows, out = np.arange(len(tokens)), np.zeros((len(tokens), num_new), tokens.dtype)
   for t in range(num_new):
-    best_BxL = scores(mixture, device_batch({"inputs": tokens, "prompt_len": start, **unscored}))[2]
-    out[:, t] = mesh_lib.to_host(best_BxL)[rows, start - 1 + t]
+    if t == 0 and predictions_BxL is not None and width == inputs.shape[1]:
+      best_BxL = predictions_BxL  # The same program on the same tokens: the same argmax.
+    else:
+      best_BxL = mesh_lib.to_host(scores(mixture, device_batch({"inputs": tokens, "prompt_len": start,
+                                                                **unscored}))[2])
+    out[:, t] = best_BxL[rows, start - 1 + t]
     if t + 1 < num_new:
       tokens[rows, start + t] = out[:, t]
   return out

@@ -194,16 +194,19 @@ class Sources:
     ds = tfds_text.open_dataset(entry["tfds"], entry["data_dir"])
     return Rendered(ds.source(entry[role]), tfds_text.Template(entry["prompt"], entry["answer"]))
 
-  def task_metrics(self, entry: str | Mapping, mixture, test: list[dict]) -> dict[str, float]:
-    """Metrics beyond test loss on a task's test batches: knowledge and behaviour for the world's."""
-    return self.answer_metrics(mixture, test) if is_world_task(entry) else {}
+  def task_metrics(self, entry: str | Mapping, mixture, test: list[dict],
+                   predictions: list[np.ndarray] | None = None) -> dict[str, float]:
+    """Metrics beyond test loss on a task's test batches: knowledge and behaviour for the world's.
+    `predictions`: the test loss pass's most likely tokens (see `evaluate.loss_and_predictions`)."""
+    return self.answer_metrics(mixture, test, predictions) if is_world_task(entry) else {}
 
-  def answer_metrics(self, mixture, batches: list[dict]) -> dict[str, float]:
+  def answer_metrics(self, mixture, batches: list[dict], predictions: list[np.ndarray] | None = None
+                     ) -> dict[str, float]:
     """Knowledge and behaviour of greedy one-word answers (the world's tasks)."""
     tok = self.world_tokenizer
     value_ids = {i: np.asarray([tok.token_to_id(v) for v in self.world.values[attr]])
                  for i, attr in enumerate(world_lib.ATTRIBUTES)}
-    return evaluate.answer_metrics(mixture, batches, value_ids, tok.token_to_id(world_lib.EOS), 1)
+    return evaluate.answer_metrics(mixture, batches, value_ids, tok.token_to_id(world_lib.EOS), 1, predictions)
 
 
 def check_task(entry: str | Mapping, where: str, tokenizer_spec: str, data_dir: str | None = None) -> str:

@@ -33,6 +33,27 @@ def test_answer_metrics_count_right_and_well_formed_answers():
   assert m["behaviour"] == 0.0
 
 
+def test_the_loss_pass_serves_as_the_first_greedy_pass(monkeypatch):
+  """Answers given the test loss pass's predictions are the same, one model pass per batch fewer."""
+  mixture = _mixture()
+  tokens = np.asarray(jax.random.randint(jax.random.key(2), (2, 4, 9), 1, 64))
+  batches = [{"inputs": t[:, :-1], "targets": t[:, 1:], "weights": np.ones((4, 8), np.float32),
+              "prompt_len": np.asarray([3, 4, 2, 5]), "answer_len": np.ones(4, int), "attribute": np.zeros(4, int),
+              "valid": np.ones(4)} for t in tokens]
+  values, loss = {0: np.arange(0, 64, 2)}, evaluate.mean_loss(mixture, batches)
+  scores, passes = evaluate.scores, []
+  monkeypatch.setattr(evaluate, "scores", lambda *a: passes.append(1) or scores(*a))
+  alone = [evaluate._greedy_answers(mixture, b, 2) for b in batches]
+  assert len(passes) == 4
+  shared_loss, predictions = evaluate.loss_and_predictions(mixture, batches)
+  assert shared_loss == loss and len(passes) == 6
+  shared = [evaluate._greedy_answers(mixture, b, 2, p) for b, p in zip(batches, predictions)]
+  assert len(passes) == 8  # One pass per batch, not two.
+  np.testing.assert_array_equal(np.stack(shared), np.stack(alone))
+  assert evaluate.answer_metrics(mixture, batches, values, 0, 1, predictions) == \
+         evaluate.answer_metrics(mixture, batches, values, 0, 1)
+
+
 def test_mean_loss_of_one_model_is_its_cross_entropy():
   mixture = _mixture()
   (model,) = mixture.modules()
