@@ -8,9 +8,10 @@ idle (a small model), K lanes may cost little more than one run (not yet measure
 that has stopped rides along masked. On a CPU the step is arithmetic, so a device's lanes run one
 after another inside the program, each as a run alone (on one device, the same results bit for
 bit), and a stopped lane costs nothing; what a pack saves there is the per-run work (see the
-README's "Packed fine-tunes" benchmark). Each lane keeps its own data (D_f subset and order), learning rate, early
-stopping and best parameters, and writes its own metrics.jsonl and checkpoints in the format of
-`train.run`, so that a killed pack resumes each lane from its own last checkpoint.
+README's "Packed fine-tunes" benchmark). Each lane keeps its own data (D_f subset and order),
+learning rate, early stopping and best parameters, and writes its own metrics.jsonl and
+checkpoints in the format of `train.run`, so that a killed pack resumes each lane from its own
+last checkpoint.
 """
 
 from __future__ import annotations
@@ -106,7 +107,7 @@ def step_fn(graphdef: nnx.GraphDef, cfg: train.TrainConfig, loss_chunk: int = 0,
             mesh: jax.sharding.Mesh | None = None, axes: tuple[str, ...] = ()):
   """The jitted train step of every lane at once; lanes not `active` keep their state.
 
-  With the lanes split over mesh `axes` (see `lane_axes`), each device steps its own lanes. On an
+  With the lanes split over mesh `axes` (see `lane_layout`), each device steps its own lanes. On an
   accelerator a device's lanes run in parallel (vmapped), and a stopped lane is computed and its
   result dropped. On a CPU (`backend`, default JAX's) there is no parallelism to gain inside a
   device: its lanes run one after another, each at one run's shapes, and a stopped lane is
