@@ -108,8 +108,8 @@ def compiled_memory(run: grid.Run, vocab_size: int, mesh: jax.sharding.Mesh, rul
       lowered = train.jit_step(graphdef, tx, state_sh, frozen_sh, batch_sh, loss_chunk).lower(state, frozen, batch)
     else:  # Laid out as scaling.pack lays out its lanes.
       axes, width = pack.lane_layout(mesh, rules, (param_sh, frozen_sh), lanes)
-      stacked = lambda tree: jax.tree.map(
-          lambda x: jax.ShapeDtypeStruct((width, *x.shape), x.dtype, sharding=pack.lanes_sharding(x, axes)), tree)
+      stacked = lambda tree: jax.tree.map(lambda x: jax.ShapeDtypeStruct(
+          (width, *x.shape), x.dtype, sharding=pack.stacked_sharding(x.sharding, axes)), tree)
       vector = pack.stacked_sharding(NamedSharding(mesh, PartitionSpec()), axes)
       per_lane = lambda dtype: jax.ShapeDtypeStruct((width,), dtype, sharding=vector)
       lowered = pack.step_fn(graphdef, tcfg, loss_chunk, mesh=mesh, axes=axes).lower(

@@ -357,7 +357,7 @@ class Transformer(nnx.Module):
     """Logits from input embeddings (the entry point for methods that edit the input), and the
     cache updated with these positions if one is given (positions default to 0..L-1).
     `after_block(i, x)`, if given, edits the hidden states after block i (methods that edit them).
-    `hidden`: the final normalised hidden states (B, L, D) instead of logits (see `unembed`)."""
+    `hidden`: the final normalised hidden states (B, L, D) instead of logits (see `logits`)."""
     b, seq_len = x_BxLxD.shape[:2]
     if positions_BxL is None:
       positions_BxL = jnp.broadcast_to(jnp.arange(seq_len), (b, seq_len))

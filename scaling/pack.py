@@ -63,11 +63,6 @@ def stacked_sharding(sharding: NamedSharding, axes: tuple[str, ...] = ()) -> Nam
   return NamedSharding(sharding.mesh, PartitionSpec(axes or None, *rest))
 
 
-def lanes_sharding(x: jax.Array | jax.ShapeDtypeStruct, axes: tuple[str, ...] = ()) -> NamedSharding:
-  """The sharding of `x` stacked on a leading lane axis (see `stacked_sharding`)."""
-  return stacked_sharding(x.sharding, axes)
-
-
 # The tree operations below are each one program, not one per array shape: a pack's few calls of
 # each would otherwise compile more programs than its training does.
 @jax.jit
@@ -77,7 +72,7 @@ def _stacked(trees: Sequence[Any]) -> Any:
 
 def stack(trees: Sequence[Any], axes: tuple[str, ...] = ()) -> Any:
   """Trees of like arrays -> one tree with a leading lane axis, split over the mesh axes `axes`."""
-  return jax.device_put(_stacked(list(trees)), jax.tree.map(lambda x: lanes_sharding(x, axes), trees[0]))
+  return jax.device_put(_stacked(list(trees)), jax.tree.map(lambda x: stacked_sharding(x.sharding, axes), trees[0]))
 
 
 @jax.jit
