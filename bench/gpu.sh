@@ -6,8 +6,9 @@
 # Prints the GPU and the versions, smoke-tests cuDNN attention on a small model (on failure the
 # rest uses XLA's attention), then one table per setting at seq 2048 and vocab 32768, the most
 # wanted first. The settings share BUDGET seconds (default 480): each gets what is left, one that
-# fails or runs out of time does not stop the rest, and none starts with under 90 s left. Tables,
-# JSON rows (every step time and loss) and logs also go to $OUT. Needs only the machine's python3
+# fails or runs out of time does not stop the rest, and none starts with under 90 s left. $OUT gets
+# two files (the device tool returns at most eight): gpu.txt, all that is printed, and gpu.tgz, each
+# setting's table, JSON rows (every step time and loss) and log. Needs only the machine's python3
 # with jax, flax, optax, orbax, etils, numpy, tqdm and absl.
 set -u
 cd "$(dirname "$0")/.."
@@ -15,7 +16,9 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 # JAX preallocates 75% of GPU memory by default; d2048l24 needs more of it.
 export XLA_PYTHON_CLIENT_MEM_FRACTION=0.95
 OUT="${OUT:-/tmp/bench_gpu}"
+LOGS=$(mktemp -d)
 mkdir -p "$OUT"
+exec > >(tee "$OUT/gpu.txt") 2>&1
 BUDGET="${BUDGET:-480}"
 start=$SECONDS
 
@@ -25,37 +28,36 @@ start=$SECONDS
   python3 --version
   python3 -c "import jax, flax, optax, orbax.checkpoint as ocp; print('jax', jax.__version__, 'flax', flax.__version__,
 'optax', optax.__version__, 'orbax', ocp.__version__); print(jax.devices())"
-} 2>&1 | tee "$OUT/versions.txt"
+} 2>&1 | tee "$LOGS/versions.txt"
 
 attention=auto
 echo "== smoke: d128l4, bfloat16, seq 256"
 if timeout 150 python3 -m scaling.bench train --size d128l4 --seq 256 --batch 8 --dtype bfloat16 --steps 3 \
-    --json "$OUT/smoke.json" > "$OUT/smoke.txt" 2> "$OUT/smoke.log"; then
-  cat "$OUT/smoke.txt"
+    --json "$LOGS/smoke.json" > "$LOGS/smoke.txt" 2> "$LOGS/smoke.log"; then
+  cat "$LOGS/smoke.txt"
 else
   echo "smoke run failed; the settings below use --attention xla. Its log ends:"
-  tail -n 8 "$OUT/smoke.log"
+  tail -n 8 "$LOGS/smoke.log"
   attention=xla
 fi
 
 # Name, XLA flags, then bench flags. d768l12 is 110M parameters with this vocabulary, d2048l24
-# 1.3B. Batches are sequences of 2048 tokens, sized to fit 80 GB by estimate: d768l12 bf16 ~27 GB;
-# its float32 row (XLA attention, the L x L probabilities kept) ~50 GB; d2048l24 remat full ~35 GB,
-# dots ~50 GB. "notriton": XLA's Triton GEMM fusions off, so matmuls go to cuBLAS. Compiling
-# d768l12 took 100 s on an H200 with the defaults and d2048l24 did not finish in 395 s; the GEMM
-# fusion autotuner, which compiles and times hundreds of Triton configurations per fusion, is
-# the likely cost (MaxText's GPU tables report minutes of it), and cuBLAS GEMMs need none of it.
-# The 110M row runs both ways, so the table shows what the flag costs or saves in speed. The last
-# row prices the chunked loss (memory.loss_chunk): its memory saved and its time spent.
+# 1.3B. Batches are sequences of 2048 tokens, sized to fit 80 GB by estimate: d768l12 bf16 ~27 GB
+# (~45 GB with XLA's attention, which keeps the L x L probabilities); d2048l24 remat full ~35 GB,
+# dots ~50 GB. On an H100 (2026-11-27) the unrolled 110M step compiled in 106 s, with or without
+# Triton GEMMs, and the unrolled 1.3B one did not compile in 230 s even with autotuning off; so the
+# blocks are scanned here (layer_loop auto), the 1.3B row comes first, and one row compiles the
+# unrolled 110M step with XLA's attention to learn whether cuDNN's attention is the per-layer cost.
+# "notriton" (XLA's Triton GEMM fusions off, matmuls to cuBLAS) prices that flag in step time.
+# The last row prices the chunked loss (memory.loss_chunk): its memory saved and its time spent.
 notriton="--xla_gpu_enable_triton_gemm=false"
 settings=(
-  "d768l12-bf16-b16-notriton|$notriton|--size d768l12 --batch 16 --dtype bfloat16"
-  "d2048l24-bf16-b8-full-notriton|$notriton|--size d2048l24 --batch 8 --dtype bfloat16 --remat full"
-  "d768l12-bf16-b16||--size d768l12 --batch 16 --dtype bfloat16"
-  "d2048l24-bf16-b8-dots-notriton|$notriton|--size d2048l24 --batch 8 --dtype bfloat16 --remat dots"
   "d2048l24-bf16-b8-full||--size d2048l24 --batch 8 --dtype bfloat16 --remat full"
-  "d768l12-f32-b8-notriton|$notriton|--size d768l12 --batch 8 --dtype float32"
-  "d768l12-bf16-b16-chunk512-notriton|$notriton|--size d768l12 --batch 16 --dtype bfloat16 --loss-chunk 512"
+  "d768l12-bf16-b16||--size d768l12 --batch 16 --dtype bfloat16"
+  "d2048l24-bf16-b8-dots||--size d2048l24 --batch 8 --dtype bfloat16 --remat dots"
+  "d768l12-bf16-b16-unrolled-xla||--size d768l12 --batch 16 --dtype bfloat16 --layer-loop unrolled --attention xla"
+  "d768l12-bf16-b16-notriton|$notriton|--size d768l12 --batch 16 --dtype bfloat16"
+  "d768l12-bf16-b16-chunk512||--size d768l12 --batch 16 --dtype bfloat16 --loss-chunk 512"
 )
 base_flags=${XLA_FLAGS:-}
 for setting in "${settings[@]}"; do
@@ -70,12 +72,13 @@ for setting in "${settings[@]}"; do
   echo "== $name (${left} s of the budget left)"
   # shellcheck disable=SC2086  # The flags split into words.
   env ${row_flags:+XLA_FLAGS="$row_flags"} timeout "$left" python3 -m scaling.bench train --seq 2048 --vocab 32768 \
-      --attention "$attention" $flags --json "$OUT/$name.json" > "$OUT/$name.txt" 2> "$OUT/$name.log"
+      --attention "$attention" $flags --json "$LOGS/$name.json" > "$LOGS/$name.txt" 2> "$LOGS/$name.log"
   status=$?
-  cat "$OUT/$name.txt"
+  cat "$LOGS/$name.txt"
   if ((status != 0)); then
     echo "exit $status (124: out of time); its log ends:"
-    tail -n 5 "$OUT/$name.log"
+    tail -n 5 "$LOGS/$name.log"
   fi
 done
 echo "== done in $((SECONDS - start)) s"
+tar czf "$OUT/gpu.tgz" -C "$LOGS" .

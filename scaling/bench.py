@@ -119,17 +119,29 @@ def _ref_block(cfg: model_lib.ModelConfig, attention: str, p: dict, x_BxLxD: jax
 def reference_loss(cfg: model_lib.ModelConfig, params: dict, batch: dict) -> jax.Array:
   """Weighted mean next-token loss of the ladder's default architecture, written as plain functions
   of our parameter dict: the reference that the bench holds our model against."""
+  scan = model_lib.scans_layers(cfg)
   block = functools.partial(_ref_block, cfg, model_lib.attention_implementation(cfg))
   if cfg.remat != "none":
-    block = jax.checkpoint(block, policy=model_lib.REMAT_POLICIES[cfg.remat])
+    block = jax.checkpoint(block, policy=model_lib.REMAT_POLICIES[cfg.remat], prevent_cse=not scan)
   x_BxLxD = params["embed"][batch["inputs"]].astype(cfg.compute_dtype)
-  for i in range(cfg.n_layers):
+  if scan:
+    x_BxLxD = jax.lax.scan(lambda x, p: (block(p, x), None), x_BxLxD, params["blocks"])[0]
+  for i in range(0 if scan else cfg.n_layers):
     x_BxLxD = block(params["blocks"][i], x_BxLxD)
   x_BxLxD = _ref_norm(x_BxLxD, params["norm_out"]["scale"], cfg.norm_eps)
   logits_BxLxV = jnp.einsum("bld,vd->blv", x_BxLxD, params["embed"].astype(x_BxLxD.dtype),
                             preferred_element_type=jnp.float32)
   losses_BxL = optax.softmax_cross_entropy_with_integer_labels(logits_BxLxV, batch["targets"])
   return (losses_BxL * batch["weights"]).sum() / batch["weights"].sum()
+
+
+def reference_params(cfg: model_lib.ModelConfig, params: dict) -> dict:
+  """Our parameters (a pure dict) as the reference keeps them: where layers are scanned, the blocks'
+  weights stacked on a leading layer axis once, as a plain JAX model that scans would hold them."""
+  if not model_lib.scans_layers(cfg):
+    return params
+  blocks = [params["blocks"][i] for i in range(cfg.n_layers)]
+  return {**params, "blocks": jax.tree.map(lambda *layers: jnp.stack(layers), *blocks)}
 
 
 def reference_step(cfg: model_lib.ModelConfig, tx: optax.GradientTransformation, state: dict,
@@ -148,6 +160,7 @@ def _compiled_step(impl: str, cfg: model_lib.ModelConfig, tx: optax.GradientTran
   with mesh_lib.activate(mesh, rules):
     graphdef, params = mesh_lib.create_sharded(lambda: model_lib.Transformer(cfg, nnx.Rngs(0)), mesh, rules)
     if impl == "reference":
+      params = jax.jit(functools.partial(reference_params, cfg))(params)
       state = {"params": params, "opt": jax.jit(tx.init)(params)}
       compiled = jax.jit(functools.partial(reference_step, cfg, tx), donate_argnums=0).lower(state, batch).compile()
       return lambda s: compiled(s, batch), state, compiled
@@ -201,7 +214,8 @@ def bench_train(size: str, cfg: model_lib.ModelConfig, *, seq: int, batch: int, 
     rows.append({
         "size": size, "impl": impl, "params": model_lib.param_count(cfg), "vocab": cfg.vocab_size, "seq": seq,
         "batch": batch, "dtype": cfg.compute_dtype, "remat": cfg.remat, "loss_chunk": loss_chunk,
-        "attention": model_lib.attention_implementation(cfg), "devices": len(devices),
+        "attention": model_lib.attention_implementation(cfg),
+        "layers": "scanned" if model_lib.scans_layers(cfg) else "unrolled", "devices": len(devices),
         "device_kind": devices[0].device_kind, "xla_flags": os.environ.get("XLA_FLAGS", "").strip(),
         "compile_s": compile_s,
         "step_s": step_s, "step_s_all": times[warmup:], "tokens_per_s": tokens_per_s,
@@ -259,7 +273,7 @@ def train_table(rows: list[dict]) -> list[str]:
   r = rows[0]
   lines = [f"train: ours (Flax NNX, scaling.train.jit_step) against a plain-JAX reference on {r['devices']} x "
            f"{r['device_kind']}; vocab {r['vocab']}, {r['batch']} x {r['seq']} tokens, {r['dtype']}, "
-           f"remat {r['remat']}, attention {r['attention']}, our loss in chunks of "
+           f"remat {r['remat']}, attention {r['attention']}, layers {r['layers']}, our loss in chunks of "
            f"{r.get('loss_chunk') or 'the whole sequence'}; median of {len(r['step_s_all'])} steps"
            + (f"; XLA_FLAGS {r['xla_flags']}" if r.get("xla_flags") else ""),
            f"{'size':>9} {'impl':>9} {'params':>14} {'compile s':>9} {'step ms':>9} {'tokens/s':>11} {'TFLOP/s':>8} "
@@ -478,6 +492,8 @@ def main(argv: list[str] | None = None) -> None:
                       help="train: compute dtype.")
   parser.add_argument("--remat", default="none", choices=model_lib.CHOICES["remat"], help="train: remat policy.")
   parser.add_argument("--attention", default="auto", choices=model_lib.CHOICES["attention"], help="train: kernel.")
+  parser.add_argument("--layer-loop", default="auto", choices=model_lib.CHOICES["layer_loop"],
+                      help="train: blocks unrolled or scanned (auto: scanned on accelerators).")
   parser.add_argument("--vocab", type=int, default=32768, help="train: vocabulary, as a real LM's, not our world's.")
   parser.add_argument("--loss-chunk", type=int, default=0,
                       help="train: our loss's logits made this many positions at a time (0: all at once).")
@@ -503,7 +519,8 @@ def main(argv: list[str] | None = None) -> None:
   if args.which == "train":
     try:
       cfgs = {size: model_lib.ladder_config(size, args.vocab, compute_dtype=args.dtype, remat=args.remat,
-                                            attention=args.attention) for size in args.size.split(",")}
+                                            attention=args.attention, layer_loop=args.layer_loop)
+              for size in args.size.split(",")}
       for cfg in cfgs.values():
         cfg.validate()
         model_lib.attention_implementation(cfg)  # A kernel this machine lacks fails here, in one line.

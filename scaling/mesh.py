@@ -91,6 +91,13 @@ def activate(mesh: jax.sharding.Mesh, rules: Rules = DEFAULT_RULES) -> Iterator[
     _MESH.reset(tokens[1])
 
 
+def platform() -> str:
+  """The platform that programs traced now are for: the active mesh's devices', else the default backend."""
+  # A program compiled ahead of time for a TPU slice is traced on a CPU host (launch.check).
+  mesh = _MESH.get()
+  return mesh.devices.flat[0].platform if mesh is not None else jax.default_backend()
+
+
 def spec(names: Sequence[str | None], rules: Rules | None = None) -> PartitionSpec:
   """The mesh PartitionSpec of logical axis names under `rules` (default: the active rules)."""
   rules = rules if rules is not None else (_RULES.get() or DEFAULT_RULES)

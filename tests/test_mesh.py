@@ -46,9 +46,10 @@ def _step_outputs(mesh, params, graphdef, batch):
     return loss, grads, jax.tree.leaves(sharded)
 
 
-def test_sharded_step_equals_unsharded():
+@pytest.mark.parametrize("layer_loop", ["unrolled", "scan"])
+def test_sharded_step_equals_unsharded(layer_loop):
   assert jax.device_count() == 8
-  cfg = model_lib.ladder_config("d64l2", vocab_size=128, n_kv_heads=2)
+  cfg = model_lib.ladder_config("d64l2", vocab_size=128, n_kv_heads=2, layer_loop=layer_loop)
   graphdef, params = nnx.split(model_lib.Transformer(cfg, nnx.Rngs(0)))
   params = nnx.to_pure_dict(params)
   tokens = jax.random.randint(jax.random.key(1), (8, 17), 0, 128)
@@ -67,6 +68,16 @@ def test_sharded_step_equals_unsharded():
   np.testing.assert_allclose(float(loss8), float(loss1), rtol=1e-6)
   for g8, g1 in zip(jax.tree.leaves(grads8), jax.tree.leaves(grads1)):
     np.testing.assert_allclose(np.asarray(g8), np.asarray(g1), rtol=1e-4, atol=1e-7)
+
+
+def test_the_active_meshs_devices_name_the_platform(monkeypatch):
+  """Programs compiled ahead of time for a TPU slice are traced on a CPU host: the mesh's devices
+  decide what `auto` options mean (here, a GPU default backend against a mesh of CPU devices)."""
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  auto = model_lib.ladder_config("d32l2", 64)
+  assert mesh_lib.platform() == "gpu" and model_lib.scans_layers(auto)
+  with mesh_lib.activate(mesh_lib.make_mesh({"data": -1})):
+    assert mesh_lib.platform() == "cpu" and not model_lib.scans_layers(auto)
 
 
 def test_constrain_is_noop_outside_a_mesh():

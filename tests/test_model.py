@@ -10,6 +10,7 @@ from flax import nnx
 
 from scaling import model as model_lib
 from scaling import train
+from scaling.methods.lora import Lora
 
 VARIANTS = [
     {},
@@ -105,8 +106,41 @@ def test_remat_and_bfloat16_give_the_float32_loss(block, rtol):
     np.testing.assert_allclose(g, want, rtol=0, atol=atol * np.abs(want).max())
 
 
-def test_remat_keeps_cached_decoding():
-  cfg = model_lib.ladder_config("d32l2", vocab_size=64, remat="full")
+@pytest.mark.parametrize("remat", ["none", "dots", "full"])
+def test_scanned_layers_give_the_unrolled_loss_and_gradients(remat):
+  loss, grads = _loss_and_grads(remat=remat, layer_loop="unrolled")
+  got_loss, got_grads = _loss_and_grads(remat=remat, layer_loop="scan")
+  assert float(got_loss) == pytest.approx(float(loss), rel=1e-6)  # Measured: equal.
+  for g, want in zip(jax.tree.leaves(got_grads), jax.tree.leaves(grads)):
+    np.testing.assert_allclose(g, want, rtol=0, atol=1e-6 * np.abs(want).max())
+
+
+def _has_scan(fn, *args) -> bool:
+  return any(eqn.primitive.name == "scan" for eqn in jax.make_jaxpr(fn)(*args).eqns)
+
+
+def test_layers_scan_only_where_asked_and_where_the_blocks_share_a_structure():
+  tokens = jax.random.randint(jax.random.key(0), (2, 12), 0, 64)
+  model = lambda loop: model_lib.Transformer(model_lib.ladder_config("d32l2", 64, layer_loop=loop), nnx.Rngs(0))
+  assert not model_lib.scans_layers(model_lib.ladder_config("d32l2", 64))  # auto: unrolled on a CPU.
+  assert not _has_scan(model("auto"), tokens) and _has_scan(model("scan"), tokens)
+  # LoRA on the second block only leaves blocks of two structures, which cannot be stacked: they
+  # run unrolled, each with its own weights (its adapter made nonzero, so that it shows).
+  def lora_on_block_1(loop):
+    tuned = Lora(rank=2, layers=(1, 2)).prepare(model(loop), nnx.Rngs(1))
+    tuned.blocks[1].attn.wq.b[...] = jnp.ones_like(tuned.blocks[1].attn.wq.b[...])
+    return tuned
+
+  assert _has_scan(Lora(rank=2).prepare(model("scan"), nnx.Rngs(1)), tokens)  # On every block: scanned.
+  uneven = lora_on_block_1("scan")
+  assert not _has_scan(uneven, tokens)
+  np.testing.assert_array_equal(uneven(tokens), lora_on_block_1("unrolled")(tokens))
+  assert not np.allclose(uneven(tokens), model("scan")(tokens))
+
+
+@pytest.mark.parametrize("layer_loop", ["unrolled", "scan"])
+def test_remat_keeps_cached_decoding(layer_loop):
+  cfg = model_lib.ladder_config("d32l2", vocab_size=64, remat="full", layer_loop=layer_loop)
   model = model_lib.Transformer(cfg, nnx.Rngs(0))
   tokens = jax.random.randint(jax.random.key(0), (2, 9), 0, 64)
   positions = jnp.broadcast_to(jnp.arange(9), (2, 9))
@@ -128,6 +162,7 @@ def test_attention_is_xla_on_cpu():
 @pytest.mark.parametrize("field, value, allowed", [
     ("attention", "flash", "'auto', 'xla', 'cudnn'"),
     ("remat", "all", "'none', 'dots', 'full'"),
+    ("layer_loop", "vmap", "'auto', 'unrolled', 'scan'"),
     ("compute_dtype", "float16", "'float32', 'bfloat16'"),  # float16 would need loss scaling.
 ])
 def test_bad_choice_names_field_value_and_allowed(field, value, allowed):
