@@ -107,7 +107,7 @@ def scans_layers(cfg: ModelConfig) -> bool:
 
 
 def attention_implementation(cfg: ModelConfig) -> Literal["xla", "cudnn"]:
-  """The kernel of causal self-attention that `cfg.attention` means on the default backend."""
+  """The kernel of causal self-attention that `cfg.attention` means on the platform (`mesh.platform`)."""
   # cuDNN's fused (flash) attention takes 16-bit inputs and head widths that are multiples of 8 up
   # to 128 (256 on Hopper); it saves the attention matrix's memory and most of its time.
   fits = (mesh_lib.platform() == "gpu" and cfg.compute_dtype == "bfloat16" and cfg.head_width % 8 == 0
