@@ -123,7 +123,7 @@ def reference_loss(cfg: model_lib.ModelConfig, params: dict, batch: dict) -> jax
   block = functools.partial(_ref_block, cfg, model_lib.attention_implementation(cfg))
   if cfg.remat != "none":
     block = jax.checkpoint(block, policy=model_lib.REMAT_POLICIES[cfg.remat], prevent_cse=not scan)
-  x_BxLxD = params["embed"][batch["inputs"]].astype(cfg.compute_dtype)
+  x_BxLxD = params["embed"][batch["inputs"]].astype(model_lib.compute_dtype_of(cfg))
   if scan:
     x_BxLxD = jax.lax.scan(lambda x, p: (block(p, x), None), x_BxLxD, params["blocks"])[0]
   for i in range(0 if scan else cfg.n_layers):
@@ -193,7 +193,7 @@ def bench_train(size: str, cfg: model_lib.ModelConfig, *, seq: int, batch: int, 
   mesh = mesh_lib.make_mesh({"data": -1})
   data = random_batch(cfg, batch, seq, mesh_lib.batch_sharding(mesh, mesh_lib.DEFAULT_RULES))
   devices = jax.local_devices()
-  peak = peak_flops(devices[0], cfg.compute_dtype)
+  peak = peak_flops(devices[0], model_lib.compute_dtype_of(cfg))
   flops_per_token = model_lib.train_flops_per_token(cfg, seq)
   rows = []
   for impl in ("ours", "reference"):
@@ -213,7 +213,7 @@ def bench_train(size: str, cfg: model_lib.ModelConfig, *, seq: int, batch: int, 
     tokens_per_s = batch * seq / step_s
     rows.append({
         "size": size, "impl": impl, "params": model_lib.param_count(cfg), "vocab": cfg.vocab_size, "seq": seq,
-        "batch": batch, "dtype": cfg.compute_dtype, "remat": cfg.remat, "loss_chunk": loss_chunk,
+        "batch": batch, "dtype": model_lib.compute_dtype_of(cfg), "remat": cfg.remat, "loss_chunk": loss_chunk,
         "attention": model_lib.attention_implementation(cfg),
         "layers": "scanned" if model_lib.scans_layers(cfg) else "unrolled", "devices": len(devices),
         "device_kind": devices[0].device_kind, "xla_flags": os.environ.get("XLA_FLAGS", "").strip(),
@@ -488,8 +488,8 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--size", default="d128l4", help="train: ladder sizes, comma-separated.")
   parser.add_argument("--seq", type=int, default=256, help="train: tokens per sequence.")
   parser.add_argument("--batch", type=int, default=8, help="train: sequences per step, over all devices.")
-  parser.add_argument("--dtype", default="float32", choices=model_lib.CHOICES["compute_dtype"],
-                      help="train: compute dtype.")
+  parser.add_argument("--dtype", default="auto", choices=model_lib.CHOICES["compute_dtype"],
+                      help="train, methods: compute dtype (auto: bfloat16 on accelerators, float32 on CPUs).")
   parser.add_argument("--remat", default="none", choices=model_lib.CHOICES["remat"], help="train: remat policy.")
   parser.add_argument("--attention", default="auto", choices=model_lib.CHOICES["attention"], help="train: kernel.")
   parser.add_argument("--layer-loop", default="auto", choices=model_lib.CHOICES["layer_loop"],
@@ -547,7 +547,7 @@ def main(argv: list[str] | None = None) -> None:
                          warmup=args.warmup)
     header = ("method", "P", "step ms", "tokens/s", "program MiB", "step / full", "memory / full")
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    print(f"methods: train steps on {args.size} (vocab {args.vocab}, {args.batch} x {args.seq} tokens, {args.dtype}) "
+    print(f"methods: train steps on {args.size} (vocab {args.vocab}, {args.batch} x {args.seq} tokens, {model_lib.compute_dtype_of(cfg)}) "
           f"on {jax.device_count()} x {jax.devices()[0].device_kind}; median of {args.steps} steps")
     for r in [header, *rows]:
       print("  ".join(c.rjust(w) for c, w in zip(r, widths)))

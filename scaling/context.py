@@ -206,4 +206,4 @@ def trained_record(ctx: Context, outcome: train.TrainOutcome, metrics: dict, *, 
           "trainable_params": trainable_params, "pretrain_tokens": pretrain_tokens, "metrics": metrics,
           "train": {"steps": outcome.steps, "best_step": outcome.best_step, "best_dev_loss": outcome.best_dev_loss,
                     "hit_step_cap": outcome.hit_step_cap, "tokens_seen": outcome.tokens_seen,
-                    "train_seconds": outcome.seconds}}
+                    "train_seconds": outcome.seconds, "compute_dtype": model_lib.compute_dtype_of(mc)}}

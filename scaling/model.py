@@ -37,7 +37,8 @@ class ModelConfig:
   use_bias: bool | tuple[str, ...] = False  # True: every projection; or the parts in BIAS_PARTS that have one.
   parallel_residual: bool = False
   tie_embeddings: bool = True
-  compute_dtype: Literal["float32", "bfloat16"] = "float32"  # Parameters stay float32.
+  # auto: bfloat16 on accelerators, float32 on CPUs. Parameters, gradients and the loss stay float32.
+  compute_dtype: Literal["auto", "float32", "bfloat16"] = "auto"
   attention: Literal["auto", "xla", "cudnn"] = "auto"  # auto: cudnn where it applies, else xla.
   remat: Literal["none", "dots", "full"] = "none"  # What each block keeps for the backward pass.
   layer_loop: Literal["auto", "unrolled", "scan"] = "auto"  # auto: scan on accelerators, unrolled on CPUs.
@@ -92,9 +93,18 @@ REMAT_POLICIES = {"dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveab
 BIAS_PARTS = ("qkv", "out", "mlp")
 
 CHOICES: dict[str, tuple[str, ...]] = {
-    "norm": ("rms", "layer"), "mlp": ("swiglu", "gelu", "gelu_exact"), "compute_dtype": ("float32", "bfloat16"),
+    "norm": ("rms", "layer"), "mlp": ("swiglu", "gelu", "gelu_exact"), "compute_dtype": ("auto", "float32", "bfloat16"),
     "attention": ("auto", "xla", "cudnn"), "remat": ("none", *REMAT_POLICIES),
     "layer_loop": ("auto", "unrolled", "scan")}
+
+
+def compute_dtype_of(cfg: ModelConfig) -> Literal["float32", "bfloat16"]:
+  """The dtype of activations and of the weights' copies in matmuls that `cfg.compute_dtype` means
+  on the platform (`mesh.platform`)."""
+  # Accelerators multiply bfloat16 at several times their float32 rate; a CPU gains nothing from it.
+  if cfg.compute_dtype == "auto":
+    return "float32" if mesh_lib.platform() == "cpu" else "bfloat16"
+  return cfg.compute_dtype
 
 
 def scans_layers(cfg: ModelConfig) -> bool:
@@ -110,14 +120,14 @@ def attention_implementation(cfg: ModelConfig) -> Literal["xla", "cudnn"]:
   """The kernel of causal self-attention that `cfg.attention` means on the platform (`mesh.platform`)."""
   # cuDNN's fused (flash) attention takes 16-bit inputs and head widths that are multiples of 8 up
   # to 128 (256 on Hopper); it saves the attention matrix's memory and most of its time.
-  fits = (mesh_lib.platform() == "gpu" and cfg.compute_dtype == "bfloat16" and cfg.head_width % 8 == 0
+  fits = (mesh_lib.platform() == "gpu" and compute_dtype_of(cfg) == "bfloat16" and cfg.head_width % 8 == 0
           and cfg.head_width <= 128)
   if cfg.attention == "auto":
     return "cudnn" if fits else "xla"
   if cfg.attention == "cudnn" and not fits:
     raise ValueError(f"model.attention='cudnn' needs a GPU, compute_dtype 'bfloat16' and a head width "
                      f"that is a multiple of 8 up to 128; here: backend {mesh_lib.platform()!r}, compute_dtype "
-                     f"{cfg.compute_dtype!r}, head width {cfg.head_width}; allowed here: 'auto', 'xla'")
+                     f"{compute_dtype_of(cfg)!r}, head width {cfg.head_width}; allowed here: 'auto', 'xla'")
   return cfg.attention
 
 
@@ -352,13 +362,13 @@ class Transformer(nnx.Module):
     """Token embeddings (B, L, D) in the compute dtype."""
     # Gather from a replicated table: XLA cannot gather from a vocab-sharded one efficiently.
     table_VxD = mesh_lib.constrain(self.embed[...], (None, None))
-    x_BxLxD = jnp.take(table_VxD, tokens_BxL, axis=0).astype(self.cfg.compute_dtype)
+    x_BxLxD = jnp.take(table_VxD, tokens_BxL, axis=0).astype(compute_dtype_of(self.cfg))
     return mesh_lib.constrain(x_BxLxD, ("act_batch", "act_length", "act_embed"))
 
   def init_cache(self, batch: int, length: int) -> list[KVCache]:
     """An empty key/value cache of `length` positions per layer, in the compute dtype."""
     shape = (batch, length, self.cfg.kv_heads, self.cfg.head_width)
-    zeros = lambda: jnp.zeros(shape, self.cfg.compute_dtype)
+    zeros = lambda: jnp.zeros(shape, compute_dtype_of(self.cfg))
     return [KVCache(zeros(), zeros()) for _ in self.blocks]
 
   def forward_embeddings(self, x_BxLxD: jax.Array, positions_BxL: jax.Array | None = None,

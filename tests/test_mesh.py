@@ -72,12 +72,16 @@ def test_sharded_step_equals_unsharded(layer_loop):
 
 def test_the_active_meshs_devices_name_the_platform(monkeypatch):
   """Programs compiled ahead of time for a TPU slice are traced on a CPU host: the mesh's devices
-  decide what `auto` options mean (here, a GPU default backend against a mesh of CPU devices)."""
+  decide what `auto` options mean (here, a GPU default backend against a mesh of CPU devices);
+  an explicit choice holds everywhere."""
   monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
   auto = model_lib.ladder_config("d32l2", 64)
   assert mesh_lib.platform() == "gpu" and model_lib.scans_layers(auto)
+  assert model_lib.compute_dtype_of(auto) == "bfloat16"
   with mesh_lib.activate(mesh_lib.make_mesh({"data": -1})):
     assert mesh_lib.platform() == "cpu" and not model_lib.scans_layers(auto)
+    assert model_lib.compute_dtype_of(auto) == "float32"
+  assert model_lib.compute_dtype_of(model_lib.ladder_config("d32l2", 64, compute_dtype="float32")) == "float32"
 
 
 def test_constrain_is_noop_outside_a_mesh():

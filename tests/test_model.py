@@ -163,7 +163,7 @@ def test_attention_is_xla_on_cpu():
     ("attention", "flash", "'auto', 'xla', 'cudnn'"),
     ("remat", "all", "'none', 'dots', 'full'"),
     ("layer_loop", "vmap", "'auto', 'unrolled', 'scan'"),
-    ("compute_dtype", "float16", "'float32', 'bfloat16'"),  # float16 would need loss scaling.
+    ("compute_dtype", "float16", "'auto', 'float32', 'bfloat16'"),  # float16 would need loss scaling.
 ])
 def test_bad_choice_names_field_value_and_allowed(field, value, allowed):
   with pytest.raises(ValueError, match=f"model.{field}='{value}'; allowed: {allowed}"):

@@ -107,6 +107,7 @@ def test_early_stopping_keeps_best_dev_step(tmp_path):
   assert ft["steps"] == ft["best_step"] + 2 * 5  # Two evaluations (every 5 steps) without gain.
   dev = [json.loads(l) for l in open(tmp_path / "runs" / records[-1]["id"] / "metrics.jsonl") if "dev_loss" in l]
   assert ft["best_dev_loss"] == pytest.approx(min(d["dev_loss"] for d in dev), rel=1e-6)
+  assert [r["train"]["compute_dtype"] for r in records] == ["float32", "float32"]  # What auto means on a CPU.
 
 
 def test_step_cap_is_recorded(tmp_path):
