@@ -186,9 +186,10 @@ def random_batch(cfg: model_lib.ModelConfig, batch: int, seq: int, sharding) -> 
 
 
 def bench_train(size: str, cfg: model_lib.ModelConfig, *, seq: int, batch: int, steps: int,
-                warmup: int, loss_chunk: int = 0) -> list[dict]:
+                warmup: int, loss_chunk: int = 0, hlo_dir: str | None = None) -> list[dict]:
   """Rows of the training-step benchmark for one size: ours (its loss in chunks of `loss_chunk`
-  positions, if not 0), then the reference (never chunked)."""
+  positions, if not 0), then the reference (never chunked); with `hlo_dir`, each compiled step's
+  optimised HLO is written there as `{size}-{impl}.hlo.txt`, to be compared op by op."""
   tx = train.make_optimizer(train.TrainConfig(batch_size=batch, seq_len=seq, warmup_steps=0, schedule="constant"))
   mesh = mesh_lib.make_mesh({"data": -1})
   data = random_batch(cfg, batch, seq, mesh_lib.batch_sharding(mesh, mesh_lib.DEFAULT_RULES))
@@ -202,6 +203,9 @@ def bench_train(size: str, cfg: model_lib.ModelConfig, *, seq: int, batch: int, 
     step, state, compiled = _compiled_step(impl, cfg, tx, mesh, data, loss_chunk if impl == "ours" else 0)
     compile_s = time.perf_counter() - t0
     stats = compiled.memory_analysis()
+    if hlo_dir:
+      with open(os.path.join(hlo_dir, f"{size}-{impl}.hlo.txt"), "w") as f:
+        f.write(compiled.as_text())
     times, losses = [], []
     for _ in range(warmup + steps):
       t0 = time.perf_counter()
@@ -500,6 +504,7 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--steps", type=int, default=10, help="train: timed steps per implementation.")
   parser.add_argument("--warmup", type=int, default=2, help="train: untimed steps after compiling.")
   parser.add_argument("--json", help="train: also write the rows, every measurement included, to this file.")
+  parser.add_argument("--hlo", help="train: also write each compiled step's optimised HLO into this folder.")
   parser.add_argument("--points", type=int, default=40, help="laws: data points.")
   parser.add_argument("--bootstrap", type=int, default=1000, help="laws: bootstrap replicates.")
   parser.add_argument("--workdir", default="runs/smoke", help="eft, grid: a finished study's workdir.")
@@ -528,7 +533,7 @@ def main(argv: list[str] | None = None) -> None:
       parser.error(str(e))
     rows = [row for size, cfg in cfgs.items()
             for row in bench_train(size, cfg, seq=args.seq, batch=args.batch, steps=args.steps, warmup=args.warmup,
-                                   loss_chunk=args.loss_chunk)]
+                                   loss_chunk=args.loss_chunk, hlo_dir=args.hlo)]
     print("\n".join(train_table(rows)))
     if args.json:
       with open(args.json, "w") as f:

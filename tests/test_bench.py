@@ -53,9 +53,12 @@ def test_train_bench_runs_both_steps_from_the_command_line(tmp_path):
   script = ("import sys; from scaling import bench; bench.main(sys.argv[1:]); "
             f"print('imported:', sorted({{m.split('.')[0] for m in sys.modules}} & set({ABSENT_ON_GPU!r})))")
   proc = subprocess.run([sys.executable, "-c", script, "train", "--size", "d32l2", "--seq", "16", "--batch", "4",
-                         "--steps", "3", "--vocab", "512", "--json", str(rows_json)], cwd=ROOT, capture_output=True, text=True,
+                         "--steps", "3", "--vocab", "512", "--json", str(rows_json), "--hlo", str(tmp_path)],
+                        cwd=ROOT, capture_output=True, text=True,
                         env={**os.environ, "PYTHONPATH": ROOT}, check=True)
   assert "imported: []" in proc.stdout
+  for impl in ("ours", "reference"):
+    assert (tmp_path / f"d32l2-{impl}.hlo.txt").read_text().startswith("HloModule")
   table = proc.stdout.splitlines()
   assert "vocab 512" in table[0] and [line.split()[1] for line in table[2:4]] == ["ours", "reference"]
   ours, ref = json.loads(rows_json.read_text())
