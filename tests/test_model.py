@@ -1,5 +1,5 @@
 """The decoder: exact parameter counts, causality, block variants, speed options that keep the
-float32 loss (remat, bfloat16, the attention kernel), and a golden one-step loss."""
+float32 loss (remat, bfloat16, the attention kernel, scanned layers), and a golden one-step loss."""
 
 import jax
 import jax.numpy as jnp
