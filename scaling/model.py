@@ -413,8 +413,8 @@ class Transformer(nnx.Module):
     if self.cfg.remat != "none":
       # No CSE to prevent: a scan's body is not merged with the rest of the program.
       apply = jax.checkpoint(apply, policy=REMAT_POLICIES[self.cfg.remat], prevent_cse=False)
-    # The stacked copy of the weights is made in the compute step itself; it costs one pass over
-    # them (and one over their gradients), which is small beside a step of an accelerator-sized model.
+    # The stacked copy of the weights is made in the step itself: one pass over them and one over
+    # their gradients, small beside an accelerator-sized step, and memory for both (README).
     stacked = jax.tree.map(lambda *layers: jnp.stack(layers), *(state for _, state in splits))
     return jax.lax.scan(apply, x_BxLxD, stacked)[0]
 
