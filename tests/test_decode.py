@@ -37,10 +37,11 @@ def test_cached_decoding_equals_uncached_recomputation(block):
                                    num_new=steps))
   # The cache's logits, step by step, against a full forward pass over the same tokens.
   cache = model.init_cache(len(PROMPT_LEN), 10 + steps)
-  logits, cache = model.extend(jnp.asarray(prompts), jnp.broadcast_to(jnp.arange(10), prompts.shape), cache)
+  extend = nnx.jit(lambda m, *args: m.extend(*args))  # One program per shape, not one per op: cheap to compile.
+  logits, cache = extend(model, jnp.asarray(prompts), jnp.broadcast_to(jnp.arange(10), prompts.shape), cache)
   cached = [logits[np.arange(len(PROMPT_LEN)), PROMPT_LEN - 1]]
   for t in range(steps - 1):
-    logits, cache = model.extend(jnp.asarray(got[:, t:t + 1]), jnp.asarray(PROMPT_LEN + t)[:, None], cache)
+    logits, cache = extend(model, jnp.asarray(got[:, t:t + 1]), jnp.asarray(PROMPT_LEN + t)[:, None], cache)
     cached.append(logits[:, 0])
   # Uncached: one causal forward pass over each row's prompt and generated tokens (right-padded,
   # which causal attention cannot see), read at the position that predicts each step's token.
