@@ -126,8 +126,9 @@ def reference_loss(cfg: model_lib.ModelConfig, params: dict, batch: dict) -> jax
   x_BxLxD = params["embed"][batch["inputs"]].astype(model_lib.compute_dtype_of(cfg))
   if scan:
     x_BxLxD = jax.lax.scan(lambda x, p: (block(p, x), None), x_BxLxD, params["blocks"])[0]
-  for i in range(0 if scan else cfg.n_layers):
-    x_BxLxD = block(params["blocks"][i], x_BxLxD)
+  else:
+    for i in range(cfg.n_layers):
+      x_BxLxD = block(params["blocks"][i], x_BxLxD)
   x_BxLxD = _ref_norm(x_BxLxD, params["norm_out"]["scale"], cfg.norm_eps)
   logits_BxLxV = jnp.einsum("bld,vd->blv", x_BxLxD, params["embed"].astype(x_BxLxD.dtype),
                             preferred_element_type=jnp.float32)

@@ -104,9 +104,9 @@ def step_fn(graphdef: nnx.GraphDef, cfg: train.TrainConfig, loss_chunk: int = 0,
 
   With the lanes split over mesh `axes` (see `lane_layout`), each device steps its own lanes. On an
   accelerator a device's lanes run in parallel (vmapped), and a stopped lane is computed and its
-  result dropped. On a CPU (`backend`, default JAX's) there is no parallelism to gain inside a
-  device: its lanes run one after another, each at one run's shapes, and a stopped lane is
-  skipped. Both are one program and one dispatch per step.
+  result dropped. On a CPU (`backend`, default `mesh.platform()`) there is no parallelism to gain
+  inside a device: its lanes run one after another, each at one run's shapes, and a stopped lane
+  is skipped. Both are one program and one dispatch per step.
   """
 
   def one(lr, state, frozen, batch):
@@ -124,7 +124,7 @@ def step_fn(graphdef: nnx.GraphDef, cfg: train.TrainConfig, loss_chunk: int = 0,
     return jax.lax.map(lambda x: jax.lax.cond(x[3], lane, lambda lr, s, b: (s, skipped), *x[:3]),
                        (lr_K, state, batch, active_K))
 
-  local = in_turn if (backend or jax.default_backend()) == "cpu" else vmapped
+  local = in_turn if (backend or mesh_lib.platform()) == "cpu" else vmapped
   return jax.jit(over_lanes(local, mesh, axes, (True, False, True, True, True)), donate_argnums=0)
 
 
