@@ -7,6 +7,7 @@ import math
 import os
 import subprocess
 import sys
+import tarfile
 import types
 
 import jax
@@ -120,6 +121,13 @@ import json, os, sys
 with open({log!r}, "a") as f:
   f.write(json.dumps({{"tool": os.path.basename(sys.argv[0]), "argv": sys.argv[1:],
                       "xla_flags": os.environ.get("XLA_FLAGS")}}) + "\\n")
+dumps = [flag.split("=", 1)[1] for flag in os.environ.get("XLA_FLAGS", "").split() if flag.startswith("--xla_dump_to=")]
+if dumps:  # As XLA would: the last flag wins; a small HLO file and a large LLVM one.
+  os.makedirs(dumps[-1], exist_ok=True)
+  with open(os.path.join(dumps[-1], "module.after_optimizations.txt"), "w") as f:
+    f.write("HloModule m")
+  with open(os.path.join(dumps[-1], "module.ll"), "w") as f:
+    f.write("x" * 3_000_000)
 """
 
 
@@ -145,11 +153,21 @@ def test_gpu_script_runs_every_setting_with_its_xla_flags(tmp_path, xla_flags):
   assert "--seq" in smoke["argv"] and smoke["xla_flags"] == xla_flags
   assert len(settings) == 6 and all(r["argv"][3:7] == ["--seq", "2048", "--vocab", "32768"] for r in settings)
   notriton = [r for r in settings if r["xla_flags"] and "--xla_gpu_enable_triton_gemm=false" in r["xla_flags"]]
-  assert len(notriton) == 1
+  dumped = [r for r in settings if r["xla_flags"] and "--xla_dump_to=" in r["xla_flags"].replace(xla_flags or "", "")]
+  assert len(notriton) == 1 and dumped == settings[:1]  # The first (1.3B) row keeps its compile's dump.
   for r in settings:
     assert r["xla_flags"] is None or r["xla_flags"].strip() == r["xla_flags"] != ""
     if xla_flags:
       assert xla_flags in r["xla_flags"]
-    elif r not in notriton:
+    elif r not in notriton + dumped:
       assert r["xla_flags"] is None
   assert sum("--loss-chunk" in r["argv"] for r in settings) == 1
+  with tarfile.open(tmp_path / "out" / "gpu.tgz") as tar:
+    names = tar.getnames()
+    name = settings[0]["argv"][settings[0]["argv"].index("--json") + 1].split("/")[-1].removesuffix(".json")
+    times = tar.extractfile(f"./{name}-dump-times.txt").read().decode().splitlines()
+  # Every dumped file is listed with its time and size; only the small ones travel back.
+  assert sorted((line.split()[3], int(line.split()[2])) for line in times) == [
+      ("module.after_optimizations.txt", 11), ("module.ll", 3_000_000)]
+  assert all(line.split()[1] == "s" and 0 <= float(line.split()[0]) < 60 for line in times)
+  assert f"./{name}-dump/module.after_optimizations.txt" in names and f"./{name}-dump/module.ll" not in names
