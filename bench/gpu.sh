@@ -46,10 +46,14 @@ fi
 
 # Name, XLA flags, then bench flags. d768l12 is 110M parameters with this vocabulary, d2048l24
 # 1.3B. Batches are sequences of 2048 tokens, sized to fit 80 GB by estimate: d768l12 bf16 ~27 GB
-# (~45 GB with XLA's attention, which keeps the L x L probabilities); d2048l24 remat full ~35 GB,
-# dots ~50 GB. On an H100 (2026-11-27) the unrolled 110M step compiled in 106 s, with or without
+# (~45 GB with XLA's attention, which keeps the L x L probabilities); d2048l24 ~50 GB without remat
+# at batch 4 and with remat dots at batch 8, ~30 GB with remat full at batch 8 (21 GB of state; a
+# CPU compile in float32 with XLA's attention needs 100, 50 and 23 GiB of temporaries for them,
+# and bfloat16 halves activations while cuDNN keeps no L x L probabilities). Remat's recomputation
+# is not counted in MFU (full remat spends a third more FLOPs), so the 1.3B rows go from the least
+# recomputing. On an H100 (2026-11-27) the unrolled 110M step compiled in 106 s, with or without
 # Triton GEMMs, and the unrolled 1.3B one did not compile in 230 s even with autotuning off; so the
-# blocks are scanned here (layer_loop auto), the 1.3B row comes first, and one row compiles the
+# blocks are scanned here (layer_loop auto), the 1.3B rows come first, and one row compiles the
 # unrolled 110M step with XLA's attention to learn whether cuDNN's attention is the per-layer cost.
 # "notriton" (XLA's Triton GEMM fusions off, matmuls to cuBLAS) prices that flag in step time.
 # The last row prices the chunked loss (memory.loss_chunk): its memory saved and its time spent.
@@ -57,10 +61,11 @@ fi
 # where a slow compile spends its time (HLO passes, LLVM, PTX), even when it does not finish.
 notriton="--xla_gpu_enable_triton_gemm=false"
 settings=(
-  "d2048l24-bf16-b8-full|--xla_dump_to=$LOGS/dump|--size d2048l24 --batch 8 --dtype bfloat16 --remat full"
-  "d768l12-bf16-b16||--size d768l12 --batch 16 --dtype bfloat16"
+  "d2048l24-bf16-b4|--xla_dump_to=$LOGS/dump|--size d2048l24 --batch 4 --dtype bfloat16"
   "d2048l24-bf16-b8-dots||--size d2048l24 --batch 8 --dtype bfloat16 --remat dots"
+  "d768l12-bf16-b16||--size d768l12 --batch 16 --dtype bfloat16"
   "d768l12-bf16-b16-unrolled-xla||--size d768l12 --batch 16 --dtype bfloat16 --layer-loop unrolled --attention xla"
+  "d2048l24-bf16-b8-full||--size d2048l24 --batch 8 --dtype bfloat16 --remat full"
   "d768l12-bf16-b16-notriton|$notriton|--size d768l12 --batch 16 --dtype bfloat16"
   "d768l12-bf16-b16-chunk512||--size d768l12 --batch 16 --dtype bfloat16 --loss-chunk 512"
 )

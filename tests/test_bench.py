@@ -151,7 +151,7 @@ def test_gpu_script_runs_every_setting_with_its_xla_flags(tmp_path, xla_flags):
   rows = [c for c in calls if c["tool"] == "python3" and c["argv"][:3] == ["-m", "scaling.bench", "train"]]
   smoke, settings = rows[0], rows[1:]
   assert "--seq" in smoke["argv"] and smoke["xla_flags"] == xla_flags
-  assert len(settings) == 6 and all(r["argv"][3:7] == ["--seq", "2048", "--vocab", "32768"] for r in settings)
+  assert len(settings) == 7 and all(r["argv"][3:7] == ["--seq", "2048", "--vocab", "32768"] for r in settings)
   notriton = [r for r in settings if r["xla_flags"] and "--xla_gpu_enable_triton_gemm=false" in r["xla_flags"]]
   dumped = [r for r in settings if r["xla_flags"] and "--xla_dump_to=" in r["xla_flags"].replace(xla_flags or "", "")]
   assert len(notriton) == 1 and dumped == settings[:1]  # The first (1.3B) row keeps its compile's dump.
