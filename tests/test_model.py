@@ -93,6 +93,7 @@ def _loss_and_grads(**block):
     ({"remat": "full"}, 1e-6),
     ({"compute_dtype": "bfloat16"}, 1e-3),  # Measured: 1e-5.
     ({"compute_dtype": "bfloat16", "remat": "full"}, 1e-3),
+    ({"compute_dtype": "bfloat16", "layer_loop": "scan"}, 1e-3),
 ])
 def test_remat_and_bfloat16_give_the_float32_loss(block, rtol):
   loss, grads = _loss_and_grads()
@@ -136,6 +137,25 @@ def test_layers_scan_only_where_asked_and_where_the_blocks_share_a_structure():
   assert not _has_scan(uneven, tokens)
   np.testing.assert_array_equal(uneven(tokens), lora_on_block_1("unrolled")(tokens))
   assert not np.allclose(uneven(tokens), model("scan")(tokens))
+
+
+def test_scanned_blocks_stack_the_compute_dtype_copies_that_they_read():
+  """The scan's stacked weights: in bfloat16 the projections' bfloat16 copies (what the blocks read),
+  while the norms' scales, and LoRA's base and adapters (read as float32 sums), stay float32."""
+  tokens = jax.random.randint(jax.random.key(0), (2, 12), 0, 64)
+
+  def float32_operands(model) -> set:
+    scan = next(e for e in jax.make_jaxpr(model)(tokens).eqns if e.primitive.name == "scan")
+    return {v.aval.shape for v in scan.invars if v.aval.dtype == jnp.float32}
+
+  model = lambda dtype: model_lib.Transformer(model_lib.ladder_config("d32l2", 64, compute_dtype=dtype,
+                                                                     layer_loop="scan"), nnx.Rngs(0))
+  norms = {(2, 32)}  # Two blocks' scales, per norm.
+  assert float32_operands(model("bfloat16")) == norms
+  weights = {(2, 32, 2, 16), (2, 2, 16, 32), (2, 32, 88), (2, 88, 32)}
+  assert float32_operands(model("float32")) == norms | weights | {(2, 12, 32)}  # And the activations.
+  lora = Lora(rank=2).prepare(model("bfloat16"), nnx.Rngs(1))  # On wq and wv of every block.
+  assert float32_operands(lora) == norms | {(2, 32, 2, 16), (2, 32, 2), (2, 2, 2, 16)}
 
 
 @pytest.mark.parametrize("layer_loop", ["unrolled", "scan"])
