@@ -553,7 +553,8 @@ def main(argv: list[str] | None = None) -> None:
                          warmup=args.warmup)
     header = ("method", "P", "step ms", "tokens/s", "program MiB", "step / full", "memory / full")
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    print(f"methods: train steps on {args.size} (vocab {args.vocab}, {args.batch} x {args.seq} tokens, {model_lib.compute_dtype_of(cfg)}) "
+    print(f"methods: train steps on {args.size} (vocab {args.vocab}, {args.batch} x {args.seq} tokens, "
+          f"{model_lib.compute_dtype_of(cfg)}) "
           f"on {jax.device_count()} x {jax.devices()[0].device_kind}; median of {args.steps} steps")
     for r in [header, *rows]:
       print("  ".join(c.rjust(w) for c, w in zip(r, widths)))

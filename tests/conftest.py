@@ -14,6 +14,7 @@ jax.config.update("jax_num_cpu_devices", 8)
 os.environ.setdefault("SCALING_JAX_CACHE", os.path.join(os.path.dirname(__file__), "..", ".jax_cache"))
 
 import pytest  # noqa: E402
+from flax import nnx  # noqa: E402
 
 from scaling import run as run_lib  # noqa: E402
 from scaling.data import world as world_lib  # noqa: E402
@@ -37,6 +38,11 @@ def world_data_dir(tmp_path_factory):
   data_dir = tmp_path_factory.mktemp("tfds")
   tfds_world.prepare(TINY_WORLD, str(data_dir))
   return str(data_dir)
+
+
+# Cached decoding (`model.extend`) as one jitted program per shape: an eager call compiles one
+# program per op, seconds more from a cold cache.
+extend = nnx.jit(lambda model, *args: model.extend(*args))
 
 
 def tiny_study(**overrides):

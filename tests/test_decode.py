@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import scipy.stats
 from flax import nnx
+from conftest import extend
 
 from scaling import decode, eft
 from scaling import model as model_lib
@@ -37,7 +38,6 @@ def test_cached_decoding_equals_uncached_recomputation(block):
                                    num_new=steps))
   # The cache's logits, step by step, against a full forward pass over the same tokens.
   cache = model.init_cache(len(PROMPT_LEN), 10 + steps)
-  extend = nnx.jit(lambda m, *args: m.extend(*args))  # One program per shape, not one per op: cheap to compile.
   logits, cache = extend(model, jnp.asarray(prompts), jnp.broadcast_to(jnp.arange(10), prompts.shape), cache)
   cached = [logits[np.arange(len(PROMPT_LEN)), PROMPT_LEN - 1]]
   for t in range(steps - 1):

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import tiny_study
+from conftest import extend, tiny_study
 from flax import nnx
 
 from launch import plan
@@ -30,10 +30,6 @@ def _prepared(method, seed=0):
 
 def _tokens():
   return jax.random.randint(jax.random.key(3), (2, 12), 0, CFG.vocab_size)
-
-
-# Cached decoding as one program per shape, not one per op: cheap to compile.
-_extend = nnx.jit(lambda model, *args: model.extend(*args))
 
 
 def test_options_given_as_tuples_are_grid_axes_and_labels_name_what_differs():
@@ -201,8 +197,8 @@ def test_prompt_tuning_scores_only_the_input_and_decodes_with_the_cache():
   assert not np.allclose(np.asarray(logits), np.asarray(base(tokens)))  # The prompt changes what follows.
   cache = model.init_cache(2, 12)
   positions = jnp.broadcast_to(jnp.arange(12), (2, 12))
-  first, cache = _extend(model, tokens[:, :8], positions[:, :8], cache)
-  rest, _ = _extend(model, tokens[:, 8:], positions[:, 8:], cache)
+  first, cache = extend(model, tokens[:, :8], positions[:, :8], cache)
+  rest, _ = extend(model, tokens[:, 8:], positions[:, 8:], cache)
   np.testing.assert_allclose(np.concatenate([first, rest], axis=1), np.asarray(logits), rtol=1e-5, atol=1e-5)
   with pytest.raises(ValueError, match="prompt.length=0; allowed: a positive integer"):
     methods.get_method("prompt", length=0)
@@ -245,10 +241,10 @@ def test_reft_edits_only_the_chosen_prompt_positions_and_decodes_with_the_cache(
     assert not np.allclose(edited[row, end - 1:], base[row, end - 1:])
   # Decoding: a prefill then one token at a time gives the teacher-forced logits.
   cache, positions = model.init_cache(2, 12), jnp.broadcast_to(jnp.arange(12), (2, 12))
-  first, cache = _extend(model, tokens[:, :7], positions[:, :7], cache, prompt_len)
+  first, cache = extend(model, tokens[:, :7], positions[:, :7], cache, prompt_len)
   steps = []
   for t in range(7, 12):
-    step, cache = _extend(model, tokens[:, t:t + 1], positions[:, t:t + 1], cache, prompt_len)
+    step, cache = extend(model, tokens[:, t:t + 1], positions[:, t:t + 1], cache, prompt_len)
     steps.append(step)
   np.testing.assert_allclose(np.concatenate([first, *steps], axis=1), logits, rtol=1e-5, atol=1e-5)
 

@@ -7,6 +7,7 @@ import numpy as np
 import optax
 import pytest
 from flax import nnx
+from conftest import extend
 
 from scaling import model as model_lib
 from scaling import train
@@ -164,7 +165,6 @@ def test_remat_keeps_cached_decoding(layer_loop):
   model = model_lib.Transformer(cfg, nnx.Rngs(0))
   tokens = jax.random.randint(jax.random.key(0), (2, 9), 0, 64)
   positions = jnp.broadcast_to(jnp.arange(9), (2, 9))
-  extend = nnx.jit(lambda m, *args: m.extend(*args))  # One program, not one per op: cheap to compile.
   _, cache = extend(model, tokens[:, :8], positions[:, :8], model.init_cache(2, 9))
   last, _ = extend(model, tokens[:, 8:], positions[:, 8:], cache)
   np.testing.assert_allclose(last[:, 0], nnx.jit(lambda m, t: m(t))(model, tokens)[:, -1], atol=1e-5)
