@@ -4,7 +4,11 @@ one process is SIGKILLed mid-run and both restart.
 
 Not bit-identical to one process: gloo adds the devices' partial sums (the loss over the batch,
 the gradients over FSDP shards) in another order than XLA's in-process collectives, so values
-differ in the last bits (about 1e-7 relative).
+differ in the last bits (about 1e-7 relative). The fine-tune's steps after its best one are the
+unstable ones (its dev loss rises, which stops it): there Adam, which divides each gradient by its
+own scale, grows those differences to about 1e-5 within five steps (measured 9.5e-6 and 1.4e-5 in
+the grad norm at step 15 with XLA's two CPU code generators). What is kept, the best step's
+parameters and the metrics computed from them, comes from the stable steps.
 """
 
 import json
@@ -29,6 +33,7 @@ from scaling import study as study_lib
 pytestmark = pytest.mark.slow
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOL = 1e-5  # Relative, on metrics and parameters after 40 pretraining and up to 20 fine-tuning steps.
+TOL_AFTER_BEST = 1e-4  # Relative, on the fine-tune's training records after its best step (see above).
 
 
 def _plan(workdir) -> list[grid.Run]:
@@ -128,9 +133,11 @@ def test_two_processes_end_where_one_process_ends(two_host_runs):
   for run in runs:
     a, b = _metrics(one, run), _metrics(two, run)
     assert [sorted(r) for r in a] == [sorted(r) for r in b] and len(a) >= 4
+    best = _result(one, run)["train"]["best_step"]
     for ra, rb in zip(a, b):
       for key in ra:
-        assert rb[key] == pytest.approx(ra[key], rel=TOL), (run.kind, ra["step"], key)
+        tol = TOL if ra["step"] <= best else TOL_AFTER_BEST
+        assert rb[key] == pytest.approx(ra[key], rel=tol), (run.kind, ra["step"], key)
     for x, y in zip(_params(one, run), _params(two, run), strict=True):
       np.testing.assert_allclose(y, x, rtol=TOL, atol=TOL)
     ra, rb = _result(one, run), _result(two, run)
