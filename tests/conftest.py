@@ -1,5 +1,6 @@
 """Test set-up: 8 fake CPU devices for sharding tests, tiny models and a tiny world."""
 
+import importlib.util
 import os
 
 # Tests check what the code computes, not how fast XLA's output runs: its cheapest CPU compiles
@@ -30,6 +31,12 @@ def pytest_collection_modifyitems(items):
   """Files with slow tests first: two workers then end together instead of waiting on a late one."""
   slow = {item.path for item in items if item.get_closest_marker("slow")}
   items.sort(key=lambda item: item.path not in slow)  # Stable: a file's tests stay together, in order.
+
+
+# Tests against `transformers` (PyTorch on the CPU) import it and torch where they use them, not at
+# collection: every test worker collects every file, and the two take 6 s to import (14 s cold).
+needs_transformers = pytest.mark.skipif(not all(importlib.util.find_spec(m) for m in ("torch", "transformers")),
+                                        reason="the test extra's torch and transformers are not installed")
 
 
 @pytest.fixture(scope="session")

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import needs_transformers
 from flax import nnx
 
 from scaling import hf
@@ -13,13 +14,10 @@ from scaling import mesh as mesh_lib
 from scaling import methods
 from scaling import model as model_lib
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
-
+pytestmark = needs_transformers
 VOCAB = 96
-CLASSES = {"gpt_neox": (transformers.GPTNeoXConfig, transformers.GPTNeoXForCausalLM),
-           "llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM),
-           "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM)}
+FAMILIES = {"gpt_neox": ("GPTNeoXConfig", "GPTNeoXForCausalLM"), "llama": ("LlamaConfig", "LlamaForCausalLM"),
+            "qwen2": ("Qwen2Config", "Qwen2ForCausalLM")}  # transformers' config and model classes.
 # Each family and the variants that exercise a different path of the converter.
 CASES = {
     "neox_parallel": ("gpt_neox", dict(rotary_pct=0.5, use_parallel_residual=True)),
@@ -35,7 +33,10 @@ TOKENS = np.random.default_rng(0).integers(0, VOCAB, (2, 12))
 def build_reference(kind: str, seed: int = 0, **options):
   """A tiny random model that transformers builds, every parameter re-randomised (its init sets
   biases to 0 and norm weights to 1, which would hide bugs)."""
-  config_cls, model_cls = CLASSES[kind]
+  import torch
+  import transformers
+
+  config_cls, model_cls = (getattr(transformers, name) for name in FAMILIES[kind])
   config = config_cls(**{"vocab_size": VOCAB, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
                          "intermediate_size": 64, **options})
   torch.manual_seed(seed)
@@ -48,6 +49,9 @@ def build_reference(kind: str, seed: int = 0, **options):
 
 def reference_outputs(folder):
   """transformers' float32 eager logits and per-layer hidden states of a saved folder."""
+  import torch
+  import transformers
+
   model = transformers.AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32,
                                                             attn_implementation="eager").eval()
   with torch.no_grad():
@@ -97,6 +101,8 @@ def test_imported_config_keeps_the_families_options(folders):
 
 def test_old_pythia_config_and_half_precision_shards_load(folders, tmp_path):
   """A config.json as older transformers wrote Pythia's, bfloat16 weights in several shards."""
+  import torch
+
   reference = build_reference("gpt_neox", seed=1, rotary_pct=0.5, use_parallel_residual=True).to(torch.bfloat16)
   reference.save_pretrained(tmp_path, max_shard_size="20KB")
   assert (tmp_path / hf.INDEX).exists()

@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import tiny_study
+from conftest import needs_transformers, tiny_study
 
 from analysis import fit as fit_lib
 from launch import local
@@ -14,8 +14,7 @@ from scaling import grid, hf, results
 from scaling import study as study_lib
 from scaling.data import tfds_text
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
+pytestmark = needs_transformers
 
 # A word-for-word "language": translating is a lexicon lookup that a tiny model can start to learn.
 LEXICON = {"hund": "dog", "katze": "cat", "haus": "house", "baum": "tree", "rot": "red", "gross": "big",
@@ -35,6 +34,7 @@ def _pairs(n: int, seed: int) -> list[tuple[str, str]]:
 
 def _tokenizer_folder(folder) -> None:
   """A word-level tokenizer over both languages, saved as transformers saves one."""
+  import transformers
   from tokenizers import Tokenizer, models, pre_tokenizers
 
   vocab = SPECIALS + ["German:", "English:"] + sorted(LEXICON) + sorted(set(LEXICON.values()))
@@ -47,6 +47,9 @@ def _tokenizer_folder(folder) -> None:
 
 def _checkpoint(folder, hidden: int, seed: int) -> None:
   """A tiny random GPT-NeoX (Pythia's family) saved by transformers, with the tokenizer beside it."""
+  import torch
+  import transformers
+
   torch.manual_seed(seed)
   config = transformers.GPTNeoXConfig(vocab_size=64, hidden_size=hidden, num_hidden_layers=2, num_attention_heads=4,
                                       intermediate_size=4 * hidden, rotary_pct=0.5, bos_token_id=1, eos_token_id=2)
