@@ -30,6 +30,8 @@ import subprocess
 import sys
 import time
 
+import processes
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # A study name or path that a shell would act on: it must reach every command as it is.
 HOSTILE = "$(touch PWNED); rm -rf x; echo 'q\""
@@ -71,8 +73,7 @@ def write_config(root, **overrides) -> str:
 def launch(root, module: str, *args: str) -> subprocess.CompletedProcess:
   """Runs `python -m launch.<module> ARGS` in root, with the stand-ins first on PATH."""
   env = {**os.environ, "PYTHONPATH": REPO, "PATH": f"{os.path.join(str(root), 'bin')}{os.pathsep}{os.environ['PATH']}"}
-  return subprocess.run([sys.executable, "-m", f"launch.{module}", *args], cwd=str(root), env=env,
-                        capture_output=True, text=True)
+  return processes.run([sys.executable, "-m", f"launch.{module}", *args], cwd=str(root), env=env)
 
 
 def set_state(root, state: dict) -> None:

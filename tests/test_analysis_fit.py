@@ -2,11 +2,11 @@
 
 import json
 import os
-import subprocess
 import sys
 
 import numpy as np
 import pandas as pd
+import processes
 import pytest
 
 from analysis import fit as fit_lib
@@ -18,10 +18,9 @@ CSV = os.path.join(ROOT, "examples", "smoke_qa_full.csv")
 
 def test_csv_cli_fits_the_shipped_example(tmp_path):
   out = tmp_path / "fit.json"
-  proc = subprocess.run([sys.executable, "-m", "analysis.fit", "--csv", CSV, "--x", "non_embedding_params",
-                         "--d", "d_f", "--y", "test_loss", "--law", "multiplicative", "--bootstrap", "50",
-                         "--json", str(out)], cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT},
-                        capture_output=True, text=True)
+  proc = processes.run([sys.executable, "-m", "analysis.fit", "--csv", CSV, "--x", "non_embedding_params",
+                        "--d", "d_f", "--y", "test_loss", "--law", "multiplicative", "--bootstrap", "50",
+                        "--json", str(out)], cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT})
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert "alpha =" in proc.stdout and "Delta_h (largest_d)" in proc.stdout
   record = json.loads(out.read_text())
@@ -32,8 +31,8 @@ def test_csv_cli_fits_the_shipped_example(tmp_path):
 
 
 def test_csv_cli_names_a_missing_file(tmp_path):
-  proc = subprocess.run([sys.executable, "-m", "analysis.fit", "--csv", str(tmp_path / "none.csv"), "--d", "d",
-                         "--y", "y"], cwd=ROOT, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": ROOT})
+  proc = processes.run([sys.executable, "-m", "analysis.fit", "--csv", str(tmp_path / "none.csv"), "--d", "d",
+                        "--y", "y"], cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT})
   assert proc.returncode != 0 and f"--csv {tmp_path / 'none.csv'}: cannot read it" in proc.stderr
   assert "Traceback" not in proc.stderr
 

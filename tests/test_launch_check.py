@@ -1,10 +1,10 @@
 """The memory check: TPU slice names, per-device memory of every distinct train step, bad targets."""
 
 import os
-import subprocess
 import sys
 
 import jax
+import processes
 import pytest
 from conftest import tiny_study
 
@@ -76,10 +76,10 @@ def test_cli_prints_the_table_and_answers_bad_topologies_in_one_line():
   env = {**os.environ, "PYTHONPATH": ROOT}
   command = [sys.executable, "-m", "launch.check", "--config", os.path.join(ROOT, "configs", "smoke.py"),
              "--config.model.sizes=('d96l3',)"]  # One size: two train steps to compile.
-  ok = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+  ok = processes.run(command, cwd=ROOT, env=env)
   assert ok.returncode == 0, ok.stderr[-2000:]
   assert "per-device memory" in ok.stdout and "d96l3  pretrain      32 x 48" in ok.stdout
-  bad = subprocess.run([*command, "--topology", "v9-8"], cwd=ROOT, env=env, capture_output=True, text=True)
+  bad = processes.run([*command, "--topology", "v9-8"], cwd=ROOT, env=env)
   assert bad.returncode != 0 and "invalid check: --topology='v9-8' is not a TPU slice" in bad.stderr
   assert "Traceback" not in bad.stderr
 

@@ -2,9 +2,9 @@
 
 import json
 import os
-import subprocess
 import sys
 
+import processes
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -20,8 +20,8 @@ def get_config():
 
 
 def _launch(config, workdir, *extra):
-  return subprocess.run([sys.executable, "-m", "launch.local", "--config", str(config), "--workdir", str(workdir),
-                         *extra], cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT}, capture_output=True, text=True)
+  return processes.run([sys.executable, "-m", "launch.local", "--config", str(config), "--workdir", str(workdir),
+                        *extra], cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT})
 
 
 @pytest.mark.slow
@@ -69,7 +69,7 @@ def test_tiny_study_end_to_end_then_nothing_to_do(tmp_path):
 
   # The same settings: the CLI prints the report's fits without fitting again.
   fitted = (workdir / "report" / "fits.json").stat().st_mtime_ns
-  refit = subprocess.run([sys.executable, "-m", "analysis.fit", "--workdir", str(workdir), "--bootstrap=50"], cwd=ROOT,
-                         env={**os.environ, "PYTHONPATH": ROOT}, capture_output=True, text=True)
+  refit = processes.run([sys.executable, "-m", "analysis.fit", "--workdir", str(workdir), "--bootstrap=50"], cwd=ROOT,
+                        env={**os.environ, "PYTHONPATH": ROOT})
   assert refit.returncode == 0 and "qa/full over non_embedding_params: L = " in refit.stdout
   assert (workdir / "report" / "fits.json").stat().st_mtime_ns == fitted

@@ -2,9 +2,9 @@
 pretraining, fine-tuning, and an EFT run whose models share the mesh and its rules."""
 
 import os
-import subprocess
 import sys
 
+import processes
 import pytest
 from conftest import tiny_study
 
@@ -37,8 +37,8 @@ def test_sharded_runs_match_single_device_runs(tmp_path):
 
 def test_run_answers_a_bad_spec_in_one_line(tmp_path):
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  proc = subprocess.run([sys.executable, "-m", "scaling.run", "--spec", str(tmp_path / "spec.json")],
-                        cwd=root, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": root})
+  proc = processes.run([sys.executable, "-m", "scaling.run", "--spec", str(tmp_path / "spec.json")], cwd=root,
+                       env={**os.environ, "PYTHONPATH": root})
   assert proc.returncode != 0 and "not a readable run spec" in proc.stderr, proc.stderr
   assert "Traceback" not in proc.stderr
 

@@ -2,9 +2,9 @@
 
 import os
 import re
-import subprocess
 import sys
 
+import processes
 import pytest
 from conftest import tiny_study
 
@@ -67,8 +67,8 @@ def test_eft_defaults_resolve_against_the_study():
 
 
 def _launch(tmp_path, *args):
-  return subprocess.run([sys.executable, "-m", "launch.local", "--config", os.path.join(ROOT, "configs", "smoke.py"),
-                         *args], cwd=ROOT, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": ROOT})
+  return processes.run([sys.executable, "-m", "launch.local", "--config", os.path.join(ROOT, "configs", "smoke.py"),
+                        *args], cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT})
 
 
 @pytest.mark.parametrize("args, message", [
