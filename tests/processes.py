@@ -121,6 +121,8 @@ def serve() -> None:
   """The server's loop: one JSON request per stdin line, answered with the child's exit status."""
   import importlib
 
+  replies = os.fdopen(os.dup(1), "w")
+  os.dup2(2, 1)  # Whatever else writes to stdout cannot garble the replies.
   for name in PRELOAD:
     importlib.import_module(name)
   for line in sys.stdin:
@@ -128,7 +130,8 @@ def serve() -> None:
     sys.stdout.flush()
     pid = os.fork()
     if pid == 0:
+      replies.close()
       _child(request)
     _, status = os.waitpid(pid, 0)
-    sys.stdout.write(json.dumps(os.waitstatus_to_exitcode(status)) + "\n")
-    sys.stdout.flush()
+    replies.write(json.dumps(os.waitstatus_to_exitcode(status)) + "\n")
+    replies.flush()
