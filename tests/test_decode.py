@@ -8,8 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.stats
-from flax import nnx
 from conftest import extend
+from flax import nnx
 
 from scaling import decode, eft
 from scaling import model as model_lib

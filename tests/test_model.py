@@ -6,8 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from flax import nnx
 from conftest import extend
+from flax import nnx
 
 from scaling import model as model_lib
 from scaling import train

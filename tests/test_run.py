@@ -43,7 +43,7 @@ def test_run_answers_a_bad_spec_in_one_line(tmp_path):
   assert "Traceback" not in proc.stderr
 
 
-# The same command line as above, in this process (a process costs seconds of imports): each
+# The same command line as above, called in this process (no process to start): each
 # mistake ends in argparse's usage and a one-line error (exit status 2), before any host is joined.
 @pytest.mark.parametrize("flags, message", [
     (("--coordinator", "127.0.0.1:1234"), "--coordinator, --num-processes and --process-id go together"),
