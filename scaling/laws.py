@@ -36,9 +36,12 @@ class Law:
   exp_params: tuple[str, ...]  # Stored as logs; reported as exp (a -> A).
 
   def natural(self, theta: np.ndarray) -> dict[str, float]:
-    """Reported parameters: e.g. {'A': e^a, 'alpha': ..., 'E': e^e}."""
-    return {(p.upper() if p in self.exp_params else p): float(np.exp(v) if p in self.exp_params else v)
-            for p, v in zip(self.params, theta)}
+    """Reported parameters: e.g. {'A': e^a, 'alpha': ..., 'E': e^e}; e^a past float64's range is inf."""
+    # A bootstrap or held-out refit may run a log-space parameter off to a value that has no finite
+    # exp (a > 709); inf is the honest report of it, and not worth a warning in every study's output.
+    with np.errstate(over="ignore"):
+      return {(p.upper() if p in self.exp_params else p): float(np.exp(v) if p in self.exp_params else v)
+              for p, v in zip(self.params, theta)}
 
   def starts(self) -> np.ndarray:
     """Every point of the starting grid: (num_starts, num_params)."""

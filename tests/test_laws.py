@@ -1,5 +1,7 @@
 """The fitter recovers known laws: exactly from noise-free points, closely from noisy ones."""
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -89,6 +91,17 @@ def test_bad_points_are_rejected(bad, message):
 def test_unknown_law():
   with pytest.raises(ValueError, match="unknown law 'cubic'; allowed"):
     laws.get_law("cubic")
+
+
+def test_natural_parameters_past_the_float_range_are_inf_without_a_warning():
+  law = laws.get_law("multiplicative")
+  theta = _theta(law, TRUE["multiplicative"][0])
+  theta[law.params.index("a")] = 800.0  # e^800 overflows float64.
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    natural = law.natural(theta)
+  assert natural["A"] == np.inf
+  assert natural["alpha"] == pytest.approx(0.3) and natural["E"] == pytest.approx(0.8)
 
 
 def test_bootstrap_interval_brackets_the_truth():
