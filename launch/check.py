@@ -25,13 +25,11 @@ from ml_collections import config_flags
 from launch import cli
 from launch.slices import CheckError, require_full_mesh, tpu_topology
 from scaling import context as context_lib
-from scaling import grid, methods, pack, train
+from scaling import grid, methods, pack, sources, train
 from scaling import mesh as mesh_lib
 from scaling import model as model_lib
 from scaling import run as run_lib
 from scaling import study as study_lib
-from scaling.data import tokenizer
-from scaling.data import world as world_lib
 
 USAGE = "python -m launch.check --config CONFIG.py [--topology v5p-32] [--config.a.b=value]"
 
@@ -126,8 +124,7 @@ def check(study, tgt: Target) -> list[dict]:
   require_full_mesh(study, len(tgt.devices), tgt.name)
   mesh = mesh_lib.make_mesh(study.mesh.shape.to_dict(), list(tgt.devices))
   rules = mesh_lib.parse_rules(study.mesh.rules)
-  world = world_lib.build_world(study_lib.world_config(study))
-  vocab = tokenizer.padded_vocab_size(tokenizer.from_tokenizers(tokenizer.word_tokenizer(world.vocabulary())))
+  vocab = sources.model_vocab_size(study_lib.world_config(study), study.data.tokenizer)
   rows = []
   for (size, _, method, batch, length, lanes), run in step_shapes(grid.expand(study), tgt.packs).items():
     params, memory = compiled_memory(run, vocab, mesh, rules, lanes)

@@ -20,11 +20,21 @@ class CheckError(ValueError):
 
 
 def tpu_topology(name: str) -> tuple[str, int]:
-  """libtpu's topology name and HBM GiB of a slice name (v5p-32 -> 'v5:2x4x4', 95)."""
+  """libtpu's topology name and HBM GiB of a slice name (v5p-32 -> 'v5:2x2x4', 95), or of a
+  topology name itself (v5e:4x4, v5p:2x2x4)."""
+  named = re.fullmatch(r"(v4|v5p|v5|v5e|v6e):(\d+(?:x\d+)*)", name)
+  if named:
+    kind = "v5p" if named.group(1) == "v5" else named.group(1)
+    lib_name, _, dims, hbm = TPUS[kind]
+    shape = [int(d) for d in named.group(2).split("x")]
+    if len(shape) != dims or min(shape) < 1:
+      raise CheckError(f"--topology={name!r}: a {kind} topology has {dims} dimensions of at least 1, such as "
+                       f"{kind}:{'x'.join(['2'] * dims)}")
+    return f"{lib_name}:{named.group(2)}", hbm
   match = re.fullmatch(r"(v4|v5p|v5e|v6e)-(\d+)", name)
   if not match:
     raise CheckError(f"--topology={name!r} is not a TPU slice; allowed: v4-N, v5p-N, v5e-N, v6e-N "
-                     "(N a power of 2, as Cloud TPU names slices)")
+                     "(N a power of 2, as Cloud TPU names slices), or a topology such as v5e:4x4 or v5p:2x2x4")
   kind, count = match.group(1), int(match.group(2))
   lib_name, cores, dims, hbm = TPUS[kind]
   chips = count // cores

@@ -55,7 +55,7 @@ class Context:
 
   def model_config(self, size: str) -> model_lib.ModelConfig:
     """A ladder size, or an imported checkpoint's architecture, with the run's block options."""
-    return spec_model_config(self.run.config, size, lambda: tokenizer.padded_vocab_size(self.tok))
+    return spec_model_config(self.run.config, size, lambda: tokenizer.padded_vocab_size(self.tok.size))
 
   def eval_batches(self, source) -> list[dict]:
     """Evaluation batches of a record source (a corpus's or a task's split)."""

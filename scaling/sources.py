@@ -84,6 +84,14 @@ def from_spec(spec: Mapping, data_dir: str) -> Sources:
   return _OPENED[key]
 
 
+def model_vocab_size(world_config: world_lib.WorldConfig, tokenizer_spec: str) -> int:
+  """The model vocabulary of a study's runs, from its tokenizer (`data.tokenizer`, resolved), without
+  building any dataset: Shakespeare's tokenizer has its size before it is trained."""
+  if tokenizer_spec == "shakespeare":
+    return tokenizer.padded_vocab_size(SHAKESPEARE_TOKENIZER_SIZE)
+  return tokenizer.padded_vocab_size(Sources(world_config, "", "world", tokenizer_spec).tok.size)
+
+
 def task_of(spec: Mapping) -> str | Mapping:
   """The task entry of a run's spec: a TFDS task's dict, or a name."""
   return spec.get("task_source") or spec["task"]

@@ -116,8 +116,17 @@ def _merge(into: ml_collections.ConfigDict, src: dict, prefix: str) -> None:
 
 def _positive_ints(name: str, values: Iterable) -> None:
   values = list(values)
-  if not values or any(not isinstance(v, int) or v < 1 for v in values):
+  if not values or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in values):
     raise StudyError(f"{name}={values}; allowed: a non-empty list of positive integers")
+  _each_once(name, values)
+
+
+def _each_once(name: str, values: Iterable) -> None:
+  """A grid axis lists each value once: a repeat would make two runs of one id."""
+  values = list(values)
+  repeated = next((v for i, v in enumerate(values) if v in values[:i]), None)
+  if repeated is not None:
+    raise StudyError(f"{name}={values} lists {repeated!r} twice; allowed: each value once")
 
 
 def train_config(group: ml_collections.ConfigDict, prefix: str, **overrides) -> TrainConfig:
@@ -133,13 +142,17 @@ def train_config(group: ml_collections.ConfigDict, prefix: str, **overrides) -> 
   return cfg
 
 
+LADDER_FIELDS = {"vocab_size", "d_model", "n_layers", "n_heads"}
+
+
 def model_config(study: ml_collections.ConfigDict, size: str, vocab_size: int) -> model_lib.ModelConfig:
   """The ModelConfig of one ladder size with the study's block options."""
   block = study.model.block.to_dict()
-  unknown = set(block) - _fields(model_lib.ModelConfig)
+  # The ladder's name gives the width and depth, and the tokenizer the vocabulary.
+  unknown = set(block) - (_fields(model_lib.ModelConfig) - LADDER_FIELDS)
   if unknown:
-    raise StudyError(f"model.block.{sorted(unknown)[0]} is not a model field; "
-                     f"allowed: {sorted(_fields(model_lib.ModelConfig) - {'vocab_size', 'd_model', 'n_layers', 'n_heads'})}")
+    raise StudyError(f"model.block.{sorted(unknown)[0]} is not a block option; "
+                     f"allowed: {sorted(_fields(model_lib.ModelConfig) - LADDER_FIELDS)}")
   try:
     cfg = model_lib.ladder_config(size, vocab_size, **block)
     cfg.validate()
@@ -172,14 +185,23 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> ml_collecti
     if size not in model_lib.LADDER:
       raise StudyError(f"model.sizes contains {size!r}; allowed: {sorted(model_lib.LADDER)}")
     model_config(study, size, vocab_size=64)
+  _each_once("model.sizes", study.model.sizes)
   _resolve_data(study, checkpoints)
   _positive_ints("pretrain.steps", study.pretrain.steps)
   _positive_ints("finetune.d_f", study.finetune.d_f)
   _positive_ints("finetune.pack", (study.finetune.pack,))
   if not isinstance(study.memory.loss_chunk, int) or study.memory.loss_chunk < 0:
     raise StudyError(f"memory.loss_chunk={study.memory.loss_chunk!r}; allowed: 0 (no chunks) or a positive integer")
-  if not study.finetune.seeds:
-    raise StudyError("finetune.seeds=[]; allowed: a non-empty list of integers")
+  seeds = list(study.finetune.seeds)
+  if not seeds or any(isinstance(v, bool) or not isinstance(v, int) for v in seeds):
+    raise StudyError(f"finetune.seeds={seeds}; allowed: a non-empty list of integers")
+  _each_once("finetune.seeds", seeds)
+  for group in ("tasks", "methods"):
+    if not study.finetune[group]:
+      raise StudyError(f"finetune.{group}=[]; allowed: a non-empty list (default: {list(defaults().finetune[group])})")
+  if study.pretrain.train.max_steps != defaults().pretrain.train.max_steps:
+    raise StudyError(f"pretrain.train.max_steps={study.pretrain.train.max_steps}: pretraining runs as many steps as "
+                     "each budget in pretrain.steps says; allowed: leave it out and list the budgets in pretrain.steps")
   specs = method_specs(study)
   configs = {size: model_config(study, size, vocab_size=64) for size in study.model.sizes}
   configs.update({name: c["config"] for name, c in checkpoints.items()})
@@ -207,6 +229,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> ml_collecti
     sizes = mesh_lib.resolve_shape(study.mesh.shape.to_dict(), num_devices)
   except ValueError as e:
     raise StudyError(str(e)) from None
+  _check_rules(study.mesh.rules)
   shape = dict(zip(mesh_lib.MESH_AXES, sizes))
   batch_axes = mesh_lib.batch_axes(mesh_lib.parse_rules(study.mesh.rules))
   divisor = math.prod(shape[a] for a in batch_axes)
@@ -215,11 +238,25 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> ml_collecti
     if cfg.batch_size % divisor:
       raise StudyError(f"{group}.train.batch_size={cfg.batch_size} is not divisible by the data axes "
                        f"{batch_axes} of mesh.shape={shape} ({divisor} ways); allowed: a multiple of {divisor}")
+  if isinstance(study.eval.batch_size, bool) or not isinstance(study.eval.batch_size, int) or study.eval.batch_size < 1:
+    raise StudyError(f"eval.batch_size={study.eval.batch_size!r}; allowed: a positive integer")
   if study.eval.batch_size % divisor:
     raise StudyError(f"eval.batch_size={study.eval.batch_size} is not divisible by the {divisor}-way data axes")
   _resolve_eft(study)
   _resolve_transplant(study)
   return study
+
+
+def _check_rules(rules) -> None:
+  """`mesh.rules`: (logical axis, mesh axes) pairs, the mesh axes None, one of MESH_AXES or a tuple of them."""
+  allowed = f"pairs (logical axis, mesh axes), the mesh axes None, one of {list(mesh_lib.MESH_AXES)} or a tuple of them"
+  for i, rule in enumerate(rules):
+    if not isinstance(rule, (tuple, list)) or len(rule) != 2 or not isinstance(rule[0], str):
+      raise StudyError(f"mesh.rules[{i}]={rule!r}; allowed: {allowed}")
+    axes = rule[1] if isinstance(rule[1], (tuple, list)) else () if rule[1] is None else (rule[1],)
+    bad = [a for a in axes if a not in mesh_lib.MESH_AXES]
+    if bad:
+      raise StudyError(f"mesh.rules[{i}]={tuple(rule)!r}: {bad[0]!r} is not a mesh axis; allowed: {allowed}")
 
 
 CHECKPOINT_FIELDS = ("name", "path", "pretrain_tokens")
@@ -334,6 +371,7 @@ def _resolve_eft(study: ml_collections.ConfigDict) -> None:
     raise StudyError(f"eft.betas={betas}; allowed: a non-empty list of finite numbers (1.0 is plain EFT, "
                      "0.0 the base N1 alone)")
   e.betas = tuple(float(b) for b in betas)
+  _each_once("eft.betas", e.betas)
   sizes = tuple(study.model.sizes)
   for i, pair in enumerate(e.pairs):
     if not isinstance(pair, (tuple, list)) or len(pair) != 2:
@@ -343,6 +381,7 @@ def _resolve_eft(study: ml_collections.ConfigDict) -> None:
         raise StudyError(f"eft.pairs[{i}]={tuple(pair)!r}: {size!r} is not a size of this study; "
                          f"allowed: {list(sizes)}")
   e.pairs = tuple(tuple(p) for p in e.pairs) or tuple((n1, n2) for n1 in sizes for n2 in sizes)
+  _each_once("eft.pairs", e.pairs)
 
 
 def _one_of(field: str, value, allowed, what: str, default, unset):
@@ -368,6 +407,7 @@ def _d_f_subset(field: str, values: Iterable, allowed: Iterable) -> tuple:
   for d_f in values:
     if d_f not in allowed:
       raise StudyError(f"{field} contains {d_f!r}, which this study does not fine-tune on; allowed: {list(allowed)}")
+  _each_once(field, values)
   return tuple(values)
 
 
@@ -385,4 +425,5 @@ def _resolve_transplant(study: ml_collections.ConfigDict) -> None:
   parts = tuple(t.parts)
   if not parts or any(p not in ("lower", "upper") for p in parts):
     raise StudyError(f"transplant.parts={parts!r}; allowed: a non-empty subset of ('lower', 'upper')")
+  _each_once("transplant.parts", parts)
   t.parts = parts

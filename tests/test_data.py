@@ -77,8 +77,8 @@ def test_tokenizer_round_trip():
   assert text_tok.encode(text) == ids
   assert (text_tok.bos, text_tok.eos, text_tok.pad) == tuple(tok.token_to_id(t) for t in (
       world_lib.BOS, world_lib.EOS, world_lib.PAD))
-  assert tokenizer.padded_vocab_size(text_tok) % 64 == 0
-  assert tokenizer.padded_vocab_size(text_tok) >= len(world.vocabulary())
+  assert tokenizer.padded_vocab_size(text_tok.size) % 64 == 0
+  assert tokenizer.padded_vocab_size(text_tok.size) >= len(world.vocabulary())
 
 
 def test_encoder_scores_answer_and_end_only():

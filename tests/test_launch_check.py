@@ -9,6 +9,7 @@ import pytest
 from conftest import tiny_study
 
 from launch import check, slices
+from scaling import model as model_lib
 from scaling import study as study_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -19,12 +20,15 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     ("v5e-16", "v5e:4x4", 16), ("v5e-8", "v5e:2x4", 16), ("v4-8", "v4:2x2x1", 32), ("v6e-1", "v6e:1x1", 32)])
 def test_slice_names_become_topologies(name, topology, hbm):
   assert slices.tpu_topology(name) == (topology, hbm)
+  assert slices.tpu_topology(topology) == (topology, hbm)  # A topology names itself.
 
 
 @pytest.mark.parametrize("name, message", [
     ("v9-8", r"--topology='v9-8' is not a TPU slice; allowed: v4-N, v5p-N"),
     ("v5e-12", r"--topology='v5e-12': 12 is not a v5e slice size"),
-    ("v5p-3", r"--topology='v5p-3': 3 is not a v5p slice size")])
+    ("v5p-3", r"--topology='v5p-3': 3 is not a v5p slice size"),
+    ("v5e:4x4x4", r"--topology='v5e:4x4x4': a v5e topology has 2 dimensions of at least 1, such as v5e:2x2"),
+    ("v5p:0x2x2", r"--topology='v5p:0x2x2': a v5p topology has 3 dimensions")])
 def test_bad_slice_names_are_named(name, message):
   with pytest.raises(slices.CheckError, match=message):
     slices.tpu_topology(name)
@@ -65,6 +69,16 @@ def test_steps_are_checked_with_the_studys_loss_chunks():
   whole, chunked = (_rows({"data": 8}, sizes=("d32l2",), **{"memory.loss_chunk": c}) for c in (0, 4))
   assert [r["method"] for r in chunked] == ["pretrain", "full"]
   assert all(c["temp"] < w["temp"] and c["argument"] == w["argument"] for w, c in zip(whole, chunked))
+
+
+def test_the_vocabulary_is_the_studys_tokenizers():
+  """Shakespeare's tokenizer has 2,048 tokens, the world's a few hundred: the checked step's
+  parameters are those the run builds, and the check trains no tokenizer to know it."""
+  world, shakespeare = (_rows({"data": 8}, sizes=("d32l2",), **{"data": {"corpus": corpus}, "finetune.tasks": (task,)})
+                        [0] for corpus, task in (("world", "qa"), ("shakespeare", "shakespeare_play")))
+  cfg = lambda vocab: model_lib.ladder_config("d32l2", vocab)
+  assert shakespeare["params"] == model_lib.param_count(cfg(2048))
+  assert world["params"] < shakespeare["params"]
 
 
 def test_a_mesh_that_leaves_devices_out_is_named():

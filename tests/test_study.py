@@ -46,6 +46,25 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
      r"eft.d_f contains 64, which this study does not fine-tune on; allowed: \[16, 32\]"),
     ({"eft": {"enabled": True, "seed": 3}}, r"eft.seed=3 is not a fine-tuning seed of this study; allowed: \[0\]"),
     ({"memory": {"loss_chunk": -8}}, r"memory.loss_chunk=-8; allowed: 0 \(no chunks\) or a positive integer"),
+    ({"eval.batch_size": 0}, r"eval.batch_size=0; allowed: a positive integer"),
+    # A value listed twice would make two runs of one id (two lanes or two jobs writing one folder).
+    ({"finetune.d_f": (16, 16)}, r"finetune.d_f=\[16, 16\] lists 16 twice; allowed: each value once"),
+    ({"finetune.seeds": (0, 1, 0)}, r"finetune.seeds=\[0, 1, 0\] lists 0 twice; allowed: each value once"),
+    ({"pretrain.steps": (20, 20)}, r"pretrain.steps=\[20, 20\] lists 20 twice"),
+    ({"model.sizes": ("d32l2", "d32l2")}, r"model.sizes=\['d32l2', 'd32l2'\] lists 'd32l2' twice"),
+    ({"eft": {"enabled": True, "betas": (1.0, 1)}}, r"eft.betas=\[1.0, 1.0\] lists 1.0 twice"),
+    ({"transplant": {"enabled": True, "parts": ("lower", "lower")}}, r"transplant.parts=\['lower', 'lower'\] lists"),
+    ({"finetune.seeds": (0.5,)}, r"finetune.seeds=\[0.5\]; allowed: a non-empty list of integers"),
+    ({"finetune.tasks": ()}, r"finetune.tasks=\[\]; allowed: a non-empty list \(default: \['qa'\]\)"),
+    ({"finetune.methods": ()}, r"finetune.methods=\[\]; allowed: a non-empty list \(default: \['full'\]\)"),
+    ({"model.block": {"n_layers": 4}}, r"model.block.n_layers is not a block option; allowed: \['attention'"),
+    ({"mesh.rules": (("act_batch", "dat"),)}, r"mesh.rules\[0\]=\('act_batch', 'dat'\): 'dat' is not a mesh axis"),
+    ({"mesh.rules": (("embed", "fsdp", "tensor"),)}, r"mesh.rules\[0\]=\('embed', 'fsdp', 'tensor'\); allowed: pairs"),
+    ({"pretrain.train.max_steps": 5000}, r"pretrain.train.max_steps=5000: .*allowed: leave it out and list the "
+                                         r"budgets in pretrain.steps"),
+    ({"pretrain.train.warmup_steps": -5}, r"pretrain.train.warmup_steps=-5; allowed: >= 0"),
+    ({"finetune.train.b2": 2.0}, r"finetune.train.b2=2.0; allowed: 0 <= b2 < 1"),
+    ({"finetune.train.grad_clip": 0.0}, r"finetune.train.grad_clip=0.0; allowed: > 0"),
 ])
 def test_bad_study_names_the_field(overrides, message):
   with pytest.raises(study_lib.StudyError, match=message):

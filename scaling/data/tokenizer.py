@@ -54,6 +54,6 @@ def from_transformers(tok) -> TextTokenizer:
                        len(tok), tok.convert_tokens_to_ids)
 
 
-def padded_vocab_size(tok: TextTokenizer, multiple: int = 64) -> int:
-  """Model vocabulary size: the tokenizer's, rounded up so that it shards over any small mesh axis."""
-  return -(-tok.size // multiple) * multiple
+def padded_vocab_size(size: int, multiple: int = 64) -> int:
+  """Model vocabulary size: a tokenizer's `size`, rounded up so that it shards over any small mesh axis."""
+  return -(-size // multiple) * multiple
