@@ -181,8 +181,8 @@ def train_lanes(*, graphdef: nnx.GraphDef, frozen: Mapping, lanes: Sequence[Lane
   if early_stopping:
     best["params"] = jax.device_put(best["params"], state_sh["params"])
   steps = np.asarray(state["step"])[:k].copy()
-  logs = [train.MetricsLog(epath.Path(lane.run_dir) / "metrics.jsonl", int(s), jax.process_index() == 0)
-          for lane, s in zip(lanes, steps)]
+  logs = [train.MetricsLog(epath.Path(lane.run_dir) / "metrics.jsonl", manager.latest_step(),
+                           jax.process_index() == 0) for lane, manager in zip(lanes, managers)]
   lanes_step = step_fn(graphdef, cfg, loss_chunk, mesh=mesh, axes=axes)
   dev_sums = _dev_loss_fn(graphdef, mesh, axes)
   lane_vector = stacked_sharding(NamedSharding(mesh, PartitionSpec()), axes)
@@ -233,7 +233,7 @@ def train_lanes(*, graphdef: nnx.GraphDef, frozen: Mapping, lanes: Sequence[Lane
           logs[i].write({"step": int(steps[i]), **{key: float(v[i]) for key, v in metrics.items()}})
       ended = np.zeros(k, bool)
       if early_stopping:
-        due = active & (steps % cfg.eval_every == 0)
+        due = active & ((steps % cfg.eval_every == 0) | (steps == cfg.max_steps))
         if due.any():
           ended = evaluate_dev(due)
           stopped |= ended
@@ -248,7 +248,7 @@ def train_lanes(*, graphdef: nnx.GraphDef, frozen: Mapping, lanes: Sequence[Lane
     manager.close()
   kept = best["params"] if early_stopping else state["params"]
   tokens = np.asarray(state["tokens"])
-  seconds = time.time() - t0
+  seconds = (time.time() - t0) / k  # The lanes share the pack's time, as `run.execute_pack` shares its seconds.
   return [train.TrainOutcome(params=jax.device_put(_lane(kept, i), param_sh), steps=int(steps[i]),
                              best_step=int(best["step"][i]) if early_stopping else int(steps[i]),
                              best_dev_loss=float(best["dev_loss"][i]) if early_stopping else None,

@@ -22,9 +22,13 @@ def workdir_path(path: str | epath.Path) -> epath.Path:
 
 def write_json(path: str | epath.Path, obj: Any) -> None:
   """Writes JSON so that readers see the old file or the whole new one, never a part."""
+  write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=float))
+
+
+def write_text(path: str | epath.Path, text: str) -> None:
+  """Writes a file so that readers see the old file or the whole new one, never a part."""
   path = epath.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
-  text = json.dumps(obj, indent=2, sort_keys=True, default=float)
   if str(path).startswith("gs://"):  # An object store write is already all-or-nothing.
     path.write_text(text)
     return

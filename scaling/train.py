@@ -24,7 +24,7 @@ from etils import epath
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
-from scaling import decode, evaluate, timing
+from scaling import decode, evaluate, results, timing
 from scaling import mesh as mesh_lib
 
 
@@ -45,7 +45,7 @@ class TrainConfig:
   b2: float = 0.95
   checkpoint_every: int = 200
   log_every: int = 10
-  eval_every: int = 0  # 0: no dev evaluation and no early stopping.
+  eval_every: int = 0  # Dev loss every eval_every steps and at max_steps; 0: none, and no early stopping.
   patience: int = 3
 
   def validate(self, prefix: str = "train") -> None:
@@ -153,19 +153,28 @@ def _abstract(tree: Any, shardings: Any) -> Any:
 
 
 class MetricsLog:
-  """Appends JSON lines; on resume, drops lines past the restored step so that reruns match."""
+  """Appends JSON lines. On resume from a checkpoint, keeps the lines up to its step; on a start
+  afresh (`resume_step` None), none: a rerun's lines are then the lines of a run never stopped."""
 
-  def __init__(self, path: epath.Path, resume_step: int, enabled: bool):
+  def __init__(self, path: epath.Path, resume_step: int | None, enabled: bool):
     self.path, self.enabled = path, enabled
     if enabled:
       kept = [line for line in (path.read_text().splitlines() if path.exists() else [])
-              if line and json.loads(line)["step"] <= resume_step]
-      path.write_text("".join(line + "\n" for line in kept))
+              if resume_step is not None and _step_of(line) is not None and _step_of(line) <= resume_step]
+      results.write_text(path, "".join(line + "\n" for line in kept))
 
   def write(self, record: dict) -> None:
     if self.enabled:
       with self.path.open("a") as f:
         f.write(json.dumps(record, sort_keys=True) + "\n")
+
+
+def _step_of(line: str) -> int | None:
+  """A metrics line's step; None for a line that a killed process left half-written."""
+  try:
+    return json.loads(line)["step"]
+  except (ValueError, KeyError, TypeError):
+    return None
 
 
 @timing.phase("training")
@@ -206,7 +215,7 @@ def run(*, graphdef: nnx.GraphDef, params: Any, frozen: Mapping, batches, cfg: T
     restored = restore_latest(manager, tree())
     state, best = restored["state"], restored.get("best", best)
   start = int(state["step"])
-  log = MetricsLog(run_dir / "metrics.jsonl", start, jax.process_index() == 0)
+  log = MetricsLog(run_dir / "metrics.jsonl", manager.latest_step(), jax.process_index() == 0)
 
   def evaluate_dev(step: int) -> bool:
     """Records dev loss; returns True when patience has run out."""
@@ -241,7 +250,7 @@ def run(*, graphdef: nnx.GraphDef, params: Any, frozen: Mapping, batches, cfg: T
       metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
       log.write({"step": step, **metrics})
       bar.set_postfix(loss=f"{metrics['loss']:.3f}")
-    if early_stopping and step % cfg.eval_every == 0:
+    if early_stopping and (step % cfg.eval_every == 0 or step == cfg.max_steps):
       stopped = evaluate_dev(step)
     if step % cfg.checkpoint_every == 0 or stopped or step == cfg.max_steps:
       with timing.phase("checkpoints"):

@@ -115,3 +115,39 @@ def test_step_cap_is_recorded(tmp_path):
                                        "finetune.train.max_steps": 10, "finetune.train.patience": 100})
   ft = records[-1]["train"]
   assert ft["hit_step_cap"] and ft["steps"] == 10
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_a_run_killed_before_its_first_checkpoint_logs_each_line_once(tmp_path, packed):
+  """A fine-tune logs its dev loss at step 0, before any checkpoint: a kill then leaves only metric
+  lines (the last perhaps half-written), and the rerun starts afresh and writes each line once."""
+  study = study_lib.validate(tiny_study(**{"finetune.train.checkpoint_every": 100, "finetune.pack": 2}), 8)
+  runs = grid.expand(study)
+  local.write_plan(study, runs, tmp_path)
+  run_lib.execute(runs[0], tmp_path)
+  finetunes = runs[1:] if packed else runs[1:2]
+  run_lib.execute_pack(finetunes, tmp_path)
+  dirs = [tmp_path / "runs" / r.id for r in finetunes]
+  straight = [(d / "metrics.jsonl").read_text() for d in dirs]
+  assert all(text.startswith('{"dev_loss"') and '"step": 0}' in text.splitlines()[0] for text in straight)
+  for d, text in zip(dirs, straight):  # As a kill at step 7 leaves the run: no checkpoint, no result.
+    for name in ("ckpt", "model", results.RESULT):
+      shutil.rmtree(d / name) if (d / name).is_dir() else (d / name).unlink()
+    lines = [l for l in text.splitlines() if json.loads(l)["step"] <= 7]
+    (d / "metrics.jsonl").write_text("\n".join(lines) + '\n{"loss": 2.5, "st')
+  run_lib.execute_pack(finetunes, tmp_path)
+  assert [(d / "metrics.jsonl").read_text() for d in dirs] == straight
+
+
+@pytest.mark.parametrize("pack", [1, 2])
+def test_the_last_step_is_evaluated_where_the_cap_is_off_the_cadence(tmp_path, pack):
+  """Steps 21 to 23 of a 23-step fine-tune are not trained for nothing: the cap is a dev evaluation."""
+  study = study_lib.validate(tiny_study(**{"finetune.train.max_steps": 23, "finetune.train.patience": 100,
+                                           "finetune.pack": pack}), 8)
+  runs = grid.expand(study)
+  local.write_plan(study, runs, tmp_path)
+  run_lib.execute(runs[0], tmp_path)
+  for r, record in zip(runs[1:], run_lib.execute_pack(runs[1:], tmp_path)):
+    lines = [json.loads(l) for l in open(tmp_path / "runs" / r.id / "metrics.jsonl")]
+    assert [l["step"] for l in lines if "dev_loss" in l] == [0, 5, 10, 15, 20, 23]
+    assert record["train"]["steps"] == 23 and record["train"]["hit_step_cap"]
