@@ -125,11 +125,12 @@ def fit_eft(table: pd.DataFrame, delta: float = 1e-3, bootstrap: int = 200) -> l
         continue
       points_x = plain.groupby([scale, "d_f"], as_index=False)["test_loss"].mean()
       several = points_x["d_f"].nunique() > 1
-      law, d = ("multiplicative", "d_f") if several else ("single", scale)
-      if len(points_x) <= {"multiplicative": 4, "single": 3}[law]:
+      law, d, x = ("multiplicative", "d_f", scale) if several else ("single", scale, None)
+      holdout = fit_lib.choose_holdout(points_x, law, d, x)
+      if holdout is None:
         continue
-      fit = fit_lib.fit_frame(points_x, law, d=d, y="test_loss", x=scale if several else None, delta=delta,
-                              bootstrap=bootstrap, holdout="largest_x" if several else "largest_d")
+      fit = fit_lib.fit_frame(points_x, law, d=d, y="test_loss", x=x, delta=delta, bootstrap=bootstrap,
+                              holdout=holdout)
       records.append({**cell, "analysis": "law", "x": scale, **fit})
   return records
 

@@ -9,7 +9,7 @@ the multiplicative law L(X, D_f) = A * X^-alpha * D_f^-beta + E and the additive
 for each factor X the study varies (base non-embedding parameters N at one D_p, pretraining
 tokens D_p at one N, trainable parameters P where a base has several); and each base's curve over
 D_f (a base: a size at a D_p) by the single-factor and rectified laws. Every fit reports held-out
-errors (the largest X held out, or the largest D_f where two values of X are too few) and
+errors (the largest X held out, or the largest D_f where the rest would not determine the law) and
 leave-one-out error.
 For a CSV, `--d` is the data column, `--x` the other scaling factor (omit it for a single-factor
 law) and `--y` the loss; `fit_frame` does the same for a pandas DataFrame in your own scripts.
@@ -70,7 +70,7 @@ def fit_study(table: pd.DataFrame, delta: float = 1e-3, bootstrap: int = 200) ->
     for axis in varied_axes(group):
       points = law_points(group, axis)
       for law in JOINT_LAWS:
-        holdout = _holdout(points, axis, law)
+        holdout = choose_holdout(points, law, "d_f", axis)
         if holdout is None:
           warnings.warn(f"{task}/{method}: {len(points)} points over {axis} and D_f are too few to fit and "
                         f"validate the {law} law; add base sizes or D_f", stacklevel=2)
@@ -80,7 +80,7 @@ def fit_study(table: pd.DataFrame, delta: float = 1e-3, bootstrap: int = 200) ->
         fits.append({"task": task, "method": method, "x": axis, "base": None, **record})
     for base, curve in group.groupby("base"):
       for law in CURVE_LAWS:
-        if len(curve) > len(laws.get_law(law).params):
+        if choose_holdout(curve, law, "d_f"):
           record = fit_frame(curve, law, d="d_f", y="test_loss", delta=delta, holdout="largest_d")
           fits.append({"task": task, "method": method, "x": None, "base": base, **record})
   return fits
@@ -110,11 +110,14 @@ def law_points(group: pd.DataFrame, axis: str) -> pd.DataFrame:
   return group.groupby([axis, "d_f"], as_index=False)["test_loss"].mean()
 
 
-def _holdout(points: pd.DataFrame, axis: str, law: str) -> str | None:
-  """Which points a joint law is validated on: the largest X held out, or (with two values of X,
-  too few to fit without the largest) the largest D_f; None if neither leaves enough to fit."""
-  for holdout, column in (("largest_x", axis), ("largest_d", "d_f")):
-    if (points[column] < points[column].max()).sum() >= len(laws.get_law(law).params):
+def choose_holdout(points: pd.DataFrame, law: str, d: str, x: str | None = None) -> str | None:
+  """How a law over columns (x, d) is validated: the largest x held out, else the largest d (where
+  holding out x leaves too little to fit, such as one value of x); None where neither leaves the law
+  determined (`laws.holdout_problem`)."""
+  law_ = laws.get_law(law)
+  xs = None if x is None else points[x].to_numpy(float)
+  for holdout in ("largest_x", "largest_d") if x else ("largest_d",):
+    if laws.holdout_problem(law_, xs, points[d].to_numpy(float), holdout) is None:
       return holdout
   return None
 

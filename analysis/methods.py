@@ -11,6 +11,8 @@ The section appears when a study fine-tunes with more than one method.
 
 from __future__ import annotations
 
+import warnings
+
 import pandas as pd
 
 from analysis import report as report_lib
@@ -43,10 +45,15 @@ def fit_methods(table: pd.DataFrame, delta: float = 1e-3, bootstrap: int = 200) 
   fits = []
   for (task, name, size), group in points.groupby(["task", "method_name", "size"]):
     # Full tuning's P is the base (or some of its layers), not a size of a parameter-efficient method.
-    if name.split("-")[0] == "full" or group["trainable_params"].nunique() < 2 or len(group) <= 4:  # 4 parameters, 5 points.
+    if name.split("-")[0] == "full" or group["trainable_params"].nunique() < 2:
+      continue
+    holdout = fit_lib.choose_holdout(group, "multiplicative", "d_f", "trainable_params")
+    if holdout is None:
+      warnings.warn(f"{task}/{name} on {size}: {len(group)} points over P and D_f are too few to fit and validate "
+                    "the multiplicative law; add sizes of P or D_f", stacklevel=2)
       continue
     record = fit_lib.fit_frame(group, "multiplicative", d="d_f", y="test_loss", x="trainable_params",
-                               delta=delta, bootstrap=bootstrap, holdout="largest_x")
+                               delta=delta, bootstrap=bootstrap, holdout=holdout)
     fits.append({"section": "methods", "task": task, "method": name, "base": size, "x": "trainable_params",
                  **record})
   return fits

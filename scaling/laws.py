@@ -34,6 +34,7 @@ class Law:
   log_predict: LogPredict
   grid: Mapping[str, Sequence[float]]
   exp_params: tuple[str, ...]  # Stored as logs; reported as exp (a -> A).
+  min_values: int  # Distinct values each input needs for the parameters to be determined.
 
   def natural(self, theta: np.ndarray) -> dict[str, float]:
     """Reported parameters: e.g. {'A': e^a, 'alpha': ..., 'E': e^e}; e^a past float64's range is inf."""
@@ -69,19 +70,19 @@ LAWS: dict[str, Law] = {
     "multiplicative": Law(
         "multiplicative", "L = A * X^-alpha * D^-beta + E", ("a", "alpha", "beta", "e"), ("x", "d"),
         lambda t, lx, ld: _lse(t[0] - t[1] * lx - t[2] * ld, t[3]),
-        {"a": _LOGA, "alpha": _SCALE, "beta": _SCALE, "e": _OFFSET}, ("a", "e")),
+        {"a": _LOGA, "alpha": _SCALE, "beta": _SCALE, "e": _OFFSET}, ("a", "e"), 2),
     "additive": Law(
         "additive", "L = E + A / X^alpha + B / D^beta", ("a", "alpha", "b", "beta", "e"), ("x", "d"),
         lambda t, lx, ld: _lse(t[0] - t[1] * lx, t[2] - t[3] * ld, t[4]),
-        {"a": _LOGA, "alpha": _SCALE, "b": _LOGA, "beta": _SCALE, "e": _OFFSET}, ("a", "b", "e")),
+        {"a": _LOGA, "alpha": _SCALE, "b": _LOGA, "beta": _SCALE, "e": _OFFSET}, ("a", "b", "e"), 3),
     "single": Law(
         "single", "L = A * D^-beta + E", ("a", "beta", "e"), ("d",),
         lambda t, lx, ld: _lse(t[0] - t[1] * ld, t[2]),
-        {"a": _LOGA, "beta": _SCALE, "e": _OFFSET}, ("a", "e")),
+        {"a": _LOGA, "beta": _SCALE, "e": _OFFSET}, ("a", "e"), 3),
     "rectified": Law(
         "rectified", "L = B / (D_l + D^beta) + E", ("b", "d_l", "beta", "e"), ("d",),
         lambda t, lx, ld: _lse(t[0] - jnp.logaddexp(t[1], t[2] * ld), t[3]),
-        {"b": _LOGA, "d_l": np.arange(0.0, 10.1, 2.5), "beta": _SCALE, "e": _OFFSET}, ("b", "d_l", "e")),
+        {"b": _LOGA, "d_l": np.arange(0.0, 10.1, 2.5), "beta": _SCALE, "e": _OFFSET}, ("b", "d_l", "e"), 4),
 }
 
 
@@ -408,6 +409,21 @@ def heldout_mask(x, d, holdout: str) -> np.ndarray:
   raise ValueError(f"unknown holdout {holdout!r}; allowed: 'largest_x', 'largest_d'")
 
 
+def holdout_problem(law: Law, x, d, holdout: str) -> str | None:
+  """Why a fit without the held-out points could not determine the law, or None if it can: too few
+  points left, or too few values of an input (with two values of x, say, the additive law's
+  A / X^alpha is two numbers, which cannot fix A, alpha and E apart)."""
+  kept = ~heldout_mask(x, d, holdout)
+  if kept.sum() < len(law.params):
+    return f"holding out {holdout} leaves {int(kept.sum())} points for {len(law.params)} parameters"
+  for name, values in (("x", x), ("d", d)):
+    left = len(np.unique(np.asarray(values)[kept])) if name in law.inputs else law.min_values
+    if left < law.min_values:
+      return (f"holding out {holdout} leaves {left} values of {name}; the {law.name} law needs "
+              f"{law.min_values} to determine its parameters")
+  return None
+
+
 def validate(law: Law | str, d, y, x=None, holdout: str = "largest_d", delta: float = 1e-3,
              full: Fit | None = None) -> Validation:
   """Fits without the held-out points and predicts them; and leave-one-out over all points.
@@ -416,10 +432,11 @@ def validate(law: Law | str, d, y, x=None, holdout: str = "largest_d", delta: fl
   """
   law = get_law(law) if isinstance(law, str) else law
   x, d, y = check_points(law, d, y, x)
+  problem = holdout_problem(law, x, d, holdout)
+  if problem:
+    raise ValueError(problem)
   mask = heldout_mask(x, d, holdout)
   kept = ~mask
-  if kept.sum() < len(law.params):
-    raise ValueError(f"holding out {holdout} leaves {int(kept.sum())} points for {len(law.params)} parameters")
   with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     part = fit(law, d, y, x=x, delta=delta, weights=kept.astype(np.float64))

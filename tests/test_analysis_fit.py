@@ -11,6 +11,7 @@ import pytest
 
 from analysis import fit as fit_lib
 from analysis import report as report_lib
+from scaling import laws
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CSV = os.path.join(ROOT, "examples", "smoke_qa_full.csv")
@@ -105,3 +106,20 @@ def test_a_study_too_small_for_laws_still_gets_its_report(tmp_path):
   assert fit_lib.fit_study(table, 1e-3, 10) == []
   text = report_lib.write_report(table, points, [], tmp_path).read_text()
   assert "## Fine-tuned runs" in text and "### t / full" in text and "\n## t / full" not in text
+
+
+def test_with_two_bases_a_joint_law_holds_out_the_largest_d_f():
+  """Without the larger of two bases one value of N is left, which cannot fix alpha: the law is
+  validated on the largest D_f instead, where it extrapolates from points that determine it."""
+  table = _law_table(extra_budgets=False)
+  table = table[table["size"] != "large"]
+  fits = {f["law"]: f for f in fit_lib.fit_study(table, 1e-3, bootstrap=10) if f["x"]}
+  assert fits["multiplicative"]["validation"]["holdout"] == "largest_d"
+  assert fits["multiplicative"]["validation"]["heldout_error"] < 1e-6  # The points follow the law exactly.
+  assert "additive" not in fits  # Two values of N leave nothing to validate five parameters on.
+  points = fit_lib.law_points(fit_lib.finetune_points(table), "non_embedding_params")
+  assert fit_lib.choose_holdout(points, "multiplicative", "d_f", "non_embedding_params") == "largest_d"
+  assert fit_lib.choose_holdout(_law_table(False), "multiplicative", "d_f", "non_embedding_params") == "largest_x"
+  with pytest.raises(ValueError, match="holding out largest_x leaves 1 values of x; the multiplicative law needs 2 to determine"):
+    laws.validate("multiplicative", points["d_f"], points["test_loss"], x=points["non_embedding_params"],
+                  holdout="largest_x")

@@ -54,3 +54,12 @@ def test_a_method_at_its_own_learning_rate_is_a_family_of_its_own():
   fits = methods_analysis.fit_methods(pd.concat([plain, fast], ignore_index=True), bootstrap=10)
   assert sorted(f["method"] for f in fits) == ["lora", "lora-lr0.01"]
   assert all(f["num_points"] == 20 for f in fits)  # Four ranks x five D_f each, not mixed.
+
+
+def test_two_sizes_of_p_are_validated_on_the_largest_d_f():
+  """Two LoRA ranks at three D_f: without the larger rank, one P is left; the law is validated on
+  the largest D_f instead of failing the report."""
+  table = _table()
+  table = table[table["method"].isin(["lora-rank2", "lora-rank16", "full"]) & table["d_f"].isin(D_F[:3])]
+  fits = methods_analysis.fit_methods(table, bootstrap=10)
+  assert [f["method"] for f in fits] == ["lora"] and fits[0]["validation"]["holdout"] == "largest_d"

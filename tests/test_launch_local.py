@@ -36,18 +36,20 @@ def test_tiny_study_end_to_end_then_nothing_to_do(tmp_path):
 
   fits = json.loads((workdir / "report" / "fits.json").read_text())
   joint = {f["law"]: f for f in fits if f["x"] == "non_embedding_params"}
-  assert set(joint) == {"multiplicative", "additive"}  # The rival laws on the same points.
+  # Two bases: the additive law's A / N^alpha is two numbers, which cannot fix A, alpha and E apart.
+  assert set(joint) == {"multiplicative"} and "too few to fit and validate the additive law" in first.stderr
   assert joint["multiplicative"]["num_points"] == 10 and set(joint["multiplicative"]["params"]) == {"A", "alpha", "beta", "E"}
-  assert joint["multiplicative"]["validation"]["holdout"] == "largest_x"
-  assert len(joint["multiplicative"]["validation"]["heldout_relative_errors"]) == 5  # The larger base's curve.
+  # Without the larger base one N is left, which cannot fix alpha: the largest D_f is held out instead.
+  assert joint["multiplicative"]["validation"]["holdout"] == "largest_d"
+  assert len(joint["multiplicative"]["validation"]["heldout_relative_errors"]) == 2  # Both bases at D_f 128.
   lo, hi = joint["multiplicative"]["intervals"]["alpha"]
   assert lo <= joint["multiplicative"]["params"]["alpha"] <= hi
   curves = {(f["base"], f["law"]) for f in fits if f["base"]}
   assert curves == {(b, law) for b in ("d32l2", "d48l2") for law in ("single", "rectified")}
   report = (workdir / "report" / "report.md").read_text()
   for text in ("fit_qa_full_non_embedding_params.png", "residuals_qa_full_non_embedding_params.png",
-               "curves_qa_full.png", "| multiplicative |", "| additive |", "| rectified |", "| single |",
-               "Δh (largest_x)", "knowledge", "behaviour"):
+               "curves_qa_full.png", "| multiplicative |", "| rectified |", "| single |",
+               "Δh (largest_d)", "knowledge", "behaviour"):
     assert text in report, text
   for name in ("fit_qa_full_non_embedding_params.png", "curves_qa_full.png"):
     assert (workdir / "report" / name).stat().st_size > 10_000
