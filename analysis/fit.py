@@ -222,18 +222,25 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--x", help="CSV column of the second scaling factor (joint laws).")
   parser.add_argument("--d", help="CSV column of the data size.")
   parser.add_argument("--y", help="CSV column of the loss.")
-  parser.add_argument("--law", default="multiplicative", choices=sorted(laws.LAWS))
+  parser.add_argument("--law", choices=sorted(laws.LAWS), help="The law of a CSV's fit (default multiplicative).")
   parser.add_argument("--huber-delta", type=float, default=1e-3,
                       help="Huber delta of the log-space objective; large (say 10) means least squares.")
-  parser.add_argument("--bootstrap", type=int, default=0,
+  parser.add_argument("--bootstrap", type=int,
                       help="Bootstrap replicates for intervals (CSV default 0: none; study default 200).")
-  parser.add_argument("--holdout", default="largest_d", choices=["largest_d", "largest_x", "none"])
-  parser.add_argument("--json", help="Write the fit record here.")
+  parser.add_argument("--holdout", choices=["largest_d", "largest_x", "none"],
+                      help="The points a CSV's fit is validated on (default largest_d).")
+  parser.add_argument("--json", help="Write the CSV's fit record here.")
   args = parser.parse_args(argv)
   run_lib.setup_runtime()
   warnings.formatwarning = lambda message, *_, **__: f"warning: {message}\n"
   if args.workdir:
-    fit_and_report(args.workdir, args.huber_delta, args.bootstrap or 200)
+    csv_only = [f"--{k}" for k in ("x", "d", "y", "law", "holdout", "json") if getattr(args, k) is not None]
+    if csv_only:
+      parser.error(f"{', '.join(csv_only)} apply to --csv; a study's laws, holdouts and fits.json are its report's")
+    if args.bootstrap is not None and args.bootstrap < 1:
+      parser.error(f"--bootstrap={args.bootstrap} with --workdir; allowed: 1 or more (the report's intervals; "
+                   "default 200)")
+    fit_and_report(args.workdir, args.huber_delta, 200 if args.bootstrap is None else args.bootstrap)
     return
   if not (args.d and args.y):
     parser.error("--csv needs --d and --y (and --x for a joint law)")
@@ -242,8 +249,9 @@ def main(argv: list[str] | None = None) -> None:
   except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
     sys.exit(f"error: --csv {args.csv}: cannot read it ({getattr(e, 'strerror', None) or e})")
   try:
-    record = fit_frame(frame, args.law, args.d, args.y, args.x, args.huber_delta, args.bootstrap,
-                       None if args.holdout == "none" else args.holdout)
+    holdout = args.holdout or "largest_d"
+    record = fit_frame(frame, args.law or "multiplicative", args.d, args.y, args.x, args.huber_delta,
+                       args.bootstrap or 0, None if holdout == "none" else holdout)
   except ValueError as e:
     sys.exit(f"error: {e}")
   print(format_fit(record))

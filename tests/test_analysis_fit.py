@@ -38,6 +38,16 @@ def test_csv_cli_names_a_missing_file(tmp_path):
   assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--bootstrap", "0"], "--bootstrap=0 with --workdir; allowed: 1 or more"),
+    (["--law", "single", "--holdout", "none"], "--law, --holdout apply to --csv; a study's laws"),
+])
+def test_workdir_cli_refuses_what_it_would_ignore(tmp_path, args, message):
+  proc = processes.run([sys.executable, "-m", "analysis.fit", "--workdir", str(tmp_path), *args], cwd=ROOT,
+                       env={**os.environ, "PYTHONPATH": ROOT})
+  assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
+
+
 def test_single_factor_law_on_a_frame():
   d = np.geomspace(10, 1e4, 10)
   df = pd.DataFrame({"n": d, "loss": 3.0 * d**-0.5 + 1.0})
