@@ -99,15 +99,20 @@ def varied_axes(group: pd.DataFrame) -> list[str]:
   return axes
 
 
-def law_points(group: pd.DataFrame, axis: str) -> pd.DataFrame:
-  """The (axis, d_f, test_loss) points of a joint law over `axis`, averaged over seeds. Base factors
+def law_rows(group: pd.DataFrame, axis: str) -> pd.DataFrame:
+  """The rows of a (task, method)'s points that a joint law over `axis` is fitted to. Base factors
   vary one at a time: over N, the bases of one D_p; over D_p, the bases of one N (each time the
-  value that leaves the most distinct points, the largest on ties)."""
-  if axis in BASE_AXES:
-    other = next(a for a in BASE_AXES if a != axis)
-    slices = [part for _, part in group.groupby(other, dropna=False)][::-1]  # Ties: the largest value.
-    group = max(slices, key=lambda part: part[axis].nunique())
-  return group.groupby([axis, "d_f"], as_index=False)["test_loss"].mean()
+  value that leaves the most distinct points; on ties the largest, and a known one before unknown)."""
+  if axis not in BASE_AXES:
+    return group
+  other = next(a for a in BASE_AXES if a != axis)
+  slices = [part for _, part in group.groupby(other, dropna=False)]
+  return max(slices, key=lambda part: (part[axis].nunique(), part[other].notna().all(), part[other].max()))
+
+
+def law_points(group: pd.DataFrame, axis: str) -> pd.DataFrame:
+  """The (axis, d_f, test_loss) points of a joint law over `axis` (`law_rows`), averaged over seeds."""
+  return law_rows(group, axis).groupby([axis, "d_f"], as_index=False)["test_loss"].mean()
 
 
 def choose_holdout(points: pd.DataFrame, law: str, d: str, x: str | None = None) -> str | None:

@@ -130,6 +130,8 @@ def write_report(table: pd.DataFrame, points: pd.DataFrame, fits: list[dict], ou
                  sections: list[str] = ()) -> epath.Path:
   """Writes the figures and report.md into `out`, with further `sections` (markdown lines) before
   the run tables; returns the report's path."""
+  from analysis import fit as fit_lib  # fit.py calls this module: imported late to avoid a cycle.
+
   fits = [f for f in fits if f.get("section", "finetune") == "finetune"]
   lines = ["# Study report", "",
            "Laws are fitted by Hoffmann et al.'s procedure: Huber loss on log-loss residuals, L-BFGS from "
@@ -142,7 +144,7 @@ def write_report(table: pd.DataFrame, points: pd.DataFrame, fits: list[dict], ou
     joint = [f for f in fits if (f["task"], f["method"]) == (task, method) and f["x"]]
     for axis in dict.fromkeys(f["x"] for f in joint):
       pair = [f for f in joint if f["x"] == axis]
-      axis_pts = pts.groupby(["size", axis, "d_f"], as_index=False)["test_loss"].mean()
+      axis_pts = fit_lib.law_rows(pts, axis).groupby(["size", axis, "d_f"], as_index=False)["test_loss"].mean()
       stem = f"{task}_{method}_{axis}"
       multiplicative = [f for f in pair if f["law"] == "multiplicative"]
       if multiplicative:

@@ -133,3 +133,27 @@ def test_with_two_bases_a_joint_law_holds_out_the_largest_d_f():
   with pytest.raises(ValueError, match="holding out largest_x leaves 1 values of x; the multiplicative law needs 2 to determine"):
     laws.validate("multiplicative", points["d_f"], points["test_loss"], x=points["non_embedding_params"],
                   holdout="largest_x")
+
+
+def test_the_report_draws_the_points_a_joint_law_was_fitted_to(tmp_path, monkeypatch):
+  """With the middle base at three D_p, the law over N is fitted at the final D_p; its figures
+  show those points, not means over every D_p."""
+  table = _law_table(extra_budgets=True)
+  points = fit_lib.finetune_points(table)
+  fits = [{"section": "finetune", **f} for f in fit_lib.fit_study(table, 1e-3, bootstrap=10)]
+  drawn = {}
+  monkeypatch.setattr(report_lib, "plot_joint", lambda pts, fit, path: drawn.setdefault(fit["x"], pts))
+  report_lib.write_report(table, points, fits, tmp_path)
+  over_n = drawn["non_embedding_params"]
+  exact = 50 * over_n["non_embedding_params"] ** -0.3 * over_n["d_f"] ** -0.2 + 1.5
+  assert len(over_n) == 12 and np.allclose(over_n["test_loss"], exact)
+
+
+def test_a_tie_of_d_p_slices_takes_the_known_budget():
+  """Two ladder bases at D_p 1e6 and two imported ones that do not say their D_p: the law over N
+  is fitted on the ladder's, whose D_p is known."""
+  rows = [{"size": s, "non_embedding_params": n, "pretrain_tokens": dp, "d_f": d, "test_loss": 1.0}
+          for s, n, dp in (("a", 2.5e4, 1e6), ("b", 1e5, 1e6), ("c", 3e5, np.nan), ("d", 9e5, np.nan))
+          for d in (40, 160, 640)]
+  assert sorted(fit_lib.law_points(pd.DataFrame(rows), "non_embedding_params")["non_embedding_params"].unique()) == \
+      [2.5e4, 1e5]
