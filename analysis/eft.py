@@ -78,8 +78,10 @@ def follows(b1: float, b2: float, ci1: list[float], ci2: list[float]) -> str:
 
 
 def finetune_metrics(table: pd.DataFrame) -> pd.DataFrame:
-  """The real fine-tunes' metrics by (task, method, N, D_f), averaged over seeds."""
-  ft = table[table["kind"] == "finetune"]
+  """The real fine-tunes' metrics by (task, method, N, D_f), averaged over seeds: the fine-tunes of
+  the bases that the EFT runs combine (one pretraining budget, `eft.pretrain_steps`), not others."""
+  e = table[table["kind"] == "eft"]
+  ft = table[(table["kind"] == "finetune") & table["base"].isin(set(e["base"]) | set(e["spec.finetune_base"]))]
   return (ft.groupby(["task", "method", "non_embedding_params", "d_f"], as_index=False)
           .agg(**{m: (f"metrics.{m}", "mean") for m in METRICS}))
 

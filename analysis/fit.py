@@ -55,11 +55,15 @@ def finetune_points(table: pd.DataFrame) -> pd.DataFrame:
   points = (ft.groupby(keys, as_index=False, dropna=False)  # An imported base may not say its D_p.
             .agg(test_loss=("metrics.test_loss", "mean"), seeds=("seed", "count"))
             .sort_values(keys, ignore_index=True))
-  # A base is a size at a D_p: a size pretrained (or checkpointed) at several D_p is several bases.
-  several = points.groupby("size")["pretrain_tokens"].transform("nunique") > 1
-  points["base"] = [f"{s} at D_p {t:.3g}" if many else s
-                    for s, t, many in zip(points["size"], points["pretrain_tokens"], several)]
+  points["base"] = base_names(points)
   return points
+
+
+def base_names(frame: pd.DataFrame) -> list[str]:
+  """The base of each row: its size, or "size at D_p T" where the frame has that size at several D_p
+  (a size pretrained, or checkpointed, at several D_p is several bases)."""
+  several = frame.groupby("size")["pretrain_tokens"].transform("nunique") > 1
+  return [f"{s} at D_p {t:.3g}" if many else s for s, t, many in zip(frame["size"], frame["pretrain_tokens"], several)]
 
 
 def fit_study(table: pd.DataFrame, delta: float = 1e-3, bootstrap: int = 200) -> list[dict]:

@@ -19,16 +19,25 @@ TRANSPLANT_METRICS = {"test_loss": "test loss", "knowledge": "knowledge", "behav
                       "delta_heldout_loss": "Δ held-out loss", "delta_cloze_knowledge": "Δ cloze knowledge"}
 
 
+def _base_names(table: pd.DataFrame) -> dict[str, str]:
+  """Each fine-tune's base name (`fit.base_names`), by run id."""
+  from analysis import fit as fit_lib  # fit imports this module.
+
+  ft = table[table["kind"] == "finetune"]
+  return dict(zip(ft["id"], fit_lib.base_names(ft)))
+
+
 def layer_points(table: pd.DataFrame) -> pd.DataFrame:
-  """Mean relative weight change per block: one row per (task, method, size) that changes weights."""
+  """Mean relative weight change per block: one row per (task, method, base) that changes weights."""
   if "layer_change" not in table:
     return pd.DataFrame()
   ft = table[(table["kind"] == "finetune") & table["layer_change"].notna()]
+  ft = ft.assign(base=ft["id"].map(_base_names(table)))
   rows = []
-  for (task, method, size, n), group in ft.groupby(["task", "method", "size", "non_embedding_params"]):
+  for (task, method, base, n), group in ft.groupby(["task", "method", "base", "non_embedding_params"]):
     mean = np.mean(np.stack(group["layer_change"].map(np.asarray).tolist()), axis=0)
     if mean.max() > 0:  # Prompt tuning and LoReFT change no weight.
-      rows.append({"task": task, "method": method, "size": size, "N": n,
+      rows.append({"task": task, "method": method, "base": base, "N": n,
                    **{f"block {i}": round(float(x), 4) for i, x in enumerate(mean)}})
   return pd.DataFrame(rows).sort_values(["task", "method", "N"], ignore_index=True) if rows else pd.DataFrame()
 
@@ -37,10 +46,12 @@ def transplant_points(table: pd.DataFrame) -> pd.DataFrame:
   """Transplant runs beside their untouched fine-tunes (part "none", k = 0), averaged over seeds."""
   if "kind" not in table or not (table["kind"] == "transplant").any():
     return pd.DataFrame()
+  names = _base_names(table)
   tp = table[table["kind"] == "transplant"]
+  tp = tp.assign(base=tp["finetuned"].map(names))
   tuned = table[table["id"].isin(tp["finetuned"])].assign(part="none", k=0)
-  both = pd.concat([tp, tuned], ignore_index=True)
-  keys = ["task", "method", "size", "non_embedding_params", "d_f", "part", "k"]
+  both = pd.concat([tp, tuned.assign(base=tuned["id"].map(names))], ignore_index=True)
+  keys = ["task", "method", "base", "non_embedding_params", "d_f", "part", "k"]
   order = {"none": 0, "lower": 1, "upper": 2}
   return (both.groupby(keys, as_index=False)
           .agg(**{m: (f"metrics.{m}", "mean") for m in TRANSPLANT_METRICS if f"metrics.{m}" in both})

@@ -22,17 +22,21 @@ FORGETTING = {"test_loss": "test loss", "knowledge": "knowledge", "behaviour": "
 
 
 def method_points(table: pd.DataFrame) -> pd.DataFrame:
-  """Fine-tuned runs averaged over seeds: one row per (task, method, method family, size, P, D_f)."""
+  """Fine-tuned runs averaged over seeds: one row per (task, method, method family, base, P, D_f),
+  with the base's name (`fit.base_names`)."""
+  from analysis import fit as fit_lib  # fit imports this module.
+
   if "kind" not in table or not (table["kind"] == "finetune").any():
     return pd.DataFrame()
   ft = table[table["kind"] == "finetune"].rename(columns={"spec.method.name": "method_name"})
   # A method's family: its name and training options; its sizes of P (rank, length) vary within.
   rate = ft["spec.method.learning_rate"] if "spec.method.learning_rate" in ft else pd.Series(None, index=ft.index)
   ft = ft.assign(method_name=[n if pd.isna(r) else f"{n}-lr{r:g}" for n, r in zip(ft["method_name"], rate)])
-  keys = ["task", "method", "method_name", "size", "non_embedding_params", "trainable_params", "d_f"]
-  return (ft.groupby(keys, as_index=False)
-          .agg(**{m: (f"metrics.{m}", "mean") for m in FORGETTING if f"metrics.{m}" in ft})
-          .sort_values(keys, ignore_index=True))
+  keys = ["task", "method", "method_name", "size", "non_embedding_params", "pretrain_tokens", "trainable_params", "d_f"]
+  points = (ft.groupby(keys, as_index=False, dropna=False)  # An imported base may not say its D_p.
+            .agg(**{m: (f"metrics.{m}", "mean") for m in FORGETTING if f"metrics.{m}" in ft})
+            .sort_values(keys, ignore_index=True))
+  return points.assign(base=fit_lib.base_names(points))
 
 
 def fit_methods(table: pd.DataFrame, delta: float = 1e-3, bootstrap: int = 200) -> list[dict]:
@@ -43,18 +47,18 @@ def fit_methods(table: pd.DataFrame, delta: float = 1e-3, bootstrap: int = 200) 
   if points.empty or points["method"].nunique() < 2:
     return []
   fits = []
-  for (task, name, size), group in points.groupby(["task", "method_name", "size"]):
+  for (task, name, base), group in points.groupby(["task", "method_name", "base"]):
     # Full tuning's P is the base (or some of its layers), not a size of a parameter-efficient method.
     if name.split("-")[0] == "full" or group["trainable_params"].nunique() < 2:
       continue
     holdout = fit_lib.choose_holdout(group, "multiplicative", "d_f", "trainable_params")
     if holdout is None:
-      warnings.warn(f"{task}/{name} on {size}: {len(group)} points over P and D_f are too few to fit and validate "
+      warnings.warn(f"{task}/{name} on {base}: {len(group)} points over P and D_f are too few to fit and validate "
                     "the multiplicative law; add sizes of P or D_f", stacklevel=2)
       continue
     record = fit_lib.fit_frame(group, "multiplicative", d="d_f", y="test_loss", x="trainable_params",
                                delta=delta, bootstrap=bootstrap, holdout=holdout)
-    fits.append({"section": "methods", "task": task, "method": name, "base": size, "x": "trainable_params",
+    fits.append({"section": "methods", "task": task, "method": name, "base": base, "x": "trainable_params",
                  **record})
   return fits
 

@@ -12,7 +12,7 @@ def _table():
                           ("prompt-length4", ([0.0, 0.0], [0.0, 0.0]))]:
     for d_f, change in zip((16, 32), changes):
       rows.append({"id": f"ft-{method}-{d_f}", "kind": "finetune", "task": "qa", "method": method, "size": "d32l2",
-                   "non_embedding_params": 25000, "d_f": d_f, "seed": 0, "layer_change": change,
+                   "non_embedding_params": 25000, "pretrain_tokens": 1e6, "d_f": d_f, "seed": 0, "layer_change": change,
                    "metrics.test_loss": 1.0, "metrics.knowledge": 0.5, "metrics.behaviour": 0.9,
                    "metrics.delta_heldout_loss": 0.4, "metrics.delta_cloze_knowledge": -0.2})
   for part, loss, behaviour in [("lower", 1.1, 0.8), ("upper", 2.0, 0.1)]:
@@ -45,3 +45,15 @@ def test_no_section_without_layer_changes_or_transplants():
   table = _table()
   table = table[table["kind"] != "transplant"].drop(columns=["layer_change"])
   assert locality.report_lines(table) == []
+
+
+def test_a_size_at_two_pretraining_budgets_is_two_bases():
+  table = _table()
+  ft = table[table["kind"] == "finetune"]
+  shorter = ft.assign(id=ft["id"] + "-shorter", pretrain_tokens=5e5,
+                      layer_change=[[2 * x for x in change] for change in ft["layer_change"]])
+  points = locality.layer_points(pd.concat([table, shorter], ignore_index=True))
+  full = points[points["method"] == "full"].set_index("base")
+  assert full.loc["d32l2 at D_p 1e+06", "block 1"] == 0.4 and full.loc["d32l2 at D_p 5e+05", "block 1"] == 0.8
+  tp = locality.transplant_points(pd.concat([table, shorter], ignore_index=True))
+  assert set(tp["base"]) == {"d32l2 at D_p 1e+06"}  # The transplants' fine-tune's base only.

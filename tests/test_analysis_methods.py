@@ -19,7 +19,7 @@ def _table(alpha_t=0.1, beta=0.3):
     for d_f in D_F:
       loss = 2.0 * p**-alpha_t * d_f**-beta + 1.0
       rows.append({"id": f"{method}-{d_f}", "kind": "finetune", "task": "qa", "method": method,
-                   "spec.method.name": name, "size": "d32l2", "non_embedding_params": 25000,
+                   "spec.method.name": name, "size": "d32l2", "non_embedding_params": 25000, "pretrain_tokens": 1e6,
                    "trainable_params": p, "d_f": d_f, "seed": 0, "metrics.test_loss": loss,
                    "metrics.knowledge": 0.5, "metrics.behaviour": 0.9,
                    "metrics.delta_heldout_loss": 0.1 if name == "lora" else 0.8, "metrics.delta_cloze_knowledge": -0.1})
@@ -63,3 +63,14 @@ def test_two_sizes_of_p_are_validated_on_the_largest_d_f():
   table = table[table["method"].isin(["lora-rank2", "lora-rank16", "full"]) & table["d_f"].isin(D_F[:3])]
   fits = methods_analysis.fit_methods(table, bootstrap=10)
   assert [f["method"] for f in fits] == ["lora"] and fits[0]["validation"]["holdout"] == "largest_d"
+
+
+def test_a_size_at_two_pretraining_budgets_is_two_bases():
+  """LoRA on d32l2 pretrained to two budgets, the shorter worse by a nat: each base gets its own law
+  over P, not one over the means."""
+  table = _table()
+  shorter = table.assign(pretrain_tokens=5e5, id=table["id"] + "-shorter",
+                         **{"metrics.test_loss": table["metrics.test_loss"] + 1.0})
+  fits = methods_analysis.fit_methods(pd.concat([table, shorter], ignore_index=True), bootstrap=10)
+  assert sorted(f["base"] for f in fits) == ["d32l2 at D_p 1e+06", "d32l2 at D_p 5e+05"]
+  assert all(f["num_points"] == 20 and f["params"]["alpha"] == pytest.approx(0.1, abs=2e-3) for f in fits)
