@@ -133,3 +133,14 @@ def test_eval_batches_cover_the_split_once(world_data_dir):
   assert sum(b["valid"].sum() for b in batches) == len(source)
   assert all(b["inputs"].shape == (16, 16) for b in batches)
   assert sum(b["weights"].sum() for b in batches) == 2 * len(source)  # Answer and end token.
+
+
+def test_each_cloze_probe_has_one_right_continuation():
+  """A probe ends where its template's value begins; no other attribute's sentence may begin with
+  it ("X was born in" goes on with a city, or with "the year" of a birth year)."""
+  world = world_lib.build_world(TINY_WORLD)
+  for record in world_lib.records(world, "cloze_test"):
+    sentences = {a: {t.format(name=world.names[record["person"]], v="") for t in ts}
+                 for a, (_, ts, _) in world_lib.ATTRIBUTES.items()}
+    begun = {a for a, texts in sentences.items() for text in texts if text.startswith(record["prompt"] + " ")}
+    assert begun == {record["attribute"]}, record["prompt"]

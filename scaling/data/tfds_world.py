@@ -16,8 +16,9 @@ class WorldBuilder(tfds.core.GeneratorBasedBuilder):
   """One TFDS config per world: every split holds records of (prompt, answer, attribute, person)."""
 
   name = "scaling_world"
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Biographies, question answering and cloze probes."}
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {"1.0.0": "Biographies, question answering and cloze probes.",
+                   "1.1.0": "Cloze probes only from templates whose prefix begins no other attribute's sentence."}
 
   def __init__(self, *, world_config: world_lib.WorldConfig, **kwargs):
     self.world_config = world_config

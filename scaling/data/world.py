@@ -31,6 +31,14 @@ ATTRIBUTES: dict[str, tuple[int, tuple[str, ...], str]] = {
     "field": (20, ("{name} works in the field of {v} .", "{name} specialises in {v} .",
                    "the research area of {name} is {v} ."), "what field does {name} work in ?"),
 }
+# Cloze probes end where a template's value begins, so a template whose text before the value begins
+# another attribute's sentence has two right continuations ("X was born in" a city, or "the year"):
+# each attribute is probed with its other templates.
+CLOZE_TEMPLATES: dict[str, tuple[str, ...]] = {
+    attr: tuple(t for t in templates if not any(other.startswith(t.split("{v}")[0])
+                                                for a, (_, others, _) in ATTRIBUTES.items() if a != attr
+                                                for other in others))
+    for attr, (_, templates, _) in ATTRIBUTES.items()}
 QA_PREFIX, QA_SUFFIX = "question :", "answer :"
 # Question-shaped pretraining text, in a format other than the fine-tuning task's.
 PRETRAIN_Q, PRETRAIN_A = "Q :", "A :"
@@ -167,7 +175,7 @@ def records(world: World, split: str) -> Iterator[dict]:
   elif split == "cloze_test":
     rng = np.random.default_rng([seed, 3])
     for p in world.people(2):
-      for attr, (_, templates, _) in ATTRIBUTES.items():
+      for attr, templates in CLOZE_TEMPLATES.items():
         prefix = rng.choice(templates).split("{v}")[0].format(name=world.names[p]).strip()
         yield {"prompt": prefix, "answer": world.value(p, attr), "attribute": attr, "person": int(p)}
   else:
