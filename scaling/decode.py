@@ -78,6 +78,12 @@ class Sampling:
   temperature: float = 0.0
   top_p: float = 1.0
 
+  def __post_init__(self):
+    if not self.temperature >= 0:
+      raise ValueError(f"temperature={self.temperature}; allowed: 0 (greedy) or a positive number")
+    if not 0 < self.top_p <= 1:
+      raise ValueError(f"top_p={self.top_p}; allowed: above 0, at most 1 (1: the whole distribution)")
+
   @property
   def greedy(self) -> bool:
     return self.temperature == 0.0

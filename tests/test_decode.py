@@ -67,6 +67,15 @@ def test_sampling_is_seeded_and_top_p_near_zero_is_greedy():
   assert np.array_equal(sample(5, nucleus), sample(0, decode.GREEDY))
 
 
+@pytest.mark.parametrize("kwargs, message", [
+    ({"temperature": -1.0}, "temperature=-1.0; allowed: 0 \\(greedy\\) or a positive number"),
+    ({"temperature": 1.0, "top_p": 0.0}, "top_p=0.0; allowed: above 0, at most 1"),
+    ({"temperature": 1.0, "top_p": 1.5}, "top_p=1.5; allowed: above 0, at most 1")])
+def test_bad_sampling_is_named(kwargs, message):
+  with pytest.raises(ValueError, match=message):
+    decode.Sampling(**kwargs)
+
+
 def test_top_p_keeps_the_smallest_nucleus():
   logp = jnp.log(jnp.asarray([[0.5, 0.3, 0.15, 0.05]]))
   kept = np.exp(np.asarray(decode.warp(logp, decode.Sampling(temperature=1.0, top_p=0.7))))
