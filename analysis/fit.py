@@ -63,7 +63,8 @@ def base_names(frame: pd.DataFrame) -> list[str]:
   """The base of each row: its size, or "size at D_p T" where the frame has that size at several D_p
   (a size pretrained, or checkpointed, at several D_p is several bases)."""
   several = frame.groupby("size")["pretrain_tokens"].transform("nunique") > 1
-  return [f"{s} at D_p {t:.3g}" if many else s for s, t, many in zip(frame["size"], frame["pretrain_tokens"], several)]
+  return [f"{s} at D_p {t:.3g}" if many else s
+          for s, t, many in zip(frame["size"], frame["pretrain_tokens"], several)]
 
 
 def fit_study(table: pd.DataFrame, delta: float = 1e-3, bootstrap: int = 200) -> list[dict]:

@@ -419,8 +419,8 @@ def holdout_problem(law: Law, x, d, holdout: str) -> str | None:
   for name, values in (("x", x), ("d", d)):
     left = len(np.unique(np.asarray(values)[kept])) if name in law.inputs else law.min_values
     if left < law.min_values:
-      return (f"holding out {holdout} leaves {left} values of {name}; the {law.name} law needs "
-              f"{law.min_values} to determine its parameters")
+      return (f"holding out {holdout} leaves {left} distinct value{'s' * (left != 1)} of {name}; the {law.name} "
+              f"law needs {law.min_values} to determine its parameters")
   return None
 
 

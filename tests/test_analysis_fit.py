@@ -130,7 +130,8 @@ def test_with_two_bases_a_joint_law_holds_out_the_largest_d_f():
   points = fit_lib.law_points(fit_lib.finetune_points(table), "non_embedding_params")
   assert fit_lib.choose_holdout(points, "multiplicative", "d_f", "non_embedding_params") == "largest_d"
   assert fit_lib.choose_holdout(_law_table(False), "multiplicative", "d_f", "non_embedding_params") == "largest_x"
-  with pytest.raises(ValueError, match="holding out largest_x leaves 1 values of x; the multiplicative law needs 2 to determine"):
+  with pytest.raises(ValueError, match="holding out largest_x leaves 1 distinct value of x; the multiplicative law "
+                                       "needs 2 to determine"):
     laws.validate("multiplicative", points["d_f"], points["test_loss"], x=points["non_embedding_params"],
                   holdout="largest_x")
 
