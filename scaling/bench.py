@@ -71,6 +71,7 @@ from scaling import model as model_lib
 # runs at 67 on an H100). The first match wins.
 PEAK_TFLOPS: tuple[tuple[str, float, float], ...] = (
     ("H100 PCIe", 756.0, 378.0),
+    ("H100 NVL", 835.0, 417.5),
     ("H100", 989.0, 494.5),
     ("H200", 989.0, 494.5),
     ("TPU v4", 275.0, 275.0),
@@ -194,7 +195,7 @@ def bench_train(size: str, cfg: model_lib.ModelConfig, *, seq: int, batch: int, 
   tx = train.make_optimizer(train.TrainConfig(batch_size=batch, seq_len=seq, warmup_steps=0, schedule="constant"))
   mesh = mesh_lib.make_mesh({"data": -1})
   data = random_batch(cfg, batch, seq, mesh_lib.batch_sharding(mesh, mesh_lib.DEFAULT_RULES))
-  devices = jax.local_devices()
+  devices = jax.devices()  # The mesh's: MFU is the global FLOP/s over every device's peak.
   peak = peak_flops(devices[0], model_lib.compute_dtype_of(cfg))
   flops_per_token = model_lib.train_flops_per_token(cfg, seq)
   rows = []

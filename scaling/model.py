@@ -162,19 +162,19 @@ def embedding_params(cfg: ModelConfig) -> int:
   return cfg.vocab_size * cfg.d_model * (1 if cfg.tie_embeddings else 2)
 
 
+def _block_matmul_params(cfg: ModelConfig) -> int:
+  """The weights of one block's matrix multiplications: q, k, v and output projections, and the MLP's."""
+  d, h, f = cfg.d_model, cfg.head_width, cfg.ff_width
+  return d * h * (cfg.n_heads + 2 * cfg.kv_heads) + cfg.n_heads * h * d + d * f * (3 if cfg.mlp == "swiglu" else 2)
+
+
 def param_count(cfg: ModelConfig) -> int:
   """Exact number of parameters of the model that `Transformer(cfg)` builds."""
   d, h, f = cfg.d_model, cfg.head_width, cfg.ff_width
   norm = d * (2 if cfg.norm == "layer" else 1)
-  attn = d * h * (cfg.n_heads + 2 * cfg.kv_heads) + cfg.n_heads * h * d
-  mlp = d * f * (3 if cfg.mlp == "swiglu" else 2)
-  if cfg.has_bias("qkv"):
-    attn += h * (cfg.n_heads + 2 * cfg.kv_heads)
-  if cfg.has_bias("out"):
-    attn += d
-  if cfg.has_bias("mlp"):
-    mlp += f * (2 if cfg.mlp == "swiglu" else 1) + d
-  return embedding_params(cfg) + cfg.n_layers * (2 * norm + attn + mlp) + norm
+  biases = ((h * (cfg.n_heads + 2 * cfg.kv_heads) if cfg.has_bias("qkv") else 0) + (d if cfg.has_bias("out") else 0)
+            + (f * (2 if cfg.mlp == "swiglu" else 1) + d if cfg.has_bias("mlp") else 0))
+  return embedding_params(cfg) + cfg.n_layers * (2 * norm + _block_matmul_params(cfg) + biases) + norm
 
 
 def non_embedding_params(cfg: ModelConfig) -> int:
@@ -184,7 +184,7 @@ def non_embedding_params(cfg: ModelConfig) -> int:
 
 def train_flops_per_token(cfg: ModelConfig, seq_len: int) -> int:
   """Training FLOPs per token: 3x the forward matmuls, attention scores and logits included."""
-  matmul = non_embedding_params(cfg) - cfg.n_layers * 2 * cfg.d_model  # Norm scales do no matmul.
+  matmul = cfg.n_layers * _block_matmul_params(cfg)  # Norms and biases do no matmul.
   attention = 2 * cfg.n_layers * seq_len * cfg.n_heads * cfg.head_width  # QK^T and AV.
   forward = 2 * matmul + 2 * attention + 2 * cfg.d_model * cfg.vocab_size
   return 3 * forward

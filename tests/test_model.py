@@ -40,6 +40,19 @@ def test_ladder_counts_match(size):
   assert model_lib.param_count(cfg) == count_elements(model_lib.Transformer(cfg, nnx.Rngs(0)))
 
 
+@pytest.mark.parametrize("block", [{}, {"norm": "layer", "use_bias": True, "mlp": "gelu", "tie_embeddings": False}])
+def test_flops_per_token_count_the_weights_that_multiply(block):
+  """Three times the forward pass: 2 FLOPs per weight of the blocks' projections (wq ... w_down;
+  norms and biases do no matmul), attention's QK^T and AV over the sequence, and the logits."""
+  cfg = model_lib.ladder_config("d64l2", vocab_size=128, **block)
+  blocks = nnx.state(model_lib.Transformer(cfg, nnx.Rngs(0)).blocks, nnx.Param)
+  names = lambda path: [k.key for k in path if isinstance(k, jax.tree_util.DictKey)]
+  matmul = sum(x.size for path, x in jax.tree_util.tree_leaves_with_path(blocks)
+               if str(names(path)[-1]).startswith("w"))
+  attention = 2 * cfg.n_layers * 32 * cfg.n_heads * cfg.head_width
+  assert model_lib.train_flops_per_token(cfg, 32) == 3 * (2 * matmul + 2 * attention + 2 * cfg.d_model * 128)
+
+
 def test_flops_per_token_follow_six_n_rule():
   cfg = model_lib.ladder_config("d512l8", vocab_size=512)
   flops = model_lib.train_flops_per_token(cfg, seq_len=128)
