@@ -114,9 +114,13 @@ def _merge(into: ml_collections.ConfigDict, src: dict, prefix: str) -> None:
       raise StudyError(f"{path}={value!r}: {e}") from None
 
 
+def _is_int(value) -> bool:
+  return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _positive_ints(name: str, values: Iterable) -> None:
   values = list(values)
-  if not values or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in values):
+  if not values or any(not _is_int(v) or v < 1 for v in values):
     raise StudyError(f"{name}={values}; allowed: a non-empty list of positive integers")
   _each_once(name, values)
 
@@ -193,7 +197,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> ml_collecti
   if not isinstance(study.memory.loss_chunk, int) or study.memory.loss_chunk < 0:
     raise StudyError(f"memory.loss_chunk={study.memory.loss_chunk!r}; allowed: 0 (no chunks) or a positive integer")
   seeds = list(study.finetune.seeds)
-  if not seeds or any(isinstance(v, bool) or not isinstance(v, int) for v in seeds):
+  if not seeds or not all(map(_is_int, seeds)):
     raise StudyError(f"finetune.seeds={seeds}; allowed: a non-empty list of integers")
   _each_once("finetune.seeds", seeds)
   for group in ("tasks", "methods"):
@@ -238,7 +242,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> ml_collecti
     if cfg.batch_size % divisor:
       raise StudyError(f"{group}.train.batch_size={cfg.batch_size} is not divisible by the data axes "
                        f"{batch_axes} of mesh.shape={shape} ({divisor} ways); allowed: a multiple of {divisor}")
-  if isinstance(study.eval.batch_size, bool) or not isinstance(study.eval.batch_size, int) or study.eval.batch_size < 1:
+  if not _is_int(study.eval.batch_size) or study.eval.batch_size < 1:
     raise StudyError(f"eval.batch_size={study.eval.batch_size!r}; allowed: a positive integer")
   if study.eval.batch_size % divisor:
     raise StudyError(f"eval.batch_size={study.eval.batch_size} is not divisible by the {divisor}-way data axes")

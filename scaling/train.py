@@ -159,8 +159,8 @@ class MetricsLog:
   def __init__(self, path: epath.Path, resume_step: int | None, enabled: bool):
     self.path, self.enabled = path, enabled
     if enabled:
-      kept = [line for line in (path.read_text().splitlines() if path.exists() else [])
-              if resume_step is not None and _step_of(line) is not None and _step_of(line) <= resume_step]
+      lines = path.read_text().splitlines() if path.exists() and resume_step is not None else []
+      kept = [line for line in lines if (step := _step_of(line)) is not None and step <= resume_step]
       results.write_text(path, "".join(line + "\n" for line in kept))
 
   def write(self, record: dict) -> None:
