@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import shlex
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from absl import flags
 
@@ -36,3 +38,15 @@ def flags_parser(usage: str) -> Callable[[list[str]], list[str]]:
                "(model.block, mesh.shape) take only keys that their config file sets")
 
   return parse
+
+
+@contextlib.contextmanager
+def resumable(module: str) -> Iterator[None]:
+  """Turns Ctrl-C into one line saying that the same command (`python -m module ...`) resumes;
+  exits 130, as a shell does for an interrupted command."""
+  try:
+    yield
+  except KeyboardInterrupt:
+    command = shlex.join(["python", "-m", module, *sys.argv[1:]])
+    print(f"\ninterrupted; the same command resumes: {command}", file=sys.stderr, flush=True)
+    sys.exit(130)

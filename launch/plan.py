@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import hashlib
 import re
 import shlex
 import subprocess
@@ -168,9 +169,16 @@ def summary(p: Plan) -> str:
           f"{p.slice.hosts} hosts); workdir {p.workdir}")
 
 
-def host_command(workdir: epath.Path, run: grid.Run) -> list[str]:
-  """The command that every host of the run's slice executes."""
-  return ["python3", "-m", "scaling.run", "--spec", f"{workdir}/runs/{run.id}/spec.json", "--distributed"]
+def host_command(workdir: epath.Path, run: grid.Run, python: str = "python3") -> list[str]:
+  """The command that every host of the run's slice executes, with the host's `python`."""
+  return [python, "-m", "scaling.run", "--spec", f"{workdir}/runs/{run.id}/spec.json", "--distributed"]
+
+
+def study_key(p: Plan, limit: int = 63) -> str:
+  """The study's name as a DNS label of at most `limit` characters, with a hash of its name and
+  workdir: the prefix of its slices and JobSets, so that two studies named alike never meet."""
+  digest = hashlib.sha256(f"{p.study.name}\n{p.workdir}".encode()).hexdigest()[:6]
+  return f"{dns_label(p.study.name, limit - len(digest) - 1)}-{digest}"
 
 
 def dns_label(text: str, limit: int = 63) -> str:
