@@ -1,9 +1,12 @@
-"""What every launcher command shares: flag parsing that answers a user's mistakes in one line."""
+"""What every launcher command shares: flag parsing that answers a user's mistakes in one line, and
+Ctrl-C answered in one line too."""
 
 from __future__ import annotations
 
 import contextlib
+import os
 import shlex
+import signal
 import sys
 from collections.abc import Callable, Iterator
 
@@ -44,9 +47,27 @@ def flags_parser(usage: str) -> Callable[[list[str]], list[str]]:
 def resumable(module: str) -> Iterator[None]:
   """Turns Ctrl-C into one line saying that the same command (`python -m module ...`) resumes;
   exits 130, as a shell does for an interrupted command."""
+  if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:  # Ignored (a background job): left so.
+    yield
+    return
+  command = shlex.join(["python", "-m", module, *sys.argv[1:]])
+  previous = signal.signal(signal.SIGINT, lambda signum, frame: _exit_interrupted(command))
   try:
     yield
-  except KeyboardInterrupt:
-    command = shlex.join(["python", "-m", module, *sys.argv[1:]])
-    print(f"\ninterrupted; the same command resumes: {command}", file=sys.stderr, flush=True)
-    sys.exit(130)
+  finally:
+    signal.signal(signal.SIGINT, previous)
+
+
+def _exit_interrupted(command: str) -> None:
+  """Ends the process at once with the line that resumable promises (a SIGINT handler)."""
+  # Not by raising KeyboardInterrupt: Python drops an exception raised in a gc callback or a
+  # __del__ (JAX runs one at every collection), so Ctrl-C would be lost there, and orbax's writer
+  # threads, left running by an interrupted save, fail with tracebacks at interpreter shutdown.
+  # Ending at once leaves what a kill (a preemption) leaves, and the runs resume from that: orbax
+  # finalises checkpoints by renaming a temporary folder, result.json is written by a rename, and
+  # the metrics log is cut back to the checkpoint.
+  for stream in (sys.stdout, sys.stderr):
+    with contextlib.suppress(OSError, ValueError, RuntimeError):  # RuntimeError: the signal came amid a write.
+      stream.flush()
+  os.write(2, f"\ninterrupted; the same command resumes: {command}\n".encode())  # Not sys.stderr: as above.
+  os._exit(130)

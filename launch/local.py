@@ -3,7 +3,8 @@
     python -m launch.local --config configs/smoke.py --workdir runs/smoke [--config.a.b=value]
 
 Runs whose result.json exists are skipped; a run that was interrupted resumes from its last
-checkpoint. The study is validated before anything trains.
+checkpoint, and Ctrl-C stops in one line that gives the command to resume. The study is validated
+before anything trains.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ USAGE = "python -m launch.local --config CONFIG.py --workdir DIR [--config.a.b=v
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Study config file (get_config()).", lock_config=False)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where runs, results and the report go (local or gs://).")
 _ANALYSE = flags.DEFINE_bool("analyse", True, "Fit the laws and write the report after the runs.")
-_BOOTSTRAP = flags.DEFINE_integer("bootstrap", 200, "Bootstrap replicates of each joint law's intervals.", lower_bound=1)
+_BOOTSTRAP = flags.DEFINE_integer("bootstrap", 200, "Bootstrap replicates of each joint law's intervals.",
+                                  lower_bound=1)
 
 
 def execute_all(runs: list[grid.Run], workdir: epath.Path) -> tuple[int, int]:
@@ -48,27 +50,28 @@ def main(argv) -> None:
   del argv
   if _CONFIG.value is None or _WORKDIR.value is None:
     sys.exit(f"usage: {USAGE}")
-  t0 = time.time()
-  run_lib.setup_runtime()
-  try:
-    study = study_lib.validate(_CONFIG.value, jax.device_count())
-  except study_lib.StudyError as e:
-    sys.exit(f"invalid study: {e}")
-  workdir = results.workdir_path(_WORKDIR.value)
-  try:
-    workdir.mkdir(parents=True, exist_ok=True)
-  except OSError as e:
-    sys.exit(f"--workdir {_WORKDIR.value}: cannot create it ({e.strerror or e})")
-  runs = grid.expand(study)
-  write_plan(study, runs, workdir)
-  print(f"study {study.name!r}: {len(runs)} runs in {workdir}", flush=True)
-  executed, skipped = execute_all(runs, workdir)
-  print(f"runs: {executed} executed, {skipped} already done ({time.time() - t0:.1f}s)", flush=True)
-  if _ANALYSE.value:
-    from analysis import fit as fit_lib  # Imported late: the runs do not need it.
-    with timing.phase("fitting and report"):
-      fit_lib.fit_and_report(workdir, bootstrap=_BOOTSTRAP.value)
-  print(timing.summary(time.time() - t0), flush=True)
+  with cli.resumable("launch.local"):  # Runs resume from their checkpoints: Ctrl-C needs no traceback.
+    t0 = time.time()
+    run_lib.setup_runtime()
+    try:
+      study = study_lib.validate(_CONFIG.value, jax.device_count())
+    except study_lib.StudyError as e:
+      sys.exit(f"invalid study: {e}")
+    workdir = results.workdir_path(_WORKDIR.value)
+    try:
+      workdir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+      sys.exit(f"--workdir {_WORKDIR.value}: cannot create it ({e.strerror or e})")
+    runs = grid.expand(study)
+    write_plan(study, runs, workdir)
+    print(f"study {study.name!r}: {len(runs)} runs in {workdir}", flush=True)
+    executed, skipped = execute_all(runs, workdir)
+    print(f"runs: {executed} executed, {skipped} already done ({time.time() - t0:.1f}s)", flush=True)
+    if _ANALYSE.value:
+      from analysis import fit as fit_lib  # Imported late: the runs do not need it.
+      with timing.phase("fitting and report"):
+        fit_lib.fit_and_report(workdir, bootstrap=_BOOTSTRAP.value)
+    print(timing.summary(time.time() - t0), flush=True)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import hashlib
+import json
 import re
 import shlex
 import subprocess
@@ -30,6 +31,7 @@ from scaling import grid, results
 from scaling import study as study_lib
 
 STATES = ("done", "running", "queued", "failed", "missing")
+METRICS = "metrics.jsonl"  # A run's training log (scaling.train.MetricsLog), read for its progress.
 
 
 class PlanError(ValueError):
@@ -68,11 +70,13 @@ class Plan:
 
 @dataclasses.dataclass(frozen=True)
 class RunState:
-  """Where a run stands (one of STATES), and the name of its engine object where it has one."""
+  """Where a run stands (one of STATES), the name of its engine object where it has one, and its
+  folder, from which the status table reads its progress."""
 
   run: grid.Run
   state: str
   engine: str = ""
+  run_dir: epath.Path | None = None  # None: the table shows no progress.
 
 
 def tpu_slice(name: str) -> Slice:
@@ -107,27 +111,29 @@ def is_status(argv: list[str], usage: str) -> bool:
 
 
 def from_flags(usage: str, probe: bool) -> Plan:
-  """The plan of --config, --topology and --workdir; exits with one line if one of them is wrong."""
+  """The plan of --config, --topology and --workdir; exits with one line if one of them is wrong. A
+  dry run (--dry_run) does not look at the workdir: it reaches nothing, gs:// included."""
   f = flags.FLAGS
   if f.config is None or not f.topology or not f.workdir:
     sys.exit(f"usage: {usage}")
   try:
-    return load(f.config, f.topology, f.workdir, probe)
+    return load(f.config, f.topology, f.workdir, probe, look=not f.dry_run)
   except study_lib.StudyError as e:
     sys.exit(f"invalid study: {e}")
   except (slices.CheckError, PlanError) as e:
     sys.exit(f"invalid launch: {e}")
 
 
-def load(config: ml_collections.ConfigDict, topology: str, workdir: str, probe: bool) -> Plan:
-  """The study validated for the slice and its workdir reachable (`probe`: writable too)."""
+def load(config: ml_collections.ConfigDict, topology: str, workdir: str, probe: bool, look: bool = True) -> Plan:
+  """The study validated for the slice and, with `look`, its workdir reachable (`probe`: writable too)."""
   tpu = tpu_slice(topology)
   study = study_lib.validate(config, tpu.chips)
   slices.require_full_mesh(study, tpu.chips, tpu.name)
   runs = grid.expand(study)
   require_host_batches(study, runs, tpu)
   path = results.workdir_path(workdir)
-  require_reachable(path, workdir, probe)
+  if look:
+    require_reachable(path, workdir, probe)
   return Plan(study, tpu, runs, path)
 
 
@@ -163,10 +169,11 @@ def write_plan(study, runs: list[grid.Run], workdir: epath.Path) -> None:
     results.write_json(workdir / "runs" / r.id / "spec.json", r.to_json())
 
 
-def summary(p: Plan) -> str:
+def summary(p: Plan, dry_run: bool = False) -> str:
   """One line on what a launch is about."""
+  unread = " (a dry run does not read it: every run shows as not done)" if dry_run else ""
   return (f"study {p.study.name!r}: {len(p.runs)} runs, each on a {p.slice.name} slice ({p.slice.chips} chips, "
-          f"{p.slice.hosts} hosts); workdir {p.workdir}")
+          f"{p.slice.hosts} hosts); workdir {p.workdir}{unread}")
 
 
 def host_command(workdir: epath.Path, run: grid.Run, python: str = "python3") -> list[str]:
@@ -207,11 +214,18 @@ def call(argv: list[str], dry_run: bool, stdin: str | None = None) -> str:
   return proc.stdout
 
 
-def run_states(runs: list[grid.Run], workdir: epath.Path, engine: dict[str, tuple[str, str]]) -> list[RunState]:
-  """Each run's state: done if result.json exists, else `engine`'s (state, object name), else missing."""
+def run_states(runs: list[grid.Run], workdir: epath.Path | None, engine: dict[str, tuple[str, str]]
+               ) -> list[RunState]:
+  """Each run's state: done if result.json exists, else `engine`'s (state, object name), else missing.
+  With no workdir (a dry run), none is read and no run is done."""
   # Callers ask the engine first: a run that finished in between then reads as done, not as failed.
-  return [RunState(r, "done") if results.read_result(workdir / "runs" / r.id) is not None
-          else RunState(r, *engine.get(r.id, ("missing", ""))) for r in runs]
+  states = []
+  for r in runs:
+    run_dir = workdir / "runs" / r.id if workdir is not None else None
+    done = run_dir is not None and results.read_result(run_dir) is not None
+    state, name = ("done", "") if done else engine.get(r.id, ("missing", ""))
+    states.append(RunState(r, state, name, run_dir))
+  return states
 
 
 def ready(states: list[RunState]) -> list[RunState]:
@@ -226,11 +240,34 @@ def counts(states: list[RunState]) -> str:
   return f"{len(states)} runs: " + ", ".join(f"{n[state]} {state}" for state in STATES)
 
 
+def progress(s: RunState) -> str:
+  """How far a run that is not done got, from its metrics.jsonl: 'step 120/400, dev loss 1.234', or
+  as much of it as the log has ('' for none)."""
+  path = s.run_dir / METRICS if s.run_dir is not None and s.state != "done" else None
+  if path is None or not path.exists():
+    return ""
+  step = dev_loss = None
+  for line in path.read_text().splitlines():
+    try:
+      record = json.loads(line)
+    except ValueError:  # The last line of a run that is writing it, or that was killed while it did.
+      continue
+    step, dev_loss = record.get("step", step), record.get("dev_loss", dev_loss)
+  total = s.run.config.get("train", {}).get("max_steps")  # Only the kinds that train have a step count.
+  shown = [] if step is None else [f"step {step}/{total}" if total else f"step {step}"]
+  shown += [] if dev_loss is None else [f"dev loss {dev_loss:.4g}"]
+  return ", ".join(shown)
+
+
 def format_status(states: list[RunState]) -> str:
-  """The status table: a row per run (id, kind, state, engine object), then the counts."""
+  """The status table: a row per run (id, kind, state, engine object, progress), then the counts."""
+  shown = [progress(s) for s in states]  # Read here, not in run_states: the launchers poll those.
   width = max(len(s.run.id) for s in states)
-  lines = [f"{'run':<{width}}  {'kind':<8}  {'state':<7}  engine"]
-  lines += [f"{s.run.id:<{width}}  {s.run.kind:<8}  {s.state:<7}  {s.engine}".rstrip() for s in states]
+  engine_width = max(len(e) for e in ["engine", *(s.engine for s in states)])
+  rows = [("run", "kind", "state", "engine", "progress" if any(shown) else "")]
+  rows += [(s.run.id, s.run.kind, s.state, s.engine, p) for s, p in zip(states, shown, strict=True)]
+  # Progress comes last, so that a row without it reads as it did before progress was shown.
+  lines = [f"{i:<{width}}  {k:<8}  {st:<7}  {e:<{engine_width}}  {p}".rstrip() for i, k, st, e, p in rows]
   return "\n".join([*lines, counts(states)])
 
 

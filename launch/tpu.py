@@ -5,19 +5,22 @@ run on all of its hosts through `gcloud compute tpus tpu-vm ssh --worker=all`.
         --package 'scaling[tpu] @ git+https://github.com/ORG/scaling@COMMIT' [--slices 4] [--capacity spot] --watch
     python -m launch.tpu status --config C.py --topology v5p-32 --workdir gs://B/W --project P --zone Z
 
-The slices are queued resources named after the study: `<study>-0`, `<study>-1`, ... A slice is
-created when a ready run waits for it (a fine-tune is ready once its base is done). When it is
-ACTIVE, --package is installed on every host, then the slice runs its run and takes the next ready
-one; runs on different slices go in parallel. A preempted slice (SUSPENDING, SUSPENDED, FAILED) is
-deleted and created again, and its run goes back to the queue, to resume from its checkpoint. A run
-that ends without result.json on a healthy slice goes back too, at most --retries times; after
-that the launcher ends every run in progress and deletes the slices. A slice is deleted once no
-run is left for it.
+The slices are queued resources named after the study and its workdir: `<study>-<hash>-0`,
+`<study>-<hash>-1`, ... (the hash tells apart studies named alike). A slice is created when a ready
+run waits for it (a fine-tune is ready once its base is done). When it is ACTIVE, every host gets uv,
+a standalone Python 3.11 whatever its image ships (Cloud TPU VM images have 3.10, older than this
+project supports) and a venv, ~/scaling-venv, with --package installed; then the slice runs its run
+with that venv's python and takes the next ready one; runs on different slices go in parallel. A
+preempted slice (SUSPENDING, SUSPENDED, FAILED) is deleted and created again, and its run goes back
+to the queue, to resume from its checkpoint. A run that ends without result.json on a healthy slice
+goes back too, at most --retries times; after that the launcher ends every run in progress and
+deletes the slices. A slice is deleted once no run is left for it.
 
 The launcher drives the runs: with --watch it keeps going until every run is done; without it, it
 returns once no command is in progress (slices still being provisioned wait for the next launch).
-An interrupted launcher leaves its slices to the next launch. Which run each slice has is kept in
-<workdir>/tpu_pool.json, for `status`. Runs with result.json are skipped.
+An interrupted launcher (Ctrl-C) says so in one line and leaves its slices and
+<workdir>/tpu_pool.json (which run each slice has, for `status`): the same command resumes, with the
+slices that are left. Runs with result.json are skipped.
 """
 
 from __future__ import annotations
@@ -42,6 +45,10 @@ ACCELERATOR_TYPES = {"v4": "v4", "v5p": "v5p", "v5e": "v5litepod", "v6e": "v6e"}
 RUNTIMES = {"v4": "tpu-ubuntu2204-base", "v5p": "v2-alpha-tpuv5", "v5e": "v2-alpha-tpuv5-lite",
             "v6e": "v2-alpha-tpuv6e"}
 CAPACITY = {"on-demand": [], "spot": ["--spot"], "reserved": ["--reserved"]}
+UV_VERSION = "0.13.9"  # As the Makefile pins it.
+PYTHON_VERSION = "3.11"  # The project's CI Python, and the oldest that it supports.
+VENV = "scaling-venv"  # In the home directory, where every remote command starts.
+VENV_PYTHON = f"{VENV}/bin/python"
 LOST = ("SUSPENDING", "SUSPENDED", "FAILED")  # Preempted or failed: such a queued resource never comes back.
 POOL = "tpu_pool.json"
 
@@ -54,7 +61,7 @@ class Cloud:
   zone: str
   runtime_version: str
   capacity: str  # A key of CAPACITY.
-  package: str  # What `pip install` installs on every host: this project with its '[tpu]' extra.
+  package: str  # What every host installs into its venv: this project with its '[tpu]' extra.
 
 
 @dataclasses.dataclass
@@ -84,20 +91,33 @@ def delete_command(cloud: Cloud, name: str) -> list[str]:
   return gcloud(cloud, "queued-resources", "delete", name, "--force", "--quiet")
 
 
-def install_command(package: str) -> list[str]:
-  """What every host of a new slice runs first."""
-  return ["python3", "-m", "pip", "install", "--quiet", package]
+def install_command(package: str) -> list[list[str]]:
+  """What every host of a new slice runs first, step by step: uv, a Python that the project supports,
+  and a venv (VENV) with `package`."""
+  # The image's python3 only runs uv (`-m uv`: pip's --user scripts directory may not be on a remote
+  # command's PATH). --allow-existing: a slice that an earlier launch left keeps its venv and updates it
+  # (uv refuses an existing venv otherwise).
+  uv = ["python3", "-m", "uv"]
+  return [["python3", "-m", "pip", "install", "--user", "--quiet", f"uv=={UV_VERSION}"],
+          [*uv, "python", "install", "--quiet", PYTHON_VERSION],
+          [*uv, "venv", "--quiet", "--python", PYTHON_VERSION, "--managed-python", "--allow-existing", VENV],
+          [*uv, "pip", "install", "--quiet", "--python", VENV_PYTHON, package]]
 
 
-def ssh_command(cloud: Cloud, name: str, argv: list[str]) -> list[str]:
-  """The command that runs `argv` on every host of a slice."""
-  # The remote shell parses --command: it gets the argument list quoted, never values formatted in.
-  return gcloud(cloud, "tpu-vm", "ssh", name, "--worker=all", "--quiet", f"--command={shlex.join(argv)}")
+def ssh_command(cloud: Cloud, name: str, *argvs: list[str]) -> list[str]:
+  """The command that runs the argument lists one after another on every host of a slice, up to the
+  first that fails."""
+  # The remote shell parses --command: it gets each argument list quoted, never values formatted in.
+  command = " && ".join(shlex.join(argv) for argv in argvs)
+  return gcloud(cloud, "tpu-vm", "ssh", name, "--worker=all", "--quiet", f"--command={command}")
 
 
 def slice_names(p: plan.Plan, count: int) -> list[str]:
-  """The names of the pool's slices."""
-  return [f"{plan.dns_label(p.study.name, 56)}-{i}" for i in range(count)]
+  """The names of the pool's slices: valid queued resource and node names (a-z, 0-9 and '-', a letter
+  first, at most 63 characters) that no other study or workdir uses."""
+  # The prefix leaves 7 characters for '-<i>', whatever the count: a launch with more --slices than
+  # the last one finds that one's slices under the same names.
+  return [f"{plan.study_key(p, 56)}-{i}" for i in range(count)]
 
 
 def queued_resources(cloud: Cloud, dry_run: bool) -> dict[str, str]:
@@ -113,10 +133,12 @@ def slice_state(state: str | None) -> str:
   return "failed" if state in LOST else "queued"
 
 
-def run_states(p: plan.Plan, slices: dict[str, str], held: dict[str, str | None]) -> list[plan.RunState]:
-  """Every run's state from its result.json and the slice that has it (`held`: slice -> run id)."""
+def run_states(p: plan.Plan, slices: dict[str, str], held: dict[str, str | None], dry_run: bool = False
+               ) -> list[plan.RunState]:
+  """Every run's state from its result.json and the slice that has it (`held`: slice -> run id); a dry
+  run reads no result."""
   engine = {run_id: (slice_state(slices.get(name)), name) for name, run_id in held.items() if run_id}
-  return plan.run_states(p.runs, p.workdir, engine)
+  return plan.run_states(p.runs, None if dry_run else p.workdir, engine)
 
 
 class Pool:
@@ -199,8 +221,11 @@ class Pool:
 
   def start(self, slot: Slot) -> None:
     """Starts the slice's next command on every host: the install on a new slice, then the run."""
-    argv = plan.host_command(self.p.workdir, slot.run) if slot.installed else install_command(self.cloud.package)
-    slot.proc = subprocess.Popen(ssh_command(self.cloud, slot.name, argv), stdin=subprocess.DEVNULL)
+    if slot.installed:
+      argvs = [plan.host_command(self.p.workdir, slot.run, python=VENV_PYTHON)]
+    else:
+      argvs = install_command(self.cloud.package)
+    slot.proc = subprocess.Popen(ssh_command(self.cloud, slot.name, *argvs), stdin=subprocess.DEVNULL)
 
   def stop(self) -> None:
     """Ends every command in progress and deletes every slice, so that none is paid for undriven."""
@@ -242,24 +267,25 @@ def drive(pool: Pool, watch: bool, poll_seconds: float) -> None:
 def dry_run(p: plan.Plan, cloud: Cloud, size: int) -> None:
   """Prints the commands of a launch: list the slices, create them, run each ready run, delete them."""
   queued_resources(cloud, dry_run=True)
-  waiting = [s.run for s in plan.ready(plan.run_states(p.runs, p.workdir, {}))]
+  waiting = [s.run for s in plan.ready(run_states(p, {}, {}, dry_run=True))]
   names = slice_names(p, min(size, len(waiting)))
   for name in names:
     plan.call(create_command(p, cloud, name), True)
   for i, run in enumerate(waiting):
     name = names[i % len(names)]
     if i < len(names):
-      plan.call(ssh_command(cloud, name, install_command(cloud.package)), True)
-    plan.call(ssh_command(cloud, name, plan.host_command(p.workdir, run)), True)
+      plan.call(ssh_command(cloud, name, *install_command(cloud.package)), True)
+    plan.call(ssh_command(cloud, name, plan.host_command(p.workdir, run, python=VENV_PYTHON)), True)
   for name in names:
     plan.call(delete_command(cloud, name), True)
 
 
 def show_status(p: plan.Plan, cloud: Cloud, dry_run: bool) -> None:
   """Prints the status table: each run's state, from its result.json and the slice that has it."""
+  slices = queued_resources(cloud, dry_run)
   pool_file = p.workdir / POOL
-  held = json.loads(pool_file.read_text()) if pool_file.exists() else {}
-  print(plan.format_status(run_states(p, queued_resources(cloud, dry_run), held)))
+  held = json.loads(pool_file.read_text()) if not dry_run and pool_file.exists() else {}
+  print(plan.format_status(run_states(p, slices, held, dry_run)))
 
 
 def launch(p: plan.Plan, cloud: Cloud) -> None:
@@ -283,19 +309,20 @@ def main(argv: list[str]) -> None:
   if not status and not f.package:
     sys.exit("invalid launch: --package is missing; allowed: a pip requirement of this project with its "
              "'[tpu]' extra, such as 'scaling[tpu] @ git+https://github.com/ORG/scaling@COMMIT'")
-  p = plan.from_flags(USAGE, probe=not (status or f.dry_run))
-  cloud = Cloud(f.project, f.zone, f.runtime_version or RUNTIMES[p.slice.generation], f.capacity, f.package)
-  try:
-    if status:
-      show_status(p, cloud, f.dry_run)
-      return
-    print(f"{plan.summary(p)}; up to {f.slices} slices at once", flush=True)
-    if f.dry_run:
-      dry_run(p, cloud, f.slices)
-    else:
-      launch(p, cloud)
-  except plan.LaunchError as e:
-    sys.exit(str(e))
+  with cli.resumable("launch.tpu"):  # Ctrl-C leaves the slices and the pool file to the next launch.
+    p = plan.from_flags(USAGE, probe=not (status or f.dry_run))
+    cloud = Cloud(f.project, f.zone, f.runtime_version or RUNTIMES[p.slice.generation], f.capacity, f.package)
+    try:
+      if status:
+        show_status(p, cloud, f.dry_run)
+        return
+      print(f"{plan.summary(p, f.dry_run)}; up to {f.slices} slices at once", flush=True)
+      if f.dry_run:
+        dry_run(p, cloud, f.slices)
+      else:
+        launch(p, cloud)
+    except plan.LaunchError as e:
+      sys.exit(str(e))
 
 
 if __name__ == "__main__":

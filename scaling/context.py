@@ -82,7 +82,7 @@ def spec_model_config(spec: dict, size: str, vocab_size: Callable[[], int]) -> m
 def context(run: grid.Run, workdir: str | epath.Path) -> Context:
   """Builds (or finds) the run's datasets and tokenizer and makes its mesh."""
   workdir = results.workdir_path(workdir)
-  sources = sources_lib.from_spec(run.config, str(workdir / "data"))
+  sources = sources_lib.from_spec(run.config, str(results.data_dir(workdir)))
   tasks = (sources_lib.task_of(run.config),) if "task" in run.config else ()
   with timing.phase("data"):
     if jax.process_count() > 1:  # One host builds the datasets; the others wait, then read them.

@@ -7,17 +7,31 @@ import os
 import uuid
 from typing import TYPE_CHECKING, Any
 
+import fsspec
 from etils import epath
 
 if TYPE_CHECKING:
   import pandas as pd
 
 RESULT = "result.json"
+# gs:// paths go through gcsfs, whose listings cache would hide files that other hosts write after
+# a listing (a launcher would never see a run's result.json): every look asks the bucket.
+fsspec.config.conf.setdefault("gs", {})["use_listings_cache"] = False
 
 
 def workdir_path(path: str | epath.Path) -> epath.Path:
   """A workdir as an absolute path (orbax needs one); gs:// paths are returned as they are."""
   return epath.Path(path if str(path).startswith("gs://") else os.path.abspath(path))
+
+
+def data_dir(workdir: str | epath.Path) -> epath.Path:
+  """Where a study's derived datasets (the world's, Shakespeare's) are built: <workdir>/data, or for a
+  gs:// workdir a folder on this host's disk ($SCALING_DATA_DIR, default ~/.cache/scaling/data)."""
+  # array_record reads and writes local files only, and these datasets are made again from their
+  # configs in seconds: each host of a pod builds its own copy.
+  if str(workdir).startswith("gs://"):
+    return epath.Path(os.environ.get("SCALING_DATA_DIR", os.path.expanduser("~/.cache/scaling/data")))
+  return epath.Path(workdir) / "data"
 
 
 def write_json(path: str | epath.Path, obj: Any) -> None:

@@ -1,7 +1,12 @@
 """Test set-up: 8 fake CPU devices for sharding tests, tiny models and a tiny world."""
 
+import dataclasses
 import importlib.util
 import os
+import socket
+import subprocess
+import sys
+import uuid
 
 # Tests check what the code computes, not how fast XLA's output runs: its cheapest CPU compiles
 # (about a third less test time from a cold cache), and its older code generator, which compiles a
@@ -47,6 +52,41 @@ def world_data_dir(tmp_path_factory):
   data_dir = tmp_path_factory.mktemp("tfds")
   tfds_world.prepare(TINY_WORLD, str(data_dir))
   return str(data_dir)
+
+
+@dataclasses.dataclass(frozen=True)
+class Storage:
+  """A Cloud Storage server on loopback: its bucket, and the environment that points clients at it."""
+
+  bucket: str  # gs://NAME
+  env: dict[str, str]
+
+  def workdir(self) -> str:
+    """A new, empty gs:// folder."""
+    return f"{self.bucket}/{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture(scope="session")
+def storage(tmp_path_factory):
+  """tests/storage_server.py on a free loopback port; this process's gs:// clients (and, through
+  `env`, its subprocesses') use it, and a gs:// workdir's datasets go to a temporary folder."""
+  import fsspec
+  import storage_server
+
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  server = subprocess.Popen([sys.executable, storage_server.__file__, str(port), "scaling-tests"],
+                            stdout=subprocess.PIPE, text=True)
+  try:
+    assert server.stdout.readline().strip() == "ready", "the storage server did not start"
+    env = {**storage_server.environment(port), "SCALING_DATA_DIR": str(tmp_path_factory.mktemp("gcs_data"))}
+    os.environ.update(env)
+    fsspec.config.set_conf_env(fsspec.config.conf)  # FSSPEC_GS_TOKEN, read when fsspec was imported.
+    yield Storage("gs://scaling-tests", env)
+  finally:
+    server.kill()
+    server.wait()
 
 
 # Cached decoding (`model.extend`) as one jitted program per shape: an eager call compiles one

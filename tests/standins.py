@@ -47,7 +47,12 @@ def get_config():
   return tiny_study(**{overrides!r})
 """
 SHIM = "#!{python}\nimport sys\nsys.path.insert(0, {tests!r})\nimport standins\nstandins.main({root!r})\n"
-RUN_PREFIX = ["python3", "-m", "scaling.run"]
+RUN_MODULE = ["-m", "scaling.run"]  # A run's remote command: a host's python, then these.
+
+
+def is_run(command: list[str]) -> bool:
+  """Whether a remote command is a run, with whichever python (not the install)."""
+  return command[1:3] == RUN_MODULE
 
 
 def install(root) -> None:
@@ -154,7 +159,7 @@ def _gcloud(args: list[str], record: dict, st: dict) -> int:
   if verb == "ssh":
     command = shlex.split(next(a for a in rest if a.startswith("--command="))[len("--command="):])
     record["command"] = command
-    if command[:3] != RUN_PREFIX:
+    if not is_run(command):
       return 0  # The install.
     spec = command[command.index("--spec") + 1]
     run_id = os.path.basename(os.path.dirname(spec))
@@ -190,7 +195,7 @@ def main(root: str) -> None:
     set_state(root, st)
     _log(root, record)
   command = record.get("command", [])
-  if code == 0 and command[:3] == RUN_PREFIX:
+  if code == 0 and is_run(command):
     time.sleep(st.get("run_seconds", 0))  # Outside the lock: runs on different slices overlap.
     spec = command[command.index("--spec") + 1]
     write_result(spec)

@@ -1,8 +1,13 @@
-"""End to end on a tiny study: every run, the fit and the report; a second launch trains nothing."""
+"""End to end on a tiny study: every run, the fit and the report; a second launch trains nothing;
+Ctrl-C stops a launch in one line and the same command finishes it."""
 
 import json
 import os
+import shlex
+import signal
+import subprocess
 import sys
+import time
 
 import processes
 import pytest
@@ -15,7 +20,7 @@ sys.path.insert(0, {tests!r})
 from conftest import tiny_study
 
 def get_config():
-  return tiny_study(**{{"model.sizes": ("d32l2", "d48l2"), "finetune.d_f": (8, 16, 32, 64, 128)}})
+  return tiny_study(**{overrides})
 """
 
 
@@ -27,7 +32,8 @@ def _launch(config, workdir, *extra):
 @pytest.mark.slow
 def test_tiny_study_end_to_end_then_nothing_to_do(tmp_path):
   config = tmp_path / "tiny.py"
-  config.write_text(CONFIG.format(tests=os.path.join(ROOT, "tests")))
+  overrides = {"model.sizes": ("d32l2", "d48l2"), "finetune.d_f": (8, 16, 32, 64, 128)}
+  config.write_text(CONFIG.format(tests=os.path.join(ROOT, "tests"), overrides=overrides))
   workdir = tmp_path / "w"
   first = _launch(config, workdir, "--bootstrap=50")  # Fewer replicates than a study's 200: test time.
   assert first.returncode == 0, first.stderr[-3000:]
@@ -38,7 +44,8 @@ def test_tiny_study_end_to_end_then_nothing_to_do(tmp_path):
   joint = {f["law"]: f for f in fits if f["x"] == "non_embedding_params"}
   # Two bases: the additive law's A / N^alpha is two numbers, which cannot fix A, alpha and E apart.
   assert set(joint) == {"multiplicative"} and "too few to fit and validate the additive law" in first.stderr
-  assert joint["multiplicative"]["num_points"] == 10 and set(joint["multiplicative"]["params"]) == {"A", "alpha", "beta", "E"}
+  assert joint["multiplicative"]["num_points"] == 10
+  assert set(joint["multiplicative"]["params"]) == {"A", "alpha", "beta", "E"}
   # Without the larger base one N is left, which cannot fix alpha: the largest D_f is held out instead.
   assert joint["multiplicative"]["validation"]["holdout"] == "largest_d"
   assert len(joint["multiplicative"]["validation"]["heldout_relative_errors"]) == 2  # Both bases at D_f 128.
@@ -75,3 +82,46 @@ def test_tiny_study_end_to_end_then_nothing_to_do(tmp_path):
                         env={**os.environ, "PYTHONPATH": ROOT})
   assert refit.returncode == 0 and "qa/full over non_embedding_params: L = " in refit.stdout
   assert (workdir / "report" / "fits.json").stat().st_mtime_ns == fitted
+
+
+def _interrupt_when(argv: list[str], started) -> subprocess.CompletedProcess:
+  """Runs a command until `started()` holds, then presses Ctrl-C."""
+  # Its own process group, all of which gets SIGINT, as a terminal's foreground job does on Ctrl-C,
+  # whose default action it gets whatever this process was started with.
+  proc = subprocess.Popen(argv, cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT}, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, process_group=0,
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+  try:
+    deadline = time.monotonic() + 120
+    while not started() and proc.poll() is None and time.monotonic() < deadline:
+      time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+  finally:
+    proc.kill()  # Nothing left to kill, unless the interrupt did not stop it.
+  return subprocess.CompletedProcess(argv, proc.returncode, out, err)
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_in_one_line_and_the_same_command_finishes(tmp_path):
+  config = tmp_path / "tiny.py"
+  config.write_text(CONFIG.format(tests=os.path.join(ROOT, "tests"), overrides={}))  # A base, two fine-tunes.
+  workdir = tmp_path / "w"
+  args = ["--config", str(config), "--workdir", str(workdir), "--noanalyse"]
+  logs = lambda: list(workdir.glob("runs/pt-*/metrics.jsonl"))
+  # The base's training log is started: it is compiling or training, and nothing has finished.
+  first = _interrupt_when([sys.executable, "-m", "launch.local", *args], logs)
+  assert first.returncode == 130, first.stderr[-3000:]
+  lines = [line for line in first.stderr.splitlines() if line.strip()]
+  assert "Traceback" not in first.stderr and [line for line in lines if line.startswith("interrupted")] == \
+      [f"interrupted; the same command resumes: python -m launch.local {shlex.join(args)}"] == lines[-1:]
+  assert not list(workdir.glob("runs/*/result.json"))
+
+  again = _launch(config, workdir, "--noanalyse")
+  assert again.returncode == 0 and "Traceback" not in again.stderr, again.stderr[-3000:]
+  assert "runs: 3 executed, 0 already done" in again.stdout
+  assert sorted(p.parent.name for p in workdir.glob("runs/*/result.json")) == \
+      sorted(p.parent.name for p in workdir.glob("runs/*/spec.json"))
+  # The resumed base's log, cut back to its checkpoint (or started afresh): each step once.
+  logged = [json.loads(line) for line in logs()[0].read_text().splitlines()]
+  assert [r["step"] for r in logged if "loss" in r] == [5, 10, 15, 20]

@@ -1,6 +1,8 @@
 """What the pod launchers share: slices, a study validated for a slice, run states and the table."""
 
+import os
 import re
+import subprocess
 import sys
 
 import pytest
@@ -66,6 +68,36 @@ def test_ready_runs_wait_for_their_dependencies_and_the_table_counts_states(tmp_
   assert plan.format_status(states).splitlines()[-1] == "10 runs: 1 done, 1 running, 0 queued, 1 failed, 7 missing"
 
 
+def test_the_table_shows_how_far_each_run_that_is_not_done_got(tmp_path):
+  p = _load(tmp_path)
+  pt0, pt1 = [r for r in p.runs if r.kind == "pretrain"]
+  ft0 = next(r for r in p.runs if r.kind == "finetune")
+  eft = next(r for r in p.runs if r.kind == "eft")
+  logs = {pt0.id: '{"loss": 2.5, "step": 10}\n',  # Done: its log is not read.
+          pt1.id: '{"loss": 2.5, "step": 5}\n{"loss": 2.4, "step": 10}\n',
+          # A dev loss, a later training line, then the half line of a process that is writing one.
+          ft0.id: '{"dev_loss": 3.0, "step": 0}\n{"loss": 2.9, "step": 5}\n{"dev_loss": 1.23456, "step": 5}\n'
+                  '{"loss": 2.1, "step": 10}\n{"loss": 2.0, "st',
+          eft.id: '{"test_loss": 1.5}\n'}  # Measurements without a step count: nothing to show.
+  for run_id, text in logs.items():
+    (p.workdir / "runs" / run_id).mkdir(parents=True)
+    (p.workdir / "runs" / run_id / plan.METRICS).write_text(text)
+  results.write_json(p.workdir / "runs" / pt0.id / results.RESULT, {"id": pt0.id})
+  states = plan.run_states(p.runs, p.workdir, {ft0.id: ("running", "js-ft"), eft.id: ("queued", "a-longer-name")})
+  lines = plan.format_status(states).splitlines()
+  rows = {line.split()[0]: line for line in lines[1:-1]}
+  column = lines[0].index("progress")
+  assert lines[0].split() == ["run", "kind", "state", "engine", "progress"]
+  assert rows[pt1.id][column:] == "step 10/20" and rows[pt1.id].split()[1:4] == ["pretrain", "missing", "step"]
+  assert rows[ft0.id][column:] == "step 10/20, dev loss 1.235" and rows[ft0.id].split()[3] == "js-ft"
+  # Runs with no progress to show: their rows as before, the engine object last.
+  assert rows[pt0.id].split()[1:] == ["pretrain", "done"] and rows[eft.id].endswith("queued   a-longer-name")
+  assert all(len(rows[r.id].split()) == 3 for r in p.runs if r.id not in (pt0.id, pt1.id, ft0.id, eft.id))
+  # A table in which no run has progress to show (no log, or one without steps): the header as before.
+  assert plan.format_status(plan.run_states(p.runs[4:], p.workdir, {})).splitlines()[0].split() == \
+      ["run", "kind", "state", "engine"]
+
+
 def test_retries_run_out_per_run():
   retries = plan.Retries(1)
   retries.spend("a", "js-a")
@@ -91,3 +123,21 @@ def test_commands_run_without_a_shell_and_fail_in_one_line(tmp_path, capsys):
     ("A" * 80, 20, "a" * 20), ("ab--__--cd", 3, "ab")])
 def test_dns_labels(text, limit, label):
   assert plan.dns_label(text, limit) == label
+
+
+@pytest.mark.parametrize("launcher, extra", [("tpu", ["--project", "p", "--zone", "z", "--package", "scaling[tpu]"]),
+                                             ("gke", ["--image", "img:1"])])
+def test_a_dry_run_on_a_gs_workdir_reaches_nothing(tmp_path, launcher, extra):
+  blocked = tmp_path / "blocked" / "gcsfs"  # Any look at gs:// would need gcsfs: it fails instead.
+  blocked.mkdir(parents=True)
+  (blocked / "__init__.py").write_text("raise ImportError('a dry run looked at the workdir')\n")
+  env = {k: v for k, v in os.environ.items() if not k.startswith(("STORAGE_EMULATOR", "TENSORSTORE"))}
+  env["PYTHONPATH"] = os.pathsep.join([str(blocked.parent), standins.REPO])
+  out = subprocess.run([sys.executable, "-m", f"launch.{launcher}", "--config", "configs/pod_ladder.py",
+                        "--topology", "v5p-32", "--workdir", "gs://bucket/ladder", "--dry_run", *extra],
+                       cwd=standins.REPO, env=env, capture_output=True, text=True, timeout=120)
+  assert out.returncode == 0, out.stderr
+  lines = out.stdout.splitlines()
+  assert "workdir gs://bucket/ladder (a dry run does not read it: every run shows as not done)" in lines[0]
+  runs = [line for line in lines if "gs://bucket/ladder/runs/pt-" in line]
+  assert len(runs) == 3  # The ladder's three bases are ready: the commands (or manifests) that run them.

@@ -1,9 +1,13 @@
-"""Result records are written atomically and load as one table."""
+"""Result records are written atomically and load as one table, on local disks and on gs://."""
 
 import json
 import os
+import subprocess
+import sys
 
 from scaling import results
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_write_json_is_atomic_and_leaves_no_temporaries(tmp_path):
@@ -21,3 +25,19 @@ def test_unfinished_runs_are_not_in_the_table(tmp_path):
   table = results.load_table(tmp_path)
   assert list(table["id"]) == ["a"] and table["metrics.loss"].iloc[0] == 1.5
   assert results.load_table(tmp_path / "nowhere").empty
+
+
+def test_a_gs_workdir_sees_what_other_processes_write_after_a_listing(storage):
+  workdir = results.workdir_path(storage.workdir())
+  assert str(workdir).startswith("gs://")
+  results.write_json(workdir / "runs" / "a" / "result.json", {"id": "a", "metrics": {"loss": 1.5}})
+  assert list(results.load_table(workdir)["id"]) == ["a"]  # Lists runs/.
+  other = f"from scaling import results; results.write_json({str(workdir / 'runs' / 'b' / 'result.json')!r}, {{'id': 'b'}})"
+  subprocess.run([sys.executable, "-c", other], check=True, env={**os.environ, **storage.env}, cwd=REPO)
+  assert results.read_result(workdir / "runs" / "b") == {"id": "b"}  # gcsfs's listings cache would hide it.
+  assert list(results.load_table(workdir)["id"]) == ["a", "b"]
+
+
+def test_a_gs_workdir_builds_its_datasets_on_this_host(storage, tmp_path):
+  assert results.data_dir(tmp_path) == tmp_path / "data"
+  assert str(results.data_dir(storage.workdir())) == storage.env["SCALING_DATA_DIR"]
