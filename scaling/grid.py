@@ -24,7 +24,9 @@ class Run:
   kind: str  # A name in scaling.kinds.KINDS.
   config: dict
   deps: tuple[str, ...]
-  execution: dict  # Mesh and evaluation batching: how the run executes, not what it computes.
+  # Mesh, evaluation batching, metric writers: how the run executes, not what it computes (older
+  # specs may lack later keys).
+  execution: dict
 
   def to_json(self) -> dict:
     return dataclasses.asdict(self)
@@ -44,10 +46,12 @@ def expand(study: ml_collections.ConfigDict) -> list[Run]:
   """All runs of a validated study, each after the runs it depends on."""
   from scaling import kinds  # The kinds build Runs: imported here, not at the top, to avoid a cycle.
 
+  logging = {**study.logging.to_dict(), "wandb_group": study.name}  # W&B groups a study's runs.
   execution = json.loads(json.dumps({"mesh_shape": study.mesh.shape.to_dict(), "rules": study.mesh.rules,
                                      "eval_batch_size": study.eval.batch_size,
                                      "pack": study.finetune.pack,
-                                     "loss_chunk": study.memory.loss_chunk}))  # As spec.json holds it.
+                                     "loss_chunk": study.memory.loss_chunk,
+                                     "logging": logging}))  # As spec.json holds it.
   runs: list[Run] = []
   for kind in kinds.KINDS.values():
     runs += kind.cells(study, list(runs), execution)

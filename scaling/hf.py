@@ -454,16 +454,21 @@ def save(model: nnx.Module, path: str | epath.Path, like: str | epath.Path | Non
   if jax.process_index() != 0:
     return
   path = epath.Path(path)
-  tmp = path.parent / f".{path.name}.tmp"
-  if tmp.exists():
-    tmp.rmtree()
-  tmp.mkdir(parents=True)
+  # A local folder is written whole, then moved into place: no half-written folder. A bucket has no
+  # folder rename (gcsfs copies object by object), so there the files go in place, config.json last:
+  # every reader opens it first.
+  in_place = str(path).startswith("gs://")
+  out = path if in_place else path.parent / f".{path.name}.tmp"
+  if out.exists():
+    out.rmtree()
+  out.mkdir(parents=True)
   write_safetensors({k: v.astype(DTYPES[{"float32": "F32", "float16": "F16", "bfloat16": "BF16"}[dtype]])
-                     for k, v in tensors.items()}, tmp / SINGLE)
-  (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
+                     for k, v in tensors.items()}, out / SINGLE)
   for name in TOKENIZER_FILES if like_cfg else ():
     if (epath.Path(like) / name).exists():
-      (epath.Path(like) / name).copy(tmp / name)
-  if path.exists():
-    path.rmtree()
-  tmp.rename(path)  # Written whole, then moved into place: no half-written folder.
+      (epath.Path(like) / name).copy(out / name)
+  (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
+  if not in_place:
+    if path.exists():
+      path.rmtree()
+    out.rename(path)

@@ -170,7 +170,7 @@ def train_lanes(*, graphdef: nnx.GraphDef, frozen: Mapping, lanes: Sequence[Lane
 
   for i, manager in enumerate(managers):  # Resume each lane from its own last checkpoint.
     if manager.latest_step() is not None:
-      restored = train.restore_latest(manager, lane_tree(i))
+      restored = train.restore_latest(manager, lane_tree(i), epath.Path(lanes[i].run_dir).name)
       put = lambda tree, part: jax.tree.map(lambda x, y: x.at[i].set(y), tree, part)
       state = put(state, restored["state"])
       if early_stopping:
@@ -181,8 +181,8 @@ def train_lanes(*, graphdef: nnx.GraphDef, frozen: Mapping, lanes: Sequence[Lane
   if early_stopping:
     best["params"] = jax.device_put(best["params"], state_sh["params"])
   steps = np.asarray(state["step"])[:k].copy()
-  logs = [train.MetricsLog(epath.Path(lane.run_dir) / "metrics.jsonl", manager.latest_step(),
-                           jax.process_index() == 0) for lane, manager in zip(lanes, managers)]
+  logs = [train.MetricsLog(epath.Path(lane.run_dir), manager.latest_step(), jax.process_index() == 0)
+          for lane, manager in zip(lanes, managers)]
   lanes_step = step_fn(graphdef, cfg, loss_chunk, mesh=mesh, axes=axes)
   dev_sums = _dev_loss_fn(graphdef, mesh, axes)
   lane_vector = stacked_sharding(NamedSharding(mesh, PartitionSpec()), axes)
@@ -243,9 +243,10 @@ def train_lanes(*, graphdef: nnx.GraphDef, frozen: Mapping, lanes: Sequence[Lane
           managers[i].save(int(steps[i]), args=ocp.args.StandardSave(lane_tree(i)), force=True)
       bar.update(int(active.sum()))
   bar.close()
-  for manager in managers:
+  for manager, log in zip(managers, logs):
     manager.wait_until_finished()
     manager.close()
+    log.close()
   kept = best["params"] if early_stopping else state["params"]
   tokens = np.asarray(state["tokens"])
   seconds = (time.time() - t0) / k  # The lanes share the pack's time, as `run.execute_pack` shares its seconds.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import fsspec
 from etils import epath
@@ -49,6 +49,35 @@ def write_text(path: str | epath.Path, text: str) -> None:
   tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
   tmp.write_text(text)
   os.replace(tmp, path)
+
+
+class ObjectFile:
+  """A file on an object store, which cannot be appended to: the bytes written so far stay in
+  memory, and each flush rewrites the whole object, which readers see whole or not at all (as
+  TensorFlow's GCS files do). Event files and metrics logs are small."""
+
+  def __init__(self, path: str, data: bytes = b""):
+    self.path, self.data = epath.Path(path), bytearray(data)
+
+  def write(self, data: bytes) -> None:
+    self.data += data
+
+  def flush(self) -> None:
+    self.path.write_bytes(bytes(self.data))
+
+  def close(self) -> None:
+    self.flush()
+
+
+def appending(path: epath.Path, text: str) -> ObjectFile | BinaryIO:
+  """`path` written as `text` and open to append to, each write seen once flushed: on gs://, where
+  gcsfs would silently overwrite, an ObjectFile."""
+  if str(path).startswith("gs://"):
+    f = ObjectFile(str(path), text.encode())
+    f.flush()
+    return f
+  write_text(path, text)
+  return path.open("ab")
 
 
 def read_result(run_dir: str | epath.Path) -> dict | None:

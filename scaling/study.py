@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import math
 from collections.abc import Iterable
 
@@ -66,6 +67,10 @@ def defaults() -> ml_collections.ConfigDict:
   c.memory = ml_collections.ConfigDict({"loss_chunk": 0})
   c.mesh = ml_collections.ConfigDict({"shape": {"data": -1, "fsdp": 1, "tensor": 1},
                                       "rules": tuple(mesh_lib.DEFAULT_RULES)})
+  # Where training curves go besides metrics.jsonl and TensorBoard's event files (always written):
+  # Weights & Biases, off while wandb_project is '', needs the extra scaling[wandb]; one W&B run per
+  # run id, grouped by the study's name. Like mesh, how a run executes, not part of its id.
+  c.logging = ml_collections.ConfigDict({"wandb_project": "", "wandb_entity": ""})
   return c
 
 
@@ -248,6 +253,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> ml_collecti
     raise StudyError(f"eval.batch_size={study.eval.batch_size} is not divisible by the {divisor}-way data axes")
   _resolve_eft(study)
   _resolve_transplant(study)
+  _check_logging(study.logging)
   return study
 
 
@@ -261,6 +267,24 @@ def _check_rules(rules) -> None:
     bad = [a for a in axes if a not in mesh_lib.MESH_AXES]
     if bad:
       raise StudyError(f"mesh.rules[{i}]={tuple(rule)!r}: {bad[0]!r} is not a mesh axis; allowed: {allowed}")
+
+
+def _check_logging(logging: ml_collections.ConfigDict) -> None:
+  """`logging`: W&B's project and entity are strings, and a project needs the wandb package."""
+  for field in ("wandb_project", "wandb_entity"):
+    if not isinstance(logging[field], str):
+      raise StudyError(f"logging.{field}={logging[field]!r}; allowed: a string ('' for none)")
+  if logging.wandb_entity and not logging.wandb_project:
+    raise StudyError(f"logging.wandb_entity={logging.wandb_entity!r} with logging.wandb_project=''; allowed: "
+                     "a W&B project in logging.wandb_project too, or no entity")
+  require_wandb(logging.wandb_project)
+
+
+def require_wandb(project: str) -> None:
+  """Raises StudyError if W&B logging is on (a project is set) and wandb is not installed."""
+  if project and importlib.util.find_spec("wandb") is None:
+    raise StudyError(f"logging.wandb_project={project!r} needs Weights & Biases, which is not installed; allowed: "
+                     "'' (off), or install the extra scaling[wandb] (pip install 'scaling[wandb]')")
 
 
 CHECKPOINT_FIELDS = ("name", "path", "pretrain_tokens")

@@ -142,10 +142,14 @@ def abstract_state(tx: optax.GradientTransformation, params: Any, state_sh: dict
   return _abstract(tree, state_sh)
 
 
-def restore_latest(manager: ocp.CheckpointManager, like: Any) -> Any:
-  """The manager's latest checkpoint, read onto the shapes, dtypes and shardings of `like`."""
+def restore_latest(manager: ocp.CheckpointManager, like: Any, run: str) -> Any:
+  """The manager's latest checkpoint, read onto the shapes, dtypes and shardings of `like`; process
+  0 says `resuming <run> from step N`."""
+  step = manager.latest_step()
+  if jax.process_index() == 0:
+    print(f"resuming {run} from step {step}", flush=True)
   abstract = _abstract(like, jax.tree.map(lambda x: x.sharding, like))
-  return manager.restore(manager.latest_step(), args=ocp.args.StandardRestore(abstract))
+  return manager.restore(step, args=ocp.args.StandardRestore(abstract))
 
 
 def _abstract(tree: Any, shardings: Any) -> Any:
@@ -153,28 +157,55 @@ def _abstract(tree: Any, shardings: Any) -> Any:
 
 
 class MetricsLog:
-  """Appends JSON lines. On resume from a checkpoint, keeps the lines up to its step; on a start
-  afresh (`resume_step` None), none: a rerun's lines are then the lines of a run never stopped."""
+  """A run's metric records: JSON lines in metrics.jsonl, the source of truth, and the same records
+  in its writers (scaling.metric_writers: TensorBoard's event files, W&B where the run asks). On
+  resume from a checkpoint, keeps the lines up to its step; on a start afresh (`resume_step` None),
+  none: a rerun's lines are then the lines of a run never stopped. The writers start over from
+  the kept lines. Only an `enabled` log (process 0's) writes."""
 
-  def __init__(self, path: epath.Path, resume_step: int | None, enabled: bool):
-    self.path, self.enabled = path, enabled
+  def __init__(self, run_dir: epath.Path, resume_step: int | None, enabled: bool):
+    self.enabled, self.file, self.writers = enabled, None, []
     if enabled:
+      # Imported here: tensorboardX imports torch where it is installed (the test extra), 2 s that
+      # processes which write no metrics (hosts other than 0, evaluation runs, launchers) need not spend.
+      from scaling import metric_writers
+
+      path = run_dir / "metrics.jsonl"
       lines = path.read_text().splitlines() if path.exists() and resume_step is not None else []
-      kept = [line for line in lines if (step := _step_of(line)) is not None and step <= resume_step]
-      results.write_text(path, "".join(line + "\n" for line in kept))
+      kept = [record for line in lines if (record := _record_of(line)) is not None and record["step"] <= resume_step]
+      self.file = results.appending(path, "".join(map(_line, kept)))
+      self.writers = metric_writers.for_run(run_dir)
+      for writer in self.writers:
+        writer.write(kept)
 
   def write(self, record: dict) -> None:
+    """Appends a record to metrics.jsonl and hands it to the writers."""
     if self.enabled:
-      with self.path.open("a") as f:
-        f.write(json.dumps(record, sort_keys=True) + "\n")
+      self.file.write(_line(record).encode())
+      self.file.flush()
+      for writer in self.writers:
+        writer.write([record])
+
+  def close(self) -> None:
+    """Closes metrics.jsonl and the writers' files and runs."""
+    if self.enabled:
+      self.file.close()
+    for writer in self.writers:
+      writer.close()
 
 
-def _step_of(line: str) -> int | None:
-  """A metrics line's step; None for a line that a killed process left half-written."""
+def _line(record: dict) -> str:
+  """A record as a line of metrics.jsonl."""
+  return json.dumps(record, sort_keys=True) + "\n"
+
+
+def _record_of(line: str) -> dict | None:
+  """A metrics line's record; None for a line that a killed process left half-written."""
   try:
-    return json.loads(line)["step"]
-  except (ValueError, KeyError, TypeError):
+    record = json.loads(line)
+  except ValueError:
     return None
+  return record if isinstance(record, dict) and "step" in record else None
 
 
 @timing.phase("training")
@@ -212,10 +243,10 @@ def run(*, graphdef: nnx.GraphDef, params: Any, frozen: Mapping, batches, cfg: T
       max_to_keep=1, enable_async_checkpointing=False))
   tree = lambda: {"state": state, "best": best} if early_stopping else {"state": state}
   if manager.latest_step() is not None:
-    restored = restore_latest(manager, tree())
+    restored = restore_latest(manager, tree(), run_dir.name)
     state, best = restored["state"], restored.get("best", best)
   start = int(state["step"])
-  log = MetricsLog(run_dir / "metrics.jsonl", manager.latest_step(), jax.process_index() == 0)
+  log = MetricsLog(run_dir, manager.latest_step(), jax.process_index() == 0)
 
   def evaluate_dev(step: int) -> bool:
     """Records dev loss; returns True when patience has run out."""
@@ -259,6 +290,7 @@ def run(*, graphdef: nnx.GraphDef, params: Any, frozen: Mapping, batches, cfg: T
   bar.close()
   manager.wait_until_finished()
   manager.close()
+  log.close()
   hit_cap = step >= cfg.max_steps and not stopped
   kept = best["params"] if early_stopping else state["params"]
   return TrainOutcome(params=kept, steps=step, best_step=int(best["step"]) if early_stopping else step,

@@ -76,10 +76,11 @@ def storage(tmp_path_factory):
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
+  log = tmp_path_factory.mktemp("storage_server") / "stderr.log"  # A killed client's broken pipes, among others.
   server = subprocess.Popen([sys.executable, storage_server.__file__, str(port), "scaling-tests"],
-                            stdout=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=log.open("w"), text=True)
   try:
-    assert server.stdout.readline().strip() == "ready", "the storage server did not start"
+    assert server.stdout.readline().strip() == "ready", f"the storage server did not start: {log.read_text()}"
     env = {**storage_server.environment(port), "SCALING_DATA_DIR": str(tmp_path_factory.mktemp("gcs_data"))}
     os.environ.update(env)
     fsspec.config.set_conf_env(fsspec.config.conf)  # FSSPEC_GS_TOKEN, read when fsspec was imported.

@@ -216,3 +216,18 @@ def test_export_refuses_what_the_family_cannot_hold(tmp_path):
   with pytest.raises(ValueError, match="a llama checkpoint cannot hold model.norm='layer'"):
     hf.save(model_lib.Transformer(cfg, nnx.Rngs(0)), tmp_path / "x", like="llama")
   assert not (tmp_path / "x").exists()
+
+
+def test_a_folder_on_gs_saves_loads_and_has_a_content_id(storage, tmp_path):
+  cfg = model_lib.ModelConfig(vocab_size=VOCAB, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2)
+  model = _randomised(cfg)
+  folder = f"{storage.workdir()}/llama"
+  hf.save(model, folder, dtype="bfloat16")
+  hf.save(model, tmp_path / "llama", dtype="bfloat16")
+  loaded = hf.load(folder)
+  np.testing.assert_array_equal(np.asarray(loaded(jnp.asarray(TOKENS))),
+                                np.asarray(hf.load(tmp_path / "llama")(jnp.asarray(TOKENS))))
+  first = hf.content_id(folder)  # From the store's checksums: nothing is downloaded.
+  assert hf.content_id(folder) == first
+  hf.save(_randomised(cfg, seed=1), folder)
+  assert hf.content_id(folder) != first

@@ -6,6 +6,7 @@ import shutil
 import numpy as np
 import pytest
 from conftest import tiny_study
+from test_metric_writers import assert_events_match_metrics
 
 from launch import local
 from scaling import grid, results
@@ -68,6 +69,7 @@ def test_packed_fine_tunes_end_where_each_ends_alone(alone_and_packed):
     for ra, rb in zip(la, lb):
       for key in ra:
         assert rb[key] == pytest.approx(ra[key], rel=TOL), (run.id, ra["step"], key)
+    assert_events_match_metrics(packed / "runs" / run.id)  # One event folder per lane.
     steps.add(a["train"]["steps"])
   assert len(steps) > 1 and max(steps) == 30  # Lanes stopped early while others ran on.
 
@@ -81,7 +83,7 @@ def test_pack_sizes_follow_the_limit_and_the_key(tmp_path):
 
 
 @pytest.mark.slow
-def test_killed_pack_resumes_to_the_same_end(alone_and_packed, tmp_path, monkeypatch):
+def test_killed_pack_resumes_to_the_same_end(alone_and_packed, tmp_path, monkeypatch, capsys):
   _, packed, runs = alone_and_packed
   killed = tmp_path / "killed"
   assert _plan(killed, 8, data=2) == runs
@@ -98,12 +100,17 @@ def test_killed_pack_resumes_to_the_same_end(alone_and_packed, tmp_path, monkeyp
   with pytest.raises(KeyboardInterrupt):
     run_lib.execute_pack(group, killed)
   monkeypatch.undo()
+  resumed = []
   for run in group:
     assert results.read_result(killed / "runs" / run.id) is None
     saved = [int(p.name) for p in (killed / "runs" / run.id / "ckpt").iterdir() if p.name.isdigit()]
     assert saved and max(saved) <= 15
+    resumed.append(f"resuming {run.id} from step {max(saved)}")
+  capsys.readouterr()
   run_lib.execute_pack(group, killed)
+  assert [line for line in capsys.readouterr().out.splitlines() if "resuming" in line] == resumed
   for run in group:
+    assert_events_match_metrics(killed / "runs" / run.id)
     a, b = (results.read_result(w / "runs" / run.id) for w in (packed, killed))
     assert a["metrics"] == b["metrics"], run.id
     assert {k: v for k, v in a["train"].items() if "seconds" not in k} == \

@@ -1,5 +1,6 @@
 """Bad studies fail before any training, with a message naming the field, value and what is allowed."""
 
+import json
 import os
 import re
 import sys
@@ -8,7 +9,7 @@ import processes
 import pytest
 from conftest import tiny_study
 
-from scaling import methods
+from scaling import grid, methods
 from scaling import study as study_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -65,6 +66,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     ({"pretrain.train.warmup_steps": -5}, r"pretrain.train.warmup_steps=-5; allowed: >= 0"),
     ({"finetune.train.b2": 2.0}, r"finetune.train.b2=2.0; allowed: 0 <= b2 < 1"),
     ({"finetune.train.grad_clip": 0.0}, r"finetune.train.grad_clip=0.0; allowed: > 0"),
+    ({"logging.wandb_project": None}, r"logging.wandb_project=None; allowed: a string \('' for none\)"),
+    ({"logging.wandb_entity": "lab"}, r"logging.wandb_entity='lab' with logging.wandb_project=''; allowed: a W&B "),
 ])
 def test_bad_study_names_the_field(overrides, message):
   with pytest.raises(study_lib.StudyError, match=message):
@@ -75,6 +78,20 @@ def test_good_study_resolves_defaults():
   study = study_lib.validate(tiny_study(), num_devices=8)
   assert study.finetune.methods == ("full",)
   assert study.finetune.train.eval_every == 5 and study.finetune.train.weight_decay == 0.0
+
+
+def test_wandb_logging_is_how_runs_execute_not_what_they_are(monkeypatch):
+  """A W&B project changes no run id; where wandb is not installed, it fails validation in one line."""
+  plain = grid.expand(study_lib.validate(tiny_study(), 8))
+  logged = grid.expand(study_lib.validate(tiny_study(**{"logging.wandb_project": "scaling"}), 8))
+  assert [r.id for r in logged] == [r.id for r in plain]
+  assert {json.dumps(r.execution["logging"], sort_keys=True) for r in logged} == \
+         {'{"wandb_entity": "", "wandb_group": "tiny", "wandb_project": "scaling"}'}
+  monkeypatch.setitem(sys.modules, "wandb", None)  # As if not installed.
+  with pytest.raises(study_lib.StudyError, match=r"^logging.wandb_project='scaling' needs Weights & Biases, which is "
+                                                 r"not installed; allowed: '' \(off\), or install the extra "
+                                                 r"scaling\[wandb\] \(pip install 'scaling\[wandb\]'\)$"):
+    study_lib.validate(tiny_study(**{"logging.wandb_project": "scaling"}), 8)
 
 
 def test_eft_defaults_resolve_against_the_study():

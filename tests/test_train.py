@@ -12,6 +12,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 from conftest import tiny_study
+from test_metric_writers import assert_events_match_metrics
 
 from launch import local
 from scaling import grid, results
@@ -41,7 +42,8 @@ def _env():
   return {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), "JAX_NUM_CPU_DEVICES": "8"}
 
 
-def _run_and_kill_after_first_checkpoint(workdir, run):
+def _run_and_kill_after_first_checkpoint(workdir, run) -> int:
+  """The step of the checkpoint that the killed run left."""
   ckpt = workdir / "runs" / run.id / "ckpt"
   proc = subprocess.Popen(_command(workdir, run), env=_env(), cwd=ROOT,
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -55,6 +57,7 @@ def _run_and_kill_after_first_checkpoint(workdir, run):
   steps = [int(p.name) for p in ckpt.iterdir() if p.name.isdigit()]
   assert steps and max(steps) < 150, "the run must be killed after a checkpoint and before its end"
   assert results.read_result(workdir / "runs" / run.id) is None
+  return max(steps)
 
 
 def _params(workdir, run):
@@ -63,7 +66,7 @@ def _params(workdir, run):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["pretrain", "finetune"])
-def test_killed_run_resumes_to_the_same_end(tmp_path, kind):
+def test_killed_run_resumes_to_the_same_end(tmp_path, kind, capsys):
   straight, killed = tmp_path / "straight", tmp_path / "killed"
   runs = _plan(straight)
   assert _plan(killed) == runs
@@ -73,8 +76,11 @@ def test_killed_run_resumes_to_the_same_end(tmp_path, kind):
                     dirs_exist_ok=True)
   run = runs[kind]
   run_lib.execute(run, straight)  # In this process: the same code as a run's own process.
-  _run_and_kill_after_first_checkpoint(killed, run)
+  saved = _run_and_kill_after_first_checkpoint(killed, run)
+  assert "resuming" not in capsys.readouterr().out
   run_lib.execute(run, killed)
+  assert [line for line in capsys.readouterr().out.splitlines() if "resuming" in line] == \
+         [f"resuming {run.id} from step {saved}"]
 
   a, b = (results.read_result(w / "runs" / run.id) for w in (straight, killed))
   assert a["metrics"] == b["metrics"]
@@ -82,6 +88,8 @@ def test_killed_run_resumes_to_the_same_end(tmp_path, kind):
          {k: v for k, v in b["train"].items() if "seconds" not in k}
   lines = [(w / "runs" / run.id / "metrics.jsonl").read_text().splitlines() for w in (straight, killed)]
   assert lines[0] == lines[1] and len(lines[0]) >= 10
+  for w in (straight, killed):  # The event files too: the killed run's steps after its checkpoint once.
+    assert_events_match_metrics(w / "runs" / run.id)
   for x, y in zip(*(jax_leaves(_params(w, run)) for w in (straight, killed))):
     np.testing.assert_array_equal(x, y)
 
@@ -137,6 +145,8 @@ def test_a_run_killed_before_its_first_checkpoint_logs_each_line_once(tmp_path, 
     (d / "metrics.jsonl").write_text("\n".join(lines) + '\n{"loss": 2.5, "st')
   run_lib.execute_pack(finetunes, tmp_path)
   assert [(d / "metrics.jsonl").read_text() for d in dirs] == straight
+  for d in dirs:
+    assert_events_match_metrics(d)
 
 
 @pytest.mark.parametrize("pack", [1, 2])

@@ -15,7 +15,7 @@ import jax
 import ml_collections
 
 from scaling import context as context_lib
-from scaling import decode, grid, methods, sources
+from scaling import decode, grid, methods, results, sources
 from scaling import eft as eft_lib
 from scaling import model as model_lib
 from scaling import study as study_lib
@@ -57,15 +57,13 @@ def execute(ctx: context_lib.Context) -> dict:
       loaded[run_id] = context_lib.load_run_model(ctx, run_id)
   models = [loaded[cfg[k]] for k in ("base", "finetuned", "finetune_base")]
   mixture = decode.Mixture.of(models, eft_lib.weights(cfg["beta"]))
-  progress = ctx.run_dir / "metrics.jsonl"
-  writer = jax.process_index() == 0
-  if writer:
-    progress.write_text("")  # A re-run starts its progress record afresh.
+  # A re-run starts its progress record afresh (appended to on gs:// too, where gcsfs cannot append).
+  progress = results.appending(ctx.run_dir / "metrics.jsonl", "") if jax.process_index() == 0 else None
 
   def log(metrics: dict) -> None:
-    if writer:
-      with progress.open("a") as f:
-        f.write(json.dumps(metrics, sort_keys=True) + "\n")
+    if progress is not None:
+      progress.write((json.dumps(metrics, sort_keys=True) + "\n").encode())
+      progress.flush()
 
   metrics = context_lib.task_metrics(ctx, mixture, sources.task_of(cfg), log)
   n1, n2 = ctx.model_config(cfg["size"]), ctx.model_config(cfg["finetune_size"])
