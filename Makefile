@@ -28,12 +28,13 @@ $(STAMP): pyproject.toml
 	$(install)
 	touch $@
 
-# The test extras (pytest, and torch for the Hugging Face parity tests): only `make test` needs them.
-# torch comes through pip, which reads the machine's own package settings (here, a CPU build on
-# disk); uv would take the default build from PyPI, with gigabytes of CUDA libraries.
+# The test extras: only `make test` needs them. torch (the extra `reference`) comes through pip,
+# which reads the machine's own package settings (here, a CPU build on disk); uv would take the
+# default build from PyPI, with gigabytes of CUDA libraries. The rest comes through uv, which
+# downloads in parallel.
 $(TEST_STAMP): pyproject.toml
 	$(install)
-	$(PIP) -e '.[test]'
+	$(UV) -e '.[test]' && $(PIP) -e '.[reference]'
 	touch $(STAMP) $@
 
 study: $(STAMP)

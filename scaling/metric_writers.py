@@ -15,19 +15,39 @@ flush rewrites the file whole.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
 from etils import epath
-from tensorboardX import record_writer, summary
-from tensorboardX.event_file_writer import EventsWriter
-from tensorboardX.proto import event_pb2
 
 from scaling import methods, results
 from scaling import study as study_lib
+
+
+@contextlib.contextmanager
+def _without_torch() -> Iterator[None]:
+  """Inside, `import torch` fails as where torch is not installed (unless it is imported already)."""
+  absent = "torch" not in sys.modules
+  if absent:
+    sys.modules["torch"] = None  # type: ignore[assignment]
+  try:
+    yield
+  finally:
+    if absent:
+      del sys.modules["torch"]
+
+
+# tensorboardX imports torch where it is installed (the test extra has it), only to take torch
+# tensors as values, which no run logs: 2 s of every process that writes metrics.
+with _without_torch():
+  from tensorboardX import record_writer, summary
+  from tensorboardX.event_file_writer import EventsWriter
+  from tensorboardX.proto import event_pb2
 
 TENSORBOARD = "tensorboard"  # A run's event files: <run_dir>/tensorboard/.
 EVENT_FILES = "events.out.tfevents.*"

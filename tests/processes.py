@@ -32,7 +32,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # launch.check, ...): run again as __main__ they would define them twice.
 PRELOAD = ("jax", "flax.nnx", "optax", "orbax.checkpoint", "tensorflow_datasets", "grain", "ml_collections",
            "pandas", "matplotlib.pyplot", "launch.cli", "launch.plan", "scaling.study", "scaling.run",
-           "analysis.fit", "scaling.metric_writers")  # The last imports tensorboardX, which imports torch: 2 s.
+           "analysis.fit", "scaling.metric_writers")
 
 _server: subprocess.Popen | None = None
 _lock = threading.Lock()
