@@ -62,6 +62,9 @@ def main(argv) -> None:
       workdir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
       sys.exit(f"--workdir {_WORKDIR.value}: cannot create it ({e.strerror or e})")
+    except ImportError:  # etils.epath reaches gs:// through gcsfs, an extra.
+      sys.exit(f"--workdir {_WORKDIR.value}: a gs:// workdir needs gcsfs; allowed: a local folder, or gs:// after "
+               "pip install -e '.[gcs]'")
     runs = grid.expand(study)
     write_plan(study, runs, workdir)
     print(f"study {study.name!r}: {len(runs)} runs in {workdir}", flush=True)

@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import subprocess
 import sys
 
 import processes
@@ -131,3 +132,15 @@ def test_launcher_names_a_workdir_it_cannot_create(tmp_path):
   proc = _launch(tmp_path, "--workdir", str(blocker / "w"))
   assert proc.returncode != 0 and f"--workdir {blocker / 'w'}: cannot create it" in proc.stderr
   assert "Traceback" not in proc.stderr
+
+
+def test_launcher_names_what_a_gs_workdir_needs(tmp_path):
+  blocked = tmp_path / "blocked" / "gcsfs"  # As on a machine without the gcs extra.
+  blocked.mkdir(parents=True)
+  (blocked / "__init__.py").write_text("raise ImportError('no gcsfs here')\n")
+  env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(blocked.parent), ROOT])}
+  proc = subprocess.run([sys.executable, "-m", "launch.local", "--config", os.path.join(ROOT, "configs", "smoke.py"),
+                         "--workdir", "gs://bucket/w"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 1 and "Traceback" not in proc.stderr
+  assert proc.stderr.strip().splitlines()[-1] == ("--workdir gs://bucket/w: a gs:// workdir needs gcsfs; allowed: a "
+                                                  "local folder, or gs:// after pip install -e '.[gcs]'")
