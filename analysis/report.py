@@ -137,7 +137,7 @@ def write_report(table: pd.DataFrame, points: pd.DataFrame, fits: list[dict], ou
            "Laws are fitted by Hoffmann et al.'s procedure: Huber loss on log-loss residuals, L-BFGS from "
            "a grid of starts. Δe: mean |predicted - observed| on the points fitted; Δh: the same on the "
            "held-out points (the largest factor X, or the largest D_f), predicted by a fit without them; "
-           "leave-one-out: each point predicted by a fit without it. Schema of fits.json: see the README.", ""]
+           "leave-one-out: each point predicted by a fit without it. Schema of fits.json: see docs/analysis.md.", ""]
   for task, method in dict.fromkeys((f["task"], f["method"]) for f in fits):
     pts = points[(points["task"] == task) & (points["method"] == method)]
     lines += [f"## {task} / {method}", ""]

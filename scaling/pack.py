@@ -8,7 +8,7 @@ idle (a small model), K lanes may cost little more than one run (not yet measure
 that has stopped rides along masked. On a CPU the step is arithmetic, so a device's lanes run one
 after another inside the program, each as a run alone (on one device, the same results bit for
 bit), and a stopped lane costs nothing; what a pack saves there is the per-run work (see the
-README's "Packed fine-tunes" benchmark). Each lane keeps its own data (D_f subset and order),
+docs/performance.md, "Packed fine-tunes"). Each lane keeps its own data (D_f subset and order),
 learning rate, early stopping and best parameters, and writes its own metrics.jsonl and
 checkpoints in the format of `train.run`, so that a killed pack resumes each lane from its own
 last checkpoint.
