@@ -23,9 +23,14 @@ from etils import epath  # noqa: E402
 
 from analysis import report as report_lib  # noqa: E402
 from scaling import eft as eft_lib  # noqa: E402
+from scaling import grid as grid_lib  # noqa: E402
 
+# The metrics that EFT runs may have (the world's tasks: knowledge and behaviour; a real task: its
+# generation metrics and its format check as behaviour); each analysis takes those its runs have.
 METRICS = {"knowledge": "knowledge (exact match)", "behaviour": "behaviour (answer format)",
-           "test_loss": "test loss (answer tokens)"}
+           "test_loss": "test loss (answer tokens)", "exact_match": "exact match (generated answers)",
+           "f1": "token F1 (generated answers)", "rouge_l": "ROUGE-L (generated answers)",
+           "chrf": "chrF (generated answers)", "bleu": "BLEU (generated answers)"}
 SCALES = {"n1": "N1 (pretraining scale)", "n2": "N2 (fine-tuning scale)"}
 
 
@@ -37,9 +42,14 @@ def eft_points(table: pd.DataFrame) -> pd.DataFrame:
   keys = ["task", "method", "size", "finetune_size", "non_embedding_params", "finetune_non_embedding_params",
           "d_f", "beta"]
   return (e.groupby(keys, as_index=False)
-          .agg(**{m: (f"metrics.{m}", "mean") for m in METRICS})
+          .agg(**{m: (f"metrics.{m}", "mean") for m in METRICS if f"metrics.{m}" in e})
           .rename(columns={"non_embedding_params": "n1", "finetune_non_embedding_params": "n2"})
           .sort_values(keys[:1] + ["n1", "n2", "d_f", "beta"], ignore_index=True))
+
+
+def measured(points: pd.DataFrame) -> list[str]:
+  """The metrics (of METRICS) that a frame of EFT points has."""
+  return [m for m in METRICS if m in points]
 
 
 def decoupling_fit(points: pd.DataFrame, metric: str, replicates: int = 1000, level: float = 0.9,
@@ -81,9 +91,10 @@ def finetune_metrics(table: pd.DataFrame) -> pd.DataFrame:
   """The real fine-tunes' metrics by (task, method, N, D_f), averaged over seeds: the fine-tunes of
   the bases that the EFT runs combine (one pretraining budget, `eft.pretrain_steps`), not others."""
   e = table[table["kind"] == "eft"]
-  ft = table[(table["kind"] == "finetune") & table["base"].isin(set(e["base"]) | set(e["spec.finetune_base"]))]
+  combined = set(e["base"]) | set(e["spec.finetune_base"])
+  ft = table[table["kind"].isin(grid_lib.FINETUNE_KINDS) & table["base"].isin(combined)]
   return (ft.groupby(["task", "method", "non_embedding_params", "d_f"], as_index=False)
-          .agg(**{m: (f"metrics.{m}", "mean") for m in METRICS}))
+          .agg(**{m: (f"metrics.{m}", "mean") for m in METRICS if f"metrics.{m}" in ft}))
 
 
 def gap_closed_rows(points: pd.DataFrame, finetuned: pd.DataFrame) -> list[dict]:
@@ -96,7 +107,8 @@ def gap_closed_rows(points: pd.DataFrame, finetuned: pd.DataFrame) -> list[dict]
     if small is None or large is None:
       continue
     rows.append({"n1_size": p.size, "n2_size": p.finetune_size, "d_f": int(p.d_f), "beta": float(p.beta),
-                 **{m: eft_lib.gap_closed(getattr(p, m), getattr(small, m), getattr(large, m)) for m in METRICS}})
+                 **{m: eft_lib.gap_closed(getattr(p, m), getattr(small, m), getattr(large, m))
+                    for m in measured(points) if m in finetuned}})
   return rows
 
 
@@ -112,13 +124,13 @@ def fit_eft(table: pd.DataFrame, delta: float = 1e-3, bootstrap: int = 200) -> l
   for (task, method), group in points.groupby(["task", "method"]):
     cell = {"section": "eft", "task": task, "method": method}
     for beta, at_beta in group.groupby("beta"):
-      for metric in METRICS:
+      for metric in measured(at_beta):
         if at_beta[metric].notna().all() and len(at_beta) > 4:
           records.append({**cell, "analysis": "decoupling", "metric": metric, "beta": float(beta),
                           **decoupling_fit(at_beta, metric, replicates=max(bootstrap, 200))})
     gaps = gap_closed_rows(group, finetuned[(finetuned["task"] == task) & (finetuned["method"] == method)])
     if gaps:
-      summary = pd.DataFrame(gaps).groupby(["beta", "d_f"], as_index=False)[list(METRICS)].median()
+      summary = pd.DataFrame(gaps).groupby(["beta", "d_f"], as_index=False)[measured(group)].median()
       records.append({**cell, "analysis": "gap_closed", "pairs": gaps,
                       "median": summary.to_dict(orient="records")})
     plain = group[group["beta"] == 1.0]
@@ -182,7 +194,7 @@ def report_lines(table: pd.DataFrame, records: list[dict], out: epath.Path) -> l
   for (task, method), group in points.groupby(["task", "method"]):
     mine = [r for r in records if r.get("section") == "eft" and (r["task"], r["method"]) == (task, method)]
     lines += [f"### {task} / {method}", ""]
-    for metric in METRICS:
+    for metric in measured(group):
       name = f"eft_{task}_{method}_{metric}.png"
       plot_heatmaps(group, metric, out / name)
       lines += [f"![EFT {metric}]({name})", ""]

@@ -31,6 +31,7 @@ from analysis import eft as eft_analysis
 from analysis import locality as locality_analysis
 from analysis import methods as methods_analysis
 from analysis import report as report_lib
+from scaling import grid as grid_lib
 from scaling import laws, results
 from scaling import run as run_lib
 
@@ -45,7 +46,7 @@ def finetune_points(table: pd.DataFrame) -> pd.DataFrame:
 
   Runs whose test loss is not finite (diverged) are left out, with a warning that names them.
   """
-  ft = table[table["kind"] == "finetune"]
+  ft = table[table["kind"].isin(grid_lib.FINETUNE_KINDS)]  # Trained here or imported.
   bad = ~np.isfinite(pd.to_numeric(ft["metrics.test_loss"], errors="coerce"))
   if bad.any():
     warnings.warn(f"excluded {int(bad.sum())} runs with a non-finite test loss: {sorted(ft.loc[bad, 'id'])}",
@@ -136,7 +137,7 @@ def fit_and_report(workdir: str | epath.Path, delta: float = 1e-3, bootstrap: in
   """Fits the study in `workdir`, writes report/ (fits.json, figures, report.md) and prints the fits."""
   workdir = epath.Path(workdir)
   table = results.load_table(workdir)
-  if table.empty or not (table["kind"] == "finetune").any():
+  if table.empty or not table["kind"].isin(grid_lib.FINETUNE_KINDS).any():
     raise SystemExit(f"no finished fine-tuning runs in {workdir}/runs")
   out = workdir / "report"
   # The fits are a function of the points and the settings: unchanged inputs are not refitted.

@@ -163,7 +163,8 @@ def write_report(table: pd.DataFrame, points: pd.DataFrame, fits: list[dict], ou
             "Knowledge: exact-match answers about held-out people. Behaviour: answers in the required "
             "format, right or wrong. Retention: held-out biography loss and cloze knowledge after "
             "fine-tuning, with the change against the base.", ""]
-  ft = table[table["kind"] == "finetune"].sort_values(["task", "method", "non_embedding_params", "d_f", "seed"])
+  ft = table[table["kind"].isin(grid_lib.FINETUNE_KINDS)].sort_values(
+      ["task", "method", "non_embedding_params", "d_f", "seed"])
   for (task, method), group in ft.groupby(["task", "method"], sort=False):
     cols = [c for c in RUN_COLUMNS if c in group]
     lines += [f"### {task} / {method}", "", markdown_table(group[cols].rename(columns=RUN_COLUMNS)), ""]

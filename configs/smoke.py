@@ -24,7 +24,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.finetune = {"tasks": ("qa",), "methods": ("full",), "d_f": (40, 80, 160, 320, 640), "seeds": (0,),
                 "train": {"batch_size": 32, "seq_len": 16, "learning_rate": 1e-3, "warmup_steps": 10,
                           "max_steps": 600, "eval_every": 20, "patience": 3, "checkpoint_every": 200}}
-  c.eft = {"enabled": True, "d_f": (40, 640), "betas": (0.5, 1.0, 1.5)}  # Pairs: every ordered pair of sizes.
+  # Pairs: every ordered pair of sizes; D_f: the smallest and the largest fine-tune's.
+  c.eft = {"enabled": True, "betas": (0.5, 1.0, 1.5)}
   c.mesh = {"shape": {"data": -1, "fsdp": 1, "tensor": 1}}
   # Tuples, not lists: ml_collections overrides tuples from the command line. Resolved, so that
   # every study field (not only those set here) can be overridden.

@@ -34,6 +34,8 @@ def flags_parser(usage: str) -> Callable[[list[str]], list[str]]:
     except study_lib.StudyError as e:
       sys.exit(f"invalid study: {e}")
     except flags.Error as e:
+      if "Traceback" in str(e):  # get_config() raised: its error, not ml_collections' traceback of it.
+        sys.exit(f"invalid --config: {str(e).strip().splitlines()[-1]}\nusage: {usage}")
       sys.exit(f"usage error: {e}\nusage: {usage}")
     except (AttributeError, KeyError) as e:  # ml_collections: a key that the config file does not set.
       detail = " ".join(str(e.args[0] if e.args else e).split()).strip("'\" ")

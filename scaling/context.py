@@ -105,12 +105,14 @@ def model_creator(cfg: model_lib.ModelConfig, method, seed: int) -> Callable[[],
   return create
 
 
-def build_model(ctx: Context, size: str, method, seed: int, base_dir: epath.Path | None = None) -> decode.Model:
-  """A model of `size`, sharded, with the base weights in `base_dir` if given (an imported size
-  starts from its checkpoint), then prepared by `method` (None: the bare model); its params are
-  what the method trains."""
+def build_model(ctx: Context, size: str, method, seed: int, base_dir: epath.Path | None = None,
+                folder: str | None = None) -> decode.Model:
+  """A model of `size`, sharded, with the base weights in `base_dir` if given, or those of the
+  Hugging Face `folder` (an imported size starts from its checkpoint's), then prepared by `method`
+  (None: the bare model); its params are what the method trains."""
   cfg = ctx.model_config(size)
-  if base_dir is None and not ctx.checkpoint(size):
+  folder = folder or ctx.checkpoint(size)
+  if base_dir is None and not folder:
     graphdef, state = mesh_lib.create_sharded(model_creator(cfg, None, seed), ctx.mesh, ctx.rules)
   else:  # Weights read straight onto their shards: nothing is initialised only to be overwritten.
     graphdef, abstract = nnx.split(nnx.eval_shape(model_creator(cfg, None, seed)))
@@ -118,7 +120,7 @@ def build_model(ctx: Context, size: str, method, seed: int, base_dir: epath.Path
     if base_dir is not None:
       state = train.load_params(str(base_dir), nnx.to_pure_dict(abstract), shardings)
     else:  # Imported: every device reads its slice of the folder's weights.
-      state = hf.read_params(ctx.checkpoint(size), cfg, shardings)
+      state = hf.read_params(folder, cfg, shardings)
   if method is not None:  # After loading: a method may derive its variables from the base weights.
     prepare = lambda base: method.prepare(nnx.merge(graphdef, base), nnx.Rngs(seed + 1))
     graphdef, state = mesh_lib.create_sharded(prepare, ctx.mesh, ctx.rules, state)
@@ -139,7 +141,7 @@ _LOADED_MAX = 4
 
 
 def load_run_model(ctx: Context, run_id: str) -> decode.Model:
-  """The kept model of a finished pretraining or fine-tuning run (of any size in the study)."""
+  """The kept model of a base or a fine-tune of the study, trained here or imported (of any size)."""
   key = (str(ctx.workdir / "runs" / run_id), ctx.mesh, ctx.rules)
   if key not in _LOADED:
     _LOADED[key] = _load_run_model(ctx, run_id)
@@ -154,6 +156,8 @@ def _load_run_model(ctx: Context, run_id: str) -> decode.Model:
   runs = ctx.workdir / "runs"
   if spec["kind"] in grid.BASE_KINDS:
     return build_model(ctx, spec["size"], None, spec["seed"], base_dir(ctx, run_id))
+  if "imported" in spec:  # An imported fine-tune: the weights of its own folder.
+    return build_model(ctx, spec["size"], None, spec["seed"], folder=spec["imported"]["path"])
   model = build_model(ctx, spec["size"], method_of(spec), spec["seed"], base_dir(ctx, spec["base"]))
   shardings = jax.tree.map(lambda x: x.sharding, model.params)
   return model._replace(params=train.load_params(str(runs / run_id / "model"), model.params, shardings))

@@ -1,4 +1,5 @@
-"""Losses and metrics: answer-token loss, knowledge (exact match), behaviour (answer format).
+"""Losses and metrics: answer-token loss, knowledge (exact match), behaviour (answer format), and
+greedy answers to score as text.
 
 All functions take a `decode.Mixture`: one model (`Mixture.single`), or a weighted product of
 models such as an emulated fine-tune. Pure arrays in, numbers out. Under an active mesh, batches
@@ -138,6 +139,18 @@ def _greedy_answers(mixture: decode.Mixture, batch: Mapping, num_new: int,
     if t + 1 < num_new:
       tokens[rows, start + t] = out[:, t]
   return out
+
+
+def generate_answers(mixture: decode.Mixture, batch: Mapping, num_new: int) -> np.ndarray:
+  """`num_new` greedy tokens after each row's prompt, (B, num_new), by cached decoding (`decode.generate`).
+
+  For answers of many tokens: one pass over the prompts, then one cached step per token, where
+  `_greedy_answers` passes over every row's whole width once per token (N times the work for N
+  tokens) but compiles nothing beyond the loss's programs.
+  """
+  rows = device_batch(batch)
+  key = mesh_lib.replicated(jax.random.PRNGKey(0))  # Greedy decoding draws nothing.
+  return mesh_lib.to_host(decode.generate(mixture, rows["inputs"], rows["prompt_len"], key, num_new=num_new))
 
 
 def device_batch(batch: Mapping) -> dict:

@@ -14,6 +14,8 @@ import ml_collections
 SPEC_FORMAT = 1  # Bump when the meaning of a spec changes, so that old results are not reused.
 # Kinds whose runs are base models (trained here or imported) that the other kinds build on.
 BASE_KINDS = ("pretrain", "checkpoint")
+# Kinds whose runs are fine-tunes of a base (trained here or imported).
+FINETUNE_KINDS = ("finetune", "finetune_checkpoint")
 
 
 @dataclasses.dataclass(frozen=True)

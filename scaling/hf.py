@@ -350,14 +350,38 @@ def load(path: str | epath.Path, mesh: jax.sharding.Mesh | None = None, rules: m
   return nnx.merge(graphdef, abstract)
 
 
+# The files that hold a tokenizer's vocabulary (fast, SentencePiece, or BPE vocabulary and merges).
+VOCABULARY_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
+
+
+def has_tokenizer(path: str | epath.Path) -> bool:
+  """Whether a model folder holds a tokenizer's vocabulary."""
+  return any((epath.Path(path) / name).exists() for name in VOCABULARY_FILES)
+
+
 def tokenizer(path: str | epath.Path):
   """The folder's tokenizer, through `transformers.AutoTokenizer` from local files only."""
   from transformers import AutoTokenizer  # Heavy: imported only by the studies that use real text.
 
+  if not has_tokenizer(path):
+    raise ValueError(f"{path}: no tokenizer ({' or '.join(VOCABULARY_FILES)}); a model folder exported without one "
+                     "cannot say how text becomes its token ids")
   try:
     return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
   except (OSError, ValueError) as e:
     raise ValueError(f"{path}: no tokenizer that transformers.AutoTokenizer can load ({e})") from None
+
+
+@functools.lru_cache(maxsize=16)
+def _vocabulary(path: str, stamp: tuple) -> dict[str, int]:
+  del stamp  # Part of the cache key only.
+  return dict(tokenizer(path).get_vocab())
+
+
+def vocabulary(path: str | epath.Path) -> dict[str, int]:
+  """A folder's tokenizer's vocabulary (token -> id), read once while its files stay the same."""
+  files = [epath.Path(path) / name for name in VOCABULARY_FILES]
+  return _vocabulary(str(path), tuple(_file_id(f) for f in files if f.exists()))
 
 
 # --- Export ----------------------------------------------------------------------------------------

@@ -6,7 +6,10 @@ plays (scaling.data.shakespeare); or a prepared TFDS dataset, a dict
 {"tfds": name, "data_dir": dir, "text": template, "train": split, "heldout": split}.
 Tasks (`finetune.tasks`): the world's by name (`qa`); `shakespeare_play`; or a prepared TFDS
 dataset, a dict {"name", "tfds", "data_dir", "prompt", "answer", "train", "dev", "test"} whose
-templates read feature paths (`"{translation.de}"`).
+templates read feature paths (`"{translation.de}"`). Such a task may add `metrics` (names from
+scaling.text_metrics.METRICS), `format` (a regular expression that a well-formed answer matches
+whole) and `max_answer_tokens` (default 32): its runs then also score greedy answers to the test
+prompts as text, by those metrics and by `behaviour`, the fraction of answers of that format.
 Tokenizers (`data.tokenizer`): `world` (its word tokenizer), `shakespeare` (a BPE trained on that
 corpus), or a folder that transformers.AutoTokenizer loads, such as a checkpoint's.
 
@@ -19,12 +22,13 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import re
 from collections.abc import Callable, Mapping
 
 import numpy as np
 from etils import epath
 
-from scaling import evaluate, hf
+from scaling import evaluate, hf, text_metrics
 from scaling.data import pipeline, shakespeare, tfds_text, tfds_world, tokenizer
 from scaling.data import world as world_lib
 
@@ -32,6 +36,9 @@ SHAKESPEARE_TASK = "shakespeare_play"
 SHAKESPEARE_TOKENIZER_SIZE = 2048
 TFDS_CORPUS_FIELDS = ("tfds", "data_dir", "text", "train", "heldout")
 TFDS_TASK_FIELDS = ("name", "tfds", "data_dir", "prompt", "answer", "train", "dev", "test")
+# Optional: absent, they are not filled in, so that the task's dict (and the ids of its runs) stay as they were.
+TFDS_TASK_OPTIONAL = ("metrics", "format", "max_answer_tokens")
+MAX_ANSWER_TOKENS = 32  # A generating task's `max_answer_tokens` unless it gives one.
 # Templates that make the Shakespeare dataset's records prompts and answers.
 _SHAKESPEARE_TEXT = tfds_text.Template("", "{text}")
 _SHAKESPEARE_PLAY = tfds_text.Template("{prompt}\nPlay:", " {answer}")
@@ -58,13 +65,14 @@ def _checked_template(ds: tfds_text.Dataset, template: tfds_text.Template, field
   return template
 
 
-def _dict_fields(entry: Mapping, fields: tuple[str, ...], where: str) -> dict:
-  """A TFDS source's dict, checked to have exactly `fields`."""
+def _dict_fields(entry: Mapping, fields: tuple[str, ...], where: str, optional: tuple[str, ...] = ()) -> dict:
+  """A TFDS source's dict, checked to have exactly `fields`, and any of `optional`."""
   entry = dict(entry)
-  unknown, missing = sorted(set(entry) - set(fields)), [f for f in fields if f not in entry]
+  unknown, missing = sorted(set(entry) - set(fields) - set(optional)), [f for f in fields if f not in entry]
   if unknown or missing:
     raise ValueError(f"{where}: {'unknown field ' + repr(unknown[0]) if unknown else 'missing ' + repr(missing[0])}; "
-                     f"a TFDS source has the fields {list(fields)}")
+                     f"a TFDS source has the fields {list(fields)}"
+                     + (f" and optionally {list(optional)}" if optional else ""))
   return entry
 
 
@@ -104,6 +112,11 @@ def task_name(entry: str | Mapping) -> str:
 
 def is_world_task(entry: str | Mapping) -> bool:
   return isinstance(entry, str) and entry in world_lib.TASKS
+
+
+def generates(entry: str | Mapping) -> bool:
+  """Whether a task's runs score generated answers as text: a TFDS task with `metrics` or a `format`."""
+  return not isinstance(entry, str) and (bool(entry.get("metrics")) or "format" in entry)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -204,9 +217,37 @@ class Sources:
 
   def task_metrics(self, entry: str | Mapping, mixture, test: list[dict],
                    predictions: list[np.ndarray] | None = None) -> dict[str, float]:
-    """Metrics beyond test loss on a task's test batches: knowledge and behaviour for the world's.
+    """Metrics beyond test loss on a task's test batches: knowledge and behaviour for the world's, the
+    generation metrics of a TFDS task that names them (`generation_metrics`).
     `predictions`: the test loss pass's most likely tokens (see `evaluate.loss_and_predictions`)."""
-    return self.answer_metrics(mixture, test, predictions) if is_world_task(entry) else {}
+    if is_world_task(entry):
+      return self.answer_metrics(mixture, test, predictions)
+    return self.generation_metrics(entry, mixture, test) if generates(entry) else {}
+
+  def generation_metrics(self, entry: Mapping, mixture, test: list[dict]) -> dict[str, float]:
+    """A TFDS task's `metrics` of greedy answers to its test prompts, and `behaviour`, the fraction of
+    answers that its `format` matches whole; answers and references are compared without the
+    whitespace around them (templates often start an answer with a space)."""
+    source = self.task(entry, "test")
+    references = self._memo(("references", id(source)),
+                            lambda: [source[i]["answer"].strip() for i in range(len(source))])
+    answers = self.answers(mixture, test, entry.get("max_answer_tokens", MAX_ANSWER_TOKENS))
+    assert len(answers) == len(references), "generation_metrics takes the batches of the task's test split"
+    out = {name: text_metrics.METRICS[name](answers, references) for name in entry.get("metrics", ())}
+    if "format" in entry:
+      out["behaviour"] = text_metrics.format_rate(answers, entry["format"])
+    return out
+
+  def answers(self, mixture, batches: list[dict], max_tokens: int) -> list[str]:
+    """The greedy answers, as text, to the prompts of evaluation batches' real rows (in order): at
+    most `max_tokens` tokens, ended by the end token."""
+    out = []
+    for batch in batches:
+      tokens_BxT = evaluate.generate_answers(mixture, batch, max_tokens)
+      for tokens in tokens_BxT[np.flatnonzero(batch["valid"])]:
+        ends = np.flatnonzero(tokens == self.tok.eos)
+        out.append(self.tok.decode(tokens[: ends[0] if len(ends) else len(tokens)]).strip())
+    return out
 
   def answer_metrics(self, mixture, batches: list[dict], predictions: list[np.ndarray] | None = None
                      ) -> dict[str, float]:
@@ -230,7 +271,7 @@ def check_task(entry: str | Mapping, where: str, tokenizer_spec: str, data_dir: 
       return entry
     raise ValueError(f"{where}={entry!r} is not a task; allowed: {sorted(world_lib.TASKS) + [SHAKESPEARE_TASK]}, "
                      f"or a TFDS task {{{', '.join(TFDS_TASK_FIELDS)}}}")
-  spec = _dict_fields(entry, TFDS_TASK_FIELDS, where)
+  spec = _dict_fields(entry, TFDS_TASK_FIELDS, where, TFDS_TASK_OPTIONAL)
   _check_real_text(where, spec["name"], tokenizer_spec)
   ds = tfds_text.open_dataset(spec["tfds"], spec["data_dir"])
   for role in ("train", "dev", "test"):
@@ -241,7 +282,31 @@ def check_task(entry: str | Mapping, where: str, tokenizer_spec: str, data_dir: 
   _checked_template(ds, tfds_text.Template(spec["prompt"], spec["answer"]), where)
   if not spec["name"] or spec["name"] in world_lib.TASKS or spec["name"] == SHAKESPEARE_TASK:
     raise ValueError(f"{where}.name={spec['name']!r}; allowed: a new, non-empty name")
+  _check_generation(spec, where)
   return spec["name"]
+
+
+def _check_generation(spec: Mapping, where: str) -> None:
+  """Raises ValueError, naming the field, unless a TFDS task's optional generation fields are valid."""
+  metrics, allowed = spec.get("metrics", ()), sorted(text_metrics.METRICS)
+  if not isinstance(metrics, (list, tuple)):
+    raise ValueError(f"{where}.metrics={metrics!r}; allowed: a list of names from {allowed}")
+  for name in metrics:
+    if name not in text_metrics.METRICS:
+      raise ValueError(f"{where}.metrics contains {name!r}; allowed: {allowed}")
+  if "format" in spec:
+    try:
+      re.compile(spec["format"])
+    except (re.error, TypeError) as e:
+      raise ValueError(f"{where}.format={spec['format']!r} is not a regular expression ({e}); allowed: one that "
+                       "a well-formed answer matches whole") from None
+  if "max_answer_tokens" in spec:
+    n = spec["max_answer_tokens"]
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+      raise ValueError(f"{where}.max_answer_tokens={n!r}; allowed: a positive integer")
+    if not generates(spec):
+      raise ValueError(f"{where}.max_answer_tokens={n} with no metrics and no format: no answer is generated; "
+                       "allowed: with metrics or format, or left out")
 
 
 def _check_real_text(where: str, name: str, tokenizer_spec: str) -> None:

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib.util
+import json
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import ml_collections
 
 from scaling import hf, methods, sources
 from scaling import mesh as mesh_lib
 from scaling import model as model_lib
+from scaling.data import tokenizer as tokenizer_lib
 from scaling.data import world as world_lib
 from scaling.train import TrainConfig
 
@@ -30,7 +33,11 @@ def defaults() -> ml_collections.ConfigDict:
   c.name = "study"
   c.world = dataclasses.asdict(world_lib.WorldConfig())
   # Bases: ladder sizes pretrained here, and checkpoints imported from Hugging Face model folders,
-  # each {"name": ..., "path": folder (local or gs://), "pretrain_tokens": tokens it has seen (optional)}.
+  # each {"name": ..., "path": folder (local or gs://), "pretrain_tokens": tokens it has seen (optional),
+  # "finetunes": fine-tunes of that base, imported too (optional)}. An imported fine-tune is
+  # {"path": folder, "d_f": examples it was tuned on, "task": a task of the study (default: the first),
+  # "method": a label (default "imported"), "seed": (default 0)}; where its base, task, method label,
+  # D_f and seed are a cell of the fine-tuning grid, it stands in for that cell, which is not trained.
   c.model = ml_collections.ConfigDict({"sizes": ("d32l2", "d64l2"), "block": {}, "checkpoints": ()})
   # Text (scaling.sources): the pretraining corpus ('world', 'shakespeare' or a TFDS corpus dict) and
   # the tokenizer ('' picks: the first checkpoint's folder, else the corpus's own: 'world' or
@@ -49,13 +56,15 @@ def defaults() -> ml_collections.ConfigDict:
                                               warmup_steps=10, max_steps=1000, weight_decay=0.0,
                                               eval_every=20, patience=3, checkpoint_every=200))})
   # Emulated fine-tuning (scaling.kinds.eft). Empty or None fields are filled in by `validate`:
-  # pairs -> every ordered (N1, N2) pair of model.sizes; d_f -> every finetune.d_f; task, method,
-  # seed -> the first of finetune's; pretrain_steps -> the largest pretraining budget.
+  # pairs -> every ordered (N1, N2) pair of the bases (model.sizes and model.checkpoints); d_f -> the
+  # smallest and largest D_f of the method's fine-tunes; task, method, seed -> the first of
+  # finetune's; pretrain_steps -> the largest pretraining budget. A disabled group is not checked.
   c.eft = ml_collections.ConfigDict({"enabled": False, "task": "", "method": "", "d_f": (), "seed": -1,
                                      "pretrain_steps": 0, "betas": (0.5, 1.0, 1.5), "pairs": ()})
   # Layer transplants (scaling.kinds.transplant): a full fine-tune with its lower or upper k blocks
   # reset to the base's, for every k from 1 to layers - 1. Empty fields, as for eft: task, method
-  # (a full-tuning label) and seed -> the first of finetune's; d_f -> the largest finetune.d_f.
+  # (a full-tuning label, or an imported fine-tune's) and seed -> the first of finetune's; d_f -> the
+  # largest D_f of the method's fine-tunes.
   c.transplant = ml_collections.ConfigDict({"enabled": False, "task": "", "method": "", "d_f": (), "seed": -1,
                                             "parts": ("lower", "upper")})
   c.eval = ml_collections.ConfigDict({"batch_size": 100})
@@ -205,9 +214,12 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> ml_collecti
   if not seeds or not all(map(_is_int, seeds)):
     raise StudyError(f"finetune.seeds={seeds}; allowed: a non-empty list of integers")
   _each_once("finetune.seeds", seeds)
-  for group in ("tasks", "methods"):
-    if not study.finetune[group]:
-      raise StudyError(f"finetune.{group}=[]; allowed: a non-empty list (default: {list(defaults().finetune[group])})")
+  imported = any(c["finetunes"] for c in study.model.checkpoints)
+  if not study.finetune.tasks:
+    raise StudyError(f"finetune.tasks=[]; allowed: a non-empty list (default: {list(defaults().finetune.tasks)})")
+  if not study.finetune.methods and not imported:  # With imported fine-tunes, () trains none here.
+    raise StudyError(f"finetune.methods=[]; allowed: a non-empty list (default: {list(defaults().finetune.methods)}), "
+                     "or [] with fine-tunes imported in model.checkpoints")
   if study.pretrain.train.max_steps != defaults().pretrain.train.max_steps:
     raise StudyError(f"pretrain.train.max_steps={study.pretrain.train.max_steps}: pretraining runs as many steps as "
                      "each budget in pretrain.steps says; allowed: leave it out and list the budgets in pretrain.steps")
@@ -287,31 +299,77 @@ def require_wandb(project: str) -> None:
                      "'' (off), or install the extra scaling[wandb] (pip install 'scaling[wandb]')")
 
 
-CHECKPOINT_FIELDS = ("name", "path", "pretrain_tokens")
+CHECKPOINT_FIELDS = ("name", "path", "pretrain_tokens", "finetunes")
+FINETUNE_CHECKPOINT_FIELDS = ("path", "d_f", "task", "method", "seed")
+IMPORTED_METHOD = "imported"  # The method label of an imported fine-tune that names none.
+
+
+def _read_folder(path, block: dict, where: str) -> model_lib.ModelConfig:
+  """The architecture of a model folder (its config.json must be one we implement, its weights present)."""
+  try:
+    cfg = hf.model_config(hf.read_config(path), **block)
+    hf.Tensors(path)
+  except (ValueError, TypeError) as e:
+    raise StudyError(f"{where}.path: {e}") from None
+  return cfg
 
 
 def _resolve_checkpoints(study: ml_collections.ConfigDict) -> dict[str, dict]:
-  """Checks `model.checkpoints` (each folder is read: its config.json must be one we implement, its
-  weights present); returns name -> {"path", "pretrain_tokens", "config"}."""
-  out = {}
+  """Checks `model.checkpoints` and their imported fine-tunes (every folder is read), filling in the
+  fine-tunes' defaults; returns name -> {"path", "pretrain_tokens", "config"}."""
+  out, entries = {}, []
+  block = study.model.block.to_dict()
+  tasks = [sources.task_name(t) for t in study.finetune.tasks]
   for i, entry in enumerate(study.model.checkpoints):
     where = f"model.checkpoints[{i}]"
     entry = entry.to_dict() if isinstance(entry, ml_collections.ConfigDict) else entry
     if not isinstance(entry, dict) or not {"name", "path"} <= set(entry) or set(entry) - set(CHECKPOINT_FIELDS):
       raise StudyError(f"{where}={entry!r}; allowed: a dict with 'name' and 'path' (and optionally "
-                       "'pretrain_tokens')")
+                       "'pretrain_tokens' and 'finetunes')")
     name, tokens = entry["name"], entry.get("pretrain_tokens")
     if not isinstance(name, str) or not name or name in model_lib.LADDER or name in out:
       raise StudyError(f"{where}.name={name!r}; allowed: a new non-empty name, not a ladder size")
     if tokens is not None and (isinstance(tokens, bool) or not isinstance(tokens, (int, float)) or tokens <= 0):
       raise StudyError(f"{where}.pretrain_tokens={tokens!r}; allowed: a positive number, or absent")
-    try:
-      cfg = hf.model_config(hf.read_config(entry["path"]), **study.model.block.to_dict())
-      hf.Tensors(entry["path"])
-    except (ValueError, TypeError) as e:
-      raise StudyError(f"{where}.path: {e}") from None
+    cfg = _read_folder(entry["path"], block, where)
+    finetunes = tuple(_resolve_finetune_checkpoint(ft, f"{where}.finetunes[{j}]", entry["path"], cfg, tasks, block)
+                      for j, ft in enumerate(entry.get("finetunes") or ()))
+    _each_once(f"{where}.finetunes' (task, method, d_f, seed)",
+               [(f["task"], f["method"], f["d_f"], f["seed"]) for f in finetunes])
+    entries.append({**entry, "path": str(entry["path"]), "finetunes": finetunes})
     out[name] = {"path": str(entry["path"]), "pretrain_tokens": tokens, "config": cfg}
+  study.model.checkpoints = tuple(entries)
   return out
+
+
+def _resolve_finetune_checkpoint(ft, where: str, base_path: str, base: model_lib.ModelConfig, tasks: list[str],
+                                 block: dict) -> dict:
+  """One imported fine-tune of a checkpoint, checked (a folder of its base's architecture) and with its defaults."""
+  ft = ft.to_dict() if isinstance(ft, ml_collections.ConfigDict) else ft
+  if not isinstance(ft, dict) or not {"path", "d_f"} <= set(ft) or set(ft) - set(FINETUNE_CHECKPOINT_FIELDS):
+    raise StudyError(f"{where}={ft!r}; allowed: a dict with 'path' and 'd_f' (and optionally 'task', 'method' "
+                     "and 'seed')")
+  out = {"path": str(ft["path"]), "d_f": ft["d_f"], "task": ft.get("task") or (tasks[0] if tasks else ""),
+         "method": ft.get("method") or IMPORTED_METHOD, "seed": ft.get("seed", 0)}
+  if not _is_int(out["d_f"]) or out["d_f"] < 1:
+    raise StudyError(f"{where}.d_f={out['d_f']!r}; allowed: a positive integer, the examples it was tuned on")
+  if tasks and out["task"] not in tasks:
+    raise StudyError(f"{where}.task={out['task']!r} is not a task this study fine-tunes; allowed: {tasks}")
+  if not isinstance(out["method"], str):
+    raise StudyError(f"{where}.method={out['method']!r}; allowed: a label (a string), default {IMPORTED_METHOD!r}")
+  if not _is_int(out["seed"]):
+    raise StudyError(f"{where}.seed={out['seed']!r}; allowed: an integer")
+  cfg = _read_folder(out["path"], block, where)
+  differing = [f for f in hf.ARCHITECTURE if getattr(cfg, f) != getattr(base, f)]
+  if differing:
+    raise StudyError(f"{where}.path: {out['path']} is not a fine-tune of {base_path}: their architectures differ "
+                     f"in {differing}; allowed: a folder of its base's architecture")
+  return out
+
+
+def bases(study: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """The names of a study's bases: its ladder sizes, then its checkpoints."""
+  return tuple(study.model.sizes) + tuple(c["name"] for c in study.model.checkpoints)
 
 
 def _resolve_data(study: ml_collections.ConfigDict, checkpoints: dict[str, dict]) -> None:
@@ -322,6 +380,7 @@ def _resolve_data(study: ml_collections.ConfigDict, checkpoints: dict[str, dict]
     sources.check_corpus(corpus)
   except ValueError as e:
     raise StudyError(str(e)) from None
+  chosen = bool(d.tokenizer)
   if not d.tokenizer:
     if study.model.checkpoints:
       d.tokenizer = str(study.model.checkpoints[0]["path"])
@@ -334,15 +393,13 @@ def _resolve_data(study: ml_collections.ConfigDict, checkpoints: dict[str, dict]
     try:
       size = sources.Sources(world_lib.WorldConfig(), "", corpus, d.tokenizer).tok.size
     except ValueError as e:
-      raise StudyError(f"data.tokenizer: {e}") from None
+      hint = "" if chosen else (" (data.tokenizer='' takes the first checkpoint's); allowed: a folder with a "
+                                "tokenizer, named in data.tokenizer")
+      raise StudyError(f"data.tokenizer: {e}{hint}") from None
     for name, entry in checkpoints.items():
       if entry["config"].vocab_size < size:
         raise StudyError(f"data.tokenizer {d.tokenizer!r} has {size} tokens, more than checkpoint {name!r}'s "
                          f"vocabulary of {entry['config'].vocab_size}; allowed: the checkpoints' own tokenizer")
-  for group in ("eft", "transplant"):
-    if study[group].enabled and study.model.checkpoints:
-      raise StudyError(f"{group}.enabled with model.checkpoints is not supported yet; allowed: "
-                       f"{group}.enabled=False, or bases pretrained here (model.sizes)")
 
 
 def data_fields(study: ml_collections.ConfigDict, task: str | None = None, sizes: tuple[str, ...] = ()) -> dict:
@@ -386,30 +443,65 @@ def method_specs(study: ml_collections.ConfigDict) -> list[dict]:
   return specs
 
 
+def _fine_tuned(study: ml_collections.ConfigDict) -> dict[tuple, dict[str, set]]:
+  """(task, method label, seed) -> base name -> the D_f of its fine-tunes, trained here or imported."""
+  out: dict[tuple, dict[str, set]] = {}
+  names = bases(study)
+  for task in map(sources.task_name, study.finetune.tasks):
+    for label in (methods.label(spec) for spec in method_specs(study)):
+      for seed in study.finetune.seeds:
+        out[(task, label, seed)] = {b: set(study.finetune.d_f) for b in names}
+  for entry in study.model.checkpoints:
+    for ft in entry["finetunes"]:
+      key = (ft["task"], ft["method"], ft["seed"])
+      out.setdefault(key, {b: set() for b in names})[entry["name"]].add(ft["d_f"])
+  return out
+
+
 def _resolve_eft(study: ml_collections.ConfigDict) -> None:
-  """Checks the `eft` group against what the study trains and fills in its defaults."""
-  e, ft = study.eft, study.finetune
-  labels = [methods.label(spec) for spec in method_specs(study)]
-  _resolve_finetune_choice(study, "eft", labels)
+  """Checks an enabled `eft` group against what the study fine-tunes and fills in its defaults."""
+  e = study.eft
+  if not e.enabled:
+    return
+  tuned = _resolve_finetune_choice(study, "eft")
   e.pretrain_steps = _one_of("eft.pretrain_steps", e.pretrain_steps, study.pretrain.steps,
                              "a pretraining budget of this study", max(study.pretrain.steps), 0)
-  e.d_f = _d_f_subset("eft.d_f", e.d_f, ft.d_f) or tuple(ft.d_f)
   betas = list(e.betas)
   if not betas or any(isinstance(b, bool) or not isinstance(b, (int, float)) or not math.isfinite(b) for b in betas):
     raise StudyError(f"eft.betas={betas}; allowed: a non-empty list of finite numbers (1.0 is plain EFT, "
                      "0.0 the base N1 alone)")
   e.betas = tuple(float(b) for b in betas)
   _each_once("eft.betas", e.betas)
-  sizes = tuple(study.model.sizes)
+  names = bases(study)
   for i, pair in enumerate(e.pairs):
     if not isinstance(pair, (tuple, list)) or len(pair) != 2:
-      raise StudyError(f"eft.pairs[{i}]={pair!r}; allowed: a pair (N1, N2) of model sizes")
-    for size in pair:
-      if size not in sizes:
-        raise StudyError(f"eft.pairs[{i}]={tuple(pair)!r}: {size!r} is not a size of this study; "
-                         f"allowed: {list(sizes)}")
-  e.pairs = tuple(tuple(p) for p in e.pairs) or tuple((n1, n2) for n1 in sizes for n2 in sizes)
+      raise StudyError(f"eft.pairs[{i}]={pair!r}; allowed: a pair (N1, N2) of the study's bases")
+    for name in pair:
+      if name not in names:
+        raise StudyError(f"eft.pairs[{i}]={tuple(pair)!r}: {name!r} is not a base of this study; "
+                         f"allowed: {list(names)}")
+  # By default every ordered pair whose N2 has fine-tunes of the chosen cell.
+  e.pairs = tuple(tuple(p) for p in e.pairs) or tuple((n1, n2) for n1 in names for n2 in names if tuned[n2])
   _each_once("eft.pairs", e.pairs)
+  cell = f"task {e.task!r}, method {e.method!r}, seed {e.seed}"
+  for i, (n1, n2) in enumerate(e.pairs):
+    if not tuned[n2]:
+      raise StudyError(f"eft.pairs[{i}]=({n1!r}, {n2!r}): {n2!r} has no fine-tune of {cell}; allowed: pairs whose "
+                       f"N2 has one: {sorted(b for b, d_fs in tuned.items() if d_fs)}")
+  e.d_f = _d_f_subset("eft.d_f", e.d_f, sorted(set().union(*tuned.values())))
+  if not e.d_f:  # The smallest and largest D_f that every N2 has.
+    common = sorted(set.intersection(*(tuned[n2] for _, n2 in e.pairs)))
+    if not common:
+      raise StudyError(f"eft.d_f=(): the N2 of eft.pairs have no D_f in common ({cell}); allowed: eft.d_f, or "
+                       "pairs whose N2 share one")
+    e.d_f = tuple(dict.fromkeys((common[0], common[-1])))
+  for i, (n1, n2) in enumerate(e.pairs):
+    missing = [d for d in e.d_f if d not in tuned[n2]]
+    if missing:
+      raise StudyError(f"eft.pairs[{i}]=({n1!r}, {n2!r}): {n2!r} has no fine-tune at D_f={missing[0]} of {cell}; "
+                       f"allowed: pairs whose N2 has one (its D_f: {sorted(tuned[n2])}), or eft.d_f that every N2 has")
+    _check_mixture(study, f"eft.pairs[{i}]=({n1!r}, {n2!r})",
+                   [(n1, None), *((n2, (e.task, e.method, d_f, e.seed)) for d_f in e.d_f), (n2, None)])
 
 
 def _one_of(field: str, value, allowed, what: str, default, unset):
@@ -421,13 +513,23 @@ def _one_of(field: str, value, allowed, what: str, default, unset):
   return value
 
 
-def _resolve_finetune_choice(study: ml_collections.ConfigDict, group: str, labels: list[str]) -> None:
-  """Fills in (or checks) a group's task, method and seed: one fine-tuning cell of each."""
+def _resolve_finetune_choice(study: ml_collections.ConfigDict, group: str,
+                             allowed: Callable[[str], bool] = lambda label: True) -> dict[str, set]:
+  """Fills in (or checks) a group's task, method and seed, one cell of the study's fine-tunes
+  (trained here or imported) whose method label is `allowed`; returns base name -> its D_f there."""
   g, ft = study[group], study.finetune
+  cells = {key: tuned for key, tuned in _fine_tuned(study).items() if allowed(key[1])}
   names = [sources.task_name(t) for t in ft.tasks]
+  labels = list(dict.fromkeys(label for _, label, _ in cells))
+  seeds = list(dict.fromkeys(seed for _, _, seed in cells))
   g.task = _one_of(f"{group}.task", g.task, names, "a task this study fine-tunes", names[0], "")
   g.method = _one_of(f"{group}.method", g.method, labels, "a method this study fine-tunes with", labels[0], "")
-  g.seed = _one_of(f"{group}.seed", g.seed, ft.seeds, "a fine-tuning seed of this study", ft.seeds[0], -1)
+  g.seed = _one_of(f"{group}.seed", g.seed, seeds, "a fine-tuning seed of this study", seeds[0], -1)
+  key = (g.task, g.method, g.seed)
+  if key not in cells:
+    raise StudyError(f"{group}: no fine-tunes of task {g.task!r}, method {g.method!r} and seed {g.seed}; allowed: "
+                     f"(task, method, seed) among {sorted(cells)}")
+  return cells[key]
 
 
 def _d_f_subset(field: str, values: Iterable, allowed: Iterable) -> tuple:
@@ -440,18 +542,82 @@ def _d_f_subset(field: str, values: Iterable, allowed: Iterable) -> tuple:
 
 
 def _resolve_transplant(study: ml_collections.ConfigDict) -> None:
-  """Checks the `transplant` group (full tuning only: it resets blocks of the fine-tuned weights)."""
+  """Checks an enabled `transplant` group: whole fine-tunes only (it resets blocks of the fine-tuned
+  weights), those trained here by full tuning of every layer or imported."""
   t = study.transplant
   if not t.enabled:
     return
-  full = [methods.label(spec) for spec in method_specs(study) if spec["name"] == "full" and spec["layers"] is None]
-  if not full:
-    raise StudyError("transplant.enabled needs full tuning of every layer in finetune.methods; "
-                     "allowed: add 'full' to finetune.methods, or transplant.enabled=False")
-  _resolve_finetune_choice(study, "transplant", full)
-  t.d_f = _d_f_subset("transplant.d_f", t.d_f, study.finetune.d_f) or (max(study.finetune.d_f),)
+  full = {methods.label(spec) for spec in method_specs(study) if spec["name"] == "full" and spec["layers"] is None}
+  imported = {ft["method"] for c in study.model.checkpoints for ft in c["finetunes"]}
+  if not full | imported:
+    raise StudyError("transplant.enabled needs full tuning of every layer in finetune.methods, or imported "
+                     "fine-tunes; allowed: add 'full' to finetune.methods, or transplant.enabled=False")
+  tuned = _resolve_finetune_choice(study, "transplant", lambda label: label in full | imported)
+  t.d_f = _d_f_subset("transplant.d_f", t.d_f, sorted(set().union(*tuned.values()))) or (
+      max(set().union(*tuned.values())),)
   parts = tuple(t.parts)
   if not parts or any(p not in ("lower", "upper") for p in parts):
     raise StudyError(f"transplant.parts={parts!r}; allowed: a non-empty subset of ('lower', 'upper')")
   _each_once("transplant.parts", parts)
   t.parts = parts
+  for name, d_fs in tuned.items():
+    cells = [(name, (t.task, t.method, d_f, t.seed)) for d_f in t.d_f if d_f in d_fs]
+    if cells:
+      _check_mixture(study, f"transplant of {name!r}", [(name, None), *cells])
+
+
+def _tokenizer_of(study: ml_collections.ConfigDict, base: str, cell: tuple | None = None) -> str:
+  """Where the tokenizer of a base (or of its fine-tune at `cell`, (task, method, d_f, seed)) is: an
+  imported folder's own, if it has one, else the study's (`data.tokenizer`)."""
+  entry = next((c for c in study.model.checkpoints if c["name"] == base), None)
+  if entry is None:
+    return study.data.tokenizer
+  folders = [entry["path"]]
+  if cell is not None:
+    tuned = [ft["path"] for ft in entry["finetunes"] if (ft["task"], ft["method"], ft["d_f"], ft["seed"]) == cell]
+    if not tuned:
+      return study.data.tokenizer  # Fine-tuned here, on the study's tokenizer.
+    folders = tuned + folders
+  return next((f for f in folders if hf.has_tokenizer(f)), study.data.tokenizer)
+
+
+def _check_mixture(study: ml_collections.ConfigDict, where: str, models: list[tuple[str, tuple | None]]) -> None:
+  """The models of a mixture, each (base name, its fine-tune's cell or None for the base), share one
+  tokenizer, compared by content (their vocabularies may be padded to different widths: a mixture
+  reads the narrowest)."""
+  tokenizers = list(dict.fromkeys(_tokenizer_of(study, base, cell) for base, cell in models))
+  for other in tokenizers[1:]:
+    difference = _vocabulary_difference(study, tokenizers[0], other)
+    if difference:
+      raise StudyError(f"{where}: the models of a mixture must share a tokenizer, but {_named(tokenizers[0])} and "
+                       f"{_named(other)} differ ({difference}); allowed: models whose tokenizers are the same")
+
+
+def _named(tokenizer: str) -> str:
+  return f"the study's {tokenizer!r} tokenizer" if tokenizer in ("world", "shakespeare") else f"folder {tokenizer}"
+
+
+def _vocabulary_difference(study: ml_collections.ConfigDict, a: str, b: str) -> str:
+  """How two tokenizers' vocabularies differ ('' if they are the same)."""
+  va, vb = (_vocabulary(study, t) for t in (a, b))
+  if va == vb:
+    return ""
+  if len(va) != len(vb):
+    return f"{len(va)} tokens against {len(vb)}"
+  token = next(t for t in sorted(va) if va[t] != vb.get(t))
+  return f"token {token!r} has id {va[token]} against {vb.get(token)}"
+
+
+def _vocabulary(study: ml_collections.ConfigDict, tokenizer_spec: str) -> dict[str, int]:
+  """A tokenizer's vocabulary (token -> id): the world's, Shakespeare's or a folder's."""
+  if tokenizer_spec == "world":
+    return _world_vocabulary(json.dumps(study.world.to_dict(), sort_keys=True))
+  if tokenizer_spec == "shakespeare":
+    return {"shakespeare": 0}  # Trained here on first use: the same wherever it is named.
+  return hf.vocabulary(tokenizer_spec)
+
+
+@functools.lru_cache(maxsize=4)
+def _world_vocabulary(world: str) -> dict[str, int]:
+  return tokenizer_lib.word_tokenizer(world_lib.build_world(world_lib.WorldConfig(**json.loads(world))).vocabulary()
+                                      ).get_vocab()

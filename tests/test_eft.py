@@ -52,3 +52,14 @@ def test_gap_closed():
   assert eft.gap_closed(0.6, small=0.2, large=1.0) == pytest.approx(0.5)
   assert eft.gap_closed(3.0, small=2.0, large=1.0) == -1.0  # Losses: lower is better, same formula.
   assert np.isnan(eft.gap_closed(0.5, small=0.5, large=0.5))
+
+
+def test_models_of_one_tokenizer_padded_to_different_widths_combine_over_the_narrowest():
+  rng = np.random.default_rng(1)
+  narrow, wide = jnp.asarray(rng.normal(size=(2, 5, 64))), jnp.asarray(rng.normal(size=(2, 5, 128)))
+  got = eft.combine([wide, narrow], eft.weights(1.0)[:2])
+  want = eft.combine([wide[..., :64], narrow], eft.weights(1.0)[:2])
+  assert got.shape == (2, 5, 64)
+  # The wide model is renormalised over the shared 64 tokens: its padding rows take no mass.
+  np.testing.assert_allclose(np.exp(np.asarray(got)).sum(-1), 1.0, atol=1e-5)
+  np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-6, rtol=0)

@@ -1,6 +1,7 @@
-"""The memory check: TPU slice names, per-device memory of every distinct train step, bad targets."""
+"""The memory check: TPU slice names, per-device memory of each distinct train step and mixture, bad targets."""
 
 import os
+import re
 import sys
 
 import jax
@@ -9,6 +10,7 @@ import pytest
 from conftest import tiny_study
 
 from launch import check, slices
+from scaling import grid, sources
 from scaling import model as model_lib
 from scaling import study as study_lib
 
@@ -81,6 +83,46 @@ def test_the_vocabulary_is_the_studys_tokenizers():
   assert world["params"] < shakespeare["params"]
 
 
+def test_mixtures_are_checked_with_all_their_models_held(capsys):
+  """An EFT run holds N1's base, N2's fine-tune and N2's base at once (two models when N1 = N2), a
+  transplant its base and fine-tune: one row per mixture, whatever its D_f, beta or k, each device
+  holding its eighth of every model over fsdp. A device that cannot hold them fails the check."""
+  sizes = ("d32l2", "d64l2")
+  study = study_lib.validate(tiny_study(**{"mesh.shape": {"fsdp": 8}, "model.sizes": sizes, "eft.enabled": True,
+                                           "eft.pairs": (("d64l2", "d32l2"), ("d32l2", "d32l2")),
+                                           "eft.betas": (0.5, 1.0), "transplant.enabled": True}), 8)
+  vocab = sources.model_vocab_size(study_lib.world_config(study), "world")
+  count = {s: model_lib.param_count(model_lib.ladder_config(s, vocab)) for s in sizes}
+  held = {("d64l2+d32l2", "eft"): count["d64l2"] + 2 * count["d32l2"], ("d32l2", "eft"): 2 * count["d32l2"],
+          ("d32l2", "transplant"): 2 * count["d32l2"], ("d64l2", "transplant"): 2 * count["d64l2"]}
+  device_memory = 4 * 2 * count["d32l2"] // 8  # Room for the smallest mixture's float32 weights, and nothing else.
+  tgt = check.Target("8 cpu", tuple(jax.devices()), device_memory)
+  rows = check.check(study, tgt)
+  mixtures = [r for r in rows if r["method"] in ("eft", "transplant")]
+  assert [((r["size"], r["method"]), r["batch"], r["seq_len"], r["params"]) for r in mixtures] == [
+      (k, 40, 16, v) for k, v in held.items()]
+  logits = 40 // 8 * 16 * vocab * 4  # One model's (B, L, V) float32 logits, split over the batch.
+  for r in mixtures:
+    terms = 3 if r["method"] == "eft" else 2
+    assert r["argument"] >= 4 * r["params"] / 8 and r["output"] >= terms * logits
+    assert r["peak"] >= r["argument"] + r["output"] and r["fits"] is False
+  with pytest.raises(SystemExit, match="fits: NO"):
+    check.report(rows, tgt)
+  table = capsys.readouterr().out
+  assert re.search(rf"d64l2\+d32l2 +eft +40 x 16 +1 +{held['d64l2+d32l2', 'eft']:,} .* NO", table), table
+
+
+def test_mixtures_take_imported_fine_tunes_bare():
+  """An imported fine-tune names its method by label only: a mixture holds it as a bare model. A
+  model's own run (an imported base or fine-tune) is no mixture, though it names its base."""
+  run = lambda id_, kind, **config: grid.Run(id_, kind, {"size": "d32l2", "block": {}, **config}, (),
+                                             {"eval_batch_size": 8})
+  runs = [run("b", "checkpoint"), run("f", "finetune_checkpoint", base="b", method="full"),
+          run("e", "eft", base="b", finetuned="f", finetune_base="b", task="qa", method="full")]
+  assert list(check.mixture_shapes(runs, 16)) == [
+      ("eft", "[]", (("d32l2", "base", 0), ("d32l2", "base", 1), ("d32l2", "base", 0)), 8, 16)]
+
+
 def test_a_mesh_that_leaves_devices_out_is_named():
   with pytest.raises(slices.CheckError, match=r"mesh.shape=\{'data': 4\} uses 4 of the 8 devices"):
     _rows({"data": 4})
@@ -89,10 +131,11 @@ def test_a_mesh_that_leaves_devices_out_is_named():
 def test_cli_prints_the_table_and_answers_bad_topologies_in_one_line():
   env = {**os.environ, "PYTHONPATH": ROOT}
   command = [sys.executable, "-m", "launch.check", "--config", os.path.join(ROOT, "configs", "smoke.py"),
-             "--config.model.sizes=('d96l3',)"]  # One size: two train steps to compile.
+             "--config.model.sizes=('d96l3',)"]  # One size: two train steps and one EFT mixture to compile.
   ok = processes.run(command, cwd=ROOT, env=env)
   assert ok.returncode == 0, ok.stderr[-2000:]
   assert "per-device memory" in ok.stdout and "d96l3  pretrain      32 x 48" in ok.stdout
+  assert "d96l3       eft     100 x 16" in ok.stdout
   bad = processes.run([*command, "--topology", "v9-8"], cwd=ROOT, env=env)
   assert bad.returncode != 0 and "invalid check: --topology='v9-8' is not a TPU slice" in bad.stderr
   assert "Traceback" not in bad.stderr

@@ -1,5 +1,6 @@
 """Bad studies fail before any training, with a message naming the field, value and what is allowed."""
 
+import importlib
 import json
 import os
 import re
@@ -38,7 +39,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     ({"finetune.d_f": (0, 16)}, r"finetune.d_f=\[0, 16\]; allowed: a non-empty list of positive integers"),
     ({"world.num_people": 5}, r"world.num_people=5; allowed: at least 10"),
     ({"eft": {"enabled": True, "pairs": (("d32l2", "d96l3"),)}},
-     r"eft.pairs\[0\]=\('d32l2', 'd96l3'\): 'd96l3' is not a size of this study; allowed: \['d32l2'\]"),
+     r"eft.pairs\[0\]=\('d32l2', 'd96l3'\): 'd96l3' is not a base of this study; allowed: \['d32l2'\]"),
     ({"eft": {"enabled": True, "betas": ()}}, r"eft.betas=\[\]; allowed: a non-empty list of finite numbers"),
     ({"eft": {"enabled": True, "task": "translate"}},
      r"eft.task='translate' is not a task this study fine-tunes; allowed: \['qa'\]"),
@@ -93,6 +94,19 @@ def test_wandb_logging_is_how_runs_execute_not_what_they_are(monkeypatch):
                                                  r"not installed; allowed: '' \(off\), or install the extra "
                                                  r"scaling\[wandb\] \(pip install 'scaling\[wandb\]'\)$"):
     study_lib.validate(tiny_study(**{"logging.wandb_project": "scaling"}), 8)
+
+
+def test_a_disabled_eft_group_is_not_checked_and_its_d_f_follows_the_study():
+  smoke = importlib.import_module("configs.smoke").get_config()
+  off = study_lib.validate(smoke.to_dict() | {"eft": {**smoke.eft.to_dict(), "enabled": False, "d_f": (7,)},
+                                              "finetune": {**smoke.finetune.to_dict(), "d_f": (40, 80)}}, 1)
+  assert off.eft.d_f == (7,)  # Left as written: nothing reads it.
+  on = study_lib.validate(smoke.to_dict() | {"finetune": {**smoke.finetune.to_dict(), "d_f": (40, 80, 120)}}, 1)
+  assert on.eft.d_f == (40, 120)  # The smallest and the largest.
+  assert study_lib.validate(smoke, 1).eft.d_f == (40, 640)
+  with pytest.raises(study_lib.StudyError, match=r"^eft.d_f contains 640, which this study does not fine-tune on"):
+    study_lib.validate(smoke.to_dict() | {"eft": {**smoke.eft.to_dict(), "d_f": (640,)},
+                                          "finetune": {**smoke.finetune.to_dict(), "d_f": (40, 80)}}, 1)
 
 
 def test_eft_defaults_resolve_against_the_study():

@@ -4,16 +4,17 @@ pipeline needs of any tokenizer (the world's, a trained BPE, or a model folder's
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from tokenizers import Tokenizer, models, pre_tokenizers
 
-from scaling.data.world import BOS, EOS, PAD, UNK
+from scaling.data.world import BOS, EOS, PAD, SPECIAL_TOKENS, UNK
 
 
 @dataclasses.dataclass(frozen=True)
 class TextTokenizer:
-  """Ids of a text (no special tokens added), the special tokens' ids, and the vocabulary size."""
+  """Ids of a text (no special tokens added) and text of ids (special tokens left out), the special
+  tokens' ids, and the vocabulary size."""
 
   encode: Callable[[str], list[int]]
   bos: int
@@ -21,6 +22,7 @@ class TextTokenizer:
   pad: int
   size: int
   token_id: Callable[[str], int | None]  # The id of one token's text (None if it is not one token).
+  decode: Callable[[Sequence[int]], str]
 
 
 def word_tokenizer(vocabulary: list[str]) -> Tokenizer:
@@ -38,8 +40,11 @@ def from_tokenizers(tok: Tokenizer) -> TextTokenizer:
   missing = [t for t in (PAD, BOS, EOS) if tok.token_to_id(t) is None]
   if missing:
     raise ValueError(f"the tokenizer lacks special tokens {missing}")
+  # The world's word tokenizer does not mark its special tokens as special: they are left out by id.
+  special = {tok.token_to_id(t) for t in SPECIAL_TOKENS} - {None}
+  decode = lambda ids: tok.decode([int(i) for i in ids if int(i) not in special], skip_special_tokens=True)
   return TextTokenizer(lambda text: tok.encode(text).ids if text else [], tok.token_to_id(BOS), tok.token_to_id(EOS),
-                       tok.token_to_id(PAD), tok.get_vocab_size(), tok.token_to_id)
+                       tok.token_to_id(PAD), tok.get_vocab_size(), tok.token_to_id, decode)
 
 
 def from_transformers(tok) -> TextTokenizer:
@@ -51,7 +56,8 @@ def from_transformers(tok) -> TextTokenizer:
   bos = eos if tok.bos_token_id is None else tok.bos_token_id
   pad = eos if tok.pad_token_id is None else tok.pad_token_id
   return TextTokenizer(lambda text: tok(text, add_special_tokens=False)["input_ids"] if text else [], bos, eos, pad,
-                       len(tok), tok.convert_tokens_to_ids)
+                       len(tok), tok.convert_tokens_to_ids,
+                       lambda ids: tok.decode([int(i) for i in ids], skip_special_tokens=True))
 
 
 def padded_vocab_size(size: int, multiple: int = 64) -> int:

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from scaling.kinds import checkpoint, eft, finetune, pretrain, transplant
+from scaling.kinds import checkpoint, eft, finetune, finetune_checkpoint, pretrain, transplant
 
 # In dependency order: a kind's runs may depend on the runs of the kinds before it.
-KINDS: dict[str, ModuleType] = {"pretrain": pretrain, "checkpoint": checkpoint, "finetune": finetune, "eft": eft,
+KINDS: dict[str, ModuleType] = {"pretrain": pretrain, "checkpoint": checkpoint,
+                                "finetune_checkpoint": finetune_checkpoint, "finetune": finetune, "eft": eft,
                                 "transplant": transplant}
 
 

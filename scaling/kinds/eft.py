@@ -1,7 +1,8 @@
 """Emulated fine-tuning runs: base N1's distribution plus the behaviour delta of N2's fine-tune.
 
-Each (N1, N2, D_f, beta) of a study's `eft` group is a run that depends on the base of size N1,
-the base of size N2 and the fine-tune of N2; it trains nothing. It scores the task's test split
+Each (N1, N2, D_f, beta) of a study's `eft` group is a run that depends on the base N1, the base N2
+and the fine-tune of N2, each trained here or imported (model.checkpoints and their finetunes);
+it trains nothing. It scores the task's test split
 with the EFT distribution `log p_base(N1) + beta * (log p_ft(N2) - log p_base(N2))`, renormalised,
 through the same metrics as a fine-tuned run: test loss, knowledge and behaviour.
 """
@@ -15,10 +16,11 @@ import jax
 import ml_collections
 
 from scaling import context as context_lib
-from scaling import decode, grid, methods, results, sources
+from scaling import decode, grid, results, sources
 from scaling import eft as eft_lib
 from scaling import model as model_lib
 from scaling import study as study_lib
+from scaling.kinds import finetune
 
 
 def cells(study: ml_collections.ConfigDict, prior: list[grid.Run], execution: dict) -> list[grid.Run]:
@@ -26,11 +28,9 @@ def cells(study: ml_collections.ConfigDict, prior: list[grid.Run], execution: di
   e = study.eft
   if not e.enabled:
     return []
-  bases = {r.config["size"]: r for r in prior
-           if r.kind == "pretrain" and r.config["train"]["max_steps"] == e.pretrain_steps}
-  finetuned = {(r.config["base"], r.config["d_f"]): r for r in prior
-               if r.kind == "finetune" and r.config["task"] == e.task and methods.label(r.config["method"]) == e.method
-               and r.config["seed"] == e.seed}
+  bases = {r.config["size"]: r for r in prior  # Imported, or pretrained here to the group's budget.
+           if r.kind == "checkpoint" or (r.kind == "pretrain" and r.config["train"]["max_steps"] == e.pretrain_steps)}
+  finetuned = finetune.of_cell(prior, e.task, e.method, e.seed)
   world = dataclasses.asdict(study_lib.world_config(study))
   runs = []
   for n1, n2 in e.pairs:

@@ -16,9 +16,12 @@ from scaling.methods import common
 
 
 def cells(study: ml_collections.ConfigDict, prior: list[grid.Run], execution: dict) -> list[grid.Run]:
-  """One run per (base, task, method, D_f, seed), after its base."""
+  """One run per (base, task, method, D_f, seed), after its base; not those that an imported
+  fine-tune stands in for."""
   world = dataclasses.asdict(study_lib.world_config(study))
   train_cfg = dataclasses.asdict(study_lib.train_config(study.finetune.train, "finetune.train"))
+  imported = {(r.config["base"], r.config["task"], r.config["method"], r.config["d_f"], r.config["seed"])
+              for r in prior if r.kind == "finetune_checkpoint"}
   runs = []
   for base in (r for r in prior if r.kind in grid.BASE_KINDS):
     size = base.config["size"]
@@ -26,12 +29,21 @@ def cells(study: ml_collections.ConfigDict, prior: list[grid.Run], execution: di
       for method in study_lib.method_specs(study):
         for d_f in study.finetune.d_f:
           for seed in study.finetune.seeds:
+            if (base.id, task, methods.label(method), d_f, seed) in imported:
+              continue
             spec = {"kind": "finetune", "world": world, "size": size, "block": base.config["block"],
                     "base": base.id, "task": task, "method": method, "d_f": d_f, "seed": seed,
                     "train": train_cfg, **study_lib.data_fields(study, task, (size,))}
             label = f"ft-{size}-{task}-{methods.label(method)}-df{d_f}-s{seed}"
             runs.append(grid.Run(grid.run_id(label, spec), "finetune", spec, (base.id,), execution))
   return runs
+
+
+def of_cell(runs: list[grid.Run], task: str, method: str, seed: int) -> dict[tuple[str, int], grid.Run]:
+  """The fine-tunes (trained here or imported) among `runs` of a task, method label and seed, by (base id, D_f)."""
+  return {(r.config["base"], r.config["d_f"]): r for r in runs
+          if r.kind in grid.FINETUNE_KINDS and (r.config["task"], methods.label(r.config["method"]), r.config["seed"])
+          == (task, method, seed)}
 
 
 def pack_key(run: grid.Run):

@@ -1,6 +1,6 @@
 """Layer transplants: a full fine-tune with its lower (or upper) k blocks reset to its base's.
 
-For each base of the largest pretraining budget, each D_f of the `transplant` group and each k
+For each base of the largest pretraining budget (and each imported base), each D_f of the `transplant` group and each k
 from 1 to the base's layers - 1, a run takes the full fine-tune's weights, puts the base's back
 into blocks 0..k-1 (part "lower") or into the last k blocks ("upper"), and measures what is left:
 test loss, knowledge and behaviour on the task, and retention against the base. If fine-tuning
@@ -16,9 +16,10 @@ import ml_collections
 from flax import nnx
 
 from scaling import context as context_lib
-from scaling import decode, grid, methods, sources
+from scaling import decode, grid, sources
 from scaling import model as model_lib
 from scaling import study as study_lib
+from scaling.kinds import finetune
 from scaling.methods import common
 
 
@@ -28,14 +29,14 @@ def cells(study: ml_collections.ConfigDict, prior: list[grid.Run], execution: di
   if not t.enabled:
     return []
   budget = max(study.pretrain.steps)
-  finetuned = {(r.config["base"], r.config["d_f"]): r for r in prior
-               if r.kind == "finetune" and r.config["task"] == t.task and methods.label(r.config["method"]) == t.method
-               and r.config["seed"] == t.seed}
+  finetuned = finetune.of_cell(prior, t.task, t.method, t.seed)
   world = dataclasses.asdict(study_lib.world_config(study))
   runs = []
-  for base in (r for r in prior if r.kind == "pretrain" and r.config["train"]["max_steps"] == budget):
-    size, n_layers = base.config["size"], model_lib.LADDER[base.config["size"]][1]
-    for d_f in t.d_f:
+  for base in (r for r in prior if r.kind == "checkpoint" or
+               (r.kind == "pretrain" and r.config["train"]["max_steps"] == budget)):
+    size = base.config["size"]
+    n_layers = context_lib.spec_model_config(base.config, size, lambda: 64).n_layers
+    for d_f in (d_f for d_f in t.d_f if (base.id, d_f) in finetuned):  # Imported fine-tunes: where they are.
       tuned = finetuned[(base.id, d_f)]
       for part in t.parts:
         for k in range(1, n_layers):

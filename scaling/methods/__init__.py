@@ -108,8 +108,11 @@ def from_spec(spec: Mapping) -> Method:
   return get_method(spec["name"], **{k: v for k, v in spec.items() if k != "name"})
 
 
-def label(spec: Mapping) -> str:
-  """A short name of a method spec: its name and the options that differ from the defaults."""
+def label(spec: Mapping | str) -> str:
+  """A short name of a method spec: its name and the options that differ from the defaults (an
+  imported fine-tune's method is a label already)."""
+  if isinstance(spec, str):
+    return spec
   defaults = {f.name: _plain(f.default) for f in dataclasses.fields(METHODS[spec["name"]])}
   parts = [spec["name"]]
   for k, v in spec.items():
