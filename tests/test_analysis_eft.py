@@ -82,3 +82,17 @@ def test_fit_eft_records_and_report_section(tmp_path):
     assert needle in text, needle
   assert (tmp_path / "eft_qa_full_behaviour.png").stat().st_size > 10_000
   assert eft_analysis.fit_eft(table[table["kind"] != "eft"]) == []
+
+
+def test_a_real_task_is_fitted_on_its_generation_metrics_and_imported_fine_tunes():
+  # Exact match and F1 where the world has knowledge, the format check as behaviour; the real fine-tunes
+  # imported (kind finetune_checkpoint), as an instruct checkpoint is.
+  table = _table().rename(columns={"metrics.knowledge": "metrics.exact_match"})
+  table["metrics.f1"] = table["metrics.exact_match"] + 0.1
+  table.loc[table["kind"] == "finetune", "kind"] = "finetune_checkpoint"
+  records = eft_analysis.fit_eft(table)
+  follows = {(r["metric"], r["beta"]): r["follows"] for r in records if r["analysis"] == "decoupling"}
+  assert {m for m, _ in follows} == {"exact_match", "f1", "behaviour", "test_loss"}
+  assert all(follows[(m, 1.0)] == "n1" for m in ("exact_match", "f1")) and follows[("behaviour", 1.0)] == "n2"
+  [gaps] = [r for r in records if r["analysis"] == "gap_closed"]
+  assert all(g["exact_match"] == pytest.approx(1.0, abs=0.2) for g in gaps["pairs"])
