@@ -21,6 +21,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from etils import epath  # noqa: E402
 
+from analysis import frames  # noqa: E402
 from analysis import report as report_lib  # noqa: E402
 from scaling import eft as eft_lib  # noqa: E402
 from scaling import grid as grid_lib  # noqa: E402
@@ -114,8 +115,6 @@ def gap_closed_rows(points: pd.DataFrame, finetuned: pd.DataFrame) -> list[dict]
 
 def fit_eft(table: pd.DataFrame, delta: float = 1e-3, bootstrap: int = 200) -> list[dict]:
   """Every EFT analysis record of a results table (empty if the study has no EFT runs)."""
-  from analysis import fit as fit_lib  # fit.py calls this module: imported late to avoid a cycle.
-
   points = eft_points(table)
   if points.empty:
     return []
@@ -140,10 +139,10 @@ def fit_eft(table: pd.DataFrame, delta: float = 1e-3, bootstrap: int = 200) -> l
       points_x = plain.groupby([scale, "d_f"], as_index=False)["test_loss"].mean()
       several = points_x["d_f"].nunique() > 1
       law, d, x = ("multiplicative", "d_f", scale) if several else ("single", scale, None)
-      holdout = fit_lib.choose_holdout(points_x, law, d, x)
+      holdout = frames.choose_holdout(points_x, law, d, x)
       if holdout is None:
         continue
-      fit = fit_lib.fit_frame(points_x, law, d=d, y="test_loss", x=x, delta=delta, bootstrap=bootstrap,
+      fit = frames.fit_frame(points_x, law, d=d, y="test_loss", x=x, delta=delta, bootstrap=bootstrap,
                               holdout=holdout)
       records.append({**cell, "analysis": "law", "x": scale, **fit})
   return records

@@ -12,7 +12,8 @@ D_f (a base: a size at a D_p) by the single-factor and rectified laws. Every fit
 errors (the largest X held out, or the largest D_f where the rest would not determine the law) and
 leave-one-out error.
 For a CSV, `--d` is the data column, `--x` the other scaling factor (omit it for a single-factor
-law) and `--y` the loss; `fit_frame` does the same for a pandas DataFrame in your own scripts.
+law) and `--y` the loss; `analysis.frames.fit_frame` does the same for a pandas DataFrame in your own
+scripts.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import pandas as pd
 from etils import epath
 
 from analysis import eft as eft_analysis
+from analysis import frames
 from analysis import locality as locality_analysis
 from analysis import methods as methods_analysis
 from analysis import report as report_lib
@@ -56,16 +58,8 @@ def finetune_points(table: pd.DataFrame) -> pd.DataFrame:
   points = (ft.groupby(keys, as_index=False, dropna=False)  # An imported base may not say its D_p.
             .agg(test_loss=("metrics.test_loss", "mean"), seeds=("seed", "count"))
             .sort_values(keys, ignore_index=True))
-  points["base"] = base_names(points)
+  points["base"] = frames.base_names(points)
   return points
-
-
-def base_names(frame: pd.DataFrame) -> list[str]:
-  """The base of each row: its size, or "size at D_p T" where the frame has that size at several D_p
-  (a size pretrained, or checkpointed, at several D_p is several bases)."""
-  several = frame.groupby("size")["pretrain_tokens"].transform("nunique") > 1
-  return [f"{s} at D_p {t:.3g}" if many else s
-          for s, t, many in zip(frame["size"], frame["pretrain_tokens"], several)]
 
 
 def fit_study(table: pd.DataFrame, delta: float = 1e-3, bootstrap: int = 200) -> list[dict]:
@@ -76,24 +70,20 @@ def fit_study(table: pd.DataFrame, delta: float = 1e-3, bootstrap: int = 200) ->
     for axis in varied_axes(group):
       points = law_points(group, axis)
       for law in JOINT_LAWS:
-        holdout = choose_holdout(points, law, "d_f", axis)
+        holdout = frames.choose_holdout(points, law, "d_f", axis)
         if holdout is None:
           warnings.warn(f"{task}/{method}: {len(points)} points over {axis} and D_f are too few to fit and "
                         f"validate the {law} law; add base sizes or D_f", stacklevel=2)
           continue
-        record = fit_frame(points, law, d="d_f", y="test_loss", x=axis, delta=delta, bootstrap=bootstrap,
+        record = frames.fit_frame(points, law, d="d_f", y="test_loss", x=axis, delta=delta, bootstrap=bootstrap,
                            holdout=holdout)
         fits.append({"task": task, "method": method, "x": axis, "base": None, **record})
     for base, curve in group.groupby("base"):
       for law in CURVE_LAWS:
-        if choose_holdout(curve, law, "d_f"):
-          record = fit_frame(curve, law, d="d_f", y="test_loss", delta=delta, holdout="largest_d")
+        if frames.choose_holdout(curve, law, "d_f"):
+          record = frames.fit_frame(curve, law, d="d_f", y="test_loss", delta=delta, holdout="largest_d")
           fits.append({"task": task, "method": method, "x": None, "base": base, **record})
   return fits
-
-
-# Factors of the base: a law over one is fitted with the other held fixed.
-BASE_AXES = ("non_embedding_params", "pretrain_tokens")
 
 
 def varied_axes(group: pd.DataFrame) -> list[str]:
@@ -105,32 +95,9 @@ def varied_axes(group: pd.DataFrame) -> list[str]:
   return axes
 
 
-def law_rows(group: pd.DataFrame, axis: str) -> pd.DataFrame:
-  """The rows of a (task, method)'s points that a joint law over `axis` is fitted to. Base factors
-  vary one at a time: over N, the bases of one D_p; over D_p, the bases of one N (each time the
-  value that leaves the most distinct points; on ties the largest, and a known one before unknown)."""
-  if axis not in BASE_AXES:
-    return group
-  other = next(a for a in BASE_AXES if a != axis)
-  slices = [part for _, part in group.groupby(other, dropna=False)]
-  return max(slices, key=lambda part: (part[axis].nunique(), part[other].notna().all(), part[other].max()))
-
-
 def law_points(group: pd.DataFrame, axis: str) -> pd.DataFrame:
   """The (axis, d_f, test_loss) points of a joint law over `axis` (`law_rows`), averaged over seeds."""
-  return law_rows(group, axis).groupby([axis, "d_f"], as_index=False)["test_loss"].mean()
-
-
-def choose_holdout(points: pd.DataFrame, law: str, d: str, x: str | None = None) -> str | None:
-  """How a law over columns (x, d) is validated: the largest x held out, else the largest d (where
-  holding out x leaves too little to fit, such as one value of x); None where neither leaves the law
-  determined (`laws.holdout_problem`)."""
-  law_ = laws.get_law(law)
-  xs = None if x is None else points[x].to_numpy(float)
-  for holdout in ("largest_x", "largest_d") if x else ("largest_d",):
-    if laws.holdout_problem(law_, xs, points[d].to_numpy(float), holdout) is None:
-      return holdout
-  return None
+  return frames.law_rows(group, axis).groupby([axis, "d_f"], as_index=False)["test_loss"].mean()
 
 
 def fit_and_report(workdir: str | epath.Path, delta: float = 1e-3, bootstrap: int = 200) -> list[dict]:
@@ -174,40 +141,6 @@ def fit_and_report(workdir: str | epath.Path, delta: float = 1e-3, bootstrap: in
             f" {f['num_points']} points; held-out error {v['heldout_error']:.4g})")
   print(f"report: {path}")
   return fits
-
-
-def fit_frame(df: pd.DataFrame, law: str, d: str, y: str, x: str | None = None, delta: float = 1e-3,
-              bootstrap: int = 0, holdout: str | None = "largest_d", level: float = 0.9) -> dict:
-  """Fits `law` to a DataFrame's columns; errors name the column and the row.
-
-  Returns the fit's JSON record: parameters, objective, convergence, points, and (if asked)
-  bootstrap intervals at `level` and held-out validation errors.
-  """
-  law_ = laws.get_law(law)
-  wanted = {"d": d, "y": y, **({"x": x} if x else {})}
-  missing = [c for c in wanted.values() if c not in df.columns]
-  if missing:
-    raise ValueError(f"column {missing[0]!r} is not in the data; columns: {list(df.columns)}")
-  values = {}
-  for role, col in wanted.items():
-    arr = pd.to_numeric(df[col], errors="coerce").to_numpy(np.float64)
-    bad = np.flatnonzero(~(np.isfinite(arr) & (arr > 0)))
-    if len(bad):
-      value = df[col].iloc[bad[0]]
-      value = value.item() if hasattr(value, "item") else value  # Plain Python in the message.
-      raise ValueError(f"column {col!r} must be positive and finite; row {df.index[bad[0]]} is {value!r}")
-    values[role] = arr
-  points = (values["d"], values["y"], values.get("x"))
-  fit = laws.fit(law_, *points[:2], x=points[2], delta=delta)
-  record = {**fit.to_json(), "huber_delta": delta, "columns": wanted}
-  if bootstrap:
-    boot = laws.bootstrap(law_, fit, *points[:2], x=points[2], replicates=bootstrap, delta=delta, level=level)
-    record["intervals"] = {"level": level, "replicates": bootstrap, **boot.interval(law_)}
-    record["bootstrap_theta"] = boot.thetas.tolist()  # Log-space draws: bands can be redrawn from fits.json.
-  if holdout:
-    record["validation"] = laws.validate(law_, *points[:2], x=points[2], holdout=holdout, delta=delta,
-                                         full=fit).to_json()
-  return record
 
 
 def format_fit(record: dict) -> str:
@@ -261,7 +194,7 @@ def main(argv: list[str] | None = None) -> None:
     sys.exit(f"error: --csv {args.csv}: cannot read it ({getattr(e, 'strerror', None) or e})")
   try:
     holdout = args.holdout or "largest_d"
-    record = fit_frame(frame, args.law or "multiplicative", args.d, args.y, args.x, args.huber_delta,
+    record = frames.fit_frame(frame, args.law or "multiplicative", args.d, args.y, args.x, args.huber_delta,
                        args.bootstrap or 0, None if holdout == "none" else holdout)
   except ValueError as e:
     sys.exit(f"error: {e}")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from analysis import frames
 from analysis import report as report_lib
 
 TRANSPLANT_METRICS = {"test_loss": "test loss", "knowledge": "knowledge", "behaviour": "behaviour",
@@ -20,11 +21,9 @@ TRANSPLANT_METRICS = {"test_loss": "test loss", "knowledge": "knowledge", "behav
 
 
 def _base_names(table: pd.DataFrame) -> dict[str, str]:
-  """Each fine-tune's base name (`fit.base_names`), by run id."""
-  from analysis import fit as fit_lib  # fit imports this module.
-
+  """Each fine-tune's base name (`frames.base_names`), by run id."""
   ft = table[table["kind"] == "finetune"]
-  return dict(zip(ft["id"], fit_lib.base_names(ft)))
+  return dict(zip(ft["id"], frames.base_names(ft)))
 
 
 def layer_points(table: pd.DataFrame) -> pd.DataFrame:

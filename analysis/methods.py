@@ -15,6 +15,7 @@ import warnings
 
 import pandas as pd
 
+from analysis import frames
 from analysis import report as report_lib
 
 FORGETTING = {"test_loss": "test loss", "knowledge": "knowledge", "behaviour": "behaviour",
@@ -23,9 +24,7 @@ FORGETTING = {"test_loss": "test loss", "knowledge": "knowledge", "behaviour": "
 
 def method_points(table: pd.DataFrame) -> pd.DataFrame:
   """Fine-tuned runs averaged over seeds: one row per (task, method, method family, base, P, D_f),
-  with the base's name (`fit.base_names`)."""
-  from analysis import fit as fit_lib  # fit imports this module.
-
+  with the base's name (`frames.base_names`)."""
   if "kind" not in table or not (table["kind"] == "finetune").any():
     return pd.DataFrame()
   ft = table[table["kind"] == "finetune"].rename(columns={"spec.method.name": "method_name"})
@@ -36,13 +35,11 @@ def method_points(table: pd.DataFrame) -> pd.DataFrame:
   points = (ft.groupby(keys, as_index=False, dropna=False)  # An imported base may not say its D_p.
             .agg(**{m: (f"metrics.{m}", "mean") for m in FORGETTING if f"metrics.{m}" in ft})
             .sort_values(keys, ignore_index=True))
-  return points.assign(base=fit_lib.base_names(points))
+  return points.assign(base=frames.base_names(points))
 
 
 def fit_methods(table: pd.DataFrame, delta: float = 1e-3, bootstrap: int = 200) -> list[dict]:
   """The law over P and D_f for each (task, method family, base) with several sizes of P."""
-  from analysis import fit as fit_lib  # fit imports this module.
-
   points = method_points(table)
   if points.empty or points["method"].nunique() < 2:
     return []
@@ -51,12 +48,12 @@ def fit_methods(table: pd.DataFrame, delta: float = 1e-3, bootstrap: int = 200) 
     # Full tuning's P is the base (or some of its layers), not a size of a parameter-efficient method.
     if name.split("-")[0] == "full" or group["trainable_params"].nunique() < 2:
       continue
-    holdout = fit_lib.choose_holdout(group, "multiplicative", "d_f", "trainable_params")
+    holdout = frames.choose_holdout(group, "multiplicative", "d_f", "trainable_params")
     if holdout is None:
       warnings.warn(f"{task}/{name} on {base}: {len(group)} points over P and D_f are too few to fit and validate "
                     "the multiplicative law; add sizes of P or D_f", stacklevel=2)
       continue
-    record = fit_lib.fit_frame(group, "multiplicative", d="d_f", y="test_loss", x="trainable_params",
+    record = frames.fit_frame(group, "multiplicative", d="d_f", y="test_loss", x="trainable_params",
                                delta=delta, bootstrap=bootstrap, holdout=holdout)
     fits.append({"section": "methods", "task": task, "method": name, "base": base, "x": "trainable_params",
                  **record})

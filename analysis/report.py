@@ -11,6 +11,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from etils import epath  # noqa: E402
 
+from analysis import frames  # noqa: E402
 from scaling import grid as grid_lib  # noqa: E402
 from scaling import laws  # noqa: E402
 
@@ -130,8 +131,6 @@ def write_report(table: pd.DataFrame, points: pd.DataFrame, fits: list[dict], ou
                  sections: list[str] = ()) -> epath.Path:
   """Writes the figures and report.md into `out`, with further `sections` (markdown lines) before
   the run tables; returns the report's path."""
-  from analysis import fit as fit_lib  # fit.py calls this module: imported late to avoid a cycle.
-
   fits = [f for f in fits if f.get("section", "finetune") == "finetune"]
   lines = ["# Study report", "",
            "Laws are fitted by Hoffmann et al.'s procedure: Huber loss on log-loss residuals, L-BFGS from "
@@ -144,7 +143,7 @@ def write_report(table: pd.DataFrame, points: pd.DataFrame, fits: list[dict], ou
     joint = [f for f in fits if (f["task"], f["method"]) == (task, method) and f["x"]]
     for axis in dict.fromkeys(f["x"] for f in joint):
       pair = [f for f in joint if f["x"] == axis]
-      axis_pts = fit_lib.law_rows(pts, axis).groupby(["size", axis, "d_f"], as_index=False)["test_loss"].mean()
+      axis_pts = frames.law_rows(pts, axis).groupby(["size", axis, "d_f"], as_index=False)["test_loss"].mean()
       stem = f"{task}_{method}_{axis}"
       multiplicative = [f for f in pair if f["law"] == "multiplicative"]
       if multiplicative:

@@ -27,7 +27,7 @@ from ml_collections import config_flags
 from launch import cli
 from launch.slices import CheckError, require_full_mesh, tpu_topology
 from scaling import context as context_lib
-from scaling import evaluate, grid, methods, pack, sources, train
+from scaling import evaluate, grid, kinds, methods, pack, sources, train
 from scaling import mesh as mesh_lib
 from scaling import model as model_lib
 from scaling import run as run_lib
@@ -231,7 +231,7 @@ def check(study, tgt: Target) -> list[dict]:
   mesh = mesh_lib.make_mesh(study.mesh.shape.to_dict(), list(tgt.devices))
   rules = mesh_lib.parse_rules(study.mesh.rules)
   vocab = sources.model_vocab_size(study_lib.world_config(study), study.data.tokenizer)
-  runs = grid.expand(study)
+  runs = kinds.expand(study)
   rows = []
 
   def add(size: str, method: str, batch: int, length: int, lanes: int, params: int, memory: dict) -> None:

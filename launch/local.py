@@ -19,7 +19,7 @@ from ml_collections import config_flags
 
 from launch import cli
 from launch.plan import write_plan
-from scaling import grid, results, run as run_lib, study as study_lib, timing
+from scaling import grid, kinds, results, run as run_lib, study as study_lib, timing
 
 USAGE = "python -m launch.local --config CONFIG.py --workdir DIR [--config.a.b=value]"
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Study config file (get_config()).", lock_config=False)
@@ -65,7 +65,7 @@ def main(argv) -> None:
     except ImportError:  # etils.epath reaches gs:// through gcsfs, an extra.
       sys.exit(f"--workdir {_WORKDIR.value}: a gs:// workdir needs gcsfs; allowed: a local folder, or gs:// after "
                "pip install -e '.[gcs]'")
-    runs = grid.expand(study)
+    runs = kinds.expand(study)
     write_plan(study, runs, workdir)
     print(f"study {study.name!r}: {len(runs)} runs in {workdir}", flush=True)
     executed, skipped = execute_all(runs, workdir)

@@ -27,7 +27,7 @@ from etils import epath
 from ml_collections import config_flags
 
 from launch import slices
-from scaling import grid, results
+from scaling import grid, kinds, results
 from scaling import study as study_lib
 
 STATES = ("done", "running", "queued", "failed", "missing")
@@ -129,7 +129,7 @@ def load(config: ml_collections.ConfigDict, topology: str, workdir: str, probe: 
   tpu = tpu_slice(topology)
   study = study_lib.validate(config, tpu.chips)
   slices.require_full_mesh(study, tpu.chips, tpu.name)
-  runs = grid.expand(study)
+  runs = kinds.expand(study)
   require_host_batches(study, runs, tpu)
   path = results.workdir_path(workdir)
   if look:

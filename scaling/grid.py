@@ -1,15 +1,11 @@
-"""Study -> runs. A run's id is derived from its spec, so re-running a grid finds what is done.
-
-Each run kind (scaling.kinds) adds its cells, in dependency order.
-"""
+"""A study's runs: what a run is, and its id, derived from its spec, so that re-running a grid finds
+what is done. The run kinds (scaling.kinds) make a study's runs (`kinds.expand`)."""
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import json
-
-import ml_collections
 
 SPEC_FORMAT = 1  # Bump when the meaning of a spec changes, so that old results are not reused.
 # Kinds whose runs are base models (trained here or imported) that the other kinds build on.
@@ -42,19 +38,3 @@ def run_id(label: str, config: dict) -> str:
   """`label-hash`: the hash of the canonical JSON of the spec; stable across processes."""
   blob = json.dumps({"format": SPEC_FORMAT, **config}, sort_keys=True, separators=(",", ":"))
   return f"{label}-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
-
-
-def expand(study: ml_collections.ConfigDict) -> list[Run]:
-  """All runs of a validated study, each after the runs it depends on."""
-  from scaling import kinds  # The kinds build Runs: imported here, not at the top, to avoid a cycle.
-
-  logging = {**study.logging.to_dict(), "wandb_group": study.name}  # W&B groups a study's runs.
-  execution = json.loads(json.dumps({"mesh_shape": study.mesh.shape.to_dict(), "rules": study.mesh.rules,
-                                     "eval_batch_size": study.eval.batch_size,
-                                     "pack": study.finetune.pack,
-                                     "loss_chunk": study.memory.loss_chunk,
-                                     "logging": logging}))  # As spec.json holds it.
-  runs: list[Run] = []
-  for kind in kinds.KINDS.values():
-    runs += kind.cells(study, list(runs), execution)
-  return runs

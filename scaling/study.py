@@ -16,7 +16,7 @@ from scaling import mesh as mesh_lib
 from scaling import model as model_lib
 from scaling.data import tokenizer as tokenizer_lib
 from scaling.data import world as world_lib
-from scaling.train import TrainConfig
+from scaling.train_config import TrainConfig
 
 
 class StudyError(ValueError):

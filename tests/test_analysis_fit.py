@@ -10,6 +10,7 @@ import processes
 import pytest
 
 from analysis import fit as fit_lib
+from analysis import frames
 from analysis import report as report_lib
 from scaling import laws
 
@@ -51,7 +52,7 @@ def test_workdir_cli_refuses_what_it_would_ignore(tmp_path, args, message):
 def test_single_factor_law_on_a_frame():
   d = np.geomspace(10, 1e4, 10)
   df = pd.DataFrame({"n": d, "loss": 3.0 * d**-0.5 + 1.0})
-  record = fit_lib.fit_frame(df, "single", d="n", y="loss", holdout=None)
+  record = frames.fit_frame(df, "single", d="n", y="loss", holdout=None)
   assert record["params"]["beta"] == pytest.approx(0.5, abs=1e-4)
   assert record["params"]["E"] == pytest.approx(1.0, rel=1e-4)
 
@@ -64,7 +65,7 @@ def test_single_factor_law_on_a_frame():
 ])
 def test_bad_frames_name_the_column_and_row(frame, message):
   with pytest.raises(ValueError, match=message):
-    fit_lib.fit_frame(frame, "single", d="n", y="loss", holdout=None)
+    frames.fit_frame(frame, "single", d="n", y="loss", holdout=None)
 
 
 def test_diverged_runs_are_excluded_with_a_warning():
@@ -130,8 +131,8 @@ def test_with_two_bases_a_joint_law_holds_out_the_largest_d_f():
   assert fits["multiplicative"]["validation"]["heldout_error"] < 1e-6  # The points follow the law exactly.
   assert "additive" not in fits
   points = fit_lib.law_points(fit_lib.finetune_points(table), "non_embedding_params")
-  assert fit_lib.choose_holdout(points, "multiplicative", "d_f", "non_embedding_params") == "largest_d"
-  assert fit_lib.choose_holdout(_law_table(False), "multiplicative", "d_f", "non_embedding_params") == "largest_x"
+  assert frames.choose_holdout(points, "multiplicative", "d_f", "non_embedding_params") == "largest_d"
+  assert frames.choose_holdout(_law_table(False), "multiplicative", "d_f", "non_embedding_params") == "largest_x"
   with pytest.raises(ValueError, match="holding out largest_x leaves 1 distinct value of x; the multiplicative law "
                                        "needs 2 to determine"):
     laws.validate("multiplicative", points["d_f"], points["test_loss"], x=points["non_embedding_params"],

@@ -17,7 +17,7 @@ import optax
 import pytest
 from flax import nnx
 
-from scaling import bench
+from scaling import bench, kinds
 from scaling import model as model_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -101,12 +101,11 @@ def test_grid_bench_trains_a_studys_fine_tunes_alone_and_packed_to_the_same_metr
   from conftest import tiny_study
 
   from launch import local
-  from scaling import grid
   from scaling import run as run_lib
   from scaling import study as study_lib
 
   study = study_lib.validate(tiny_study(**{"finetune.d_f": (8, 16, 32), "finetune.train.max_steps": 10}), 8)
-  runs = grid.expand(study)
+  runs = kinds.expand(study)
   local.write_plan(study, runs, tmp_path)
   run_lib.execute(runs[0], tmp_path)  # The base; its fine-tunes are the bench's.
   rows = dict(bench.bench_grid(str(tmp_path), lanes=3))

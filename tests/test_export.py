@@ -16,7 +16,7 @@ from flax import nnx
 from analysis import eft as eft_analysis
 from launch import local
 from scaling import context as context_lib
-from scaling import export, grid, hf, results
+from scaling import export, hf, kinds, results
 from scaling import mesh as mesh_lib
 from scaling import run as run_lib
 from scaling import sources as sources_lib
@@ -37,7 +37,7 @@ def exported(tmp_path_factory):
   root = tmp_path_factory.mktemp("export")
   workdir, out = root / "study", root / "models"
   study = study_lib.validate(tiny_study(**STUDY), 8)
-  runs = grid.expand(study)
+  runs = kinds.expand(study)
   local.write_plan(study, runs, workdir)
   local.execute_all(runs, workdir)
   printed = io.StringIO()
@@ -139,7 +139,7 @@ def test_entries_import_each_base_with_its_weight_fine_tunes(exported):
 def test_an_imported_study_reproduces_the_native_eft_grid_without_training(exported, tmp_path):
   workdir, _, records, entries, _ = exported
   study = study_lib.validate(tiny_study(**{**STUDY, "finetune.methods": ("full",), **entries}), 8)
-  runs = grid.expand(study)
+  runs = kinds.expand(study)
   local.write_plan(study, runs, tmp_path)
   local.execute_all(runs, tmp_path)
   imported = [results.read_result(tmp_path / "runs" / r.id) for r in runs]

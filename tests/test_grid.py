@@ -7,14 +7,14 @@ import sys
 
 from conftest import tiny_study
 
-from scaling import grid
+from scaling import grid, kinds
 from scaling import study as study_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _runs(**overrides):
-  return grid.expand(study_lib.validate(tiny_study(**overrides), num_devices=8))
+  return kinds.expand(study_lib.validate(tiny_study(**overrides), num_devices=8))
 
 
 def test_grid_shape_and_dependencies():
@@ -33,8 +33,8 @@ def test_grid_shape_and_dependencies():
 def test_ids_stable_across_processes():
   here = [r.id for r in _runs()]
   code = ("import sys, json; sys.path.insert(0, 'tests');"
-          "from conftest import tiny_study; from scaling import grid, study;"
-          "print(json.dumps([r.id for r in grid.expand(study.validate(tiny_study(), 8))]))")
+          "from conftest import tiny_study; from scaling import kinds, study;"
+          "print(json.dumps([r.id for r in kinds.expand(study.validate(tiny_study(), 8))]))")
   env = {**os.environ, "PYTHONPATH": ROOT, "PYTHONHASHSEED": "123"}
   there = json.loads(subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
                                     text=True, check=True).stdout.strip().splitlines()[-1])

@@ -9,8 +9,9 @@ import pytest
 from conftest import needs_transformers, tiny_study
 
 from analysis import fit as fit_lib
+from analysis import frames
 from launch import local
-from scaling import grid, hf, results
+from scaling import hf, kinds, results
 from scaling import study as study_lib
 from scaling.data import tfds_text
 
@@ -84,7 +85,7 @@ def test_study_of_imported_checkpoints_on_a_tfds_task_runs_and_fits(inputs, tmp_
   root, data_dir = inputs
   study = study_lib.validate(_study(root, data_dir), 8)
   assert study.data.tokenizer == str(root / "small")  # The first checkpoint's.
-  runs = grid.expand(study)
+  runs = kinds.expand(study)
   assert [r.kind for r in runs] == ["checkpoint"] * 2 + ["finetune"] * 6
   local.write_plan(study, runs, tmp_path)
   local.execute_all(runs, tmp_path)
@@ -101,11 +102,11 @@ def test_study_of_imported_checkpoints_on_a_tfds_task_runs_and_fits(inputs, tmp_
   assert spec["checkpoints"][spec["size"]]["content"] == hf.content_id(root / spec["size"])
   points = fit_lib.finetune_points(table)
   assert fit_lib.varied_axes(points) == ["non_embedding_params"]
-  law = fit_lib.fit_frame(fit_lib.law_points(points, "non_embedding_params"), "multiplicative", d="d_f",
+  law = frames.fit_frame(fit_lib.law_points(points, "non_embedding_params"), "multiplicative", d="d_f",
                           y="test_loss", x="non_embedding_params", holdout=None)
   assert law["num_points"] == 6 and law["converged"]
   # Resuming finds everything done.
-  assert local.execute_all(grid.expand(study_lib.validate(_study(root, data_dir), 8)), tmp_path) == (0, 8)
+  assert local.execute_all(kinds.expand(study_lib.validate(_study(root, data_dir), 8)), tmp_path) == (0, 8)
 
 
 def test_a_changed_checkpoint_is_a_new_run(inputs, tmp_path):
@@ -114,9 +115,9 @@ def test_a_changed_checkpoint_is_a_new_run(inputs, tmp_path):
 
   shutil.copytree(root / "small", tmp_path / "small")
   shutil.copytree(root / "large", tmp_path / "large")
-  before = grid.expand(study_lib.validate(_study(tmp_path, data_dir), 8))
+  before = kinds.expand(study_lib.validate(_study(tmp_path, data_dir), 8))
   _checkpoint(tmp_path / "small", 32, seed=5)  # Same architecture, other weights: as a later step's checkpoint.
-  after = grid.expand(study_lib.validate(_study(tmp_path, data_dir), 8))
+  after = kinds.expand(study_lib.validate(_study(tmp_path, data_dir), 8))
   changed = {r.config["size"] for r, s in zip(before, after) if r.id != s.id}
   assert changed == {"small"}
 

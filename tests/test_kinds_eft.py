@@ -12,7 +12,7 @@ import pytest
 from conftest import tiny_study
 
 from launch import local
-from scaling import grid, results
+from scaling import kinds, results
 from scaling import run as run_lib
 from scaling import study as study_lib
 
@@ -23,13 +23,13 @@ EFT = {"model.sizes": ("d32l2", "d48l2"), "finetune.d_f": (32,),
 
 def _plan(workdir, **overrides):
   study = study_lib.validate(tiny_study(**{**EFT, **overrides}), 8)
-  runs = grid.expand(study)
+  runs = kinds.expand(study)
   local.write_plan(study, runs, workdir)
   return runs
 
 
 def test_eft_cells_and_dependencies():
-  runs = grid.expand(study_lib.validate(tiny_study(**EFT), 8))
+  runs = kinds.expand(study_lib.validate(tiny_study(**EFT), 8))
   by_id = {r.id: r for r in runs}
   eft = [r for r in runs if r.kind == "eft"]
   assert len(eft) == 2 * 2 * 2  # Every ordered pair of sizes (diagonal included) x 1 D_f x 2 betas.
@@ -44,7 +44,7 @@ def test_eft_cells_and_dependencies():
     assert all(position[d] < position[r.id] for d in r.deps)
   assert len({r.id for r in eft}) == len(eft)
   pairs = [(r.config["size"], r.config["finetune_size"]) for r in eft]
-  only = grid.expand(study_lib.validate(tiny_study(**{**EFT, "eft": {**EFT["eft"], "pairs": (("d48l2", "d32l2"),)}}), 8))
+  only = kinds.expand(study_lib.validate(tiny_study(**{**EFT, "eft": {**EFT["eft"], "pairs": (("d48l2", "d32l2"),)}}), 8))
   assert {(r.config["size"], r.config["finetune_size"]) for r in only if r.kind == "eft"} == {("d48l2", "d32l2")}
   assert ("d32l2", "d48l2") in pairs and ("d48l2", "d48l2") in pairs
 

@@ -12,7 +12,7 @@ import pytest
 from conftest import TINY_WORLD, tiny_study
 from flax import nnx
 
-from scaling import decode, eft, export, grid, hf, sources
+from scaling import decode, eft, export, grid, hf, kinds, sources
 from scaling import model as model_lib
 from scaling import study as study_lib
 
@@ -52,7 +52,7 @@ def test_imported_fine_tunes_stand_in_for_their_grid_cells(folders):
   # Only the small base's D_f=16 fine-tune imported: its other cells, and all of the large base's, train here.
   small = _entry(folders, "small")
   study = study_lib.validate(_study({**small, "finetunes": small["finetunes"][:1]}, _entry(folders, "large", ())), 1)
-  runs = grid.expand(study)
+  runs = kinds.expand(study)
   tuned = {(r.config["size"], r.config["d_f"]): r for r in runs if r.kind in grid.FINETUNE_KINDS}
   assert {k: r.kind for k, r in tuned.items()} == {
       ("small", 16): "finetune_checkpoint", ("small", 32): "finetune", ("large", 16): "finetune",
@@ -74,7 +74,7 @@ def test_an_instruct_label_with_nothing_fine_tuned_here(folders):
                                     **{"finetune.methods": ()}), 1)
   assert (study.eft.task, study.eft.method, study.eft.seed, study.eft.d_f) == ("qa", "instruct", 0, (1000,))
   assert study.eft.pairs == (("small", "small"), ("large", "small"))  # Only small has an instruct N2.
-  runs = grid.expand(study)
+  runs = kinds.expand(study)
   assert sorted(r.kind for r in runs) == ["checkpoint"] * 2 + ["eft"] * 2 + ["finetune_checkpoint"]
   with pytest.raises(study_lib.StudyError, match=(
       r"^eft.pairs\[0\]=\('small', 'large'\): 'large' has no fine-tune of task 'qa', method 'instruct', seed 0; "

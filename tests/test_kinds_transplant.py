@@ -5,7 +5,7 @@ import pytest
 from conftest import tiny_study
 
 from launch import local
-from scaling import grid
+from scaling import kinds
 from scaling import run as run_lib
 from scaling import study as study_lib
 
@@ -14,7 +14,7 @@ TRANSPLANT = {"finetune.d_f": (16, 32), "transplant": {"enabled": True}}
 
 def test_transplants_reset_exactly_their_blocks_and_keep_the_rest(tmp_path):
   study = study_lib.validate(tiny_study(**TRANSPLANT), 8)
-  runs = grid.expand(study)
+  runs = kinds.expand(study)
   local.write_plan(study, runs, tmp_path)
   by_id = {r.id: r for r in runs}
   transplants = [r for r in runs if r.kind == "transplant"]

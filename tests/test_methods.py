@@ -13,7 +13,7 @@ from flax import nnx
 
 from launch import plan
 from scaling import context as context_lib
-from scaling import grid, methods, train
+from scaling import kinds, methods, train
 from scaling import mesh as mesh_lib
 from scaling import model as model_lib
 from scaling import run as run_lib
@@ -49,7 +49,7 @@ def test_options_given_as_tuples_are_grid_axes_and_labels_name_what_differs():
 
 def test_each_method_combination_is_its_own_run():
   study = study_lib.validate(tiny_study(**{"finetune.methods": ("full", {"name": "lora", "rank": (2, 4)})}), 1)
-  fts = [r for r in grid.expand(study) if r.kind == "finetune"]
+  fts = [r for r in kinds.expand(study) if r.kind == "finetune"]
   assert len(fts) == 3 * 2 and len({r.id for r in fts}) == 6  # 3 methods x 2 D_f, each its own id.
   assert {methods.label(r.config["method"]) for r in fts} == {"full", "lora-rank2", "lora-rank4"}
 
@@ -124,7 +124,7 @@ def shared_base(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("methods")
   study = study_lib.validate(tiny_study(**{"finetune.methods": TRAINED, "finetune.d_f": (16,),
                                            "finetune.train.max_steps": 10, "finetune.train.eval_every": 0}), 1)
-  runs = grid.expand(study)
+  runs = kinds.expand(study)
   plan.write_plan(study, runs, workdir)
   run_lib.execute(runs[0], workdir)
   return workdir, runs
@@ -290,7 +290,7 @@ def test_the_methods_study_config_is_valid_and_covers_every_method():
   sys.path.insert(0, ROOT)
   from configs import methods as methods_config
 
-  runs = grid.expand(study_lib.validate(methods_config.get_config(), 1))
+  runs = kinds.expand(study_lib.validate(methods_config.get_config(), 1))
   labels = {methods.label(r.config["method"]) for r in runs if r.kind == "finetune"}
   assert {r.config["method"]["name"] for r in runs if r.kind == "finetune"} == set(methods.METHODS)
   assert {"full", "full-layers0_1", "lora-rank2", "lora", "lora-rank32", "prompt-length4-lr0.01", "prompt-length16-lr0.01",

@@ -15,7 +15,7 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 from tensorboardX import record_writer
 
 from launch import local
-from scaling import grid, metric_writers, train
+from scaling import grid, kinds, metric_writers, train
 from scaling import study as study_lib
 
 # The charts of metrics.jsonl's keys.
@@ -62,7 +62,7 @@ def _finetune_dir(workdir, **overrides) -> epath.Path:
   """The run dir of a tiny study's first fine-tune, planned (its spec.json written), not run."""
   study = study_lib.validate(tiny_study(**{"finetune.methods": ({"name": "lora", "rank": 4, "learning_rate": 0.01},),
                                            **overrides}), 8)
-  runs = grid.expand(study)
+  runs = kinds.expand(study)
   local.write_plan(study, runs, workdir)
   return epath.Path(workdir) / "runs" / next(r.id for r in runs if r.kind == "finetune")
 
@@ -211,7 +211,7 @@ def test_real_wandb_offline_keeps_a_run_per_lane(tmp_path, monkeypatch):
   monkeypatch.setenv("WANDB_MODE", "offline")
   monkeypatch.setenv("WANDB_SILENT", "true")
   study = study_lib.validate(tiny_study(**{"logging.wandb_project": "scaling"}), 8)
-  runs = grid.expand(study)
+  runs = kinds.expand(study)
   local.write_plan(study, runs, tmp_path)
   lanes = [tmp_path / "runs" / r.id for r in runs if r.kind == "finetune"]
   logs = [train.MetricsLog(epath.Path(d), None, True) for d in lanes]

@@ -9,7 +9,7 @@ from conftest import tiny_study
 from test_metric_writers import assert_events_match_metrics
 
 from launch import local
-from scaling import grid, results
+from scaling import grid, kinds, results
 from scaling import run as run_lib
 from scaling import study as study_lib
 from scaling.data import pipeline
@@ -23,7 +23,7 @@ STUDY = {"finetune.d_f": (8, 32), "finetune.methods": ({"name": "full", "learnin
 def _plan(workdir, pack, data=1):
   """The study's runs, planned in `workdir`; packs on a mesh of `data` devices split their lanes over them."""
   study = study_lib.validate(tiny_study(**{**STUDY, "finetune.pack": pack, "mesh.shape.data": data}), 8)
-  runs = grid.expand(study)
+  runs = kinds.expand(study)
   local.write_plan(study, runs, workdir)
   return runs
 

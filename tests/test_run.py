@@ -9,7 +9,7 @@ import pytest
 from conftest import tiny_study
 
 from launch import local
-from scaling import grid
+from scaling import kinds
 from scaling import run as run_lib
 from scaling import study as study_lib
 
@@ -17,7 +17,7 @@ from scaling import study as study_lib
 def _execute(workdir, shape):
   study = study_lib.validate(tiny_study(**{"mesh.shape": shape, "finetune.d_f": (32,),
                                            "eft": {"enabled": True, "betas": (0.5,)}}), 8)
-  runs = grid.expand(study)
+  runs = kinds.expand(study)
   local.write_plan(study, runs, workdir)
   return [run_lib.execute(r, workdir) for r in runs]
 

@@ -26,7 +26,7 @@ import pytest
 from conftest import tiny_study
 
 from launch import local
-from scaling import grid
+from scaling import grid, kinds
 from scaling import run as run_lib
 from scaling import study as study_lib
 
@@ -42,7 +42,7 @@ def _plan(workdir) -> list[grid.Run]:
   study = study_lib.validate(tiny_study(**{"mesh.shape": {"data": 1, "fsdp": 4, "tensor": 2},
                                            "pretrain.steps": (40,), "finetune.d_f": (16,),
                                            "finetune.train.learning_rate": 0.01, "finetune.train.patience": 1}), 8)
-  runs = grid.expand(study)
+  runs = kinds.expand(study)
   local.write_plan(study, runs, workdir)
   return runs
 

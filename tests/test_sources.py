@@ -10,7 +10,7 @@ from conftest import tiny_study
 from flax import nnx
 
 from launch import local
-from scaling import decode, evaluate, grid, results, sources, text_metrics
+from scaling import decode, evaluate, kinds, results, sources, text_metrics
 from scaling import mesh as mesh_lib
 from scaling import model as model_lib
 from scaling import study as study_lib
@@ -77,7 +77,7 @@ def test_a_real_task_study_reports_generation_metrics_for_fine_tunes_and_eft(inp
   task = _task(data_dir, metrics=ALL_METRICS, format=r"[a-z]+( [a-z]+)*")
   eft = {"enabled": True, "d_f": (32,), "betas": (1.0,)}
   study = study_lib.validate(_study(tokenizer, data_dir, (task,), eft=eft), 8)
-  runs = grid.expand(study)
+  runs = kinds.expand(study)
   assert [r.kind for r in runs] == ["pretrain", "finetune", "eft"]
   local.write_plan(study, runs, tmp_path)
   local.execute_all(runs, tmp_path)
@@ -142,7 +142,7 @@ def test_cached_greedy_answers_are_the_teacher_forced_ones_on_a_sharded_mesh():
 def test_tasks_without_generation_fields_keep_their_runs(inputs):
   """Absent generation fields are not filled in: the task's spec, and so its runs' ids, are as before."""
   tokenizer, data_dir = inputs
-  runs = grid.expand(study_lib.validate(_study(tokenizer, data_dir, (_task(data_dir),)), 8))
+  runs = kinds.expand(study_lib.validate(_study(tokenizer, data_dir, (_task(data_dir),)), 8))
   tuned = [r for r in runs if r.kind == "finetune"]
   assert tuned and all(r.config["task_source"] == _task(data_dir) for r in tuned)
 

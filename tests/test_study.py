@@ -11,7 +11,7 @@ import processes
 import pytest
 from conftest import tiny_study
 
-from scaling import grid, methods
+from scaling import kinds, methods
 from scaling import study as study_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -84,8 +84,8 @@ def test_good_study_resolves_defaults():
 
 def test_wandb_logging_is_how_runs_execute_not_what_they_are(monkeypatch):
   """A W&B project changes no run id; where wandb is not installed, it fails validation in one line."""
-  plain = grid.expand(study_lib.validate(tiny_study(), 8))
-  logged = grid.expand(study_lib.validate(tiny_study(**{"logging.wandb_project": "scaling"}), 8))
+  plain = kinds.expand(study_lib.validate(tiny_study(), 8))
+  logged = kinds.expand(study_lib.validate(tiny_study(**{"logging.wandb_project": "scaling"}), 8))
   assert [r.id for r in logged] == [r.id for r in plain]
   assert {json.dumps(r.execution["logging"], sort_keys=True) for r in logged} == \
          {'{"wandb_entity": "", "wandb_group": "tiny", "wandb_project": "scaling"}'}

@@ -15,7 +15,7 @@ from conftest import tiny_study
 from test_metric_writers import assert_events_match_metrics
 
 from launch import local
-from scaling import grid, results
+from scaling import kinds, results
 from scaling import run as run_lib
 from scaling import study as study_lib
 
@@ -28,7 +28,7 @@ LONG = {"pretrain.steps": (150,), "pretrain.train.checkpoint_every": 10,
 
 def _plan(workdir, **overrides):
   study = study_lib.validate(tiny_study(**{**LONG, **overrides}), 8)
-  runs = grid.expand(study)
+  runs = kinds.expand(study)
   local.write_plan(study, runs, workdir)
   return {r.kind: r for r in runs}
 
@@ -101,7 +101,7 @@ def jax_leaves(tree):
 
 def _execute_tiny(tmp_path, **overrides):
   study = study_lib.validate(tiny_study(**overrides), 8)
-  runs = grid.expand(study)
+  runs = kinds.expand(study)
   local.write_plan(study, runs, tmp_path)
   return [run_lib.execute(r, tmp_path) for r in runs]
 
@@ -130,7 +130,7 @@ def test_a_run_killed_before_its_first_checkpoint_logs_each_line_once(tmp_path, 
   """A fine-tune logs its dev loss at step 0, before any checkpoint: a kill then leaves only metric
   lines (the last perhaps half-written), and the rerun starts afresh and writes each line once."""
   study = study_lib.validate(tiny_study(**{"finetune.train.checkpoint_every": 100, "finetune.pack": 2}), 8)
-  runs = grid.expand(study)
+  runs = kinds.expand(study)
   local.write_plan(study, runs, tmp_path)
   run_lib.execute(runs[0], tmp_path)
   finetunes = runs[1:] if packed else runs[1:2]
@@ -154,7 +154,7 @@ def test_the_last_step_is_evaluated_where_the_cap_is_off_the_cadence(tmp_path, p
   """Steps 21 to 23 of a 23-step fine-tune are not trained for nothing: the cap is a dev evaluation."""
   study = study_lib.validate(tiny_study(**{"finetune.train.max_steps": 23, "finetune.train.patience": 100,
                                            "finetune.pack": pack}), 8)
-  runs = grid.expand(study)
+  runs = kinds.expand(study)
   local.write_plan(study, runs, tmp_path)
   run_lib.execute(runs[0], tmp_path)
   for r, record in zip(runs[1:], run_lib.execute_pack(runs[1:], tmp_path)):

@@ -6,13 +6,17 @@ dependencies among `prior`, the runs of the kinds before it) to a study's grid, 
 whose runs can train together also has `pack_key(run)` (runs with equal keys may share a program)
 and `execute_pack(ctxs)` (their records' fields, in order); see `scaling.run.packs`. Adding a
 kind is adding one module and one entry here; `scaling.grid`, `scaling.run` and the launchers do
-not change.
+not change. `expand` makes a study's runs: each kind's cells, in the table's order.
 """
 
 from __future__ import annotations
 
+import json
 from types import ModuleType
 
+import ml_collections
+
+from scaling import grid
 from scaling.kinds import checkpoint, eft, finetune, finetune_checkpoint, pretrain, transplant
 
 # In dependency order: a kind's runs may depend on the runs of the kinds before it.
@@ -26,3 +30,17 @@ def get(kind: str) -> ModuleType:
   if kind not in KINDS:
     raise ValueError(f"unknown run kind {kind!r}; allowed: {sorted(KINDS)}")
   return KINDS[kind]
+
+
+def expand(study: ml_collections.ConfigDict) -> list[grid.Run]:
+  """All runs of a validated study, each after the runs it depends on."""
+  logging = {**study.logging.to_dict(), "wandb_group": study.name}  # W&B groups a study's runs.
+  execution = json.loads(json.dumps({"mesh_shape": study.mesh.shape.to_dict(), "rules": study.mesh.rules,
+                                     "eval_batch_size": study.eval.batch_size,
+                                     "pack": study.finetune.pack,
+                                     "loss_chunk": study.memory.loss_chunk,
+                                     "logging": logging}))  # As spec.json holds it.
+  runs: list[grid.Run] = []
+  for kind in KINDS.values():
+    runs += kind.cells(study, list(runs), execution)
+  return runs
