@@ -10,7 +10,7 @@ TEST_STAMP := $(VENV)/.installed-test
 CONFIG ?= configs/smoke.py
 WORKDIR ?= runs/smoke
 
-.PHONY: study test clean
+.PHONY: study test test-fast clean
 
 # The venv with this project, installed by uv: it downloads in parallel and
 # compiles the bytecode on every core, about 25 s where pip takes 60 s (this machine sets
@@ -42,6 +42,10 @@ study: $(STAMP)
 
 test: $(TEST_STAMP)
 	$(PY) -m pytest -q -n 2 --dist loadfile tests
+
+# The fast tier for local work: every test not marked slow (about a minute and a half on 2 cores).
+test-fast: $(TEST_STAMP)
+	$(PY) -m pytest -q -n 2 --dist loadfile -m "not slow" tests
 
 clean:
 	rm -rf runs .pytest_cache

@@ -68,6 +68,7 @@ def test_gap_closed_is_measured_against_fine_tunes_of_the_eft_bases():
   assert gaps[0] == gaps[1]
 
 
+@pytest.mark.slow
 def test_fit_eft_records_and_report_section(tmp_path):
   table = _table()
   records = eft_analysis.fit_eft(table, bootstrap=50)

@@ -18,6 +18,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CSV = os.path.join(ROOT, "examples", "smoke_qa_full.csv")
 
 
+@pytest.mark.slow
 def test_csv_cli_fits_the_shipped_example(tmp_path):
   out = tmp_path / "fit.json"
   proc = processes.run([sys.executable, "-m", "analysis.fit", "--csv", CSV, "--x", "non_embedding_params",
@@ -119,6 +120,7 @@ def test_a_study_too_small_for_laws_still_gets_its_report(tmp_path):
   assert "## Fine-tuned runs" in text and "### t / full" in text and "\n## t / full" not in text
 
 
+@pytest.mark.slow
 def test_with_two_bases_a_joint_law_holds_out_the_largest_d_f():
   """Without the larger of two bases one value of N is left, which cannot fix alpha: the law is
   validated on the largest D_f instead, where it extrapolates from points that determine it."""
@@ -139,6 +141,7 @@ def test_with_two_bases_a_joint_law_holds_out_the_largest_d_f():
                   holdout="largest_x")
 
 
+@pytest.mark.slow
 def test_the_report_draws_the_points_a_joint_law_was_fitted_to(tmp_path, monkeypatch):
   """With the middle base at three D_p, the law over N is fitted at the final D_p; its figures
   show those points, not means over every D_p."""

@@ -49,6 +49,7 @@ def test_reference_gives_our_loss_and_gradients(block, rtol):
     np.testing.assert_allclose(g, want, rtol=0, atol=rtol * np.abs(want).max())
 
 
+@pytest.mark.slow
 def test_train_bench_runs_both_steps_from_the_command_line(tmp_path):
   rows_json = tmp_path / "rows.json"
   script = ("import sys; from scaling import bench; bench.main(sys.argv[1:]); "
@@ -82,6 +83,7 @@ def test_peak_flops_by_device_kind():
   assert peak("cpu", "float32") is None
 
 
+@pytest.mark.slow
 def test_methods_bench_compares_each_method_with_full_tuning():
   from scaling import methods
 
@@ -97,6 +99,7 @@ def test_methods_bench_compares_each_method_with_full_tuning():
   assert all(float(r[-1][:-1]) < 1 for r in rows[1:])  # Fewer moments: every PET step needs less memory.
 
 
+@pytest.mark.slow
 def test_grid_bench_trains_a_studys_fine_tunes_alone_and_packed_to_the_same_metrics(tmp_path):
   from conftest import tiny_study
 

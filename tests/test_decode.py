@@ -118,6 +118,7 @@ def _chi2_pvalue(samples_Bx2, probs, vocab):
   return scipy.stats.chisquare(obs, exp).pvalue
 
 
+@pytest.mark.slow
 def test_speculative_sampling_follows_the_eft_distribution():
   vocab, rows = 8, 6000
   # Flatter bases than fine-tune: the draft is close to the target, but not equal to it.

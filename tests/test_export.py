@@ -25,6 +25,7 @@ from scaling.data import world as world_lib
 
 STUDY = {"model.sizes": ("d16l2", "d32l2"), "finetune.methods": ("full", {"name": "prompt", "length": 4}),
          "finetune.d_f": (16, 32), "eft": {"enabled": True, "betas": (1.0,)}}
+pytestmark = pytest.mark.slow  # Its fixture runs and exports a study.
 FILES = ("config.json", "model.safetensors", "tokenizer.json")
 # One program per model, not one per op (as an eager call compiles them).
 logits = nnx.jit(lambda model, tokens: model(tokens))
@@ -135,7 +136,6 @@ def test_entries_import_each_base_with_its_weight_fine_tunes(exported):
   assert export.read_entries(out) == entries  # As configs read them from the export's folder.
 
 
-@pytest.mark.slow
 def test_an_imported_study_reproduces_the_native_eft_grid_without_training(exported, tmp_path):
   workdir, _, records, entries, _ = exported
   study = study_lib.validate(tiny_study(**{**STUDY, "finetune.methods": ("full",), **entries}), 8)

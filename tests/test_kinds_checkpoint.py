@@ -81,6 +81,7 @@ def _study(root, data_dir, **overrides):
                        **overrides})
 
 
+@pytest.mark.slow
 def test_study_of_imported_checkpoints_on_a_tfds_task_runs_and_fits(inputs, tmp_path):
   root, data_dir = inputs
   study = study_lib.validate(_study(root, data_dir), 8)

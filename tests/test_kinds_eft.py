@@ -72,6 +72,7 @@ def test_eft_runs_score_as_their_parts(tmp_path):
   assert all(r["finetune_non_embedding_params"] == sizes[r["finetune_size"]] for r in eft)
 
 
+@pytest.mark.slow
 def test_killed_eft_run_is_rerun_to_the_same_result(tmp_path):
   runs = _plan(tmp_path, **{"model.sizes": ("d32l2",), "finetune.d_f": (32,)})
   for r in runs[:-1]:

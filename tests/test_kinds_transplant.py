@@ -12,6 +12,7 @@ from scaling import study as study_lib
 TRANSPLANT = {"finetune.d_f": (16, 32), "transplant": {"enabled": True}}
 
 
+@pytest.mark.slow
 def test_transplants_reset_exactly_their_blocks_and_keep_the_rest(tmp_path):
   study = study_lib.validate(tiny_study(**TRANSPLANT), 8)
   runs = kinds.expand(study)

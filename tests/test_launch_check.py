@@ -42,6 +42,7 @@ def _rows(mesh_shape, memory_bytes=None, packs=False, sizes=("d32l2", "d48l2"), 
   return check.check(study, target)
 
 
+@pytest.mark.slow
 def test_every_distinct_train_step_is_compiled_and_sharding_shows():
   data = _rows({"data": 8})
   assert [(r["size"], r["method"]) for r in data] == [("d32l2", "pretrain"), ("d48l2", "pretrain"),
@@ -54,6 +55,7 @@ def test_every_distinct_train_step_is_compiled_and_sharding_shows():
   assert all(r["fits"] is False for r in _rows({"data": 8}, memory_bytes=1000))
 
 
+@pytest.mark.slow
 def test_packed_fine_tunes_are_checked_as_their_packs():
   """On this machine launch.local packs a base's fine-tunes (two D_f here): the check compiles the
   packed step as the pack lays it out. Over 8 data devices each device holds one whole lane (the
@@ -73,6 +75,7 @@ def test_steps_are_checked_with_the_studys_loss_chunks():
   assert all(c["temp"] < w["temp"] and c["argument"] == w["argument"] for w, c in zip(whole, chunked))
 
 
+@pytest.mark.slow
 def test_the_vocabulary_is_the_studys_tokenizers():
   """Shakespeare's tokenizer has 2,048 tokens, the world's a few hundred: the checked step's
   parameters are those the run builds, and the check trains no tokenizer to know it."""
@@ -128,6 +131,7 @@ def test_a_mesh_that_leaves_devices_out_is_named():
     _rows({"data": 4})
 
 
+@pytest.mark.slow
 def test_cli_prints_the_table_and_answers_bad_topologies_in_one_line():
   env = {**os.environ, "PYTHONPATH": ROOT}
   command = [sys.executable, "-m", "launch.check", "--config", os.path.join(ROOT, "configs", "smoke.py"),

@@ -332,6 +332,7 @@ def _interrupted(tmp_path, args: list[str]) -> subprocess.CompletedProcess:
   return subprocess.CompletedProcess(argv, proc.returncode, "".join(lines) + out, err)
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_a_watch_in_one_line_and_the_same_command_resumes(tmp_path):
   standins.install(tmp_path)  # A new JobSet stays queued.
   workdir = tmp_path / "w"

@@ -54,6 +54,7 @@ def _killed_after_a_checkpoint(command: list[str], workdir: str, env: dict, cwd)
     proc.wait()
 
 
+@pytest.mark.slow
 def test_a_gs_study_killed_mid_run_resumes_and_equals_the_study_on_a_local_disk(storage, tmp_path):
   config = tmp_path / "study.py"
   config.write_text(CONFIG.format(tests=os.path.join(REPO, "tests")))

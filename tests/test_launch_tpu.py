@@ -263,6 +263,7 @@ def test_a_run_that_keeps_failing_ends_the_launch_and_deletes_the_slices(tmp_pat
   assert json.loads((workdir / tpu.POOL).read_text()) == {name: None for name in names}
 
 
+@pytest.mark.slow
 def test_ctrl_c_says_in_one_line_how_to_resume_and_the_same_command_does(tmp_path):
   standins.install(tmp_path)
   standins.set_state(tmp_path, {"run_seconds": 0.5})

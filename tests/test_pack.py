@@ -51,6 +51,7 @@ def alone_and_packed(tmp_path_factory):
   return alone, packed, runs
 
 
+@pytest.mark.slow
 def test_packed_fine_tunes_end_where_each_ends_alone(alone_and_packed):
   alone, packed, runs = alone_and_packed
   steps = set()
@@ -118,6 +119,7 @@ def test_killed_pack_resumes_to_the_same_end(alone_and_packed, tmp_path, monkeyp
     assert _lines(packed, run) == _lines(killed, run)
 
 
+@pytest.mark.slow
 def test_lanes_in_turn_vmapped_and_over_devices_take_the_same_step():
   """The CPU's step (lanes one after another, stopped ones skipped) equals the accelerators'
   (vmapped, stopped ones masked), and either with the lanes split over two devices equals it

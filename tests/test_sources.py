@@ -72,6 +72,7 @@ def _study(tokenizer: str, data_dir: str, tasks: tuple, **overrides):
                        "finetune.train.learning_rate": 1e-2, **overrides})
 
 
+@pytest.mark.slow
 def test_a_real_task_study_reports_generation_metrics_for_fine_tunes_and_eft(inputs, tmp_path):
   tokenizer, data_dir = inputs
   task = _task(data_dir, metrics=ALL_METRICS, format=r"[a-z]+( [a-z]+)*")

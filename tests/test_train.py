@@ -106,6 +106,7 @@ def _execute_tiny(tmp_path, **overrides):
   return [run_lib.execute(r, tmp_path) for r in runs]
 
 
+@pytest.mark.slow
 def test_early_stopping_keeps_best_dev_step(tmp_path):
   # A huge learning rate makes dev loss worse after the first steps: training stops early.
   records = _execute_tiny(tmp_path, **{"finetune.d_f": (32,), "finetune.train.learning_rate": 0.3,
@@ -118,6 +119,7 @@ def test_early_stopping_keeps_best_dev_step(tmp_path):
   assert [r["train"]["compute_dtype"] for r in records] == ["float32", "float32"]  # What auto means on a CPU.
 
 
+@pytest.mark.slow
 def test_step_cap_is_recorded(tmp_path):
   records = _execute_tiny(tmp_path, **{"finetune.d_f": (32,), "finetune.train.learning_rate": 1e-3,
                                        "finetune.train.max_steps": 10, "finetune.train.patience": 100})
@@ -125,6 +127,7 @@ def test_step_cap_is_recorded(tmp_path):
   assert ft["hit_step_cap"] and ft["steps"] == 10
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("packed", [False, True])
 def test_a_run_killed_before_its_first_checkpoint_logs_each_line_once(tmp_path, packed):
   """A fine-tune logs its dev loss at step 0, before any checkpoint: a kill then leaves only metric
@@ -149,6 +152,7 @@ def test_a_run_killed_before_its_first_checkpoint_logs_each_line_once(tmp_path, 
     assert_events_match_metrics(d)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("pack", [1, 2])
 def test_the_last_step_is_evaluated_where_the_cap_is_off_the_cadence(tmp_path, pack):
   """Steps 21 to 23 of a 23-step fine-tune are not trained for nothing: the cap is a dev evaluation."""
