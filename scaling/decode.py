@@ -147,7 +147,7 @@ def generate(mixture: Mixture, prompts_BxL: jax.Array, prompt_len_B: jax.Array, 
     caches, logp_BxV = carry
     token_B = pick(logp_BxV, sampling, jax.random.fold_in(key, t))
     logits, caches = _extend(modules, caches, token_B[:, None], (prompt_len_B + t)[:, None], prompt_len_B)
-    return (caches, eft.combine([l[:, 0] for l in logits], mixture.weights)), token_B
+    return (caches, eft.combine([l_BxV[:, 0] for l_BxV in logits], mixture.weights)), token_B
 
   _, tokens_NxB = jax.lax.scan(step, (caches, logp_BxV), jnp.arange(num_new))
   return tokens_NxB.T

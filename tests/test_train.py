@@ -114,7 +114,7 @@ def test_early_stopping_keeps_best_dev_step(tmp_path):
   ft = records[-1]["train"]
   assert not ft["hit_step_cap"] and ft["steps"] < 200
   assert ft["steps"] == ft["best_step"] + 2 * 5  # Two evaluations (every 5 steps) without gain.
-  dev = [json.loads(l) for l in open(tmp_path / "runs" / records[-1]["id"] / "metrics.jsonl") if "dev_loss" in l]
+  dev = [json.loads(line) for line in open(tmp_path / "runs" / records[-1]["id"] / "metrics.jsonl") if "dev_loss" in line]
   assert ft["best_dev_loss"] == pytest.approx(min(d["dev_loss"] for d in dev), rel=1e-6)
   assert [r["train"]["compute_dtype"] for r in records] == ["float32", "float32"]  # What auto means on a CPU.
 
@@ -144,7 +144,7 @@ def test_a_run_killed_before_its_first_checkpoint_logs_each_line_once(tmp_path, 
   for d, text in zip(dirs, straight):  # As a kill at step 7 leaves the run: no checkpoint, no result.
     for name in ("ckpt", "model", results.RESULT):
       shutil.rmtree(d / name) if (d / name).is_dir() else (d / name).unlink()
-    lines = [l for l in text.splitlines() if json.loads(l)["step"] <= 7]
+    lines = [line for line in text.splitlines() if json.loads(line)["step"] <= 7]
     (d / "metrics.jsonl").write_text("\n".join(lines) + '\n{"loss": 2.5, "st')
   run_lib.execute_pack(finetunes, tmp_path)
   assert [(d / "metrics.jsonl").read_text() for d in dirs] == straight
@@ -162,6 +162,6 @@ def test_the_last_step_is_evaluated_where_the_cap_is_off_the_cadence(tmp_path, p
   local.write_plan(study, runs, tmp_path)
   run_lib.execute(runs[0], tmp_path)
   for r, record in zip(runs[1:], run_lib.execute_pack(runs[1:], tmp_path)):
-    lines = [json.loads(l) for l in open(tmp_path / "runs" / r.id / "metrics.jsonl")]
-    assert [l["step"] for l in lines if "dev_loss" in l] == [0, 5, 10, 15, 20, 23]
+    lines = [json.loads(line) for line in open(tmp_path / "runs" / r.id / "metrics.jsonl")]
+    assert [rec["step"] for rec in lines if "dev_loss" in rec] == [0, 5, 10, 15, 20, 23]
     assert record["train"]["steps"] == 23 and record["train"]["hit_step_cap"]
