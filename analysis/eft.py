@@ -28,10 +28,16 @@ from scaling import grid as grid_lib  # noqa: E402
 
 # The metrics that EFT runs may have (the world's tasks: knowledge and behaviour; a real task: its
 # generation metrics and its format check as behaviour); each analysis takes those its runs have.
-METRICS = {"knowledge": "knowledge (exact match)", "behaviour": "behaviour (answer format)",
-           "test_loss": "test loss (answer tokens)", "exact_match": "exact match (generated answers)",
-           "f1": "token F1 (generated answers)", "rouge_l": "ROUGE-L (generated answers)",
-           "chrf": "chrF (generated answers)", "bleu": "BLEU (generated answers)"}
+METRICS = {
+  "knowledge": "knowledge (exact match)",
+  "behaviour": "behaviour (answer format)",
+  "test_loss": "test loss (answer tokens)",
+  "exact_match": "exact match (generated answers)",
+  "f1": "token F1 (generated answers)",
+  "rouge_l": "ROUGE-L (generated answers)",
+  "chrf": "chrF (generated answers)",
+  "bleu": "BLEU (generated answers)",
+}
 SCALES = {"n1": "N1 (pretraining scale)", "n2": "N2 (fine-tuning scale)"}
 
 
@@ -40,12 +46,22 @@ def eft_points(table: pd.DataFrame) -> pd.DataFrame:
   if "kind" not in table or not (table["kind"] == "eft").any():
     return pd.DataFrame()
   e = table[table["kind"] == "eft"]
-  keys = ["task", "method", "size", "finetune_size", "non_embedding_params", "finetune_non_embedding_params",
-          "d_f", "beta"]
-  return (e.groupby(keys, as_index=False)
-          .agg(**{m: (f"metrics.{m}", "mean") for m in METRICS if f"metrics.{m}" in e})
-          .rename(columns={"non_embedding_params": "n1", "finetune_non_embedding_params": "n2"})
-          .sort_values(keys[:1] + ["n1", "n2", "d_f", "beta"], ignore_index=True))
+  keys = [
+    "task",
+    "method",
+    "size",
+    "finetune_size",
+    "non_embedding_params",
+    "finetune_non_embedding_params",
+    "d_f",
+    "beta",
+  ]
+  return (
+    e.groupby(keys, as_index=False)
+    .agg(**{m: (f"metrics.{m}", "mean") for m in METRICS if f"metrics.{m}" in e})
+    .rename(columns={"non_embedding_params": "n1", "finetune_non_embedding_params": "n2"})
+    .sort_values(keys[:1] + ["n1", "n2", "d_f", "beta"], ignore_index=True)
+  )
 
 
 def measured(points: pd.DataFrame) -> list[str]:
@@ -53,12 +69,16 @@ def measured(points: pd.DataFrame) -> list[str]:
   return [m for m in METRICS if m in points]
 
 
-def decoupling_fit(points: pd.DataFrame, metric: str, replicates: int = 1000, level: float = 0.9,
-                   seed: int = 0) -> dict:
+def decoupling_fit(
+  points: pd.DataFrame, metric: str, replicates: int = 1000, level: float = 0.9, seed: int = 0
+) -> dict:
   """Least squares of the metric on log N1, log N2 (and log D_f if it varies), with bootstrap
   percentile intervals over the points, and which scale the metric follows."""
-  columns = {"c": np.ones(len(points)), "b1": np.log(points["n1"].to_numpy(float)),
-             "b2": np.log(points["n2"].to_numpy(float))}
+  columns = {
+    "c": np.ones(len(points)),
+    "b1": np.log(points["n1"].to_numpy(float)),
+    "b2": np.log(points["n2"].to_numpy(float)),
+  }
   if points["d_f"].nunique() > 1:
     columns["b3"] = np.log(points["d_f"].to_numpy(float))
   design = np.stack(list(columns.values()), axis=1)
@@ -74,9 +94,15 @@ def decoupling_fit(points: pd.DataFrame, metric: str, replicates: int = 1000, le
   intervals = {n: [float(lo[i]), float(hi[i])] for i, n in enumerate(names)}
   residual = y - design @ coef
   r2 = 1 - residual.var() / y.var() if y.var() > 0 else float("nan")
-  return {"coef": {n: float(coef[i]) for i, n in enumerate(names)}, "intervals": intervals, "level": level,
-          "replicates": replicates, "r2": float(r2), "num_points": len(y),
-          "follows": follows(coef[1], coef[2], intervals["b1"], intervals["b2"])}
+  return {
+    "coef": {n: float(coef[i]) for i, n in enumerate(names)},
+    "intervals": intervals,
+    "level": level,
+    "replicates": replicates,
+    "r2": float(r2),
+    "num_points": len(y),
+    "follows": follows(coef[1], coef[2], intervals["b1"], intervals["b2"]),
+  }
 
 
 def follows(b1: float, b2: float, ci1: list[float], ci2: list[float]) -> str:
@@ -94,8 +120,9 @@ def finetune_metrics(table: pd.DataFrame) -> pd.DataFrame:
   e = table[table["kind"] == "eft"]
   combined = set(e["base"]) | set(e["spec.finetune_base"])
   ft = table[table["kind"].isin(grid_lib.FINETUNE_KINDS) & table["base"].isin(combined)]
-  return (ft.groupby(["task", "method", "non_embedding_params", "d_f"], as_index=False)
-          .agg(**{m: (f"metrics.{m}", "mean") for m in METRICS if f"metrics.{m}" in ft}))
+  return ft.groupby(["task", "method", "non_embedding_params", "d_f"], as_index=False).agg(
+    **{m: (f"metrics.{m}", "mean") for m in METRICS if f"metrics.{m}" in ft}
+  )
 
 
 def gap_closed_rows(points: pd.DataFrame, finetuned: pd.DataFrame) -> list[dict]:
@@ -107,9 +134,19 @@ def gap_closed_rows(points: pd.DataFrame, finetuned: pd.DataFrame) -> list[dict]
     small, large = ft.get((p.task, p.method, p.n2, p.d_f)), ft.get((p.task, p.method, p.n1, p.d_f))
     if small is None or large is None:
       continue
-    rows.append({"n1_size": p.size, "n2_size": p.finetune_size, "d_f": int(p.d_f), "beta": float(p.beta),
-                 **{m: eft_lib.gap_closed(getattr(p, m), getattr(small, m), getattr(large, m))
-                    for m in measured(points) if m in finetuned}})
+    rows.append(
+      {
+        "n1_size": p.size,
+        "n2_size": p.finetune_size,
+        "d_f": int(p.d_f),
+        "beta": float(p.beta),
+        **{
+          m: eft_lib.gap_closed(getattr(p, m), getattr(small, m), getattr(large, m))
+          for m in measured(points)
+          if m in finetuned
+        },
+      }
+    )
   return rows
 
 
@@ -125,13 +162,19 @@ def fit_eft(table: pd.DataFrame, delta: float = 1e-3, bootstrap: int = 200) -> l
     for beta, at_beta in group.groupby("beta"):
       for metric in measured(at_beta):
         if at_beta[metric].notna().all() and len(at_beta) > 4:
-          records.append({**cell, "analysis": "decoupling", "metric": metric, "beta": float(beta),
-                          **decoupling_fit(at_beta, metric, replicates=max(bootstrap, 200))})
+          records.append(
+            {
+              **cell,
+              "analysis": "decoupling",
+              "metric": metric,
+              "beta": float(beta),
+              **decoupling_fit(at_beta, metric, replicates=max(bootstrap, 200)),
+            }
+          )
     gaps = gap_closed_rows(group, finetuned[(finetuned["task"] == task) & (finetuned["method"] == method)])
     if gaps:
       summary = pd.DataFrame(gaps).groupby(["beta", "d_f"], as_index=False)[measured(group)].median()
-      records.append({**cell, "analysis": "gap_closed", "pairs": gaps,
-                      "median": summary.to_dict(orient="records")})
+      records.append({**cell, "analysis": "gap_closed", "pairs": gaps, "median": summary.to_dict(orient="records")})
     plain = group[group["beta"] == 1.0]
     for scale in SCALES:
       if plain[scale].nunique() < 2:
@@ -142,8 +185,7 @@ def fit_eft(table: pd.DataFrame, delta: float = 1e-3, bootstrap: int = 200) -> l
       holdout = frames.choose_holdout(points_x, law, d, x)
       if holdout is None:
         continue
-      fit = frames.fit_frame(points_x, law, d=d, y="test_loss", x=x, delta=delta, bootstrap=bootstrap,
-                              holdout=holdout)
+      fit = frames.fit_frame(points_x, law, d=d, y="test_loss", x=x, delta=delta, bootstrap=bootstrap, holdout=holdout)
       records.append({**cell, "analysis": "law", "x": scale, **fit})
   return records
 
@@ -152,8 +194,15 @@ def plot_heatmaps(points: pd.DataFrame, metric: str, path: epath.Path) -> None:
   """The metric over (N1, N2): a panel per (D_f, beta), values written in the cells."""
   d_fs, betas = sorted(points["d_f"].unique()), sorted(points["beta"].unique())
   sizes = points.drop_duplicates("size").sort_values("n1")["size"].tolist()
-  fig, axes = plt.subplots(len(d_fs), len(betas), figsize=(2.4 * len(betas) + 1.6, 2.4 * len(d_fs) + 0.4),
-                           squeeze=False, sharex=True, sharey=True, layout="constrained")
+  fig, axes = plt.subplots(
+    len(d_fs),
+    len(betas),
+    figsize=(2.4 * len(betas) + 1.6, 2.4 * len(d_fs) + 0.4),
+    squeeze=False,
+    sharex=True,
+    sharey=True,
+    layout="constrained",
+  )
   lo, hi = points[metric].min(), points[metric].max()
   cmap = "viridis_r" if metric == "test_loss" else "viridis"  # Bright is good in every panel.
   for r, d_f in enumerate(d_fs):
@@ -166,8 +215,15 @@ def plot_heatmaps(points: pd.DataFrame, metric: str, path: epath.Path) -> None:
         for j in range(len(sizes)):
           value = grid.iloc[i, j]
           if np.isfinite(value):
-            ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7,
-                    color="white" if (value - lo) < 0.5 * (hi - lo) else "black")
+            ax.text(
+              j,
+              i,
+              f"{value:.2f}",
+              ha="center",
+              va="center",
+              fontsize=7,
+              color="white" if (value - lo) < 0.5 * (hi - lo) else "black",
+            )
       ax.set_xticks(range(len(sizes)), sizes, fontsize=7, rotation=45)
       ax.set_yticks(range(len(sizes)), sizes, fontsize=7)
       ax.set_title(f"D_f={int(d_f)}, beta={beta:g}", fontsize=8)
@@ -187,9 +243,13 @@ def report_lines(table: pd.DataFrame, records: list[dict], out: epath.Path) -> l
   points = eft_points(table)
   if points.empty:
     return []
-  lines = ["## Emulated fine-tuning", "",
-           "EFT scores the task with `log p_base(N1) + beta * (log p_ft(N2) - log p_base(N2))`, renormalised "
-           "per token. At beta = 1 the diagonal N1 = N2 is the real fine-tuned model; N1 > N2 is up-scaling.", ""]
+  lines = [
+    "## Emulated fine-tuning",
+    "",
+    "EFT scores the task with `log p_base(N1) + beta * (log p_ft(N2) - log p_base(N2))`, renormalised "
+    "per token. At beta = 1 the diagonal N1 = N2 is the real fine-tuned model; N1 > N2 is up-scaling.",
+    "",
+  ]
   for (task, method), group in points.groupby(["task", "method"]):
     mine = [r for r in records if r.get("section") == "eft" and (r["task"], r["method"]) == (task, method)]
     lines += [f"### {task} / {method}", ""]
@@ -197,23 +257,51 @@ def report_lines(table: pd.DataFrame, records: list[dict], out: epath.Path) -> l
       name = f"eft_{task}_{method}_{metric}.png"
       plot_heatmaps(group, metric, out / name)
       lines += [f"![EFT {metric}]({name})", ""]
-    rows = [{"metric": r["metric"], "beta": r["beta"], **{f"{k} [{int(100 * r['level'])}% CI]":
-             f"{v:.3g} [{r['intervals'][k][0]:.3g}, {r['intervals'][k][1]:.3g}]" for k, v in r["coef"].items()},
-             "R²": r["r2"], "follows": SCALES.get(r["follows"], r["follows"])}
-            for r in mine if r["analysis"] == "decoupling"]
+    rows = [
+      {
+        "metric": r["metric"],
+        "beta": r["beta"],
+        **{
+          f"{k} [{int(100 * r['level'])}% CI]": f"{v:.3g} [{r['intervals'][k][0]:.3g}, {r['intervals'][k][1]:.3g}]"
+          for k, v in r["coef"].items()
+        },
+        "R²": r["r2"],
+        "follows": SCALES.get(r["follows"], r["follows"]),
+      }
+      for r in mine
+      if r["analysis"] == "decoupling"
+    ]
     if rows:
-      lines += ["#### Which scale each metric follows", "",
-                "`m = c + b1 log N1 + b2 log N2` (+ `b3 log D_f` when D_f varies), least squares over the "
-                "EFT runs at each beta, with bootstrap intervals. A metric follows a scale when that "
-                "coefficient's interval excludes 0 (and, if both do, it is at least twice the other).", "",
-                report_lib.markdown_table(pd.DataFrame(rows)), ""]
+      lines += [
+        "#### Which scale each metric follows",
+        "",
+        "`m = c + b1 log N1 + b2 log N2` (+ `b3 log D_f` when D_f varies), least squares over the "
+        "EFT runs at each beta, with bootstrap intervals. A metric follows a scale when that "
+        "coefficient's interval excludes 0 (and, if both do, it is at least twice the other).",
+        "",
+        report_lib.markdown_table(pd.DataFrame(rows)),
+        "",
+      ]
     for r in (r for r in mine if r["analysis"] == "gap_closed"):
-      lines += ["#### Gap closed by up-scaling", "",
-                "`(EFT(N1, N2) - FT(N2)) / (FT(N1) - FT(N2))` for N1 > N2: 1 means EFT matches the large "
-                "fine-tune, 0 the small one. Median over pairs:", "",
-                report_lib.markdown_table(pd.DataFrame(r["median"])), "", "Every pair:", "", report_lib.markdown_table(pd.DataFrame(r["pairs"])), ""]
+      lines += [
+        "#### Gap closed by up-scaling",
+        "",
+        "`(EFT(N1, N2) - FT(N2)) / (FT(N1) - FT(N2))` for N1 > N2: 1 means EFT matches the large "
+        "fine-tune, 0 the small one. Median over pairs:",
+        "",
+        report_lib.markdown_table(pd.DataFrame(r["median"])),
+        "",
+        "Every pair:",
+        "",
+        report_lib.markdown_table(pd.DataFrame(r["pairs"])),
+        "",
+      ]
     laws = [r for r in mine if r["analysis"] == "law"]
     if laws:
-      lines += ["#### Laws of EFT test loss (beta = 1)", "",
-                report_lib.markdown_table(pd.DataFrame([{"X": SCALES[r["x"]], **report_lib.fit_row(r)} for r in laws])), ""]
+      lines += [
+        "#### Laws of EFT test loss (beta = 1)",
+        "",
+        report_lib.markdown_table(pd.DataFrame([{"X": SCALES[r["x"]], **report_lib.fit_row(r)} for r in laws])),
+        "",
+      ]
   return lines

@@ -38,8 +38,11 @@ from scaling import laws, results
 from scaling import run as run_lib
 
 # Scaling factors a study may vary, by results column.
-X_AXES = {"non_embedding_params": "base parameters N", "pretrain_tokens": "pretraining tokens D_p",
-          "trainable_params": "trainable parameters P"}
+X_AXES = {
+  "non_embedding_params": "base parameters N",
+  "pretrain_tokens": "pretraining tokens D_p",
+  "trainable_params": "trainable parameters P",
+}
 JOINT_LAWS, CURVE_LAWS = ("multiplicative", "additive"), ("single", "rectified")
 
 
@@ -51,13 +54,16 @@ def finetune_points(table: pd.DataFrame) -> pd.DataFrame:
   ft = table[table["kind"].isin(grid_lib.FINETUNE_KINDS)]  # Trained here or imported.
   bad = ~np.isfinite(pd.to_numeric(ft["metrics.test_loss"], errors="coerce"))
   if bad.any():
-    warnings.warn(f"excluded {int(bad.sum())} runs with a non-finite test loss: {sorted(ft.loc[bad, 'id'])}",
-                  stacklevel=2)
+    warnings.warn(
+      f"excluded {int(bad.sum())} runs with a non-finite test loss: {sorted(ft.loc[bad, 'id'])}", stacklevel=2
+    )
     ft = ft[~bad]
   keys = ["task", "method", "size", *X_AXES, "d_f"]
-  points = (ft.groupby(keys, as_index=False, dropna=False)  # An imported base may not say its D_p.
-            .agg(test_loss=("metrics.test_loss", "mean"), seeds=("seed", "count"))
-            .sort_values(keys, ignore_index=True))
+  points = (
+    ft.groupby(keys, as_index=False, dropna=False)  # An imported base may not say its D_p.
+    .agg(test_loss=("metrics.test_loss", "mean"), seeds=("seed", "count"))
+    .sort_values(keys, ignore_index=True)
+  )
   points["base"] = frames.base_names(points)
   return points
 
@@ -72,11 +78,15 @@ def fit_study(table: pd.DataFrame, delta: float = 1e-3, bootstrap: int = 200) ->
       for law in JOINT_LAWS:
         holdout = frames.choose_holdout(points, law, "d_f", axis)
         if holdout is None:
-          warnings.warn(f"{task}/{method}: {len(points)} points over {axis} and D_f are too few to fit and "
-                        f"validate the {law} law; add base sizes or D_f", stacklevel=2)
+          warnings.warn(
+            f"{task}/{method}: {len(points)} points over {axis} and D_f are too few to fit and "
+            f"validate the {law} law; add base sizes or D_f",
+            stacklevel=2,
+          )
           continue
-        record = frames.fit_frame(points, law, d="d_f", y="test_loss", x=axis, delta=delta, bootstrap=bootstrap,
-                           holdout=holdout)
+        record = frames.fit_frame(
+          points, law, d="d_f", y="test_loss", x=axis, delta=delta, bootstrap=bootstrap, holdout=holdout
+        )
         fits.append({"task": task, "method": method, "x": axis, "base": None, **record})
     for base, curve in group.groupby("base"):
       for law in CURVE_LAWS:
@@ -109,8 +119,12 @@ def fit_and_report(workdir: str | epath.Path, delta: float = 1e-3, bootstrap: in
   out = workdir / "report"
   # The fits are a function of the points and the settings: unchanged inputs are not refitted.
   points = finetune_points(table)
-  sources = [points, eft_analysis.eft_points(table), locality_analysis.layer_points(table),
-             locality_analysis.transplant_points(table)]
+  sources = [
+    points,
+    eft_analysis.eft_points(table),
+    locality_analysis.layer_points(table),
+    locality_analysis.transplant_points(table),
+  ]
   inputs = f"{'|'.join(p.to_csv() for p in sources)}|{delta}|{bootstrap}|{laws.__doc__}"
   key = hashlib.sha256(inputs.encode()).hexdigest()
   if (out / "inputs.sha256").exists() and (out / "inputs.sha256").read_text() == key and (out / "fits.json").exists():
@@ -123,30 +137,39 @@ def fit_and_report(workdir: str | epath.Path, delta: float = 1e-3, bootstrap: in
       fits += methods_analysis.fit_methods(table, delta, bootstrap)
     out.mkdir(parents=True, exist_ok=True)
     results.write_json(out / "fits.json", fits)
-    sections = (methods_analysis.report_lines(table, fits) + locality_analysis.report_lines(table)
-                + eft_analysis.report_lines(table, fits, out))
+    sections = (
+      methods_analysis.report_lines(table, fits)
+      + locality_analysis.report_lines(table)
+      + eft_analysis.report_lines(table, fits, out)
+    )
     path = report_lib.write_report(table, points, fits, out, sections)
     (out / "inputs.sha256").write_text(key)
   for f in fits:
     if f["section"] == "eft" and f["analysis"] == "decoupling" and f["beta"] == 1.0:
       c, ci = f["coef"], f["intervals"]
-      print(f"EFT {f['task']}/{f['method']} {f['metric']}: b1 (log N1) = {c['b1']:.3g} [{ci['b1'][0]:.3g}, "
-            f"{ci['b1'][1]:.3g}], b2 (log N2) = {c['b2']:.3g} [{ci['b2'][0]:.3g}, {ci['b2'][1]:.3g}]: "
-            f"follows {eft_analysis.SCALES.get(f['follows'], f['follows'])}")
+      print(
+        f"EFT {f['task']}/{f['method']} {f['metric']}: b1 (log N1) = {c['b1']:.3g} [{ci['b1'][0]:.3g}, "
+        f"{ci['b1'][1]:.3g}], b2 (log N2) = {c['b2']:.3g} [{ci['b2'][0]:.3g}, {ci['b2'][1]:.3g}]: "
+        f"follows {eft_analysis.SCALES.get(f['follows'], f['follows'])}"
+      )
     if f["section"] in ("finetune", "methods") and f["law"] == "multiplicative" and f["x"]:
       p, v = f["params"], f["validation"]
       base = f" on {f['base']}" if f["base"] else ""
-      print(f"{f['task']}/{f['method']}{base} over {f['x']}: L = {p['A']:.4g} * X^-{p['alpha']:.4f} * D_f^-{p['beta']:.4f}"
-            f" + {p['E']:.4f}  (A={p['A']:.4g}, alpha={p['alpha']:.4f}, beta={p['beta']:.4f}, E={p['E']:.4f};"
-            f" {f['num_points']} points; held-out error {v['heldout_error']:.4g})")
+      print(
+        f"{f['task']}/{f['method']}{base} over {f['x']}: L = {p['A']:.4g} * X^-{p['alpha']:.4f} * D_f^-{p['beta']:.4f}"
+        f" + {p['E']:.4f}  (A={p['A']:.4g}, alpha={p['alpha']:.4f}, beta={p['beta']:.4f}, E={p['E']:.4f};"
+        f" {f['num_points']} points; held-out error {v['heldout_error']:.4g})"
+      )
   print(f"report: {path}")
   return fits
 
 
 def format_fit(record: dict) -> str:
   """One readable block: the law, each parameter with its interval, and the errors."""
-  lines = [f"{record['law']}: {record['formula']}  ({record['num_points']} points, objective "
-           f"{record['objective']:.4g}, converged {record['converged']})"]
+  lines = [
+    f"{record['law']}: {record['formula']}  ({record['num_points']} points, objective "
+    f"{record['objective']:.4g}, converged {record['converged']})"
+  ]
   intervals = record.get("intervals", {})
   for name, value in record["params"].items():
     ci = f"  [{intervals[name][0]:.4g}, {intervals[name][1]:.4g}]" if name in intervals else ""
@@ -154,7 +177,9 @@ def format_fit(record: dict) -> str:
   if "validation" in record:
     v = record["validation"]
     held = "n/a" if v["heldout_error"] is None else f"{v['heldout_error']:.4g}"
-    lines.append(f"  Delta_e {v['fitted_error']:.4g}, Delta_h ({v['holdout']}) {held}, leave-one-out {v['loo_error']:.4g}")
+    lines.append(
+      f"  Delta_e {v['fitted_error']:.4g}, Delta_h ({v['holdout']}) {held}, leave-one-out {v['loo_error']:.4g}"
+    )
   return "\n".join(lines)
 
 
@@ -167,12 +192,20 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--d", help="CSV column of the data size.")
   parser.add_argument("--y", help="CSV column of the loss.")
   parser.add_argument("--law", choices=sorted(laws.LAWS), help="The law of a CSV's fit (default multiplicative).")
-  parser.add_argument("--huber-delta", type=float, default=1e-3,
-                      help="Huber delta of the log-space objective; large (say 10) means least squares.")
-  parser.add_argument("--bootstrap", type=int,
-                      help="Bootstrap replicates for intervals (CSV default 0: none; study default 200).")
-  parser.add_argument("--holdout", choices=["largest_d", "largest_x", "none"],
-                      help="The points a CSV's fit is validated on (default largest_d).")
+  parser.add_argument(
+    "--huber-delta",
+    type=float,
+    default=1e-3,
+    help="Huber delta of the log-space objective; large (say 10) means least squares.",
+  )
+  parser.add_argument(
+    "--bootstrap", type=int, help="Bootstrap replicates for intervals (CSV default 0: none; study default 200)."
+  )
+  parser.add_argument(
+    "--holdout",
+    choices=["largest_d", "largest_x", "none"],
+    help="The points a CSV's fit is validated on (default largest_d).",
+  )
   parser.add_argument("--json", help="Write the CSV's fit record here.")
   args = parser.parse_args(argv)
   run_lib.setup_runtime()
@@ -182,8 +215,9 @@ def main(argv: list[str] | None = None) -> None:
     if csv_only:
       parser.error(f"{', '.join(csv_only)} apply to --csv; a study's laws, holdouts and fits.json are its report's")
     if args.bootstrap is not None and args.bootstrap < 1:
-      parser.error(f"--bootstrap={args.bootstrap} with --workdir; allowed: 1 or more (the report's intervals; "
-                   "default 200)")
+      parser.error(
+        f"--bootstrap={args.bootstrap} with --workdir; allowed: 1 or more (the report's intervals; default 200)"
+      )
     fit_and_report(args.workdir, args.huber_delta, 200 if args.bootstrap is None else args.bootstrap)
     return
   if not (args.d and args.y):
@@ -194,8 +228,16 @@ def main(argv: list[str] | None = None) -> None:
     sys.exit(f"error: --csv {args.csv}: cannot read it ({getattr(e, 'strerror', None) or e})")
   try:
     holdout = args.holdout or "largest_d"
-    record = frames.fit_frame(frame, args.law or "multiplicative", args.d, args.y, args.x, args.huber_delta,
-                       args.bootstrap or 0, None if holdout == "none" else holdout)
+    record = frames.fit_frame(
+      frame,
+      args.law or "multiplicative",
+      args.d,
+      args.y,
+      args.x,
+      args.huber_delta,
+      args.bootstrap or 0,
+      None if holdout == "none" else holdout,
+    )
   except ValueError as e:
     sys.exit(f"error: {e}")
   print(format_fit(record))

@@ -14,8 +14,7 @@ def base_names(frame: pd.DataFrame) -> list[str]:
   """The base of each row: its size, or "size at D_p T" where the frame has that size at several D_p
   (a size pretrained, or checkpointed, at several D_p is several bases)."""
   several = frame.groupby("size")["pretrain_tokens"].transform("nunique") > 1
-  return [f"{s} at D_p {t:.3g}" if many else s
-          for s, t, many in zip(frame["size"], frame["pretrain_tokens"], several)]
+  return [f"{s} at D_p {t:.3g}" if many else s for s, t, many in zip(frame["size"], frame["pretrain_tokens"], several)]
 
 
 # Factors of the base: a law over one is fitted with the other held fixed.
@@ -45,8 +44,17 @@ def choose_holdout(points: pd.DataFrame, law: str, d: str, x: str | None = None)
   return None
 
 
-def fit_frame(df: pd.DataFrame, law: str, d: str, y: str, x: str | None = None, delta: float = 1e-3,
-              bootstrap: int = 0, holdout: str | None = "largest_d", level: float = 0.9) -> dict:
+def fit_frame(
+  df: pd.DataFrame,
+  law: str,
+  d: str,
+  y: str,
+  x: str | None = None,
+  delta: float = 1e-3,
+  bootstrap: int = 0,
+  holdout: str | None = "largest_d",
+  level: float = 0.9,
+) -> dict:
   """Fits `law` to a DataFrame's columns; errors name the column and the row.
 
   Returns the fit's JSON record: parameters, objective, convergence, points, and (if asked)
@@ -74,6 +82,7 @@ def fit_frame(df: pd.DataFrame, law: str, d: str, y: str, x: str | None = None, 
     record["intervals"] = {"level": level, "replicates": bootstrap, **boot.interval(law_)}
     record["bootstrap_theta"] = boot.thetas.tolist()  # Log-space draws: bands can be redrawn from fits.json.
   if holdout:
-    record["validation"] = laws.validate(law_, *points[:2], x=points[2], holdout=holdout, delta=delta,
-                                         full=fit).to_json()
+    record["validation"] = laws.validate(
+      law_, *points[:2], x=points[2], holdout=holdout, delta=delta, full=fit
+    ).to_json()
   return record

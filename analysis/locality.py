@@ -16,8 +16,13 @@ import pandas as pd
 from analysis import frames
 from analysis import report as report_lib
 
-TRANSPLANT_METRICS = {"test_loss": "test loss", "knowledge": "knowledge", "behaviour": "behaviour",
-                      "delta_heldout_loss": "Δ held-out loss", "delta_cloze_knowledge": "Δ cloze knowledge"}
+TRANSPLANT_METRICS = {
+  "test_loss": "test loss",
+  "knowledge": "knowledge",
+  "behaviour": "behaviour",
+  "delta_heldout_loss": "Δ held-out loss",
+  "delta_cloze_knowledge": "Δ cloze knowledge",
+}
 
 
 def _base_names(table: pd.DataFrame) -> dict[str, str]:
@@ -36,8 +41,15 @@ def layer_points(table: pd.DataFrame) -> pd.DataFrame:
   for (task, method, base, n), group in ft.groupby(["task", "method", "base", "non_embedding_params"]):
     mean = np.mean(np.stack(group["layer_change"].map(np.asarray).tolist()), axis=0)
     if mean.max() > 0:  # Prompt tuning and LoReFT change no weight.
-      rows.append({"task": task, "method": method, "base": base, "N": n,
-                   **{f"block {i}": round(float(x), 4) for i, x in enumerate(mean)}})
+      rows.append(
+        {
+          "task": task,
+          "method": method,
+          "base": base,
+          "N": n,
+          **{f"block {i}": round(float(x), 4) for i, x in enumerate(mean)},
+        }
+      )
   return pd.DataFrame(rows).sort_values(["task", "method", "N"], ignore_index=True) if rows else pd.DataFrame()
 
 
@@ -52,10 +64,15 @@ def transplant_points(table: pd.DataFrame) -> pd.DataFrame:
   both = pd.concat([tp, tuned.assign(base=tuned["id"].map(names))], ignore_index=True)
   keys = ["task", "method", "base", "non_embedding_params", "d_f", "part", "k"]
   order = {"none": 0, "lower": 1, "upper": 2}
-  return (both.groupby(keys, as_index=False)
-          .agg(**{m: (f"metrics.{m}", "mean") for m in TRANSPLANT_METRICS if f"metrics.{m}" in both})
-          .sort_values(["task", "method", "non_embedding_params", "d_f", "part", "k"],
-                       key=lambda c: c.map(order) if c.name == "part" else c, ignore_index=True))
+  return (
+    both.groupby(keys, as_index=False)
+    .agg(**{m: (f"metrics.{m}", "mean") for m in TRANSPLANT_METRICS if f"metrics.{m}" in both})
+    .sort_values(
+      ["task", "method", "non_embedding_params", "d_f", "part", "k"],
+      key=lambda c: c.map(order) if c.name == "part" else c,
+      ignore_index=True,
+    )
+  )
 
 
 def report_lines(table: pd.DataFrame) -> list[str]:
@@ -63,17 +80,27 @@ def report_lines(table: pd.DataFrame) -> list[str]:
   changes, transplants = layer_points(table), transplant_points(table)
   lines = []
   if not changes.empty:
-    lines += ["## Layer locality", "",
-              "### Relative weight change per block", "",
-              "`||W_ft - W_base|| / ||W_base||` over each block's projection weights (LoRA and SVF as the model "
-              "reads them), averaged over D_f and seeds.", "",
-              report_lib.markdown_table(changes.drop(columns="N")), ""]
+    lines += [
+      "## Layer locality",
+      "",
+      "### Relative weight change per block",
+      "",
+      "`||W_ft - W_base|| / ||W_base||` over each block's projection weights (LoRA and SVF as the model "
+      "reads them), averaged over D_f and seeds.",
+      "",
+      report_lib.markdown_table(changes.drop(columns="N")),
+      "",
+    ]
   if not transplants.empty:
     lines = lines or ["## Layer locality", ""]
-    lines += ["### Transplants", "",
-              "The full fine-tune with its lower (or upper) k blocks reset to the base's weights; part `none` is "
-              "the fine-tune itself. If fine-tuning acts on the upper blocks, resetting them loses behaviour "
-              "and keeps knowledge. Δ: against the base.", "",
-              report_lib.markdown_table(transplants.drop(columns="non_embedding_params")
-                                        .rename(columns=TRANSPLANT_METRICS)), ""]
+    lines += [
+      "### Transplants",
+      "",
+      "The full fine-tune with its lower (or upper) k blocks reset to the base's weights; part `none` is "
+      "the fine-tune itself. If fine-tuning acts on the upper blocks, resetting them loses behaviour "
+      "and keeps knowledge. Δ: against the base.",
+      "",
+      report_lib.markdown_table(transplants.drop(columns="non_embedding_params").rename(columns=TRANSPLANT_METRICS)),
+      "",
+    ]
   return lines

@@ -18,8 +18,13 @@ import pandas as pd
 from analysis import frames
 from analysis import report as report_lib
 
-FORGETTING = {"test_loss": "test loss", "knowledge": "knowledge", "behaviour": "behaviour",
-              "delta_heldout_loss": "Δ held-out loss", "delta_cloze_knowledge": "Δ cloze knowledge"}
+FORGETTING = {
+  "test_loss": "test loss",
+  "knowledge": "knowledge",
+  "behaviour": "behaviour",
+  "delta_heldout_loss": "Δ held-out loss",
+  "delta_cloze_knowledge": "Δ cloze knowledge",
+}
 
 
 def method_points(table: pd.DataFrame) -> pd.DataFrame:
@@ -32,9 +37,11 @@ def method_points(table: pd.DataFrame) -> pd.DataFrame:
   rate = ft["spec.method.learning_rate"] if "spec.method.learning_rate" in ft else pd.Series(None, index=ft.index)
   ft = ft.assign(method_name=[n if pd.isna(r) else f"{n}-lr{r:g}" for n, r in zip(ft["method_name"], rate)])
   keys = ["task", "method", "method_name", "size", "non_embedding_params", "pretrain_tokens", "trainable_params", "d_f"]
-  points = (ft.groupby(keys, as_index=False, dropna=False)  # An imported base may not say its D_p.
-            .agg(**{m: (f"metrics.{m}", "mean") for m in FORGETTING if f"metrics.{m}" in ft})
-            .sort_values(keys, ignore_index=True))
+  points = (
+    ft.groupby(keys, as_index=False, dropna=False)  # An imported base may not say its D_p.
+    .agg(**{m: (f"metrics.{m}", "mean") for m in FORGETTING if f"metrics.{m}" in ft})
+    .sort_values(keys, ignore_index=True)
+  )
   return points.assign(base=frames.base_names(points))
 
 
@@ -50,13 +57,23 @@ def fit_methods(table: pd.DataFrame, delta: float = 1e-3, bootstrap: int = 200) 
       continue
     holdout = frames.choose_holdout(group, "multiplicative", "d_f", "trainable_params")
     if holdout is None:
-      warnings.warn(f"{task}/{name} on {base}: {len(group)} points over P and D_f are too few to fit and validate "
-                    "the multiplicative law; add sizes of P or D_f", stacklevel=2)
+      warnings.warn(
+        f"{task}/{name} on {base}: {len(group)} points over P and D_f are too few to fit and validate "
+        "the multiplicative law; add sizes of P or D_f",
+        stacklevel=2,
+      )
       continue
-    record = frames.fit_frame(group, "multiplicative", d="d_f", y="test_loss", x="trainable_params",
-                               delta=delta, bootstrap=bootstrap, holdout=holdout)
-    fits.append({"section": "methods", "task": task, "method": name, "base": base, "x": "trainable_params",
-                 **record})
+    record = frames.fit_frame(
+      group,
+      "multiplicative",
+      d="d_f",
+      y="test_loss",
+      x="trainable_params",
+      delta=delta,
+      bootstrap=bootstrap,
+      holdout=holdout,
+    )
+    fits.append({"section": "methods", "task": task, "method": name, "base": base, "x": "trainable_params", **record})
   return fits
 
 
@@ -84,17 +101,28 @@ def report_lines(table: pd.DataFrame, fits: list[dict]) -> list[str]:
   points = method_points(table)
   if points.empty or points["method"].nunique() < 2:
     return []
-  lines = ["## Fine-tuning methods", "",
-           "Exponents of `L = A * X^-alpha * D_f^-beta + E`: over base parameters N per method (alpha_m), "
-           "and over the method's trainable parameters P per base (alpha_t), as Zhang et al. report them.", ""]
+  lines = [
+    "## Fine-tuning methods",
+    "",
+    "Exponents of `L = A * X^-alpha * D_f^-beta + E`: over base parameters N per method (alpha_m), "
+    "and over the method's trainable parameters P per base (alpha_t), as Zhang et al. report them.",
+    "",
+  ]
   table_ = exponents(fits)
   lines += [report_lib.markdown_table(table_) if not table_.empty else "No law could be fitted.", ""]
   columns = [m for m in FORGETTING if m in points]
-  forgetting = (points.groupby(["task", "method", "d_f"], as_index=False)
-                .agg(P=("trainable_params", "mean"), **{m: (m, "mean") for m in columns})
-                .rename(columns=FORGETTING))
-  lines += ["### Forgetting per method and D_f", "",
-            "Averaged over bases and seeds. Δ: fine-tuned minus base, on held-out biographies (loss) and "
-            "cloze questions about held-out people (knowledge); P is averaged over bases.", "",
-            report_lib.markdown_table(forgetting), ""]
+  forgetting = (
+    points.groupby(["task", "method", "d_f"], as_index=False)
+    .agg(P=("trainable_params", "mean"), **{m: (m, "mean") for m in columns})
+    .rename(columns=FORGETTING)
+  )
+  lines += [
+    "### Forgetting per method and D_f",
+    "",
+    "Averaged over bases and seeds. Δ: fine-tuned minus base, on held-out biographies (loss) and "
+    "cloze questions about held-out people (knowledge); P is averaged over bases.",
+    "",
+    report_lib.markdown_table(forgetting),
+    "",
+  ]
   return lines

@@ -15,14 +15,26 @@ from analysis import frames  # noqa: E402
 from scaling import grid as grid_lib  # noqa: E402
 from scaling import laws  # noqa: E402
 
-X_LABELS = {"non_embedding_params": "base non-embedding parameters", "pretrain_tokens": "pretraining tokens",
-            "trainable_params": "trainable parameters"}
+X_LABELS = {
+  "non_embedding_params": "base non-embedding parameters",
+  "pretrain_tokens": "pretraining tokens",
+  "trainable_params": "trainable parameters",
+}
 RUN_COLUMNS = {  # results column -> report header
-    "size": "base", "non_embedding_params": "N", "d_f": "D_f", "seed": "seed",
-    "metrics.test_loss": "test loss", "metrics.knowledge": "knowledge", "metrics.behaviour": "behaviour",
-    "metrics.heldout_loss": "retention loss", "metrics.delta_heldout_loss": "Δ vs base",
-    "metrics.cloze_knowledge": "retention knowledge", "metrics.delta_cloze_knowledge": "Δ knowledge",
-    "train.best_step": "best step", "train.hit_step_cap": "hit cap"}
+  "size": "base",
+  "non_embedding_params": "N",
+  "d_f": "D_f",
+  "seed": "seed",
+  "metrics.test_loss": "test loss",
+  "metrics.knowledge": "knowledge",
+  "metrics.behaviour": "behaviour",
+  "metrics.heldout_loss": "retention loss",
+  "metrics.delta_heldout_loss": "Δ vs base",
+  "metrics.cloze_knowledge": "retention knowledge",
+  "metrics.delta_cloze_knowledge": "Δ knowledge",
+  "train.best_step": "best step",
+  "train.hit_step_cap": "hit cap",
+}
 
 
 def _theta(law: laws.Law, fit: dict) -> np.ndarray:
@@ -56,7 +68,9 @@ def plot_joint(points: pd.DataFrame, fit: dict, path: epath.Path) -> None:
   xs = sorted(points[axis].unique())
   colours = plt.cm.viridis(np.linspace(0.0, 0.85, len(xs)))
   grid = np.geomspace(points["d_f"].min() * 0.8, points["d_f"].max() * 1.25, 100)
-  boot = laws.Bootstrap(np.asarray(fit["bootstrap_theta"]), fit["intervals"]["level"]) if "bootstrap_theta" in fit else None
+  boot = (
+    laws.Bootstrap(np.asarray(fit["bootstrap_theta"]), fit["intervals"]["level"]) if "bootstrap_theta" in fit else None
+  )
   for colour, x in zip(colours, xs):
     mine = points[points[axis] == x]
     names = ", ".join(sorted(mine["size"].unique())) if "size" in mine else ""
@@ -67,8 +81,10 @@ def plot_joint(points: pd.DataFrame, fit: dict, path: epath.Path) -> None:
       ax.fill_between(grid, *boot.prediction_interval(law, x_grid, grid), color=colour, alpha=0.15, linewidth=0)
   p = fit["params"]
   band = f", {int(100 * fit['intervals']['level'])}% bootstrap bands" if boot is not None else ""
-  ax.set_title(f"{fit['task']} / {fit['method']}: {p['A']:.3g}·X^-{p['alpha']:.3f}·D_f^-{p['beta']:.3f} + "
-               f"{p['E']:.3f}{band}", fontsize=9)
+  ax.set_title(
+    f"{fit['task']} / {fit['method']}: {p['A']:.3g}·X^-{p['alpha']:.3f}·D_f^-{p['beta']:.3f} + {p['E']:.3f}{band}",
+    fontsize=9,
+  )
   _log_axes(ax, points["d_f"].unique(), "fine-tuning examples D_f")
   ax.legend(title=X_LABELS.get(axis, axis), fontsize=7)
   _save(fig, path)
@@ -102,8 +118,12 @@ def plot_curves(points: pd.DataFrame, fits: list[dict], path: epath.Path) -> Non
     ax.scatter(mine["d_f"], mine["test_loss"], color=colours[base], label=base, zorder=3)
   for fit in fits:
     law = laws.get_law(fit["law"])
-    ax.plot(grid, law.predict(_theta(law, fit), None, grid), color=colours[fit["base"]],
-            linestyle="-" if fit["law"] == "rectified" else "--")
+    ax.plot(
+      grid,
+      law.predict(_theta(law, fit), None, grid),
+      color=colours[fit["base"]],
+      linestyle="-" if fit["law"] == "rectified" else "--",
+    )
   ax.set_title("per base: rectified law (solid) and single-factor law (dashed)", fontsize=9)
   _log_axes(ax, points["d_f"].unique(), "fine-tuning examples D_f")
   ax.legend(title="base model", fontsize=7)
@@ -112,10 +132,17 @@ def plot_curves(points: pd.DataFrame, fits: list[dict], path: epath.Path) -> Non
 
 def fit_row(fit: dict) -> dict:
   v = fit["validation"]
-  return {"law": fit["law"], "parameters": ", ".join(f"{k}={x:.4g}" for k, x in fit["params"].items()),
-          "objective": fit["objective"], "points": fit["num_points"], "Δe (fitted)": v["fitted_error"],
-          f"Δh ({v['holdout']})": v["heldout_error"], "leave-one-out": v["loo_error"],
-          "converged": fit["converged"], "off grid": ", ".join(fit["on_grid_edge"]) or "-"}
+  return {
+    "law": fit["law"],
+    "parameters": ", ".join(f"{k}={x:.4g}" for k, x in fit["params"].items()),
+    "objective": fit["objective"],
+    "points": fit["num_points"],
+    "Δe (fitted)": v["fitted_error"],
+    f"Δh ({v['holdout']})": v["heldout_error"],
+    "leave-one-out": v["loo_error"],
+    "converged": fit["converged"],
+    "off grid": ", ".join(fit["on_grid_edge"]) or "-",
+  }
 
 
 def markdown_table(df: pd.DataFrame) -> str:
@@ -127,16 +154,21 @@ def markdown_table(df: pd.DataFrame) -> str:
   return "\n".join(rows)
 
 
-def write_report(table: pd.DataFrame, points: pd.DataFrame, fits: list[dict], out: epath.Path,
-                 sections: list[str] = ()) -> epath.Path:
+def write_report(
+  table: pd.DataFrame, points: pd.DataFrame, fits: list[dict], out: epath.Path, sections: list[str] = ()
+) -> epath.Path:
   """Writes the figures and report.md into `out`, with further `sections` (markdown lines) before
   the run tables; returns the report's path."""
   fits = [f for f in fits if f.get("section", "finetune") == "finetune"]
-  lines = ["# Study report", "",
-           "Laws are fitted by Hoffmann et al.'s procedure: Huber loss on log-loss residuals, L-BFGS from "
-           "a grid of starts. Δe: mean |predicted - observed| on the points fitted; Δh: the same on the "
-           "held-out points (the largest factor X, or the largest D_f), predicted by a fit without them; "
-           "leave-one-out: each point predicted by a fit without it. Schema of fits.json: see docs/analysis.md.", ""]
+  lines = [
+    "# Study report",
+    "",
+    "Laws are fitted by Hoffmann et al.'s procedure: Huber loss on log-loss residuals, L-BFGS from "
+    "a grid of starts. Δe: mean |predicted - observed| on the points fitted; Δh: the same on the "
+    "held-out points (the largest factor X, or the largest D_f), predicted by a fit without them; "
+    "leave-one-out: each point predicted by a fit without it. Schema of fits.json: see docs/analysis.md.",
+    "",
+  ]
   for task, method in dict.fromkeys((f["task"], f["method"]) for f in fits):
     pts = points[(points["task"] == task) & (points["method"] == method)]
     lines += [f"## {task} / {method}", ""]
@@ -150,27 +182,51 @@ def write_report(table: pd.DataFrame, points: pd.DataFrame, fits: list[dict], ou
         plot_joint(axis_pts, multiplicative[0], out / f"fit_{stem}.png")
         lines += [f"![joint fit over {axis}](fit_{stem}.png)", ""]
       plot_residuals(axis_pts, pair, out / f"residuals_{stem}.png")
-      lines += [f"### Joint laws over {X_LABELS.get(axis, axis)}", "", markdown_table(pd.DataFrame([fit_row(f) for f in pair])),
-                "", f"![residuals over {axis}](residuals_{stem}.png)", ""]
+      lines += [
+        f"### Joint laws over {X_LABELS.get(axis, axis)}",
+        "",
+        markdown_table(pd.DataFrame([fit_row(f) for f in pair])),
+        "",
+        f"![residuals over {axis}](residuals_{stem}.png)",
+        "",
+      ]
     curves = [f for f in fits if (f["task"], f["method"]) == (task, method) and f["base"]]
     if curves:
       plot_curves(pts, curves, out / f"curves_{task}_{method}.png")
       rows = [{"base": f["base"], **fit_row(f)} for f in curves]
-      lines += ["### Single-factor laws per base model", "", f"![per-base curves](curves_{task}_{method}.png)", "",
-                markdown_table(pd.DataFrame(rows)), ""]
-  lines += [*sections, "## Fine-tuned runs", "",
-            "Knowledge: exact-match answers about held-out people. Behaviour: answers in the required "
-            "format, right or wrong. Retention: held-out biography loss and cloze knowledge after "
-            "fine-tuning, with the change against the base.", ""]
+      lines += [
+        "### Single-factor laws per base model",
+        "",
+        f"![per-base curves](curves_{task}_{method}.png)",
+        "",
+        markdown_table(pd.DataFrame(rows)),
+        "",
+      ]
+  lines += [
+    *sections,
+    "## Fine-tuned runs",
+    "",
+    "Knowledge: exact-match answers about held-out people. Behaviour: answers in the required "
+    "format, right or wrong. Retention: held-out biography loss and cloze knowledge after "
+    "fine-tuning, with the change against the base.",
+    "",
+  ]
   ft = table[table["kind"].isin(grid_lib.FINETUNE_KINDS)].sort_values(
-      ["task", "method", "non_embedding_params", "d_f", "seed"])
+    ["task", "method", "non_embedding_params", "d_f", "seed"]
+  )
   for (task, method), group in ft.groupby(["task", "method"], sort=False):
     cols = [c for c in RUN_COLUMNS if c in group]
     lines += [f"### {task} / {method}", "", markdown_table(group[cols].rename(columns=RUN_COLUMNS)), ""]
   base = table[table["kind"].isin(grid_lib.BASE_KINDS)].sort_values(["non_embedding_params", "pretrain_tokens"])
-  base_cols = {"size": "base", "kind": "kind", "params": "params", "non_embedding_params": "N",
-               "pretrain_tokens": "tokens", "metrics.heldout_loss": "held-out loss",
-               "metrics.cloze_knowledge": "cloze knowledge"}
+  base_cols = {
+    "size": "base",
+    "kind": "kind",
+    "params": "params",
+    "non_embedding_params": "N",
+    "pretrain_tokens": "tokens",
+    "metrics.heldout_loss": "held-out loss",
+    "metrics.cloze_knowledge": "cloze knowledge",
+  }
   base_cols = {k: v for k, v in base_cols.items() if k in base}  # Real corpora have no cloze probes.
   lines += ["## Base models", "", markdown_table(base[list(base_cols)].rename(columns=base_cols)), ""]
   path = out / "report.md"

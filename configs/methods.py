@@ -18,9 +18,14 @@ from scaling import study
 def get_config() -> ml_collections.ConfigDict:
   c = smoke.get_config()
   c.name = "methods"
-  c.finetune.methods = ("full", {"name": "full", "layers": (0, 1)}, {"name": "lora", "rank": (2, 8, 32)},
-                        {"name": "prompt", "length": (4, 16), "learning_rate": 1e-2},
-                        {"name": "reft", "rank": (1, 4), "learning_rate": 1e-2}, "svf")
+  c.finetune.methods = (
+    "full",
+    {"name": "full", "layers": (0, 1)},
+    {"name": "lora", "rank": (2, 8, 32)},
+    {"name": "prompt", "length": (4, 16), "learning_rate": 1e-2},
+    {"name": "reft", "rank": (1, 4), "learning_rate": 1e-2},
+    "svf",
+  )
   c.eft.enabled = False
   c.transplant.enabled = True
   return study.resolve(c)

@@ -28,24 +28,50 @@ STEPS = (13000, 36000, 71000, 143000)  # For the D_p axis, on pythia-410m.
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.name = "pythia_wmt"
-  final = [{"name": f"pythia-{s}", "path": f"{CHECKPOINTS}/pythia-{s}/step143000",
-            "pretrain_tokens": 143000 * TOKENS_PER_STEP} for s in SIZES]
-  steps = [{"name": f"pythia-410m-step{t}", "path": f"{CHECKPOINTS}/pythia-410m/step{t}",
-            "pretrain_tokens": t * TOKENS_PER_STEP} for t in STEPS if t != 143000]
-  c.model = {"sizes": (), "checkpoints": tuple(final + steps),
-             "block": {"compute_dtype": "bfloat16", "remat": "dots"}}
+  final = [
+    {"name": f"pythia-{s}", "path": f"{CHECKPOINTS}/pythia-{s}/step143000", "pretrain_tokens": 143000 * TOKENS_PER_STEP}
+    for s in SIZES
+  ]
+  steps = [
+    {
+      "name": f"pythia-410m-step{t}",
+      "path": f"{CHECKPOINTS}/pythia-410m/step{t}",
+      "pretrain_tokens": t * TOKENS_PER_STEP,
+    }
+    for t in STEPS
+    if t != 143000
+  ]
+  c.model = {"sizes": (), "checkpoints": tuple(final + steps), "block": {"compute_dtype": "bfloat16", "remat": "dots"}}
   # The tokenizer is the first checkpoint's (every Pythia shares it); pretraining text is not read
   # except to measure forgetting: give a TFDS text corpus here to measure it on the Pile's kind of text.
   c.data = {"corpus": "world"}
   c.finetune = {
-      "tasks": ({"name": "wmt19_zh_en", "tfds": "wmt19_translate/zh-en", "data_dir": DATA_DIR,
-                 "prompt": "Translate Chinese to English.\nChinese: {translation.zh}\nEnglish:",
-                 "answer": " {translation.en}", "train": "train", "dev": "validation[:50%]",
-                 "test": "validation[50%:]"},),
-      "methods": ("full", {"name": "lora", "rank": 16}),
-      "d_f": (1000, 4000, 16000, 64000, 256000), "seeds": (0,),
-      "train": {"batch_size": 64, "seq_len": 256, "learning_rate": 3e-5, "warmup_steps": 100, "max_steps": 20000,
-                "eval_every": 200, "patience": 3, "checkpoint_every": 1000}}
+    "tasks": (
+      {
+        "name": "wmt19_zh_en",
+        "tfds": "wmt19_translate/zh-en",
+        "data_dir": DATA_DIR,
+        "prompt": "Translate Chinese to English.\nChinese: {translation.zh}\nEnglish:",
+        "answer": " {translation.en}",
+        "train": "train",
+        "dev": "validation[:50%]",
+        "test": "validation[50%:]",
+      },
+    ),
+    "methods": ("full", {"name": "lora", "rank": 16}),
+    "d_f": (1000, 4000, 16000, 64000, 256000),
+    "seeds": (0,),
+    "train": {
+      "batch_size": 64,
+      "seq_len": 256,
+      "learning_rate": 3e-5,
+      "warmup_steps": 100,
+      "max_steps": 20000,
+      "eval_every": 200,
+      "patience": 3,
+      "checkpoint_every": 1000,
+    },
+  }
   c.eval = {"batch_size": 64}
   c.mesh = {"shape": {"data": 1, "fsdp": -1, "tensor": 1}}
   return study.resolve(c)

@@ -35,20 +35,40 @@ PRETRAIN_TOKENS, INSTRUCT_EXAMPLES = 18e12, 1_000_000
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.name = "qwen_eft"
-  c.model = {"sizes": (), "block": {"compute_dtype": "bfloat16"}, "checkpoints": tuple(
-      {"name": f"qwen2.5-{s}", "path": f"{CHECKPOINTS}/Qwen2.5-{s}", "pretrain_tokens": PRETRAIN_TOKENS,
-       "finetunes": ({"path": f"{CHECKPOINTS}/Qwen2.5-{s}-Instruct", "method": "instruct",
-                      "d_f": INSTRUCT_EXAMPLES},)} for s in SIZES)}
+  c.model = {
+    "sizes": (),
+    "block": {"compute_dtype": "bfloat16"},
+    "checkpoints": tuple(
+      {
+        "name": f"qwen2.5-{s}",
+        "path": f"{CHECKPOINTS}/Qwen2.5-{s}",
+        "pretrain_tokens": PRETRAIN_TOKENS,
+        "finetunes": ({"path": f"{CHECKPOINTS}/Qwen2.5-{s}-Instruct", "method": "instruct", "d_f": INSTRUCT_EXAMPLES},),
+      }
+      for s in SIZES
+    ),
+  }
   # The tokenizer is the first checkpoint's. Held-out loss (forgetting) is measured on the world's text
   # unless a TFDS corpus is given here.
   c.data = {"corpus": "world"}
   c.finetune = {
-      "tasks": ({"name": "triviaqa", "tfds": "trivia_qa/rc.nocontext", "data_dir": DATA_DIR,
-                 "prompt": "Answer the question in a few words.\nQuestion: {question}\nAnswer:",
-                 "answer": " {answer.value}", "train": "train", "dev": "validation[:5%]",
-                 "test": "validation[50%:55%]",
-                 "metrics": ("exact_match", "f1"), "format": r"[^\n]{1,80}", "max_answer_tokens": 24},),
-      "methods": ()}  # Nothing fine-tuned here: the Instruct checkpoints are the fine-tunes.
+    "tasks": (
+      {
+        "name": "triviaqa",
+        "tfds": "trivia_qa/rc.nocontext",
+        "data_dir": DATA_DIR,
+        "prompt": "Answer the question in a few words.\nQuestion: {question}\nAnswer:",
+        "answer": " {answer.value}",
+        "train": "train",
+        "dev": "validation[:5%]",
+        "test": "validation[50%:55%]",
+        "metrics": ("exact_match", "f1"),
+        "format": r"[^\n]{1,80}",
+        "max_answer_tokens": 24,
+      },
+    ),
+    "methods": (),
+  }  # Nothing fine-tuned here: the Instruct checkpoints are the fine-tunes.
   c.eft = {"enabled": True, "betas": (0.5, 1.0, 1.5)}  # Every ordered pair of the three sizes.
   c.eval = {"batch_size": 32}
   c.mesh = {"shape": {"data": 1, "fsdp": -1, "tensor": 1}}

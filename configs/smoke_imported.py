@@ -18,6 +18,5 @@ from scaling import export, study
 def get_config(models: str = "runs/smoke_models") -> ml_collections.ConfigDict:
   c = smoke.get_config().to_dict()
   entries = export.read_entries(models)  # model (sizes, block, checkpoints), world and data.tokenizer.
-  c.update(name="smoke_imported", model=entries["model"], world=entries["world"],
-           data={**c["data"], **entries["data"]})
+  c.update(name="smoke_imported", model=entries["model"], world=entries["world"], data={**c["data"], **entries["data"]})
   return study.resolve(c)

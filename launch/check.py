@@ -39,6 +39,7 @@ GiB = 1024**3
 # Kinds whose runs keep a model, trained here or imported, that evaluation runs hold: bases and fine-tunes.
 MODEL_KINDS = grid.BASE_KINDS + grid.FINETUNE_KINDS
 
+
 @dataclasses.dataclass(frozen=True)
 class Target:
   """Devices to compile for, and the memory of each (None where unknown, as on a CPU)."""
@@ -82,14 +83,18 @@ def step_shapes(runs: list[grid.Run], packs: bool) -> dict[tuple, grid.Run]:
   return shapes
 
 
-def sharded_model(cfg: model_lib.ModelConfig, method, mesh: jax.sharding.Mesh,
-                  rules) -> tuple[nnx.GraphDef, dict, dict]:
+def sharded_model(
+  cfg: model_lib.ModelConfig, method, mesh: jax.sharding.Mesh, rules
+) -> tuple[nnx.GraphDef, dict, dict]:
   """A model prepared by `method` (None: the bare model) as shapes with their shardings on the mesh:
   (graphdef, what the method trains, the frozen rest); nothing is allocated."""
   abstract = nnx.eval_shape(context_lib.model_creator(cfg, method, 0))
   graphdef, trainable, frozen = nnx.split(abstract, method.trainable if method else nnx.Param, ...)
-  place = lambda state: jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                                     nnx.to_pure_dict(state), mesh_lib.state_shardings(state, mesh, rules))
+  place = lambda state: jax.tree.map(
+    lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+    nnx.to_pure_dict(state),
+    mesh_lib.state_shardings(state, mesh, rules),
+  )
   return graphdef, place(trainable), place(frozen)
 
 
@@ -97,9 +102,12 @@ def abstract_batch(batch_size: int, length: int, mesh: jax.sharding.Mesh, rules)
   """The shapes of a batch of `batch_size` rows of `length` tokens, split over the data axes."""
   batch_sh = mesh_lib.batch_sharding(mesh, rules)
   tokens = jax.ShapeDtypeStruct((batch_size, length), "int32", sharding=batch_sh)
-  return {"inputs": tokens, "targets": tokens,
-          "weights": jax.ShapeDtypeStruct(tokens.shape, "float32", sharding=batch_sh),
-          "prompt_len": jax.ShapeDtypeStruct((batch_size,), "int32", sharding=batch_sh)}
+  return {
+    "inputs": tokens,
+    "targets": tokens,
+    "weights": jax.ShapeDtypeStruct(tokens.shape, "float32", sharding=batch_sh),
+    "prompt_len": jax.ShapeDtypeStruct((batch_size,), "int32", sharding=batch_sh),
+  }
 
 
 def memory_of(compiled) -> dict:
@@ -115,8 +123,7 @@ def device_bytes(tree) -> int:
   return sum(math.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize for x in jax.tree.leaves(tree))
 
 
-def compiled_memory(run: grid.Run, vocab_size: int, mesh: jax.sharding.Mesh, rules,
-                    lanes: int = 1) -> tuple[int, dict]:
+def compiled_memory(run: grid.Run, vocab_size: int, mesh: jax.sharding.Mesh, rules, lanes: int = 1) -> tuple[int, dict]:
   """(parameters, per-device memory stats) of the run's train step, compiled for the mesh; with
   `lanes` > 1, of the packed step that trains that many such runs at once."""
   c = run.config
@@ -136,12 +143,15 @@ def compiled_memory(run: grid.Run, vocab_size: int, mesh: jax.sharding.Mesh, rul
       lowered = train.jit_step(graphdef, tx, state_sh, frozen_sh, batch_sh, loss_chunk).lower(state, frozen, batch)
     else:  # Laid out as scaling.pack lays out its lanes.
       axes, width = pack.lane_layout(mesh, rules, (param_sh, frozen_sh), lanes)
-      stacked = lambda tree: jax.tree.map(lambda x: jax.ShapeDtypeStruct(
-          (width, *x.shape), x.dtype, sharding=pack.stacked_sharding(x.sharding, axes)), tree)
+      stacked = lambda tree: jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct((width, *x.shape), x.dtype, sharding=pack.stacked_sharding(x.sharding, axes)),
+        tree,
+      )
       vector = pack.stacked_sharding(NamedSharding(mesh, PartitionSpec()), axes)
       per_lane = lambda dtype: jax.ShapeDtypeStruct((width,), dtype, sharding=vector)
       lowered = pack.step_fn(graphdef, tcfg, loss_chunk, mesh=mesh, axes=axes).lower(
-          stacked(state), frozen, stacked(batch), per_lane("float32"), per_lane("bool"))
+        stacked(state), frozen, stacked(batch), per_lane("float32"), per_lane("bool")
+      )
     compiled = lowered.compile()
   return model_lib.param_count(cfg), memory_of(compiled)
 
@@ -182,8 +192,9 @@ def mixture_shapes(runs: list[grid.Run], length: int) -> dict[tuple, tuple[grid.
   return shapes
 
 
-def mixture_memory(run: grid.Run, terms: list[grid.Run], vocab_size: int, mesh: jax.sharding.Mesh, rules,
-                   length: int, programs: dict) -> tuple[int, dict]:
+def mixture_memory(
+  run: grid.Run, terms: list[grid.Run], vocab_size: int, mesh: jax.sharding.Mesh, rules, length: int, programs: dict
+) -> tuple[int, dict]:
   """(parameters, per-device memory stats) of an evaluation run scoring an eval batch of `length` tokens
   with the models of `terms`, all held at once, as scaling.evaluate.scores scores it: each term's logits
   by a program of its own, then their combination. `programs` keeps compiled programs' memory by shape
@@ -203,23 +214,30 @@ def mixture_memory(run: grid.Run, terms: list[grid.Run], vocab_size: int, mesh: 
         lowered = evaluate._logits.lower(graphdef, params, frozen, batch["inputs"], batch["prompt_len"])
         compiled = lowered.compile()
         out = lowered.out_info
-        programs[key] = (jax.ShapeDtypeStruct(out.shape, out.dtype, sharding=compiled.output_shardings),
-                         memory_of(compiled))
+        programs[key] = (
+          jax.ShapeDtypeStruct(out.shape, out.dtype, sharding=compiled.output_shardings),
+          memory_of(compiled),
+        )
       logits.append(programs[key][0])
       memories.append(programs[key][1])
     key = ("combined", *logits)
     if key not in programs:
       weights = jax.ShapeDtypeStruct((len(terms),), "float32", sharding=NamedSharding(mesh, PartitionSpec()))
-      programs[key] = memory_of(evaluate._combined_scores.lower(
-          tuple(logits), weights, batch["targets"], batch["weights"]).compile())
+      programs[key] = memory_of(
+        evaluate._combined_scores.lower(tuple(logits), weights, batch["targets"], batch["weights"]).compile()
+      )
     combined = programs[key]
   # At most what the evaluation holds at once: its models, the batch, every term's logits (all live
   # when they are combined) and the combination's outputs; the programs run one after another, so
   # only the largest one's temporaries count. A run that scores with one model made of its models
   # (a transplant) is checked as if it scored with each: one set of logits more than it holds.
   held = device_bytes([(params, frozen) for *_, params, frozen in models.values()]) + device_bytes(batch)
-  memory = {"argument": held, "output": sum(m["output"] for m in memories) + combined["output"],
-            "temp": max(m["temp"] for m in (*memories, combined)), "alias": 0}
+  memory = {
+    "argument": held,
+    "output": sum(m["output"] for m in memories) + combined["output"],
+    "temp": max(m["temp"] for m in (*memories, combined)),
+    "alias": 0,
+  }
   memory["peak"] = memory["argument"] + memory["output"] + memory["temp"]
   return sum(model_lib.param_count(m[0]) for m in models.values()), memory
 
@@ -236,8 +254,19 @@ def check(study, tgt: Target) -> list[dict]:
 
   def add(size: str, method: str, batch: int, length: int, lanes: int, params: int, memory: dict) -> None:
     fits = None if tgt.memory_bytes is None else memory["peak"] <= tgt.memory_bytes
-    rows.append({"size": size, "method": method, "batch": batch, "seq_len": length, "lanes": lanes,
-                 "params": params, **memory, "device_memory": tgt.memory_bytes, "fits": fits})
+    rows.append(
+      {
+        "size": size,
+        "method": method,
+        "batch": batch,
+        "seq_len": length,
+        "lanes": lanes,
+        "params": params,
+        **memory,
+        "device_memory": tgt.memory_bytes,
+        "fits": fits,
+      }
+    )
 
   for (size, _, method, batch, length, lanes), run in step_shapes(runs, tgt.packs).items():
     add(size, method, batch, length, lanes, *compiled_memory(run, vocab, mesh, rules, lanes))
@@ -260,14 +289,18 @@ def format_rows(rows: list[dict], tgt: Target) -> str:
   device = "unknown (host memory)" if tgt.memory_bytes is None else f"{tgt.memory_bytes / GiB:g} GiB"
   # Mixtures name all their sizes (d2048l24+d1024l24) and their kind (transplant): wider columns.
   size_w, method_w = (max(width, *(len(r[k]) for r in rows)) for k, width in (("size", 10), ("method", 9)))
-  lines = [f"per-device memory ({unit}) on {tgt.name}, mesh over {len(tgt.devices)} devices; device memory {device}",
-           f"{'size':>{size_w}} {'method':>{method_w}} {'batch x len':>12} {'lanes':>5} {'params':>14} "
-           f"{'arguments':>10} {'outputs':>9} {'temps':>9} {'peak':>9}  fits"]
+  lines = [
+    f"per-device memory ({unit}) on {tgt.name}, mesh over {len(tgt.devices)} devices; device memory {device}",
+    f"{'size':>{size_w}} {'method':>{method_w}} {'batch x len':>12} {'lanes':>5} {'params':>14} "
+    f"{'arguments':>10} {'outputs':>9} {'temps':>9} {'peak':>9}  fits",
+  ]
   for r in rows:
     fits = "n/a" if r["fits"] is None else "yes" if r["fits"] else "NO"
     shape = f"{r['batch']} x {r['seq_len']}"
-    lines.append(f"{r['size']:>{size_w}} {r['method']:>{method_w}} {shape:>12} {r['lanes']:>5} {r['params']:>14,} "
-                 f"{gib(r['argument']):>10} {gib(r['output']):>9} {gib(r['temp']):>9} {gib(r['peak']):>9}  {fits}")
+    lines.append(
+      f"{r['size']:>{size_w}} {r['method']:>{method_w}} {shape:>12} {r['lanes']:>5} {r['params']:>14,} "
+      f"{gib(r['argument']):>10} {gib(r['output']):>9} {gib(r['temp']):>9} {gib(r['peak']):>9}  {fits}"
+    )
   return "\n".join(lines)
 
 
@@ -296,6 +329,10 @@ def main(argv) -> None:
 if __name__ == "__main__":
   # Defined here, not on import: launch.local defines --config too, and tests import both.
   config_flags.DEFINE_config_file("config", None, "Study config file (get_config()).", lock_config=False)
-  flags.DEFINE_string("topology", None, "A Cloud TPU slice (v4-8, v5p-32, v5e-16, v6e-8, or a topology "
-                      "name such as v5e:4x4); default: this machine's devices.")
+  flags.DEFINE_string(
+    "topology",
+    None,
+    "A Cloud TPU slice (v4-8, v5p-32, v5e-16, v6e-8, or a topology "
+    "name such as v5e:4x4); default: this machine's devices.",
+  )
   app.run(main, flags_parser=cli.flags_parser(USAGE))

@@ -23,7 +23,7 @@ def flags_parser(usage: str) -> Callable[[list[str]], list[str]]:
     try:
       for arg in argv[1:]:
         if arg.startswith("--config."):
-          study_lib.check_override(arg[len("--config."):].split("=", 1)[0])
+          study_lib.check_override(arg[len("--config.") :].split("=", 1)[0])
       rest = flags.FLAGS(argv)
       if "config" in flags.FLAGS and flags.FLAGS["config"].present:
         hasattr(flags.FLAGS.config, "to_dict")  # A file that failed to load raises only when first used.
@@ -39,8 +39,10 @@ def flags_parser(usage: str) -> Callable[[list[str]], list[str]]:
       sys.exit(f"usage error: {e}\nusage: {usage}")
     except (AttributeError, KeyError) as e:  # ml_collections: a key that the config file does not set.
       detail = " ".join(str(e.args[0] if e.args else e).split()).strip("'\" ")
-      sys.exit(f"invalid override: the config file does not set {detail}; the free-form groups "
-               "(model.block, mesh.shape) take only keys that their config file sets")
+      sys.exit(
+        f"invalid override: the config file does not set {detail}; the free-form groups "
+        "(model.block, mesh.shape) take only keys that their config file sets"
+      )
 
   return parse
 

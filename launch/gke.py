@@ -32,13 +32,14 @@ from absl import app, flags
 from launch import cli, plan
 from scaling import grid
 
-USAGE = ("python -m launch.gke [status] --config C.py --topology v5p-32 --workdir gs://B/W --image IMAGE "
-         "[--queue Q] [--service_account KSA] [--watch] [--dry_run]")
+USAGE = (
+  "python -m launch.gke [status] --config C.py --topology v5p-32 --workdir gs://B/W --image IMAGE "
+  "[--queue Q] [--service_account KSA] [--watch] [--dry_run]"
+)
 STUDY_LABEL, RUN_LABEL, QUEUE_LABEL = "scaling/study", "scaling/run", "kueue.x-k8s.io/queue-name"
 REPLICATED_JOB = "slice"
 # Slice generation -> the cloud.google.com/gke-tpu-accelerator label of GKE's TPU nodes.
-ACCELERATORS = {"v4": "tpu-v4-podslice", "v5p": "tpu-v5p-slice", "v5e": "tpu-v5-lite-podslice",
-                "v6e": "tpu-v6e-slice"}
+ACCELERATORS = {"v4": "tpu-v4-podslice", "v5p": "tpu-v5p-slice", "v5e": "tpu-v5-lite-podslice", "v6e": "tpu-v6e-slice"}
 # The study's key is at most this long: it starts every JobSet name, and the run's label needs room too.
 KEY_CHARS = 20
 # A Kubernetes service account's name: a DNS subdomain (RFC 1123), at most 253 characters.
@@ -64,27 +65,48 @@ def study_label(p: plan.Plan) -> str:
   return plan.study_key(p, KEY_CHARS)
 
 
-def manifest(p: plan.Plan, run: grid.Run, image: str, max_restarts: int, queue: str,
-             service_account: str | None = None) -> dict:
+def manifest(
+  p: plan.Plan, run: grid.Run, image: str, max_restarts: int, queue: str, service_account: str | None = None
+) -> dict:
   """The run's JobSet: one indexed job with a pod on each host of a slice (as `service_account`, if given)."""
   labels = {STUDY_LABEL: study_label(p), RUN_LABEL: run_name("", run.id, 63)}
   if queue:
     labels[QUEUE_LABEL] = queue
   hosts = p.slice.hosts
-  pod = {"restartPolicy": "Never",
-         "nodeSelector": {"cloud.google.com/gke-tpu-accelerator": ACCELERATORS[p.slice.generation],
-                          "cloud.google.com/gke-tpu-topology": p.slice.topology},
-         "containers": [{"name": "run", "image": image, "command": plan.host_command(p.workdir, run),
-                         "resources": {"limits": {"google.com/tpu": p.slice.chips_per_host}}}]}
+  pod = {
+    "restartPolicy": "Never",
+    "nodeSelector": {
+      "cloud.google.com/gke-tpu-accelerator": ACCELERATORS[p.slice.generation],
+      "cloud.google.com/gke-tpu-topology": p.slice.topology,
+    },
+    "containers": [
+      {
+        "name": "run",
+        "image": image,
+        "command": plan.host_command(p.workdir, run),
+        "resources": {"limits": {"google.com/tpu": p.slice.chips_per_host}},
+      }
+    ],
+  }
   if service_account:
     pod["serviceAccountName"] = service_account  # Its Workload Identity lets the hosts write gs://.
-  job = {"parallelism": hosts, "completions": hosts, "completionMode": "Indexed", "backoffLimit": 0,
-         "template": {"spec": pod}}
-  return {"apiVersion": "jobset.x-k8s.io/v1alpha2", "kind": "JobSet",
-          "metadata": {"name": jobset_name(p, run), "labels": labels},
-          "spec": {"failurePolicy": {"maxRestarts": max_restarts},  # A preempted slice restarts; the run resumes.
-                   "network": {"enableDNSHostnames": True},  # jax.distributed reaches the hosts by name.
-                   "replicatedJobs": [{"name": REPLICATED_JOB, "replicas": 1, "template": {"spec": job}}]}}
+  job = {
+    "parallelism": hosts,
+    "completions": hosts,
+    "completionMode": "Indexed",
+    "backoffLimit": 0,
+    "template": {"spec": pod},
+  }
+  return {
+    "apiVersion": "jobset.x-k8s.io/v1alpha2",
+    "kind": "JobSet",
+    "metadata": {"name": jobset_name(p, run), "labels": labels},
+    "spec": {
+      "failurePolicy": {"maxRestarts": max_restarts},  # A preempted slice restarts; the run resumes.
+      "network": {"enableDNSHostnames": True},  # jax.distributed reaches the hosts by name.
+      "replicatedJobs": [{"name": REPLICATED_JOB, "replicas": 1, "template": {"spec": job}}],
+    },
+  }
 
 
 def jobset_state(jobset: dict) -> str:
@@ -153,13 +175,17 @@ def main(argv: list[str]) -> None:
   f = flags.FLAGS
   status = plan.is_status(argv, USAGE)
   if not status and not f.image:
-    sys.exit("invalid launch: --image is missing; allowed: a container image with this project and jax[tpu] "
-             "installed, such as us-docker.pkg.dev/PROJECT/REPO/scaling:TAG")
+    sys.exit(
+      "invalid launch: --image is missing; allowed: a container image with this project and jax[tpu] "
+      "installed, such as us-docker.pkg.dev/PROJECT/REPO/scaling:TAG"
+    )
   account = f.service_account
   if account is not None and (len(account) > 253 or not SERVICE_ACCOUNT.fullmatch(account)):
-    sys.exit(f"invalid launch: --service_account={account!r} is not a Kubernetes service account name; "
-             "allowed: at most 253 characters of a-z, 0-9, '-' and '.', each '.'-separated part starting and "
-             "ending with a letter or digit, such as scaling-writer")
+    sys.exit(
+      f"invalid launch: --service_account={account!r} is not a Kubernetes service account name; "
+      "allowed: at most 253 characters of a-z, 0-9, '-' and '.', each '.'-separated part starting and "
+      "ending with a letter or digit, such as scaling-writer"
+    )
   with cli.resumable("launch.gke"):
     p = plan.from_flags(USAGE, probe=not (status or f.dry_run))
     try:
@@ -175,10 +201,14 @@ def main(argv: list[str]) -> None:
 if __name__ == "__main__":
   plan.define_flags()
   flags.DEFINE_string("image", None, "Container image with this project and jax[tpu] installed.")
-  flags.DEFINE_string("queue", None, "Kueue LocalQueue to submit to (label kueue.x-k8s.io/queue-name); "
-                      "default: none.")
-  flags.DEFINE_string("service_account", None, "Kubernetes service account that the pods run as, which Workload "
-                      "Identity lets write the workdir's bucket; default: none (the namespace's default).")
-  flags.DEFINE_integer("max_restarts", 10, "JobSet restarts after a preemption or failure before it fails.",
-                       lower_bound=0)
+  flags.DEFINE_string("queue", None, "Kueue LocalQueue to submit to (label kueue.x-k8s.io/queue-name); default: none.")
+  flags.DEFINE_string(
+    "service_account",
+    None,
+    "Kubernetes service account that the pods run as, which Workload "
+    "Identity lets write the workdir's bucket; default: none (the namespace's default).",
+  )
+  flags.DEFINE_integer(
+    "max_restarts", 10, "JobSet restarts after a preemption or failure before it fails.", lower_bound=0
+  )
   app.run(main, flags_parser=cli.flags_parser(USAGE))

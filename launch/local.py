@@ -19,14 +19,17 @@ from ml_collections import config_flags
 
 from launch import cli
 from launch.plan import write_plan
-from scaling import grid, kinds, results, run as run_lib, study as study_lib, timing
+from scaling import grid, kinds, results, timing
+from scaling import run as run_lib
+from scaling import study as study_lib
 
 USAGE = "python -m launch.local --config CONFIG.py --workdir DIR [--config.a.b=value]"
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Study config file (get_config()).", lock_config=False)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where runs, results and the report go (local or gs://).")
 _ANALYSE = flags.DEFINE_bool("analyse", True, "Fit the laws and write the report after the runs.")
-_BOOTSTRAP = flags.DEFINE_integer("bootstrap", 200, "Bootstrap replicates of each joint law's intervals.",
-                                  lower_bound=1)
+_BOOTSTRAP = flags.DEFINE_integer(
+  "bootstrap", 200, "Bootstrap replicates of each joint law's intervals.", lower_bound=1
+)
 
 
 def execute_all(runs: list[grid.Run], workdir: epath.Path) -> tuple[int, int]:
@@ -63,8 +66,10 @@ def main(argv) -> None:
     except OSError as e:
       sys.exit(f"--workdir {_WORKDIR.value}: cannot create it ({e.strerror or e})")
     except ImportError:  # etils.epath reaches gs:// through gcsfs, an extra.
-      sys.exit(f"--workdir {_WORKDIR.value}: a gs:// workdir needs gcsfs; allowed: a local folder, or gs:// after "
-               "pip install -e '.[gcs]'")
+      sys.exit(
+        f"--workdir {_WORKDIR.value}: a gs:// workdir needs gcsfs; allowed: a local folder, or gs:// after "
+        "pip install -e '.[gcs]'"
+      )
     runs = kinds.expand(study)
     write_plan(study, runs, workdir)
     print(f"study {study.name!r}: {len(runs)} runs in {workdir}", flush=True)
@@ -72,6 +77,7 @@ def main(argv) -> None:
     print(f"runs: {executed} executed, {skipped} already done ({time.time() - t0:.1f}s)", flush=True)
     if _ANALYSE.value:
       from analysis import fit as fit_lib  # Imported late: the runs do not need it.
+
       with timing.phase("fitting and report"):
         fit_lib.fit_and_report(workdir, bootstrap=_BOOTSTRAP.value)
     print(timing.summary(time.time() - t0), flush=True)

@@ -99,8 +99,12 @@ def define_flags() -> None:
   flags.DEFINE_alias("dry-run", "dry_run")
   flags.DEFINE_bool("watch", False, "Keep going until every run is done, or one failed more than --retries times.")
   flags.DEFINE_float("poll_seconds", 30.0, "Seconds between looks at the engine.", lower_bound=0.0)
-  flags.DEFINE_integer("retries", 3, "How often this launcher submits a failed run again before it gives up "
-                       "(preemptions are not failures).", lower_bound=0)
+  flags.DEFINE_integer(
+    "retries",
+    3,
+    "How often this launcher submits a failed run again before it gives up (preemptions are not failures).",
+    lower_bound=0,
+  )
 
 
 def is_status(argv: list[str], usage: str) -> bool:
@@ -143,8 +147,9 @@ def require_host_batches(study: ml_collections.ConfigDict, runs: list[grid.Run],
   batches["eval.batch_size"] = study.eval.batch_size
   for field, size in batches.items():
     if size % tpu.hosts:  # Each host loads its own rows of every batch.
-      raise PlanError(f"{field}={size} does not divide across the {tpu.hosts} hosts of {tpu.name}; "
-                      f"allowed: a multiple of {tpu.hosts}")
+      raise PlanError(
+        f"{field}={size} does not divide across the {tpu.hosts} hosts of {tpu.name}; allowed: a multiple of {tpu.hosts}"
+      )
 
 
 def require_reachable(workdir: epath.Path, flag: str, probe: bool) -> None:
@@ -157,9 +162,11 @@ def require_reachable(workdir: epath.Path, flag: str, probe: bool) -> None:
       probe_file.write_text("probe")
       probe_file.unlink()
   except Exception as e:  # Local paths raise OSError; gs:// paths raise their file system's errors.
-    raise PlanError(f"--workdir={flag!r} is not reachable: cannot {'write a file there' if probe else 'read it'} "
-                    f"({getattr(e, 'strerror', None) or e}); allowed: a directory that this machine and "
-                    "every host of the slice can write, such as gs://BUCKET/PATH") from None
+    raise PlanError(
+      f"--workdir={flag!r} is not reachable: cannot {'write a file there' if probe else 'read it'} "
+      f"({getattr(e, 'strerror', None) or e}); allowed: a directory that this machine and "
+      "every host of the slice can write, such as gs://BUCKET/PATH"
+    ) from None
 
 
 def write_plan(study, runs: list[grid.Run], workdir: epath.Path) -> None:
@@ -172,8 +179,10 @@ def write_plan(study, runs: list[grid.Run], workdir: epath.Path) -> None:
 def summary(p: Plan, dry_run: bool = False) -> str:
   """One line on what a launch is about."""
   unread = " (a dry run does not read it: every run shows as not done)" if dry_run else ""
-  return (f"study {p.study.name!r}: {len(p.runs)} runs, each on a {p.slice.name} slice ({p.slice.chips} chips, "
-          f"{p.slice.hosts} hosts); workdir {p.workdir}{unread}")
+  return (
+    f"study {p.study.name!r}: {len(p.runs)} runs, each on a {p.slice.name} slice ({p.slice.chips} chips, "
+    f"{p.slice.hosts} hosts); workdir {p.workdir}{unread}"
+  )
 
 
 def host_command(workdir: epath.Path, run: grid.Run, python: str = "python3") -> list[str]:
@@ -214,8 +223,7 @@ def call(argv: list[str], dry_run: bool, stdin: str | None = None) -> str:
   return proc.stdout
 
 
-def run_states(runs: list[grid.Run], workdir: epath.Path | None, engine: dict[str, tuple[str, str]]
-               ) -> list[RunState]:
+def run_states(runs: list[grid.Run], workdir: epath.Path | None, engine: dict[str, tuple[str, str]]) -> list[RunState]:
   """Each run's state: done if result.json exists, else `engine`'s (state, object name), else missing.
   With no workdir (a dry run), none is read and no run is done."""
   # Callers ask the engine first: a run that finished in between then reads as done, not as failed.
@@ -281,6 +289,7 @@ class Retries:
   def spend(self, run_id: str, engine: str) -> None:
     """Counts one more submission of a failed run; raises LaunchError when none is left."""
     if self.used[run_id] >= self.limit:
-      raise LaunchError(f"run {run_id} failed {self.used[run_id] + 1} times (last on {engine}); "
-                        f"gave up (--retries={self.limit})")
+      raise LaunchError(
+        f"run {run_id} failed {self.used[run_id] + 1} times (last on {engine}); gave up (--retries={self.limit})"
+      )
     self.used[run_id] += 1

@@ -37,13 +37,19 @@ from absl import app, flags
 from launch import cli, plan
 from scaling import grid, results
 
-USAGE = ("python -m launch.tpu [status] --config C.py --topology v5p-32 --workdir gs://B/W --project P --zone Z "
-         "--package SPEC [--slices N] [--capacity spot] [--watch] [--dry_run]")
+USAGE = (
+  "python -m launch.tpu [status] --config C.py --topology v5p-32 --workdir gs://B/W --project P --zone Z "
+  "--package SPEC [--slices N] [--capacity spot] [--watch] [--dry_run]"
+)
 # Slice generation -> gcloud's accelerator type prefix (a v5e-16 slice is a v5litepod-16).
 ACCELERATOR_TYPES = {"v4": "v4", "v5p": "v5p", "v5e": "v5litepod", "v6e": "v6e"}
 # Slice generation -> the TPU VM image that Cloud TPU documents for it.
-RUNTIMES = {"v4": "tpu-ubuntu2204-base", "v5p": "v2-alpha-tpuv5", "v5e": "v2-alpha-tpuv5-lite",
-            "v6e": "v2-alpha-tpuv6e"}
+RUNTIMES = {
+  "v4": "tpu-ubuntu2204-base",
+  "v5p": "v2-alpha-tpuv5",
+  "v5e": "v2-alpha-tpuv5-lite",
+  "v6e": "v2-alpha-tpuv6e",
+}
 CAPACITY = {"on-demand": [], "spot": ["--spot"], "reserved": ["--reserved"]}
 UV_VERSION = "0.13.9"  # As the Makefile pins it.
 PYTHON_VERSION = "3.11"  # The project's CI Python, and the oldest that it supports.
@@ -82,8 +88,19 @@ def gcloud(cloud: Cloud, *args: str) -> list[str]:
 def create_command(p: plan.Plan, cloud: Cloud, name: str) -> list[str]:
   """The command that asks for a slice: a queued resource and its node, both called `name`."""
   accelerator = f"{ACCELERATOR_TYPES[p.slice.generation]}-{p.slice.name.split('-')[1]}"
-  return gcloud(cloud, "queued-resources", "create", name, "--node-id", name, "--accelerator-type", accelerator,
-                "--runtime-version", cloud.runtime_version, *CAPACITY[cloud.capacity])
+  return gcloud(
+    cloud,
+    "queued-resources",
+    "create",
+    name,
+    "--node-id",
+    name,
+    "--accelerator-type",
+    accelerator,
+    "--runtime-version",
+    cloud.runtime_version,
+    *CAPACITY[cloud.capacity],
+  )
 
 
 def delete_command(cloud: Cloud, name: str) -> list[str]:
@@ -98,10 +115,12 @@ def install_command(package: str) -> list[list[str]]:
   # command's PATH). --allow-existing: a slice that an earlier launch left keeps its venv and updates it
   # (uv refuses an existing venv otherwise).
   uv = ["python3", "-m", "uv"]
-  return [["python3", "-m", "pip", "install", "--user", "--quiet", f"uv=={UV_VERSION}"],
-          [*uv, "python", "install", "--quiet", PYTHON_VERSION],
-          [*uv, "venv", "--quiet", "--python", PYTHON_VERSION, "--managed-python", "--allow-existing", VENV],
-          [*uv, "pip", "install", "--quiet", "--python", VENV_PYTHON, package]]
+  return [
+    ["python3", "-m", "pip", "install", "--user", "--quiet", f"uv=={UV_VERSION}"],
+    [*uv, "python", "install", "--quiet", PYTHON_VERSION],
+    [*uv, "venv", "--quiet", "--python", PYTHON_VERSION, "--managed-python", "--allow-existing", VENV],
+    [*uv, "pip", "install", "--quiet", "--python", VENV_PYTHON, package],
+  ]
 
 
 def ssh_command(cloud: Cloud, name: str, *argvs: list[str]) -> list[str]:
@@ -133,8 +152,9 @@ def slice_state(state: str | None) -> str:
   return "failed" if state in LOST else "queued"
 
 
-def run_states(p: plan.Plan, slices: dict[str, str], held: dict[str, str | None], dry_run: bool = False
-               ) -> list[plan.RunState]:
+def run_states(
+  p: plan.Plan, slices: dict[str, str], held: dict[str, str | None], dry_run: bool = False
+) -> list[plan.RunState]:
   """Every run's state from its result.json and the slice that has it (`held`: slice -> run id); a dry
   run reads no result."""
   engine = {run_id: (slice_state(slices.get(name)), name) for name, run_id in held.items() if run_id}
@@ -307,8 +327,10 @@ def main(argv: list[str]) -> None:
     if not f[flag].value:
       sys.exit(f"invalid launch: --{flag} is missing; allowed: {allowed}")
   if not status and not f.package:
-    sys.exit("invalid launch: --package is missing; allowed: a pip requirement of this project with its "
-             "'[tpu]' extra, such as 'scaling[tpu] @ git+https://github.com/ORG/scaling@COMMIT'")
+    sys.exit(
+      "invalid launch: --package is missing; allowed: a pip requirement of this project with its "
+      "'[tpu]' extra, such as 'scaling[tpu] @ git+https://github.com/ORG/scaling@COMMIT'"
+    )
   with cli.resumable("launch.tpu"):  # Ctrl-C leaves the slices and the pool file to the next launch.
     p = plan.from_flags(USAGE, probe=not (status or f.dry_run))
     cloud = Cloud(f.project, f.zone, f.runtime_version or RUNTIMES[p.slice.generation], f.capacity, f.package)
@@ -329,10 +351,16 @@ if __name__ == "__main__":
   plan.define_flags()
   flags.DEFINE_string("project", None, "Google Cloud project of the slices.")
   flags.DEFINE_string("zone", None, "Zone of the slices, such as us-east5-a.")
-  flags.DEFINE_string("package", None, "pip requirement installed on every host, such as "
-                      "'scaling[tpu] @ git+https://github.com/ORG/scaling@COMMIT'.")
-  flags.DEFINE_string("runtime_version", None, "TPU VM image; default: Cloud TPU's for the generation "
-                      f"({', '.join(f'{k}: {v}' for k, v in RUNTIMES.items())}).")
+  flags.DEFINE_string(
+    "package",
+    None,
+    "pip requirement installed on every host, such as 'scaling[tpu] @ git+https://github.com/ORG/scaling@COMMIT'.",
+  )
+  flags.DEFINE_string(
+    "runtime_version",
+    None,
+    f"TPU VM image; default: Cloud TPU's for the generation ({', '.join(f'{k}: {v}' for k, v in RUNTIMES.items())}).",
+  )
   flags.DEFINE_enum("capacity", "on-demand", list(CAPACITY), "How the slices are provisioned.")
   flags.DEFINE_integer("slices", 1, "How many slices run at once, each taking the next ready run.", lower_bound=1)
   app.run(main, flags_parser=cli.flags_parser(USAGE))

@@ -70,14 +70,14 @@ from scaling import model as model_lib
 # default precision, which is TF32 on NVIDIA GPUs and one bfloat16 pass on TPUs; plain float32
 # runs at 67 on an H100). The first match wins.
 PEAK_TFLOPS: tuple[tuple[str, float, float], ...] = (
-    ("H100 PCIe", 756.0, 378.0),
-    ("H100 NVL", 835.0, 417.5),
-    ("H100", 989.0, 494.5),
-    ("H200", 989.0, 494.5),
-    ("TPU v4", 275.0, 275.0),
-    ("TPU v5 lite", 197.0, 197.0),  # v5e.
-    ("TPU v5", 459.0, 459.0),  # v5p.
-    ("TPU v6 lite", 918.0, 918.0),  # v6e.
+  ("H100 PCIe", 756.0, 378.0),
+  ("H100 NVL", 835.0, 417.5),
+  ("H100", 989.0, 494.5),
+  ("H200", 989.0, 494.5),
+  ("TPU v4", 275.0, 275.0),
+  ("TPU v5 lite", 197.0, 197.0),  # v5e.
+  ("TPU v5", 459.0, 459.0),  # v5p.
+  ("TPU v6 lite", 918.0, 918.0),  # v6e.
 )
 
 
@@ -109,8 +109,9 @@ def _ref_block(cfg: model_lib.ModelConfig, attention: str, p: dict, x_BxLxD: jax
   dt, a, m = x_BxLxD.dtype, p["attn"], p["mlp"]
   h_BxLxD = _ref_norm(x_BxLxD, p["norm_attn"]["scale"], cfg.norm_eps)
   q, k, v = (jnp.einsum("bld,dnh->blnh", h_BxLxD, a[w].astype(dt)) for w in ("wq", "wk", "wv"))
-  o_BxLxNxH = jax.nn.dot_product_attention(_ref_rope(q, cfg.rope_theta), _ref_rope(k, cfg.rope_theta), v,
-                                           is_causal=True, implementation=attention)
+  o_BxLxNxH = jax.nn.dot_product_attention(
+    _ref_rope(q, cfg.rope_theta), _ref_rope(k, cfg.rope_theta), v, is_causal=True, implementation=attention
+  )
   x_BxLxD = x_BxLxD + jnp.einsum("blnh,nhd->bld", o_BxLxNxH, a["wo"].astype(dt))
   h_BxLxD = _ref_norm(x_BxLxD, p["norm_mlp"]["scale"], cfg.norm_eps)
   h_BxLxF = jax.nn.silu(h_BxLxD @ m["w_gate"].astype(dt)) * (h_BxLxD @ m["w_up"].astype(dt))
@@ -131,8 +132,9 @@ def reference_loss(cfg: model_lib.ModelConfig, params: dict, batch: dict) -> jax
     for i in range(cfg.n_layers):
       x_BxLxD = block(params["blocks"][i], x_BxLxD)
   x_BxLxD = _ref_norm(x_BxLxD, params["norm_out"]["scale"], cfg.norm_eps)
-  logits_BxLxV = jnp.einsum("bld,vd->blv", x_BxLxD, params["embed"].astype(x_BxLxD.dtype),
-                            preferred_element_type=jnp.float32)
+  logits_BxLxV = jnp.einsum(
+    "bld,vd->blv", x_BxLxD, params["embed"].astype(x_BxLxD.dtype), preferred_element_type=jnp.float32
+  )
   losses_BxL = optax.softmax_cross_entropy_with_integer_labels(logits_BxLxV, batch["targets"])
   return (losses_BxL * batch["weights"]).sum() / batch["weights"].sum()
 
@@ -146,17 +148,23 @@ def reference_params(cfg: model_lib.ModelConfig, params: dict) -> dict:
   return {**params, "blocks": jax.tree.map(lambda *layers: jnp.stack(layers), *blocks)}
 
 
-def reference_step(cfg: model_lib.ModelConfig, tx: optax.GradientTransformation, state: dict,
-                   batch: dict) -> tuple[dict, dict]:
+def reference_step(
+  cfg: model_lib.ModelConfig, tx: optax.GradientTransformation, state: dict, batch: dict
+) -> tuple[dict, dict]:
   """One optimiser step of the reference; its state is {"params", "opt"}."""
   loss, grads = jax.value_and_grad(reference_loss, argnums=1)(cfg, state["params"], batch)
   updates, opt = tx.update(grads, state["opt"], state["params"])
   return {"params": optax.apply_updates(state["params"], updates), "opt": opt}, {"loss": loss}
 
 
-def _compiled_step(impl: str, cfg: model_lib.ModelConfig, tx: optax.GradientTransformation,
-                   mesh: jax.sharding.Mesh, batch: dict,
-                   loss_chunk: int = 0) -> tuple[Callable, dict, jax.stages.Compiled]:
+def _compiled_step(
+  impl: str,
+  cfg: model_lib.ModelConfig,
+  tx: optax.GradientTransformation,
+  mesh: jax.sharding.Mesh,
+  batch: dict,
+  loss_chunk: int = 0,
+) -> tuple[Callable, dict, jax.stages.Compiled]:
   """(step(state) -> (state, metrics), the initial state, the compiled program) of one implementation."""
   rules = mesh_lib.DEFAULT_RULES
   with mesh_lib.activate(mesh, rules):
@@ -167,8 +175,12 @@ def _compiled_step(impl: str, cfg: model_lib.ModelConfig, tx: optax.GradientTran
       compiled = jax.jit(functools.partial(reference_step, cfg, tx), donate_argnums=0).lower(state, batch).compile()
       return lambda s: compiled(s, batch), state, compiled
     state_sh = train.state_shardings(tx, params, jax.tree.map(lambda x: x.sharding, params), mesh)
-    state = {"step": jnp.zeros((), jnp.int32), "params": params,
-             "opt": jax.jit(tx.init, out_shardings=state_sh["opt"])(params), "tokens": jnp.zeros((), jnp.float32)}
+    state = {
+      "step": jnp.zeros((), jnp.int32),
+      "params": params,
+      "opt": jax.jit(tx.init, out_shardings=state_sh["opt"])(params),
+      "tokens": jnp.zeros((), jnp.float32),
+    }
     step = train.jit_step(graphdef, tx, state_sh, {}, mesh_lib.batch_sharding(mesh, rules), loss_chunk)
     compiled = step.lower(state, {}, batch).compile()
     return lambda s: compiled(s, {}, batch), state, compiled
@@ -183,12 +195,28 @@ def _peak_bytes() -> int | None:
 def random_batch(cfg: model_lib.ModelConfig, batch: int, seq: int, sharding) -> dict:
   """A batch of random tokens, every one scored, with the first half of each row as its prompt."""
   tokens_BxL = jax.random.randint(jax.random.key(0), (batch, seq + 1), 0, cfg.vocab_size)
-  return jax.device_put({"inputs": tokens_BxL[:, :-1], "targets": tokens_BxL[:, 1:], "weights": jnp.ones((batch, seq)),
-                         "prompt_len": jnp.full((batch,), seq // 2, jnp.int32)}, sharding)
+  return jax.device_put(
+    {
+      "inputs": tokens_BxL[:, :-1],
+      "targets": tokens_BxL[:, 1:],
+      "weights": jnp.ones((batch, seq)),
+      "prompt_len": jnp.full((batch,), seq // 2, jnp.int32),
+    },
+    sharding,
+  )
 
 
-def bench_train(size: str, cfg: model_lib.ModelConfig, *, seq: int, batch: int, steps: int,
-                warmup: int, loss_chunk: int = 0, hlo_dir: str | None = None) -> list[dict]:
+def bench_train(
+  size: str,
+  cfg: model_lib.ModelConfig,
+  *,
+  seq: int,
+  batch: int,
+  steps: int,
+  warmup: int,
+  loss_chunk: int = 0,
+  hlo_dir: str | None = None,
+) -> list[dict]:
   """Rows of the training-step benchmark for one size: ours (its loss in chunks of `loss_chunk`
   positions, if not 0), then the reference (never chunked); with `hlo_dir`, each compiled step's
   optimised HLO is written there as `{size}-{impl}.hlo.txt`, to be compared op by op."""
@@ -217,27 +245,46 @@ def bench_train(size: str, cfg: model_lib.ModelConfig, *, seq: int, batch: int, 
     del state  # Frees this implementation's parameters and moments before the next one's.
     step_s = statistics.median(times[warmup:])
     tokens_per_s = batch * seq / step_s
-    rows.append({
-        "size": size, "impl": impl, "params": model_lib.param_count(cfg), "vocab": cfg.vocab_size, "seq": seq,
-        "batch": batch, "dtype": model_lib.compute_dtype_of(cfg), "remat": cfg.remat, "loss_chunk": loss_chunk,
+    rows.append(
+      {
+        "size": size,
+        "impl": impl,
+        "params": model_lib.param_count(cfg),
+        "vocab": cfg.vocab_size,
+        "seq": seq,
+        "batch": batch,
+        "dtype": model_lib.compute_dtype_of(cfg),
+        "remat": cfg.remat,
+        "loss_chunk": loss_chunk,
         "attention": model_lib.attention_implementation(cfg),
-        "layers": "scanned" if model_lib.scans_layers(cfg) else "unrolled", "devices": len(devices),
-        "device_kind": devices[0].device_kind, "xla_flags": os.environ.get("XLA_FLAGS", "").strip(),
+        "layers": "scanned" if model_lib.scans_layers(cfg) else "unrolled",
+        "devices": len(devices),
+        "device_kind": devices[0].device_kind,
+        "xla_flags": os.environ.get("XLA_FLAGS", "").strip(),
         "compile_s": compile_s,
-        "step_s": step_s, "step_s_all": times[warmup:], "tokens_per_s": tokens_per_s,
+        "step_s": step_s,
+        "step_s_all": times[warmup:],
+        "tokens_per_s": tokens_per_s,
         "flops_per_s": flops_per_token * tokens_per_s,
         "mfu": None if peak is None else flops_per_token * tokens_per_s / (peak * len(devices)),
         "losses": losses,
-        "program_bytes": (stats.argument_size_in_bytes + stats.output_size_in_bytes + stats.temp_size_in_bytes
-                          - stats.alias_size_in_bytes),
-        "peak_bytes": _peak_bytes()})
+        "program_bytes": (
+          stats.argument_size_in_bytes
+          + stats.output_size_in_bytes
+          + stats.temp_size_in_bytes
+          - stats.alias_size_in_bytes
+        ),
+        "peak_bytes": _peak_bytes(),
+      }
+    )
   for row in rows:
     row["over_reference"] = row["step_s"] / rows[-1]["step_s"]
   return rows
 
 
-def bench_methods(cfg: model_lib.ModelConfig, entries: list[str], *, seq: int, batch: int, steps: int,
-                  warmup: int) -> list[tuple[str, ...]]:
+def bench_methods(
+  cfg: model_lib.ModelConfig, entries: list[str], *, seq: int, batch: int, steps: int, warmup: int
+) -> list[tuple[str, ...]]:
   """Rows of the methods benchmark: each method's train step on the same base, against full tuning."""
   from scaling import methods  # Here: `train` needs none of the methods.
 
@@ -255,41 +302,61 @@ def bench_methods(cfg: model_lib.ModelConfig, entries: list[str], *, seq: int, b
       params, frozen = nnx.to_pure_dict(params), nnx.to_pure_dict(frozen)
       sharding = lambda tree: jax.tree.map(lambda x: x.sharding, tree)
       state_sh = train.state_shardings(tx, params, sharding(params), mesh)
-      train_state = {"step": jnp.zeros((), jnp.int32), "params": params,
-                     "opt": jax.jit(tx.init, out_shardings=state_sh["opt"])(params), "tokens": jnp.zeros((), jnp.float32)}
-      compiled = train.jit_step(graphdef, tx, state_sh, sharding(frozen), batch_sh).lower(
-          train_state, frozen, data).compile()
+      train_state = {
+        "step": jnp.zeros((), jnp.int32),
+        "params": params,
+        "opt": jax.jit(tx.init, out_shardings=state_sh["opt"])(params),
+        "tokens": jnp.zeros((), jnp.float32),
+      }
+      compiled = (
+        train.jit_step(graphdef, tx, state_sh, sharding(frozen), batch_sh).lower(train_state, frozen, data).compile()
+      )
       times = []
       for _ in range(warmup + steps):
         t0 = time.perf_counter()
         train_state, _ = jax.block_until_ready(compiled(train_state, frozen, data))
         times.append(time.perf_counter() - t0)
     stats = compiled.memory_analysis()
-    memory = (stats.argument_size_in_bytes + stats.output_size_in_bytes + stats.temp_size_in_bytes
-              - stats.alias_size_in_bytes)
+    memory = (
+      stats.argument_size_in_bytes + stats.output_size_in_bytes + stats.temp_size_in_bytes - stats.alias_size_in_bytes
+    )
     p = sum(x.size for x in jax.tree.leaves(params))
     measured.append((entry, p, statistics.median(times[warmup:]), memory))
   full = next((m for m in measured if m[0] == "full"), measured[0])
-  return [(name, f"{p:,}", f"{step * 1e3:.2f}", f"{batch * seq / step:,.0f}", f"{memory / 2**20:,.1f}",
-           f"{step / full[2]:.2f}x", f"{memory / full[3]:.2f}x") for name, p, step, memory in measured]
+  return [
+    (
+      name,
+      f"{p:,}",
+      f"{step * 1e3:.2f}",
+      f"{batch * seq / step:,.0f}",
+      f"{memory / 2**20:,.1f}",
+      f"{step / full[2]:.2f}x",
+      f"{memory / full[3]:.2f}x",
+    )
+    for name, p, step, memory in measured
+  ]
 
 
 def train_table(rows: list[dict]) -> list[str]:
   """The training-step benchmark as text: a title, a header and a row per (size, implementation)."""
   r = rows[0]
-  lines = [f"train: ours (Flax NNX, scaling.train.jit_step) against a plain-JAX reference on {r['devices']} x "
-           f"{r['device_kind']}; vocab {r['vocab']}, {r['batch']} x {r['seq']} tokens, {r['dtype']}, "
-           f"remat {r['remat']}, attention {r['attention']}, layers {r['layers']}, our loss in chunks of "
-           f"{r.get('loss_chunk') or 'the whole sequence'}; median of {len(r['step_s_all'])} steps"
-           + (f"; XLA_FLAGS {r['xla_flags']}" if r.get("xla_flags") else ""),
-           f"{'size':>9} {'impl':>9} {'params':>14} {'compile s':>9} {'step ms':>9} {'tokens/s':>11} {'TFLOP/s':>8} "
-           f"{'MFU':>6} {'loss@0':>8} {'program MiB':>11} {'peak MiB':>9} {'ours/ref':>8}"]
+  lines = [
+    f"train: ours (Flax NNX, scaling.train.jit_step) against a plain-JAX reference on {r['devices']} x "
+    f"{r['device_kind']}; vocab {r['vocab']}, {r['batch']} x {r['seq']} tokens, {r['dtype']}, "
+    f"remat {r['remat']}, attention {r['attention']}, layers {r['layers']}, our loss in chunks of "
+    f"{r.get('loss_chunk') or 'the whole sequence'}; median of {len(r['step_s_all'])} steps"
+    + (f"; XLA_FLAGS {r['xla_flags']}" if r.get("xla_flags") else ""),
+    f"{'size':>9} {'impl':>9} {'params':>14} {'compile s':>9} {'step ms':>9} {'tokens/s':>11} {'TFLOP/s':>8} "
+    f"{'MFU':>6} {'loss@0':>8} {'program MiB':>11} {'peak MiB':>9} {'ours/ref':>8}",
+  ]
   mib = lambda b: "-" if b is None else f"{b / 2**20:,.0f}"
   for r in rows:
     mfu = "-" if r["mfu"] is None else f"{r['mfu']:.1%}"
-    lines.append(f"{r['size']:>9} {r['impl']:>9} {r['params']:>14,} {r['compile_s']:>9.1f} {r['step_s'] * 1e3:>9.2f} "
-                 f"{r['tokens_per_s']:>11,.0f} {r['flops_per_s'] / 1e12:>8.3g} {mfu:>6} {r['losses'][0]:>8.4f} "
-                 f"{mib(r['program_bytes']):>11} {mib(r['peak_bytes']):>9} {r['over_reference']:>7.2f}x")
+    lines.append(
+      f"{r['size']:>9} {r['impl']:>9} {r['params']:>14,} {r['compile_s']:>9.1f} {r['step_s'] * 1e3:>9.2f} "
+      f"{r['tokens_per_s']:>11,.0f} {r['flops_per_s'] / 1e12:>8.3g} {mfu:>6} {r['losses'][0]:>8.4f} "
+      f"{mib(r['program_bytes']):>11} {mib(r['peak_bytes']):>9} {r['over_reference']:>7.2f}x"
+    )
   return lines
 
 
@@ -313,8 +380,9 @@ def _additive_objective_and_grad(theta, log_x, log_d, log_y, delta):
   huber = np.where(np.abs(r) <= delta, 0.5 * r**2, delta * (np.abs(r) - 0.5 * delta))
   dr = np.clip(r, -delta, delta)  # d huber / d r.
   p = w / total  # d log L / d term.
-  grad = np.asarray([(dr * p[0]).sum(), -(dr * p[0] * log_x).sum(), (dr * p[1]).sum(),
-                     -(dr * p[1] * log_d).sum(), (dr * p[2]).sum()])
+  grad = np.asarray(
+    [(dr * p[0]).sum(), -(dr * p[0] * log_x).sum(), (dr * p[1]).sum(), -(dr * p[1] * log_d).sum(), (dr * p[2]).sum()]
+  )
   return huber.sum(), grad
 
 
@@ -322,8 +390,9 @@ def scipy_loop(starts, log_x, log_d, log_y, delta):
   """The obvious way: one scipy L-BFGS-B minimisation per start; returns the best (theta, value)."""
   best = (None, np.inf)
   for x0 in starts:
-    res = scipy.optimize.minimize(_additive_objective_and_grad, x0, args=(log_x, log_d, log_y, delta),
-                                  jac=True, method="L-BFGS-B")
+    res = scipy.optimize.minimize(
+      _additive_objective_and_grad, x0, args=(log_x, log_d, log_y, delta), jac=True, method="L-BFGS-B"
+    )
     if res.fun < best[1]:
       best = (res.x, float(res.fun))
   return best
@@ -350,14 +419,14 @@ def bench_laws(num_points: int, replicates: int, delta: float = 1e-3) -> list[tu
   laws.bootstrap(law, fit, d, y, x=x, replicates=replicates, delta=delta)
   t_boot = time.perf_counter() - t0
   return [
-      ("points / starts", f"{num_points} / {len(starts)}"),
-      ("vectorised objective", f"{fit.objective:.10g}"),
-      ("scipy loop objective", f"{scipy_value:.10g}"),
-      ("vectorised no worse", str(fit.objective <= scipy_value * (1 + 1e-9) + 1e-15)),
-      ("vectorised time (s)", f"{t_vec:.2f}"),
-      ("scipy loop time (s)", f"{t_scipy:.2f}"),
-      ("speed-up", f"{t_scipy / t_vec:.1f}x"),
-      (f"{replicates} bootstrap replicates (s)", f"{t_boot:.2f}"),
+    ("points / starts", f"{num_points} / {len(starts)}"),
+    ("vectorised objective", f"{fit.objective:.10g}"),
+    ("scipy loop objective", f"{scipy_value:.10g}"),
+    ("vectorised no worse", str(fit.objective <= scipy_value * (1 + 1e-9) + 1e-15)),
+    ("vectorised time (s)", f"{t_vec:.2f}"),
+    ("scipy loop time (s)", f"{t_scipy:.2f}"),
+    ("speed-up", f"{t_scipy / t_vec:.1f}x"),
+    (f"{replicates} bootstrap replicates (s)", f"{t_boot:.2f}"),
   ]
 
 
@@ -372,8 +441,9 @@ def _timed(fn, repeats: int = 3) -> tuple[float, object]:
   return best, out
 
 
-def bench_eft(workdir: str, n1: str | None, n2: str | None, d_f: int | None, k: int, tokens: int,
-              batches: tuple[int, ...] = (1, 32)) -> list[tuple[str, str]]:
+def bench_eft(
+  workdir: str, n1: str | None, n2: str | None, d_f: int | None, k: int, tokens: int, batches: tuple[int, ...] = (1, 32)
+) -> list[tuple[str, str]]:
   """Rows of the EFT decoding benchmark table."""
   # Here, not at the top: `train` runs where TFDS, grain and ml_collections are not installed.
   from scaling import context as context_lib
@@ -399,30 +469,39 @@ def bench_eft(workdir: str, n1: str | None, n2: str | None, d_f: int | None, k: 
     large, small = (decode.Mixture.of([m], [1.0]) for m in models[:2])
     bos, world = ctx.tok.bos, ctx.sources.world
     people = world.people(2)
-    rows = [("N1 base / N2 fine-tune", f"{n1} / {n2} (qa, D_f={d_f}), beta 1, k={k}, greedy"),
-            ("generated per prompt", f"{tokens} tokens of a held-out person's biography")]
+    rows = [
+      ("N1 base / N2 fine-tune", f"{n1} / {n2} (qa, D_f={d_f}), beta 1, k={k}, greedy"),
+      ("generated per prompt", f"{tokens} tokens of a held-out person's biography"),
+    ]
     for batch in batches:
       names = [world.names[people[i % len(people)]] for i in range(batch)]
       prompts = np.asarray([[bos, *ctx.tok.encode(name)] for name in names], np.int32)
       lens = np.full(batch, prompts.shape[1], np.int32)
       key = jax.random.key(0)
       plain_s, plain = _timed(lambda: decode.generate(mixture, prompts, lens, key, num_new=tokens))
-      spec_s, (spec, stats) = _timed(lambda: decode.speculative_generate(
-          mixture, prompts, lens, key, num_new=tokens, k=k, draft=eft.TERMS.index("finetuned_n2")))
+      spec_s, (spec, stats) = _timed(
+        lambda: decode.speculative_generate(
+          mixture, prompts, lens, key, num_new=tokens, k=k, draft=eft.TERMS.index("finetuned_n2")
+        )
+      )
       large_s, _ = _timed(lambda: decode.generate(large, prompts, lens, key, num_new=tokens))
       small_s, _ = _timed(lambda: decode.generate(small, prompts, lens, key, num_new=tokens))
       made = batch * tokens
       passes = int(stats.target_passes) / tokens
       rows += [
-          (f"batch {batch}: plain EFT", f"{made / plain_s:,.0f} tokens/s ({plain_s * 1e3:.0f} ms)"),
-          (f"batch {batch}: speculative EFT", f"{made / spec_s:,.0f} tokens/s ({spec_s * 1e3:.0f} ms)"),
-          (f"batch {batch}: speed-up", f"{plain_s / spec_s:.2f}x"),
-          (f"batch {batch}: same tokens", str(bool(np.array_equal(np.asarray(plain), np.asarray(spec))))),
-          (f"batch {batch}: acceptance rate", f"{int(stats.accepted) / max(int(stats.drafted), 1):.3f}"),
-          (f"batch {batch}: large-model passes per token", f"plain 1.00, speculative {passes:.2f} "
-                                                           f"({1 / passes:.2f}x fewer)"),
-          (f"batch {batch}: one model alone, large / small", f"{large_s * 1e3:.0f} ms / {small_s * 1e3:.0f} ms "
-                                                            f"(cost ratio {small_s / large_s:.2f})"),
+        (f"batch {batch}: plain EFT", f"{made / plain_s:,.0f} tokens/s ({plain_s * 1e3:.0f} ms)"),
+        (f"batch {batch}: speculative EFT", f"{made / spec_s:,.0f} tokens/s ({spec_s * 1e3:.0f} ms)"),
+        (f"batch {batch}: speed-up", f"{plain_s / spec_s:.2f}x"),
+        (f"batch {batch}: same tokens", str(bool(np.array_equal(np.asarray(plain), np.asarray(spec))))),
+        (f"batch {batch}: acceptance rate", f"{int(stats.accepted) / max(int(stats.drafted), 1):.3f}"),
+        (
+          f"batch {batch}: large-model passes per token",
+          f"plain 1.00, speculative {passes:.2f} ({1 / passes:.2f}x fewer)",
+        ),
+        (
+          f"batch {batch}: one model alone, large / small",
+          f"{large_s * 1e3:.0f} ms / {small_s * 1e3:.0f} ms (cost ratio {small_s / large_s:.2f})",
+        ),
       ]
   return rows
 
@@ -440,8 +519,9 @@ def bench_grid(workdir: str, lanes: int, sizes: tuple[str, ...] = ()) -> list[tu
   specs = sorted((root / "runs").glob("*/spec.json")) if (root / "runs").exists() else []
   runs = [grid.Run.from_json(json.loads(p.read_text())) for p in specs]
   bases = {r.id: r for r in runs if r.kind in grid.BASE_KINDS and results.read_result(root / "runs" / r.id)}
-  tunes = [r for r in runs if r.kind == "finetune" and r.config["base"] in bases
-           and (not sizes or r.config["size"] in sizes)]
+  tunes = [
+    r for r in runs if r.kind == "finetune" and r.config["base"] in bases and (not sizes or r.config["size"] in sizes)
+  ]
   if not tunes:
     raise SystemExit(f"no fine-tunes with finished bases in {workdir}: run the study first (make study)")
   # Runs of a pack are consecutive in a study's plan: here, fine-tunes of one pack key in a row.
@@ -468,16 +548,19 @@ def bench_grid(workdir: str, lanes: int, sizes: tuple[str, ...] = ()) -> list[tu
     execute_all(mode)  # Compiles every program of the mode (and fills the persistent cache).
     timed[mode] = execute_all(mode)
   (alone_s, alone, alone_phases), (packed_s, packed, packed_phases) = timed[1], timed[lanes]
-  worst = max(abs(b["metrics"][k] - v) / max(abs(v), 1e-12) for a, b in zip(alone, packed)
-              for k, v in a["metrics"].items())
+  worst = max(
+    abs(b["metrics"][k] - v) / max(abs(v), 1e-12) for a, b in zip(alone, packed) for k, v in a["metrics"].items()
+  )
   per_hour = lambda seconds: len(tunes) * 3600 / seconds
-  return [("fine-tunes", f"{len(tunes)} ({', '.join(sorted({r.config['size'] for r in tunes}))}) of {workdir}"),
-          ("one by one", f"{alone_s:.1f} s, {per_hour(alone_s):,.0f} runs/hour"),
-          ("  where its time goes", alone_phases),
-          (f"packed (up to {lanes} lanes)", f"{packed_s:.1f} s, {per_hour(packed_s):,.0f} runs/hour"),
-          ("  where its time goes", packed_phases),
-          ("speed-up", f"{alone_s / packed_s:.2f}x"),
-          ("largest relative metric difference", f"{worst:.2e}")]
+  return [
+    ("fine-tunes", f"{len(tunes)} ({', '.join(sorted({r.config['size'] for r in tunes}))}) of {workdir}"),
+    ("one by one", f"{alone_s:.1f} s, {per_hour(alone_s):,.0f} runs/hour"),
+    ("  where its time goes", alone_phases),
+    (f"packed (up to {lanes} lanes)", f"{packed_s:.1f} s, {per_hour(packed_s):,.0f} runs/hour"),
+    ("  where its time goes", packed_phases),
+    ("speed-up", f"{alone_s / packed_s:.2f}x"),
+    ("largest relative metric difference", f"{worst:.2e}"),
+  ]
 
 
 def print_table(title: str, rows: list[tuple[str, str]]) -> None:
@@ -494,15 +577,27 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--size", default="d128l4", help="train: ladder sizes, comma-separated.")
   parser.add_argument("--seq", type=int, default=256, help="train: tokens per sequence.")
   parser.add_argument("--batch", type=int, default=8, help="train: sequences per step, over all devices.")
-  parser.add_argument("--dtype", default="auto", choices=model_lib.CHOICES["compute_dtype"],
-                      help="train, methods: compute dtype (auto: bfloat16 on accelerators, float32 on CPUs).")
+  parser.add_argument(
+    "--dtype",
+    default="auto",
+    choices=model_lib.CHOICES["compute_dtype"],
+    help="train, methods: compute dtype (auto: bfloat16 on accelerators, float32 on CPUs).",
+  )
   parser.add_argument("--remat", default="none", choices=model_lib.CHOICES["remat"], help="train: remat policy.")
   parser.add_argument("--attention", default="auto", choices=model_lib.CHOICES["attention"], help="train: kernel.")
-  parser.add_argument("--layer-loop", default="auto", choices=model_lib.CHOICES["layer_loop"],
-                      help="train: blocks unrolled or scanned (auto: scanned on accelerators).")
+  parser.add_argument(
+    "--layer-loop",
+    default="auto",
+    choices=model_lib.CHOICES["layer_loop"],
+    help="train: blocks unrolled or scanned (auto: scanned on accelerators).",
+  )
   parser.add_argument("--vocab", type=int, default=32768, help="train: vocabulary, as a real LM's, not our world's.")
-  parser.add_argument("--loss-chunk", type=int, default=0,
-                      help="train: our loss's logits made this many positions at a time (0: all at once).")
+  parser.add_argument(
+    "--loss-chunk",
+    type=int,
+    default=0,
+    help="train: our loss's logits made this many positions at a time (0: all at once).",
+  )
   parser.add_argument("--steps", type=int, default=10, help="train: timed steps per implementation.")
   parser.add_argument("--warmup", type=int, default=2, help="train: untimed steps after compiling.")
   parser.add_argument("--json", help="train: also write the rows, every measurement included, to this file.")
@@ -521,21 +616,42 @@ def main(argv: list[str] | None = None) -> None:
   if args.loss_chunk < 0:
     parser.error(f"--loss-chunk={args.loss_chunk}; allowed: 0 (no chunks) or a positive integer")
   if args.which in ("train", "methods") and args.batch % jax.device_count():
-    parser.error(f"--batch={args.batch} does not split over the {jax.device_count()} devices; allowed: a multiple "
-                 f"of {jax.device_count()}")
+    parser.error(
+      f"--batch={args.batch} does not split over the {jax.device_count()} devices; allowed: a multiple "
+      f"of {jax.device_count()}"
+    )
   if args.which == "train":
     try:
-      cfgs = {size: model_lib.ladder_config(size, args.vocab, compute_dtype=args.dtype, remat=args.remat,
-                                            attention=args.attention, layer_loop=args.layer_loop)
-              for size in args.size.split(",")}
+      cfgs = {
+        size: model_lib.ladder_config(
+          size,
+          args.vocab,
+          compute_dtype=args.dtype,
+          remat=args.remat,
+          attention=args.attention,
+          layer_loop=args.layer_loop,
+        )
+        for size in args.size.split(",")
+      }
       for cfg in cfgs.values():
         cfg.validate()
         model_lib.attention_implementation(cfg)  # A kernel this machine lacks fails here, in one line.
     except ValueError as e:
       parser.error(str(e))
-    rows = [row for size, cfg in cfgs.items()
-            for row in bench_train(size, cfg, seq=args.seq, batch=args.batch, steps=args.steps, warmup=args.warmup,
-                                   loss_chunk=args.loss_chunk, hlo_dir=args.hlo)]
+    rows = [
+      row
+      for size, cfg in cfgs.items()
+      for row in bench_train(
+        size,
+        cfg,
+        seq=args.seq,
+        batch=args.batch,
+        steps=args.steps,
+        warmup=args.warmup,
+        loss_chunk=args.loss_chunk,
+        hlo_dir=args.hlo,
+      )
+    ]
     print("\n".join(train_table(rows)))
     if args.json:
       with open(args.json, "w") as f:
@@ -550,13 +666,16 @@ def main(argv: list[str] | None = None) -> None:
         methods.get_method(name).check(cfg, args.seq)
     except ValueError as e:
       parser.error(str(e))
-    rows = bench_methods(cfg, args.methods.split(","), seq=args.seq, batch=args.batch, steps=args.steps,
-                         warmup=args.warmup)
+    rows = bench_methods(
+      cfg, args.methods.split(","), seq=args.seq, batch=args.batch, steps=args.steps, warmup=args.warmup
+    )
     header = ("method", "P", "step ms", "tokens/s", "program MiB", "step / full", "memory / full")
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    print(f"methods: train steps on {args.size} (vocab {args.vocab}, {args.batch} x {args.seq} tokens, "
-          f"{model_lib.compute_dtype_of(cfg)}) "
-          f"on {jax.device_count()} x {jax.devices()[0].device_kind}; median of {args.steps} steps")
+    print(
+      f"methods: train steps on {args.size} (vocab {args.vocab}, {args.batch} x {args.seq} tokens, "
+      f"{model_lib.compute_dtype_of(cfg)}) "
+      f"on {jax.device_count()} x {jax.devices()[0].device_kind}; median of {args.steps} steps"
+    )
     for r in [header, *rows]:
       print("  ".join(c.rjust(w) for c, w in zip(r, widths)))
     return
@@ -566,11 +685,15 @@ def main(argv: list[str] | None = None) -> None:
   if args.which == "laws":
     print_table(f"laws: additive law, {args.points} points, Hoffmann's grid", bench_laws(args.points, args.bootstrap))
   elif args.which == "grid":
-    print_table(f"grid: fine-tunes one by one against packed ({jax.devices()[0].platform})",
-                bench_grid(args.workdir, args.lanes, tuple(filter(None, args.sizes.split(",")))))
+    print_table(
+      f"grid: fine-tunes one by one against packed ({jax.devices()[0].platform})",
+      bench_grid(args.workdir, args.lanes, tuple(filter(None, args.sizes.split(",")))),
+    )
   else:
-    print_table(f"eft: plain against speculative EFT decoding ({jax.devices()[0].platform})",
-                bench_eft(args.workdir, args.n1, args.n2, args.d_f, args.k, args.tokens))
+    print_table(
+      f"eft: plain against speculative EFT decoding ({jax.devices()[0].platform})",
+      bench_eft(args.workdir, args.n1, args.n2, args.d_f, args.k, args.tokens),
+    )
 
 
 if __name__ == "__main__":

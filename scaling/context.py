@@ -13,10 +13,10 @@ from flax import nnx
 from jax.experimental import multihost_utils
 
 from scaling import decode, evaluate, grid, hf, results, timing, train
-from scaling import sources as sources_lib
 from scaling import mesh as mesh_lib
 from scaling import methods as methods_lib
 from scaling import model as model_lib
+from scaling import sources as sources_lib
 from scaling.data import tokenizer
 
 
@@ -105,8 +105,9 @@ def model_creator(cfg: model_lib.ModelConfig, method, seed: int) -> Callable[[],
   return create
 
 
-def build_model(ctx: Context, size: str, method, seed: int, base_dir: epath.Path | None = None,
-                folder: str | None = None) -> decode.Model:
+def build_model(
+  ctx: Context, size: str, method, seed: int, base_dir: epath.Path | None = None, folder: str | None = None
+) -> decode.Model:
   """A model of `size`, sharded, with the base weights in `base_dir` if given, or those of the
   Hugging Face `folder` (an imported size starts from its checkpoint's), then prepared by `method`
   (None: the bare model); its params are what the method trains."""
@@ -124,8 +125,7 @@ def build_model(ctx: Context, size: str, method, seed: int, base_dir: epath.Path
   if method is not None:  # After loading: a method may derive its variables from the base weights.
     prepare = lambda base: method.prepare(nnx.merge(graphdef, base), nnx.Rngs(seed + 1))
     graphdef, state = mesh_lib.create_sharded(prepare, ctx.mesh, ctx.rules, state)
-  graphdef, trainable, frozen = nnx.split(nnx.merge(graphdef, state), method.trainable if method else nnx.Param,
-                                          ...)
+  graphdef, trainable, frozen = nnx.split(nnx.merge(graphdef, state), method.trainable if method else nnx.Param, ...)
   return decode.Model(graphdef, nnx.to_pure_dict(trainable), nnx.to_pure_dict(frozen))
 
 
@@ -199,15 +199,40 @@ def retention_against(ctx: Context, mixture: decode.Mixture, base_metrics: dict)
   return out
 
 
-def trained_record(ctx: Context, outcome: train.TrainOutcome, metrics: dict, *, trainable_params: int,
-                   pretrain_tokens: float, base: str | None = None, task: str | None = None,
-                   method: str | None = None, d_f: int | None = None) -> dict:
+def trained_record(
+  ctx: Context,
+  outcome: train.TrainOutcome,
+  metrics: dict,
+  *,
+  trainable_params: int,
+  pretrain_tokens: float,
+  base: str | None = None,
+  task: str | None = None,
+  method: str | None = None,
+  d_f: int | None = None,
+) -> dict:
   """The result record's fields of a run that trained a model: what it is, its counts, how it went."""
   cfg, mc = ctx.run.config, ctx.model_cfg
-  return {"size": cfg["size"], "base": base, "task": task, "method": method, "d_f": d_f, "seed": cfg["seed"],
-          "params": model_lib.param_count(mc), "non_embedding_params": model_lib.non_embedding_params(mc),
-          "flops_per_token": model_lib.train_flops_per_token(mc, cfg["train"]["seq_len"]),
-          "trainable_params": trainable_params, "pretrain_tokens": pretrain_tokens, "metrics": metrics,
-          "train": {"steps": outcome.steps, "best_step": outcome.best_step, "best_dev_loss": outcome.best_dev_loss,
-                    "hit_step_cap": outcome.hit_step_cap, "tokens_seen": outcome.tokens_seen,
-                    "train_seconds": outcome.seconds, "compute_dtype": model_lib.compute_dtype_of(mc)}}
+  return {
+    "size": cfg["size"],
+    "base": base,
+    "task": task,
+    "method": method,
+    "d_f": d_f,
+    "seed": cfg["seed"],
+    "params": model_lib.param_count(mc),
+    "non_embedding_params": model_lib.non_embedding_params(mc),
+    "flops_per_token": model_lib.train_flops_per_token(mc, cfg["train"]["seq_len"]),
+    "trainable_params": trainable_params,
+    "pretrain_tokens": pretrain_tokens,
+    "metrics": metrics,
+    "train": {
+      "steps": outcome.steps,
+      "best_step": outcome.best_step,
+      "best_dev_loss": outcome.best_dev_loss,
+      "hit_step_cap": outcome.hit_step_cap,
+      "tokens_seen": outcome.tokens_seen,
+      "train_seconds": outcome.seconds,
+      "compute_dtype": model_lib.compute_dtype_of(mc),
+    },
+  }

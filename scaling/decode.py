@@ -41,8 +41,9 @@ class Model(NamedTuple):
     return nnx.merge(self.graphdef, self.params, self.frozen)
 
 
-@functools.partial(jax.tree_util.register_dataclass, data_fields=["params", "frozen", "weights"],
-                   meta_fields=["graphdefs"])
+@functools.partial(
+  jax.tree_util.register_dataclass, data_fields=["params", "frozen", "weights"], meta_fields=["graphdefs"]
+)
 @dataclasses.dataclass(frozen=True)
 class Mixture:
   """Models whose log-probabilities are summed with `weights` and renormalised (eft.combine)."""
@@ -58,8 +59,9 @@ class Mixture:
     weights = jnp.asarray(weights, jnp.float32)
     if weights.shape != (len(models),):
       raise ValueError(f"{len(models)} models need {len(models)} weights, got shape {weights.shape}")
-    return cls(tuple(m.graphdef for m in models), tuple(m.params for m in models),
-               tuple(m.frozen for m in models), weights)
+    return cls(
+      tuple(m.graphdef for m in models), tuple(m.params for m in models), tuple(m.frozen for m in models), weights
+    )
 
   @classmethod
   def single(cls, graphdef: nnx.GraphDef, params: Params, frozen: Params) -> "Mixture":
@@ -119,15 +121,17 @@ def pick(logp_BxV: jax.Array, sampling: Sampling, key: jax.Array) -> jax.Array:
   return jax.random.categorical(key, warp(logp_BxV, sampling), axis=-1).astype(jnp.int32)
 
 
-def _extend(modules: Sequence[nnx.Module], caches: list, tokens_BxT: jax.Array, positions_BxT: jax.Array,
-            prompt_len_B: jax.Array) -> tuple[list[jax.Array], list]:
+def _extend(
+  modules: Sequence[nnx.Module], caches: list, tokens_BxT: jax.Array, positions_BxT: jax.Array, prompt_len_B: jax.Array
+) -> tuple[list[jax.Array], list]:
   """Every model's logits of T new tokens, and their updated caches."""
   out = [m.extend(tokens_BxT, positions_BxT, c, prompt_len_B) for m, c in zip(modules, caches)]
   return [logits for logits, _ in out], [cache for _, cache in out]
 
 
-def _prefill(modules: Sequence[nnx.Module], prompts_BxL: jax.Array, prompt_len_B: jax.Array,
-             length: int) -> tuple[list[jax.Array], list]:
+def _prefill(
+  modules: Sequence[nnx.Module], prompts_BxL: jax.Array, prompt_len_B: jax.Array, length: int
+) -> tuple[list[jax.Array], list]:
   """Caches of `length` positions holding the prompts (positions 0..L-1), and the prompts' logits."""
   b, seq_len = prompts_BxL.shape
   caches = [m.init_cache(b, length) for m in modules]
@@ -135,8 +139,15 @@ def _prefill(modules: Sequence[nnx.Module], prompts_BxL: jax.Array, prompt_len_B
 
 
 @functools.partial(jax.jit, static_argnames=("num_new", "sampling"))
-def generate(mixture: Mixture, prompts_BxL: jax.Array, prompt_len_B: jax.Array, key: jax.Array, *,
-             num_new: int, sampling: Sampling = GREEDY) -> jax.Array:
+def generate(
+  mixture: Mixture,
+  prompts_BxL: jax.Array,
+  prompt_len_B: jax.Array,
+  key: jax.Array,
+  *,
+  num_new: int,
+  sampling: Sampling = GREEDY,
+) -> jax.Array:
   """`num_new` tokens after each row's prompt: (B, num_new); one cached step per token."""
   modules = mixture.modules()
   rows_B = jnp.arange(prompts_BxL.shape[0])
@@ -162,9 +173,17 @@ class SpeculativeStats(NamedTuple):
 
 
 @functools.partial(jax.jit, static_argnames=("num_new", "k", "draft", "sampling"))
-def speculative_generate(mixture: Mixture, prompts_BxL: jax.Array, prompt_len_B: jax.Array, key: jax.Array, *,
-                         num_new: int, k: int, draft: int, sampling: Sampling = GREEDY
-                         ) -> tuple[jax.Array, SpeculativeStats]:
+def speculative_generate(
+  mixture: Mixture,
+  prompts_BxL: jax.Array,
+  prompt_len_B: jax.Array,
+  key: jax.Array,
+  *,
+  num_new: int,
+  k: int,
+  draft: int,
+  sampling: Sampling = GREEDY,
+) -> tuple[jax.Array, SpeculativeStats]:
   """`generate` with model `draft` of the mixture drafting k tokens per target pass.
 
   Each round: the draft proposes d_1..d_k from its own distribution q; every model scores the
@@ -193,7 +212,8 @@ def speculative_generate(mixture: Mixture, prompts_BxL: jax.Array, prompt_len_B:
     round_key = jax.random.fold_in(key, i)
     pending_B = tokens_BxS[rows_B, length_B - 1]
     (caches[draft], _, _, _), (drafts_KxB, logq_KxBxV) = jax.lax.scan(
-        draft_step, (caches[draft], pending_B, length_B, round_key), jnp.arange(k))
+      draft_step, (caches[draft], pending_B, length_B, round_key), jnp.arange(k)
+    )
     drafts_BxK, logq_BxKxV = drafts_KxB.T, jnp.swapaxes(logq_KxBxV, 0, 1)
     scored_BxK1 = jnp.concatenate([pending_B[:, None], drafts_BxK], axis=1)
     logits, caches = _extend(modules, caches, scored_BxK1, length_B[:, None] - 1 + steps_K1, prompt_len_B)
@@ -221,8 +241,9 @@ def speculative_generate(mixture: Mixture, prompts_BxL: jax.Array, prompt_len_B:
     # Slots past the kept tokens are written too; later rounds overwrite them before they count.
     positions_BxK1 = jnp.where(active_B[:, None], length_B[:, None] + steps_K1, width)  # width: dropped.
     tokens_BxS = tokens_BxS.at[rows_B[:, None], positions_BxK1].set(new_BxK1, mode="drop")
-    stats = SpeculativeStats(stats.target_passes + 1, stats.drafted + k * active_B.sum(),
-                             stats.accepted + (accepted_B * active_B).sum())
+    stats = SpeculativeStats(
+      stats.target_passes + 1, stats.drafted + k * active_B.sum(), stats.accepted + (accepted_B * active_B).sum()
+    )
     return tokens_BxS, jnp.where(active_B, length_B + accepted_B + 1, length_B), caches, stats, i + 1
 
   zero = jnp.zeros((), jnp.int32)
@@ -230,4 +251,3 @@ def speculative_generate(mixture: Mixture, prompts_BxL: jax.Array, prompt_len_B:
   tokens_BxS, _, _, stats, _ = jax.lax.while_loop(lambda s: jnp.any(s[1] < end_B), round_, state)
   out_BxN = tokens_BxS[rows_B[:, None], prompt_len_B[:, None] + jnp.arange(num_new)]
   return out_BxN, stats
-

@@ -29,8 +29,9 @@ def combine(logits: Sequence[jax.Array], weights: jax.Array) -> jax.Array:
   # Models of one tokenizer may pad it to different widths (Qwen2.5 0.5B: 151,936 rows, 7B: 152,064);
   # rows past the narrowest are padding that no text holds.
   width = min(l_xV.shape[-1] for l_xV in logits)
-  total_xV = sum(weights[i] * jax.nn.log_softmax(l_xV[..., :width].astype(jnp.float32), axis=-1)
-                 for i, l_xV in enumerate(logits))
+  total_xV = sum(
+    weights[i] * jax.nn.log_softmax(l_xV[..., :width].astype(jnp.float32), axis=-1) for i, l_xV in enumerate(logits)
+  )
   return jax.nn.log_softmax(total_xV, axis=-1)
 
 

@@ -27,16 +27,22 @@ def weighted_cross_entropy(logits_BxLxV: jax.Array, targets_BxL: jax.Array, weig
   return (losses_BxL * weights_BxL).sum(), weights_BxL.sum()
 
 
-def chunked_cross_entropy(logits_fn: Callable[[jax.Array], jax.Array], x_BxLxD: jax.Array, targets_BxL: jax.Array,
-                          weights_BxL: jax.Array, chunk: int):
+def chunked_cross_entropy(
+  logits_fn: Callable[[jax.Array], jax.Array],
+  x_BxLxD: jax.Array,
+  targets_BxL: jax.Array,
+  weights_BxL: jax.Array,
+  chunk: int,
+):
   """`weighted_cross_entropy` of `logits_fn(x)`, `chunk` positions at a time (0: all at once); a
   chunk's logits are recomputed for the backward pass, so the (B, L, V) logits never exist whole."""
   seq_len = x_BxLxD.shape[1]
   if not chunk or chunk >= seq_len:
     return weighted_cross_entropy(logits_fn(x_BxLxD), targets_BxL, weights_BxL)
   pad = -seq_len % chunk  # Padded positions weigh 0.
-  split = lambda a: jnp.moveaxis(jnp.pad(a, [(0, 0), (0, pad)] + [(0, 0)] * (a.ndim - 2)).reshape(
-      a.shape[0], -1, chunk, *a.shape[2:]), 1, 0)
+  split = lambda a: jnp.moveaxis(
+    jnp.pad(a, [(0, 0), (0, pad)] + [(0, 0)] * (a.ndim - 2)).reshape(a.shape[0], -1, chunk, *a.shape[2:]), 1, 0
+  )
 
   @jax.checkpoint
   def add_chunk(total, chunk_of):
@@ -61,8 +67,9 @@ def _logits(graphdef: nnx.GraphDef, params, frozen, tokens_BxL: jax.Array, promp
 
 
 @jax.jit
-def _combined_scores(logits: tuple[jax.Array, ...], mixture_weights: jax.Array, targets_BxL: jax.Array,
-                     weights_BxL: jax.Array):
+def _combined_scores(
+  logits: tuple[jax.Array, ...], mixture_weights: jax.Array, targets_BxL: jax.Array, weights_BxL: jax.Array
+):
   """The mixture's loss sums and most likely tokens, from its models' logits."""
   logp_BxLxV = eft.combine(logits, mixture_weights)
   total, count = weighted_cross_entropy(logp_BxLxV, targets_BxL, weights_BxL)
@@ -76,8 +83,10 @@ def scores(mixture: decode.Mixture, batch: Mapping[str, jax.Array]) -> tuple[jax
   that shape shares: a study's emulated fine-tunes, one mixture per pair of sizes, compile no model
   program that its fine-tunes have not compiled already.
   """
-  logits = tuple(_logits(g, p, f, batch["inputs"], batch["prompt_len"])
-                 for g, p, f in zip(mixture.graphdefs, mixture.params, mixture.frozen))
+  logits = tuple(
+    _logits(g, p, f, batch["inputs"], batch["prompt_len"])
+    for g, p, f in zip(mixture.graphdefs, mixture.params, mixture.frozen)
+  )
   return _combined_scores(logits, mixture.weights, batch["targets"], batch["weights"])
 
 
@@ -97,8 +106,14 @@ def _mean(per_batch: Sequence[tuple[jax.Array, ...]]) -> float:
   return total / max(count, 1.0)
 
 
-def answer_metrics(mixture: decode.Mixture, batches: Sequence[Mapping], value_ids: Mapping[int, np.ndarray],
-                   eos: int, max_answer_len: int, predictions: Sequence[np.ndarray] | None = None) -> dict[str, float]:
+def answer_metrics(
+  mixture: decode.Mixture,
+  batches: Sequence[Mapping],
+  value_ids: Mapping[int, np.ndarray],
+  eos: int,
+  max_answer_len: int,
+  predictions: Sequence[np.ndarray] | None = None,
+) -> dict[str, float]:
   """Knowledge: the greedy answer is the true value. Behaviour: it is a value of the asked
   attribute followed by the end token, right or wrong. `predictions`, the batches' most likely
   tokens from `loss_and_predictions`, spare the first greedy pass."""
@@ -107,7 +122,7 @@ def answer_metrics(mixture: decode.Mixture, batches: Sequence[Mapping], value_id
     gen_BxT = _greedy_answers(mixture, batch, max_answer_len + 1, None if predictions is None else predictions[j])
     for i in np.flatnonzero(batch["valid"]):
       start, length = int(batch["prompt_len"][i]), int(batch["answer_len"][i])
-      truth = batch["targets"][i, start - 1: start - 1 + length]
+      truth = batch["targets"][i, start - 1 : start - 1 + length]
       exact += float(np.array_equal(gen_BxT[i, :length], truth))
       # Values are single words; a generated value is well formed if it is one of the attribute's.
       formatted += float(gen_BxT[i, 0] in value_ids[int(batch["attribute"][i])] and gen_BxT[i, 1] == eos)
@@ -115,8 +130,9 @@ def answer_metrics(mixture: decode.Mixture, batches: Sequence[Mapping], value_id
   return {"knowledge": exact / max(n, 1), "behaviour": formatted / max(n, 1)}
 
 
-def _greedy_answers(mixture: decode.Mixture, batch: Mapping, num_new: int,
-                    predictions_BxL: np.ndarray | None = None) -> np.ndarray:
+def _greedy_answers(
+  mixture: decode.Mixture, batch: Mapping, num_new: int, predictions_BxL: np.ndarray | None = None
+) -> np.ndarray:
   """`num_new` greedy tokens after each row's prompt, (B, num_new).
 
   Each token is one teacher-forced pass over the row with the tokens so far written after its
@@ -133,8 +149,7 @@ def _greedy_answers(mixture: decode.Mixture, batch: Mapping, num_new: int,
     if t == 0 and predictions_BxL is not None and width == inputs.shape[1]:
       best_BxL = predictions_BxL  # The same program on the same tokens: the same argmax.
     else:
-      best_BxL = mesh_lib.to_host(scores(mixture, device_batch({"inputs": tokens, "prompt_len": start,
-                                                                **unscored}))[2])
+      best_BxL = mesh_lib.to_host(scores(mixture, device_batch({"inputs": tokens, "prompt_len": start, **unscored}))[2])
     out[:, t] = best_BxL[rows, start - 1 + t]
     if t + 1 < num_new:
       tokens[rows, start + t] = out[:, t]

@@ -28,7 +28,6 @@ from scaling import sources as sources_lib
 from scaling.data import shakespeare
 from scaling.data import world as world_lib
 
-
 ENTRIES = "entries.json"  # Beside the folders: the config groups that import them.
 
 
@@ -48,24 +47,37 @@ def export_study(workdir: str | epath.Path, out: str | os.PathLike) -> dict:
   records = [r for d in sorted((workdir / "runs").iterdir()) if (r := results.read_result(d)) is not None]
   bases = [r for r in records if r["kind"] in grid.BASE_KINDS]
   if not bases:
-    raise ValueError(f"workdir={workdir} has no finished pretrain or checkpoint runs; allowed: a study whose bases "
-                     "have finished")
+    raise ValueError(
+      f"workdir={workdir} has no finished pretrain or checkpoint runs; allowed: a study whose bases have finished"
+    )
   # Bases first: a base that cannot be saved fails the export before its fine-tunes are loaded.
-  exported = [r for r in bases + [r for r in records if r["kind"] in grid.FINETUNE_KINDS]
-              if _export_run(workdir, r["id"], out / r["id"])]
+  exported = [
+    r
+    for r in bases + [r for r in records if r["kind"] in grid.FINETUNE_KINDS]
+    if _export_run(workdir, r["id"], out / r["id"])
+  ]
   finetunes: dict[str, list[dict]] = {}
   for r in (r for r in exported if r["kind"] in grid.FINETUNE_KINDS):
-    finetunes.setdefault(r["base"], []).append({"path": str(out / r["id"]), "task": r["task"], "method": r["method"],
-                                                "d_f": r["d_f"], "seed": r["seed"]})
-  checkpoints = tuple({"name": run_label(b["id"]) if b["kind"] == "pretrain" else b["spec"]["size"],
-                       "path": str(out / b["id"]),
-                       **({} if b["pretrain_tokens"] is None else {"pretrain_tokens": b["pretrain_tokens"]}),
-                       "finetunes": tuple(finetunes.get(b["id"], ()))} for b in bases)
+    finetunes.setdefault(r["base"], []).append(
+      {"path": str(out / r["id"]), "task": r["task"], "method": r["method"], "d_f": r["d_f"], "seed": r["seed"]}
+    )
+  checkpoints = tuple(
+    {
+      "name": run_label(b["id"]) if b["kind"] == "pretrain" else b["spec"]["size"],
+      "path": str(out / b["id"]),
+      **({} if b["pretrain_tokens"] is None else {"pretrain_tokens": b["pretrain_tokens"]}),
+      "finetunes": tuple(finetunes.get(b["id"], ())),
+    }
+    for b in bases
+  )
   spec = bases[0]["spec"]
   # A world task scores words by the world's tokenizer; any other tokenizer is in every folder.
   tokenizer = "world" if spec.get("tokenizer", "world") == "world" else checkpoints[0]["path"]
-  entries = {"model": {"sizes": (), "block": _tuples(spec["block"]), "checkpoints": checkpoints},
-             "world": _tuples(spec["world"]), "data": {"tokenizer": tokenizer}}
+  entries = {
+    "model": {"sizes": (), "block": _tuples(spec["block"]), "checkpoints": checkpoints},
+    "world": _tuples(spec["world"]),
+    "data": {"tokenizer": tokenizer},
+  }
   file = out / ENTRIES
   if not file.exists() or json.loads(file.read_text()) != json.loads(json.dumps(entries)):  # A re-run rewrites nothing.
     results.write_json(file, entries)
@@ -116,10 +128,20 @@ def save_tokenizer(sources: sources_lib.Sources, folder: epath.Path) -> None:
     return
   from transformers import PreTrainedTokenizerFast  # Heavy: imported only where a tokenizer is written.
 
-  tok = sources.world_tokenizer if spec == "world" else shakespeare.train_tokenizer(
-      str(epath.Path(sources.data_dir) / "shakespeare_tokenizer"), sources_lib.SHAKESPEARE_TOKENIZER_SIZE)
-  PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=world_lib.BOS, eos_token=world_lib.EOS,
-                          pad_token=world_lib.PAD, unk_token=world_lib.UNK).save_pretrained(str(folder))
+  tok = (
+    sources.world_tokenizer
+    if spec == "world"
+    else shakespeare.train_tokenizer(
+      str(epath.Path(sources.data_dir) / "shakespeare_tokenizer"), sources_lib.SHAKESPEARE_TOKENIZER_SIZE
+    )
+  )
+  PreTrainedTokenizerFast(
+    tokenizer_object=tok,
+    bos_token=world_lib.BOS,
+    eos_token=world_lib.EOS,
+    pad_token=world_lib.PAD,
+    unk_token=world_lib.UNK,
+  ).save_pretrained(str(folder))
 
 
 def _tuples(value):
@@ -136,8 +158,10 @@ def config_text(entries: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(description="Export a finished study's bases and fine-tunes as Hugging Face "
-                                               "model folders, and print the config entries that import them.")
+  parser = argparse.ArgumentParser(
+    description="Export a finished study's bases and fine-tunes as Hugging Face "
+    "model folders, and print the config entries that import them."
+  )
   parser.add_argument("--workdir", required=True, help="The study's workdir (local or gs://).")
   parser.add_argument("--out", required=True, help="A local folder; each model goes to <out>/<run id>.")
   args = parser.parse_args(argv)

@@ -27,17 +27,29 @@ from scaling import mesh as mesh_lib
 from scaling import model as model_lib
 
 # safetensors dtype names; numpy has no bfloat16, ml_dtypes does.
-DTYPES = {"F32": np.dtype(np.float32), "F16": np.dtype(np.float16), "BF16": np.dtype(ml_dtypes.bfloat16),
-          "F64": np.dtype(np.float64)}
+DTYPES = {
+  "F32": np.dtype(np.float32),
+  "F16": np.dtype(np.float16),
+  "BF16": np.dtype(ml_dtypes.bfloat16),
+  "F64": np.dtype(np.float64),
+}
 SINGLE, INDEX = "model.safetensors", "model.safetensors.index.json"
 # Files that travel with an exported model when `like` is a folder: its tokenizer.
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
-                   "tokenizer.model", "generation_config.json")
+TOKENIZER_FILES = (
+  "tokenizer.json",
+  "tokenizer_config.json",
+  "special_tokens_map.json",
+  "vocab.json",
+  "merges.txt",
+  "tokenizer.model",
+  "generation_config.json",
+)
 # Buffers that older transformers versions saved beside the weights; they are recomputed, not read.
 _BUFFERS = (".attention.bias", ".attention.masked_bias", ".rotary_emb.inv_freq")
 
 
 # --- Configs ---------------------------------------------------------------------------------------
+
 
 def _rope(hf: dict) -> tuple[float, dict]:
   """(rope theta, the rest of the rope parameters), from new (`rope_parameters`) or old keys."""
@@ -59,35 +71,59 @@ def _gpt_neox(hf: dict) -> dict:
   fraction = rope.get("partial_rotary_factor", hf.get("partial_rotary_factor", hf.get("rotary_pct", 0.25)))
   head = hf["hidden_size"] // hf["num_attention_heads"]
   if int(head * fraction) % 2:
-    raise ValueError(f"config.json: partial_rotary_factor={fraction} rotates {int(head * fraction)} of {head} "
-                     "dims per head; allowed: an even number")
+    raise ValueError(
+      f"config.json: partial_rotary_factor={fraction} rotates {int(head * fraction)} of {head} "
+      "dims per head; allowed: an even number"
+    )
   attn_bias = hf.get("attention_bias", True)
-  return dict(n_kv_heads=None, head_dim=None, norm="layer", norm_eps=hf.get("layer_norm_eps", 1e-5), mlp=acts[act],
-              rotary_fraction=float(fraction), rope_theta=theta,
-              use_bias=True if attn_bias else ("mlp",), parallel_residual=hf.get("use_parallel_residual", True),
-              tie_embeddings=hf.get("tie_word_embeddings", False))
+  return dict(
+    n_kv_heads=None,
+    head_dim=None,
+    norm="layer",
+    norm_eps=hf.get("layer_norm_eps", 1e-5),
+    mlp=acts[act],
+    rotary_fraction=float(fraction),
+    rope_theta=theta,
+    use_bias=True if attn_bias else ("mlp",),
+    parallel_residual=hf.get("use_parallel_residual", True),
+    tie_embeddings=hf.get("tie_word_embeddings", False),
+  )
 
 
 def _llama_like(hf: dict, bias) -> dict:
   theta, _ = _rope(hf)
   if hf.get("hidden_act", "silu") != "silu":
     raise ValueError(f"config.json: hidden_act={hf['hidden_act']!r} is not implemented; allowed: 'silu'")
-  return dict(n_kv_heads=hf.get("num_key_value_heads") or hf["num_attention_heads"], head_dim=hf.get("head_dim"),
-              norm="rms", norm_eps=hf.get("rms_norm_eps", 1e-6), mlp="swiglu", rotary_fraction=1.0, rope_theta=theta,
-              use_bias=bias, parallel_residual=False, tie_embeddings=hf.get("tie_word_embeddings", False))
+  return dict(
+    n_kv_heads=hf.get("num_key_value_heads") or hf["num_attention_heads"],
+    head_dim=hf.get("head_dim"),
+    norm="rms",
+    norm_eps=hf.get("rms_norm_eps", 1e-6),
+    mlp="swiglu",
+    rotary_fraction=1.0,
+    rope_theta=theta,
+    use_bias=bias,
+    parallel_residual=False,
+    tie_embeddings=hf.get("tie_word_embeddings", False),
+  )
 
 
 def _llama(hf: dict) -> dict:
-  bias = tuple(p for p, on in (("qkv", hf.get("attention_bias")), ("out", hf.get("attention_bias")),
-                               ("mlp", hf.get("mlp_bias"))) if on)
+  bias = tuple(
+    p
+    for p, on in (("qkv", hf.get("attention_bias")), ("out", hf.get("attention_bias")), ("mlp", hf.get("mlp_bias")))
+    if on
+  )
   return _llama_like(hf, bias)
 
 
 def _qwen2(hf: dict) -> dict:
   sliding = [i for i, t in enumerate(hf.get("layer_types") or []) if t != "full_attention"]
   if hf.get("use_sliding_window") or sliding:
-    raise ValueError(f"config.json: sliding-window attention (use_sliding_window, layer_types at {sliding}) "
-                     "is not implemented; allowed: use_sliding_window=false")
+    raise ValueError(
+      f"config.json: sliding-window attention (use_sliding_window, layer_types at {sliding}) "
+      "is not implemented; allowed: use_sliding_window=false"
+    )
   return _llama_like(hf, ("qkv",))  # Qwen2: q, k and v have biases, the rest not.
 
 
@@ -99,8 +135,10 @@ def read_config(path: str | epath.Path) -> dict:
   """A folder's config.json; an error names the folder if it has none."""
   file = epath.Path(path) / "config.json"
   if not file.exists():
-    raise ValueError(f"{path}: no config.json; a Hugging Face model folder needs config.json and safetensors "
-                     "weights (save_pretrained writes both)")
+    raise ValueError(
+      f"{path}: no config.json; a Hugging Face model folder needs config.json and safetensors "
+      "weights (save_pretrained writes both)"
+    )
   return json.loads(file.read_text())
 
 
@@ -108,11 +146,18 @@ def model_config(hf: dict, **overrides) -> model_lib.ModelConfig:
   """Our ModelConfig of a Hugging Face config; unsupported architectures and options are errors."""
   kind = hf.get("model_type")
   if kind not in FAMILIES:
-    raise ValueError(f"config.json: model_type={kind!r} (architectures {hf.get('architectures')}) is not supported; "
-                     f"allowed: {sorted(FAMILIES)}")
-  cfg = model_lib.ModelConfig(vocab_size=hf["vocab_size"], d_model=hf["hidden_size"],
-                              n_layers=hf["num_hidden_layers"], n_heads=hf["num_attention_heads"],
-                              d_ff=hf["intermediate_size"], **{**FAMILIES[kind](hf), **overrides})
+    raise ValueError(
+      f"config.json: model_type={kind!r} (architectures {hf.get('architectures')}) is not supported; "
+      f"allowed: {sorted(FAMILIES)}"
+    )
+  cfg = model_lib.ModelConfig(
+    vocab_size=hf["vocab_size"],
+    d_model=hf["hidden_size"],
+    n_layers=hf["num_hidden_layers"],
+    n_heads=hf["num_attention_heads"],
+    d_ff=hf["intermediate_size"],
+    **{**FAMILIES[kind](hf), **overrides},
+  )
   cfg.validate()
   return cfg
 
@@ -188,13 +233,25 @@ def layout(kind: str, cfg: model_lib.ModelConfig) -> dict[Path, Slot]:
     qkv_bias, mlp_bias = cfg.has_bias("qkv"), cfg.has_bias("mlp")
     if neox:
       for j, name in enumerate("qkv"):
-        linear(blk + ("attn", f"w{name}"), pre + "attention.query_key_value", (3 * n * h, d), _fused_qkv(n, h, j),
-               qkv_bias and f"b{name}", _fused_qkv_bias(n, h, j))
+        linear(
+          blk + ("attn", f"w{name}"),
+          pre + "attention.query_key_value",
+          (3 * n * h, d),
+          _fused_qkv(n, h, j),
+          qkv_bias and f"b{name}",
+          _fused_qkv_bias(n, h, j),
+        )
       attn_out, up, down = pre + "attention.dense", pre + "mlp.dense_h_to_4h", pre + "mlp.dense_4h_to_h"
     else:
       for name, heads in (("q", n), ("k", k), ("v", k)):
-        linear(blk + ("attn", f"w{name}"), pre + f"self_attn.{name}_proj", (heads * h, d), _heads_in(heads, h),
-               qkv_bias and f"b{name}", _heads_bias(heads, h))
+        linear(
+          blk + ("attn", f"w{name}"),
+          pre + f"self_attn.{name}_proj",
+          (heads * h, d),
+          _heads_in(heads, h),
+          qkv_bias and f"b{name}",
+          _heads_bias(heads, h),
+        )
       attn_out, up, down = pre + "self_attn.o_proj", pre + "mlp.up_proj", pre + "mlp.down_proj"
       linear(blk + ("mlp", "w_gate"), pre + "mlp.gate_proj", (f, d), _in_out, mlp_bias and "b_gate")
     linear(blk + ("attn", "wo"), attn_out, (d, n * h), _heads_out(n, h), cfg.has_bias("out") and "bo")
@@ -204,6 +261,7 @@ def layout(kind: str, cfg: model_lib.ModelConfig) -> dict[Path, Slot]:
 
 
 # --- safetensors -----------------------------------------------------------------------------------
+
 
 @dataclasses.dataclass(frozen=True)
 class _Entry:
@@ -231,8 +289,9 @@ class Tensors:
     elif (path / SINGLE).exists():
       files = [SINGLE]
     else:
-      raise ValueError(f"{path}: no weights; expected {SINGLE} or {INDEX} (save_pretrained with "
-                       "safe_serialization writes them)")
+      raise ValueError(
+        f"{path}: no weights; expected {SINGLE} or {INDEX} (save_pretrained with safe_serialization writes them)"
+      )
     self.files = [path / name for name in files]
     self.entries: dict[str, _Entry] = {}
     for file in self.files:
@@ -242,8 +301,9 @@ class Tensors:
           continue
         if e["dtype"] not in DTYPES:
           raise ValueError(f"{file}: tensor {name} has dtype {e['dtype']}; allowed: {sorted(DTYPES)}")
-        self.entries[name] = _Entry(file, DTYPES[e["dtype"]], tuple(e["shape"]), base + e["data_offsets"][0],
-                                    base + e["data_offsets"][1])
+        self.entries[name] = _Entry(
+          file, DTYPES[e["dtype"]], tuple(e["shape"]), base + e["data_offsets"][0], base + e["data_offsets"][1]
+        )
 
   def __contains__(self, name: str) -> bool:
     return name in self.entries
@@ -305,6 +365,7 @@ def content_id(path: str | epath.Path) -> str:
 
 # --- Import ----------------------------------------------------------------------------------------
 
+
 def _dotted(path: Path) -> str:
   return ".".join(map(str, path))
 
@@ -316,18 +377,23 @@ def read_params(path: str | epath.Path, cfg: model_lib.ModelConfig, shardings: d
   used = {slot.name for slot in slots.values()} | ({"lm_head.weight"} if cfg.tie_embeddings else set())
   extra = [n for n in tensors.entries if n not in used and not n.endswith(_BUFFERS)]
   if extra:
-    raise ValueError(f"{path}: tensor {extra[0]} is not part of a {kind} model with this config.json "
-                     f"({len(extra)} such tensors); is config.json the one written with these weights?")
+    raise ValueError(
+      f"{path}: tensor {extra[0]} is not part of a {kind} model with this config.json "
+      f"({len(extra)} such tensors); is config.json the one written with these weights?"
+    )
   params = {}
   for ours, sharding in traverse_util.flatten_dict(shardings).items():
     slot = slots[ours]
     if slot.name not in tensors:
-      raise ValueError(f"{path}: tensor {slot.name} is missing; a {kind} model with this config.json needs it "
-                       f"(for our {_dotted(ours)})")
+      raise ValueError(
+        f"{path}: tensor {slot.name} is missing; a {kind} model with this config.json needs it "
+        f"(for our {_dotted(ours)})"
+      )
     stored = tensors[slot.name]
     if stored.shape != slot.shape:
-      raise ValueError(f"{path}: tensor {slot.name} has shape {list(stored.shape)}; this config.json needs "
-                       f"{list(slot.shape)}")
+      raise ValueError(
+        f"{path}: tensor {slot.name} has shape {list(stored.shape)}; this config.json needs {list(slot.shape)}"
+      )
     x = slot.view(stored)
     params[ours] = jax.make_array_from_callback(x.shape, sharding, lambda index, x=x: np.asarray(x[index], np.float32))
   return traverse_util.unflatten_dict(params)
@@ -337,8 +403,9 @@ def _single_device_mesh() -> jax.sharding.Mesh:
   return mesh_lib.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
 
 
-def load(path: str | epath.Path, mesh: jax.sharding.Mesh | None = None, rules: mesh_lib.Rules | None = None,
-         **overrides) -> model_lib.Transformer:
+def load(
+  path: str | epath.Path, mesh: jax.sharding.Mesh | None = None, rules: mesh_lib.Rules | None = None, **overrides
+) -> model_lib.Transformer:
   """A Hugging Face model folder as our Transformer, its parameters born sharded on `mesh` under
   `rules` (default: one device); `overrides` set ModelConfig fields such as compute_dtype."""
   hf = read_config(path)
@@ -364,8 +431,10 @@ def tokenizer(path: str | epath.Path):
   from transformers import AutoTokenizer  # Heavy: imported only by the studies that use real text.
 
   if not has_tokenizer(path):
-    raise ValueError(f"{path}: no tokenizer ({' or '.join(VOCABULARY_FILES)}); a model folder exported without one "
-                     "cannot say how text becomes its token ids")
+    raise ValueError(
+      f"{path}: no tokenizer ({' or '.join(VOCABULARY_FILES)}); a model folder exported without one "
+      "cannot say how text becomes its token ids"
+    )
   try:
     return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
   except (OSError, ValueError) as e:
@@ -386,6 +455,7 @@ def vocabulary(path: str | epath.Path) -> dict[str, int]:
 
 # --- Export ----------------------------------------------------------------------------------------
 
+
 def _family_of(cfg: model_lib.ModelConfig) -> str:
   """The Hugging Face family that can hold a model of `cfg` (the architecture decides)."""
   if cfg.norm == "layer" and cfg.mlp != "swiglu":
@@ -396,26 +466,60 @@ def _family_of(cfg: model_lib.ModelConfig) -> str:
 
 
 # The fields that make an architecture (the rest say how it computes: dtype, kernels, remat).
-ARCHITECTURE = ("vocab_size", "d_model", "n_layers", "n_heads", "kv_heads", "head_width", "ff_width", "norm",
-                "norm_eps", "mlp", "rotary_dims", "rope_theta", "parallel_residual", "tie_embeddings")
+ARCHITECTURE = (
+  "vocab_size",
+  "d_model",
+  "n_layers",
+  "n_heads",
+  "kv_heads",
+  "head_width",
+  "ff_width",
+  "norm",
+  "norm_eps",
+  "mlp",
+  "rotary_dims",
+  "rope_theta",
+  "parallel_residual",
+  "tie_embeddings",
+)
 
 
 def hf_config(cfg: model_lib.ModelConfig, kind: str, like: dict | None = None) -> dict:
   """A config.json for `cfg` in family `kind`, keeping `like`'s other fields (token ids and such).
   It is read back as an import would read it: a field the family cannot express is an error."""
-  out = {k: v for k, v in (like or {}).items() if k not in ("rope_scaling", "rotary_pct", "rotary_emb_base",
-                                                              "rope_theta", "torch_dtype", "dtype")}
-  out.update(model_type=kind, vocab_size=cfg.vocab_size, hidden_size=cfg.d_model, num_hidden_layers=cfg.n_layers,
-             num_attention_heads=cfg.n_heads, intermediate_size=cfg.ff_width, tie_word_embeddings=cfg.tie_embeddings,
-             rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta}, dtype="float32")
+  out = {
+    k: v
+    for k, v in (like or {}).items()
+    if k not in ("rope_scaling", "rotary_pct", "rotary_emb_base", "rope_theta", "torch_dtype", "dtype")
+  }
+  out.update(
+    model_type=kind,
+    vocab_size=cfg.vocab_size,
+    hidden_size=cfg.d_model,
+    num_hidden_layers=cfg.n_layers,
+    num_attention_heads=cfg.n_heads,
+    intermediate_size=cfg.ff_width,
+    tie_word_embeddings=cfg.tie_embeddings,
+    rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta},
+    dtype="float32",
+  )
   if kind == "gpt_neox":
     out["rope_parameters"]["partial_rotary_factor"] = cfg.rotary_dims / cfg.head_width
-    out.update(architectures=["GPTNeoXForCausalLM"], hidden_act="gelu" if cfg.mlp == "gelu_exact" else "gelu_new",
-               layer_norm_eps=cfg.norm_eps, use_parallel_residual=cfg.parallel_residual,
-               attention_bias=cfg.has_bias("qkv"))
+    out.update(
+      architectures=["GPTNeoXForCausalLM"],
+      hidden_act="gelu" if cfg.mlp == "gelu_exact" else "gelu_new",
+      layer_norm_eps=cfg.norm_eps,
+      use_parallel_residual=cfg.parallel_residual,
+      attention_bias=cfg.has_bias("qkv"),
+    )
   else:
-    out.update(architectures=["LlamaForCausalLM" if kind == "llama" else "Qwen2ForCausalLM"], hidden_act="silu",
-               num_key_value_heads=cfg.kv_heads, head_dim=cfg.head_width, rms_norm_eps=cfg.norm_eps)
+    out.update(
+      architectures=["LlamaForCausalLM" if kind == "llama" else "Qwen2ForCausalLM"],
+      hidden_act="silu",
+      num_key_value_heads=cfg.kv_heads,
+      head_dim=cfg.head_width,
+      rms_norm_eps=cfg.norm_eps,
+    )
     if kind == "llama":
       out.update(attention_bias=cfg.has_bias("qkv"), mlp_bias=cfg.has_bias("mlp"))
   back = model_config(out)
@@ -423,8 +527,10 @@ def hf_config(cfg: model_lib.ModelConfig, kind: str, like: dict | None = None) -
   wrong += [f"use_bias ({part})" for part in model_lib.BIAS_PARTS if back.has_bias(part) != cfg.has_bias(part)]
   if wrong:
     field = wrong[0].split(" ")[0]
-    raise ValueError(f"a {kind} checkpoint cannot hold model.{field}={getattr(cfg, field)!r} (it would read back "
-                     f"as {getattr(back, field)!r}); differing: {wrong}")
+    raise ValueError(
+      f"a {kind} checkpoint cannot hold model.{field}={getattr(cfg, field)!r} (it would read back "
+      f"as {getattr(back, field)!r}); differing: {wrong}"
+    )
   return out
 
 
@@ -455,16 +561,19 @@ def _effective_weights(model: nnx.Module, paths: list[Path]) -> dict[Path, np.nd
   return {path: mesh_lib.to_host(weights[_dotted(path)]) for path in paths}
 
 
-def save(model: nnx.Module, path: str | epath.Path, like: str | epath.Path | None = None,
-         dtype: str = "float32") -> None:
+def save(
+  model: nnx.Module, path: str | epath.Path, like: str | epath.Path | None = None, dtype: str = "float32"
+) -> None:
   """Writes `model` as a Hugging Face folder (config.json, model.safetensors) that `transformers`
   loads; LoRA and SVF weights are merged. `like`, a model folder or a family name (default: the one
   that fits the architecture), gives the family, its other config fields and its tokenizer files."""
   if hasattr(model, "module"):  # A decode.Model.
     model = model.module()
   if hasattr(model, "model"):  # Prompt tuning and LoReFT wrap the base model.
-    raise ValueError(f"a {type(model).__name__} changes the model's activations, not its weights: it cannot be "
-                     "saved as a Hugging Face checkpoint; allowed: the bare model, full, lora and svf fine-tunes")
+    raise ValueError(
+      f"a {type(model).__name__} changes the model's activations, not its weights: it cannot be "
+      "saved as a Hugging Face checkpoint; allowed: the bare model, full, lora and svf fine-tunes"
+    )
   if dtype not in ("float32", "float16", "bfloat16"):
     raise ValueError(f"dtype={dtype!r}; allowed: 'float32', 'float16', 'bfloat16'")
   cfg, like_cfg = model.cfg, None
@@ -486,8 +595,10 @@ def save(model: nnx.Module, path: str | epath.Path, like: str | epath.Path | Non
   if out.exists():
     out.rmtree()
   out.mkdir(parents=True)
-  write_safetensors({k: v.astype(DTYPES[{"float32": "F32", "float16": "F16", "bfloat16": "BF16"}[dtype]])
-                     for k, v in tensors.items()}, out / SINGLE)
+  write_safetensors(
+    {k: v.astype(DTYPES[{"float32": "F32", "float16": "F16", "bfloat16": "BF16"}[dtype]]) for k, v in tensors.items()},
+    out / SINGLE,
+  )
   for name in TOKENIZER_FILES if like_cfg else ():
     if (epath.Path(like) / name).exists():
       (epath.Path(like) / name).copy(out / name)

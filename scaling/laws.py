@@ -41,8 +41,10 @@ class Law:
     # A bootstrap or held-out refit may run a log-space parameter off to a value that has no finite
     # exp (a > 709); inf is the honest report of it, and not worth a warning in every study's output.
     with np.errstate(over="ignore"):
-      return {(p.upper() if p in self.exp_params else p): float(np.exp(v) if p in self.exp_params else v)
-              for p, v in zip(self.params, theta)}
+      return {
+        (p.upper() if p in self.exp_params else p): float(np.exp(v) if p in self.exp_params else v)
+        for p, v in zip(self.params, theta)
+      }
 
   def starts(self) -> np.ndarray:
     """Every point of the starting grid: (num_starts, num_params)."""
@@ -67,22 +69,46 @@ _OFFSET = np.arange(-1.0, 1.01, 0.5)  # ... for log E.
 _LOGA = np.arange(0.0, 25.1, 5.0)  # ... for log A and log B.
 
 LAWS: dict[str, Law] = {
-    "multiplicative": Law(
-        "multiplicative", "L = A * X^-alpha * D^-beta + E", ("a", "alpha", "beta", "e"), ("x", "d"),
-        lambda t, lx, ld: _lse(t[0] - t[1] * lx - t[2] * ld, t[3]),
-        {"a": _LOGA, "alpha": _SCALE, "beta": _SCALE, "e": _OFFSET}, ("a", "e"), 2),
-    "additive": Law(
-        "additive", "L = E + A / X^alpha + B / D^beta", ("a", "alpha", "b", "beta", "e"), ("x", "d"),
-        lambda t, lx, ld: _lse(t[0] - t[1] * lx, t[2] - t[3] * ld, t[4]),
-        {"a": _LOGA, "alpha": _SCALE, "b": _LOGA, "beta": _SCALE, "e": _OFFSET}, ("a", "b", "e"), 3),
-    "single": Law(
-        "single", "L = A * D^-beta + E", ("a", "beta", "e"), ("d",),
-        lambda t, lx, ld: _lse(t[0] - t[1] * ld, t[2]),
-        {"a": _LOGA, "beta": _SCALE, "e": _OFFSET}, ("a", "e"), 3),
-    "rectified": Law(
-        "rectified", "L = B / (D_l + D^beta) + E", ("b", "d_l", "beta", "e"), ("d",),
-        lambda t, lx, ld: _lse(t[0] - jnp.logaddexp(t[1], t[2] * ld), t[3]),
-        {"b": _LOGA, "d_l": np.arange(0.0, 10.1, 2.5), "beta": _SCALE, "e": _OFFSET}, ("b", "d_l", "e"), 4),
+  "multiplicative": Law(
+    "multiplicative",
+    "L = A * X^-alpha * D^-beta + E",
+    ("a", "alpha", "beta", "e"),
+    ("x", "d"),
+    lambda t, lx, ld: _lse(t[0] - t[1] * lx - t[2] * ld, t[3]),
+    {"a": _LOGA, "alpha": _SCALE, "beta": _SCALE, "e": _OFFSET},
+    ("a", "e"),
+    2,
+  ),
+  "additive": Law(
+    "additive",
+    "L = E + A / X^alpha + B / D^beta",
+    ("a", "alpha", "b", "beta", "e"),
+    ("x", "d"),
+    lambda t, lx, ld: _lse(t[0] - t[1] * lx, t[2] - t[3] * ld, t[4]),
+    {"a": _LOGA, "alpha": _SCALE, "b": _LOGA, "beta": _SCALE, "e": _OFFSET},
+    ("a", "b", "e"),
+    3,
+  ),
+  "single": Law(
+    "single",
+    "L = A * D^-beta + E",
+    ("a", "beta", "e"),
+    ("d",),
+    lambda t, lx, ld: _lse(t[0] - t[1] * ld, t[2]),
+    {"a": _LOGA, "beta": _SCALE, "e": _OFFSET},
+    ("a", "e"),
+    3,
+  ),
+  "rectified": Law(
+    "rectified",
+    "L = B / (D_l + D^beta) + E",
+    ("b", "d_l", "beta", "e"),
+    ("d",),
+    lambda t, lx, ld: _lse(t[0] - jnp.logaddexp(t[1], t[2] * ld), t[3]),
+    {"b": _LOGA, "d_l": np.arange(0.0, 10.1, 2.5), "beta": _SCALE, "e": _OFFSET},
+    ("b", "d_l", "e"),
+    4,
+  ),
 }
 
 
@@ -107,13 +133,22 @@ class Fit:
   candidates: np.ndarray  # The best few distinct optima (log space), best first: bootstrap starts.
 
   def to_json(self) -> dict:
-    return {"law": self.law, "formula": LAWS[self.law].formula, "params": self.params,
-            "theta": dict(zip(LAWS[self.law].params, map(float, self.theta))), "objective": self.objective, "converged": self.converged, "num_points": self.num_points,
-            "num_starts": self.num_starts, "on_grid_edge": list(self.on_grid_edge)}
+    return {
+      "law": self.law,
+      "formula": LAWS[self.law].formula,
+      "params": self.params,
+      "theta": dict(zip(LAWS[self.law].params, map(float, self.theta))),
+      "objective": self.objective,
+      "converged": self.converged,
+      "num_points": self.num_points,
+      "num_starts": self.num_starts,
+      "on_grid_edge": list(self.on_grid_edge),
+    }
 
 
-def objective(law: Law, theta: jax.Array, log_x: jax.Array, log_d: jax.Array, log_y: jax.Array,
-              weights: jax.Array, delta: float) -> jax.Array:
+def objective(
+  law: Law, theta: jax.Array, log_x: jax.Array, log_d: jax.Array, log_y: jax.Array, weights: jax.Array, delta: float
+) -> jax.Array:
   """Weighted sum over points of Huber_delta(log prediction - log observation).
 
   Weights are how often a point counts: 1 for a plain fit, resampling counts for a bootstrap
@@ -140,8 +175,11 @@ def _two_loop(g, S, Y, rho, count, slot):
   q, alphas = jax.lax.scan(backward, g, jnp.arange(memory))
   s, y, _, _ = pair(0)
   yy = jnp.sum(y * y, -1)
-  gamma = jnp.where((count > 0) & (yy > 0), jnp.sum(s * y, -1) / jnp.where(yy > 0, yy, 1.0),
-                    1.0 / jnp.maximum(jnp.linalg.norm(g, axis=-1), 1.0))
+  gamma = jnp.where(
+    (count > 0) & (yy > 0),
+    jnp.sum(s * y, -1) / jnp.where(yy > 0, yy, 1.0),
+    1.0 / jnp.maximum(jnp.linalg.norm(g, axis=-1), 1.0),
+  )
 
   def forward(z, j_a):
     j, a = j_a
@@ -206,23 +244,37 @@ def _lbfgs(law: Law, delta: float, iters: int, ftol: float, gtol: float, dtype: 
     tiny = (st["f"] - f) <= ftol * jnp.maximum(jnp.maximum(jnp.abs(st["f"]), jnp.abs(f)), 1.0)
     flat = jnp.max(jnp.abs(g), -1) <= gtol
     retry = st["active"] & ~moved & (st["count"] > 0)
-    return {"x": jnp.where(moved[:, None], x_new, st["x"]), "f": f, "g": g,
-            "S": jnp.where(at[:, :, None], s[:, None, :], st["S"]),
-            "Y": jnp.where(at[:, :, None], y[:, None, :], st["Y"]),
-            "rho": jnp.where(at, (1.0 / jnp.where(store, sy, 1.0))[:, None], st["rho"]),
-            "count": jnp.where(retry, 0, st["count"] + store), "slot": (st["slot"] + store) % memory,
-            "active": st["active"] & ((moved & ~tiny & ~flat) | retry)}
+    return {
+      "x": jnp.where(moved[:, None], x_new, st["x"]),
+      "f": f,
+      "g": g,
+      "S": jnp.where(at[:, :, None], s[:, None, :], st["S"]),
+      "Y": jnp.where(at[:, :, None], y[:, None, :], st["Y"]),
+      "rho": jnp.where(at, (1.0 / jnp.where(store, sy, 1.0))[:, None], st["rho"]),
+      "count": jnp.where(retry, 0, st["count"] + store),
+      "slot": (st["slot"] + store) % memory,
+      "active": st["active"] & ((moved & ~tiny & ~flat) | retry),
+    }
 
   def init(x0, data):
     f, g = vg(x0, data)
     lanes, p = x0.shape
-    return {"x": x0, "f": f, "g": g, "S": jnp.zeros((lanes, memory, p), dtype), "Y": jnp.zeros((lanes, memory, p), dtype),
-            "rho": jnp.zeros((lanes, memory), dtype), "count": jnp.zeros(lanes, jnp.int32),
-            "slot": jnp.zeros(lanes, jnp.int32), "active": jnp.isfinite(f)}
+    return {
+      "x": x0,
+      "f": f,
+      "g": g,
+      "S": jnp.zeros((lanes, memory, p), dtype),
+      "Y": jnp.zeros((lanes, memory, p), dtype),
+      "rho": jnp.zeros((lanes, memory), dtype),
+      "count": jnp.zeros(lanes, jnp.int32),
+      "slot": jnp.zeros(lanes, jnp.int32),
+      "active": jnp.isfinite(f),
+    }
 
-  return (jax.jit(init, compiler_options=OPTIMISED),
-          jax.jit(lambda st, data: jax.lax.fori_loop(0, iters, lambda _, s: step(s, data), st),
-                  compiler_options=OPTIMISED))
+  return (
+    jax.jit(init, compiler_options=OPTIMISED),
+    jax.jit(lambda st, data: jax.lax.fori_loop(0, iters, lambda _, s: step(s, data), st), compiler_options=OPTIMISED),
+  )
 
 
 # The lane counts that compile, by dtype. The float32 search runs a large set in blocks of 512 and
@@ -247,9 +299,17 @@ def _by_blocks(fn: Callable, sizes: tuple[int, ...], *args):
   return jax.tree.map(lambda *parts: np.concatenate(parts), *outs)
 
 
-def _minimize_lanes(law: Law, x0: np.ndarray, data: tuple[np.ndarray, ...], delta: float, max_iter: int,
-                    ftol: float, gtol: float, dtype: str = "float64",
-                    chunk: int = 10) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _minimize_lanes(
+  law: Law,
+  x0: np.ndarray,
+  data: tuple[np.ndarray, ...],
+  delta: float,
+  max_iter: int,
+  ftol: float,
+  gtol: float,
+  dtype: str = "float64",
+  chunk: int = 10,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """Runs every lane to its own convergence; finished lanes leave the batch between chunks."""
   init, run = _lbfgs(law, delta, chunk, ftol, gtol, dtype)
   x, f, g = np.array(x0, np.float64), np.full(len(x0), np.inf), np.zeros(len(x0))
@@ -266,9 +326,19 @@ def _minimize_lanes(law: Law, x0: np.ndarray, data: tuple[np.ndarray, ...], delt
   return x, np.where(np.isfinite(f), f, np.inf), g
 
 
-def fit_many(law: Law, starts: np.ndarray, log_x: np.ndarray, log_d: np.ndarray, log_y: np.ndarray,
-             weights: np.ndarray | None = None, delta: float = 1e-3, max_iter: int = 500,
-             ftol: float = 2.2e-9, gtol: float = 1e-5, polish: int = 8) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def fit_many(
+  law: Law,
+  starts: np.ndarray,
+  log_x: np.ndarray,
+  log_d: np.ndarray,
+  log_y: np.ndarray,
+  weights: np.ndarray | None = None,
+  delta: float = 1e-3,
+  max_iter: int = 500,
+  ftol: float = 2.2e-9,
+  gtol: float = 1e-5,
+  polish: int = 8,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """Optimises every start on every dataset at once, as vectorised JAX programs.
 
   starts: (S, P). log_x, log_d, log_y, weights: (R, n) for R datasets of n points (or (n,) for
@@ -285,8 +355,9 @@ def fit_many(law: Law, starts: np.ndarray, log_x: np.ndarray, log_d: np.ndarray,
   lane_data = tuple(np.repeat(a, s, axis=0) for a in data)
   with jax.enable_x64(True):
     # The search runs in float32 (twice the throughput); the best optima are polished in float64.
-    theta, value, grad = _minimize_lanes(law, np.tile(starts, (r, 1)), lane_data, delta, max_iter, ftol, gtol,
-                                         "float32" if polish else "float64")
+    theta, value, grad = _minimize_lanes(
+      law, np.tile(starts, (r, 1)), lane_data, delta, max_iter, ftol, gtol, "float32" if polish else "float64"
+    )
     if polish:  # Exact float64 objectives of the float32 optima (the polish's first evaluation).
       init = _lbfgs(law, delta, 10, **_POLISH)[0]
       value = _by_blocks(init, _BLOCKS["float64"], theta, lane_data)["f"]
@@ -326,9 +397,16 @@ def _logs(x, d):
   return (np.log(x) if x is not None else np.zeros_like(d)), np.log(d)
 
 
-def fit(law: Law | str, d: Sequence[float], y: Sequence[float], x: Sequence[float] | None = None,
-        delta: float = 1e-3, starts: np.ndarray | None = None, grad_tol: float = 1e-5,
-        weights: np.ndarray | None = None) -> Fit:
+def fit(
+  law: Law | str,
+  d: Sequence[float],
+  y: Sequence[float],
+  x: Sequence[float] | None = None,
+  delta: float = 1e-3,
+  starts: np.ndarray | None = None,
+  grad_tol: float = 1e-5,
+  weights: np.ndarray | None = None,
+) -> Fit:
   """Fits a law to points (x, d, y) from every start of its grid; keeps the best."""
   law = get_law(law) if isinstance(law, str) else law
   x, d, y = check_points(law, d, y, x)
@@ -337,14 +415,22 @@ def fit(law: Law | str, d: Sequence[float], y: Sequence[float], x: Sequence[floa
   theta, value, grad_norm = (a[0] for a in fit_many(law, starts, log_x, log_d, np.log(y), weights, delta))
   order = np.argsort(value)
   best = int(order[0])
-  edge = tuple(p for i, p in enumerate(law.params)
-               if not min(law.grid[p]) <= theta[best, i] <= max(law.grid[p]))
+  edge = tuple(p for i, p in enumerate(law.params) if not min(law.grid[p]) <= theta[best, i] <= max(law.grid[p]))
   if edge:
     warnings.warn(f"{law.name} fit: optimum of {list(edge)} lies outside the starting grid", stacklevel=2)
   _, first = np.unique(np.round(theta[order], 3), axis=0, return_index=True)
   candidates = theta[order][np.sort(first)][:4]
-  return Fit(law.name, law.natural(theta[best]), theta[best], float(value[best]),
-             bool(grad_norm[best] < grad_tol), len(y), len(starts), edge, candidates)
+  return Fit(
+    law.name,
+    law.natural(theta[best]),
+    theta[best],
+    float(value[best]),
+    bool(grad_norm[best] < grad_tol),
+    len(y),
+    len(starts),
+    edge,
+    candidates,
+  )
 
 
 def refit_weighted(law: Law, fit_: Fit, d, y, x, weights: np.ndarray, delta: float) -> np.ndarray:
@@ -365,8 +451,10 @@ class Bootstrap:
     """Percentile interval of each natural parameter."""
     lo, hi = 50 * (1 - self.level), 50 * (1 + self.level)
     draws = [law.natural(t) for t in self.thetas]
-    return {k: (float(np.percentile([dr[k] for dr in draws], lo)), float(np.percentile([dr[k] for dr in draws], hi)))
-            for k in draws[0]}
+    return {
+      k: (float(np.percentile([dr[k] for dr in draws], lo)), float(np.percentile([dr[k] for dr in draws], hi)))
+      for k in draws[0]
+    }
 
   def prediction_interval(self, law: Law, x, d) -> tuple[np.ndarray, np.ndarray]:
     """Percentile band of the law's prediction at (x, d)."""
@@ -374,8 +462,17 @@ class Bootstrap:
     return np.percentile(preds, 50 * (1 - self.level), axis=0), np.percentile(preds, 50 * (1 + self.level), axis=0)
 
 
-def bootstrap(law: Law | str, fit_: Fit, d, y, x=None, replicates: int = 1000, delta: float = 1e-3,
-              level: float = 0.9, seed: int = 0) -> Bootstrap:
+def bootstrap(
+  law: Law | str,
+  fit_: Fit,
+  d,
+  y,
+  x=None,
+  replicates: int = 1000,
+  delta: float = 1e-3,
+  level: float = 0.9,
+  seed: int = 0,
+) -> Bootstrap:
   """Resamples the points with replacement `replicates` times and refits each, all at once."""
   law = get_law(law) if isinstance(law, str) else law
   x, d, y = check_points(law, d, y, x)
@@ -419,13 +516,16 @@ def holdout_problem(law: Law, x, d, holdout: str) -> str | None:
   for name, values in (("x", x), ("d", d)):
     left = len(np.unique(np.asarray(values)[kept])) if name in law.inputs else law.min_values
     if left < law.min_values:
-      return (f"holding out {holdout} leaves {left} distinct value{'s' * (left != 1)} of {name}; the {law.name} "
-              f"law needs {law.min_values} to determine its parameters")
+      return (
+        f"holding out {holdout} leaves {left} distinct value{'s' * (left != 1)} of {name}; the {law.name} "
+        f"law needs {law.min_values} to determine its parameters"
+      )
   return None
 
 
-def validate(law: Law | str, d, y, x=None, holdout: str = "largest_d", delta: float = 1e-3,
-             full: Fit | None = None) -> Validation:
+def validate(
+  law: Law | str, d, y, x=None, holdout: str = "largest_d", delta: float = 1e-3, full: Fit | None = None
+) -> Validation:
   """Fits without the held-out points and predicts them; and leave-one-out over all points.
 
   `full`, the fit to all points if the caller has it, seeds the leave-one-out refits.
@@ -444,9 +544,11 @@ def validate(law: Law | str, d, y, x=None, holdout: str = "largest_d", delta: fl
   pred = law.predict(part.theta, x, d)
   n = len(y)
   loo = refit_weighted(law, full, d, y, x, 1.0 - np.eye(n), delta)
-  loo_pred = np.asarray([law.predict(loo[i], None if x is None else x[i:i + 1], d[i:i + 1])[0] for i in range(n)])
+  loo_pred = np.asarray([law.predict(loo[i], None if x is None else x[i : i + 1], d[i : i + 1])[0] for i in range(n)])
   return Validation(
-      fitted_error=float(np.mean(np.abs(pred[kept] - y[kept]))),
-      heldout_error=float(np.mean(np.abs(pred[mask] - y[mask]))) if mask.any() else None,
-      heldout_relative_errors=[float(v) for v in np.abs(pred[mask] - y[mask]) / y[mask]],
-      loo_error=float(np.mean(np.abs(loo_pred - y))), holdout=holdout)
+    fitted_error=float(np.mean(np.abs(pred[kept] - y[kept]))),
+    heldout_error=float(np.mean(np.abs(pred[mask] - y[mask]))) if mask.any() else None,
+    heldout_relative_errors=[float(v) for v in np.abs(pred[mask] - y[mask]) / y[mask]],
+    loo_error=float(np.mean(np.abs(loo_pred - y))),
+    holdout=holdout,
+  )

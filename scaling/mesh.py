@@ -20,18 +20,18 @@ MESH_AXES = ("data", "fsdp", "tensor")
 # Logical axis -> mesh axes. Parameters use the plain names; activations the act_ ones, so that
 # a weight's embed axis can be FSDP-sharded while the residual stream's is not.
 DEFAULT_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
-    ("act_batch", ("data", "fsdp")),
-    ("act_length", None),
-    ("act_embed", None),
-    ("act_heads", "tensor"),
-    ("act_mlp", "tensor"),
-    ("act_vocab", "tensor"),
-    ("embed", "fsdp"),
-    ("vocab", "tensor"),
-    ("heads", "tensor"),
-    ("kv_heads", "tensor"),
-    ("mlp", "tensor"),
-    ("head_dim", None),
+  ("act_batch", ("data", "fsdp")),
+  ("act_length", None),
+  ("act_embed", None),
+  ("act_heads", "tensor"),
+  ("act_mlp", "tensor"),
+  ("act_vocab", "tensor"),
+  ("embed", "fsdp"),
+  ("vocab", "tensor"),
+  ("heads", "tensor"),
+  ("kv_heads", "tensor"),
+  ("mlp", "tensor"),
+  ("head_dim", None),
 )
 
 Rules = Sequence[tuple[str, str | tuple[str, ...] | None]]
@@ -66,8 +66,10 @@ def resolve_shape(shape: Mapping[str, int], num_devices: int) -> tuple[int, ...]
       raise ValueError(f"mesh.shape={dict(shape)}: fixed axes ({fixed}) do not divide the {num_devices} devices")
     sizes[sizes.index(-1)] = num_devices // fixed
   elif num_devices % fixed:
-    raise ValueError(f"mesh.shape={dict(shape)} has {fixed} devices, which does not divide the {num_devices} "
-                     f"devices; allowed: sizes whose product divides {num_devices}")
+    raise ValueError(
+      f"mesh.shape={dict(shape)} has {fixed} devices, which does not divide the {num_devices} "
+      f"devices; allowed: sizes whose product divides {num_devices}"
+    )
   return tuple(sizes)
 
 
@@ -75,8 +77,9 @@ def make_mesh(shape: Mapping[str, int], devices: Sequence[jax.Device] | None = N
   """A mesh over (data, fsdp, tensor) with Auto axes: shardings come from the rules, not types."""
   devices = list(devices if devices is not None else jax.devices())
   sizes = resolve_shape(shape, len(devices))
-  return jax.make_mesh(sizes, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES),
-                       devices=devices[: math.prod(sizes)])
+  return jax.make_mesh(
+    sizes, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES), devices=devices[: math.prod(sizes)]
+  )
 
 
 @contextlib.contextmanager
@@ -115,9 +118,11 @@ def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
 
 def without_axes(partition: PartitionSpec, axes: set[str]) -> PartitionSpec:
   """The spec with the mesh axes `axes` removed from every dimension."""
+
   def keep(entry):
     kept = tuple(a for a in (entry if isinstance(entry, tuple) else (entry,)) if a is not None and a not in axes)
     return kept[0] if len(kept) == 1 else (kept or None)
+
   return PartitionSpec(*map(keep, partition))
 
 
@@ -139,14 +144,19 @@ def run_once_options() -> dict | None:
   return {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 
 
-def create_sharded(create: Callable[..., nnx.Module], mesh: jax.sharding.Mesh, rules: Rules,
-                   *args) -> tuple[nnx.GraphDef, dict]:
+def create_sharded(
+  create: Callable[..., nnx.Module], mesh: jax.sharding.Mesh, rules: Rules, *args
+) -> tuple[nnx.GraphDef, dict]:
   """Builds a module, `create(*args)`, with every variable born on its shards: (graphdef, pure
   state dict). The arrays in `args` are donated: they may become part of the new state."""
   graphdef, abstract = nnx.split(nnx.eval_shape(create, *args))
   shardings = state_shardings(abstract, mesh, rules)
-  build = jax.jit(lambda *a: nnx.to_pure_dict(nnx.split(create(*a))[1]), out_shardings=shardings,
-                  donate_argnums=tuple(range(len(args))), compiler_options=run_once_options())
+  build = jax.jit(
+    lambda *a: nnx.to_pure_dict(nnx.split(create(*a))[1]),
+    out_shardings=shardings,
+    donate_argnums=tuple(range(len(args))),
+    compiler_options=run_once_options(),
+  )
   return graphdef, build(*args)
 
 
@@ -156,8 +166,12 @@ def batch_sharding(mesh: jax.sharding.Mesh, rules: Rules, ndim: int = 1) -> Name
   return NamedSharding(mesh, spec(("act_batch",) + (None,) * (ndim - 1), rules))
 
 
-def global_batch(rows: Callable[[slice], Mapping[str, np.ndarray]], batch_size: int,
-                 mesh: jax.sharding.Mesh | None = None, rules: Rules | None = None) -> dict[str, jax.Array]:
+def global_batch(
+  rows: Callable[[slice], Mapping[str, np.ndarray]],
+  batch_size: int,
+  mesh: jax.sharding.Mesh | None = None,
+  rules: Rules | None = None,
+) -> dict[str, jax.Array]:
   """Global (B, ...) arrays of a batch split over the batch axes (`batch_sharding`), built on each
   host from only the rows that its own devices hold: `rows(slice)` returns those rows of every field.
 
@@ -177,16 +191,19 @@ def global_batch(rows: Callable[[slice], Mapping[str, np.ndarray]], batch_size: 
   def field(name: str) -> jax.Array:
     shape = (batch_size, *some[name].shape[1:])
     return jax.make_array_from_callback(
-        shape, batch_sharding(mesh, rules, ndim=len(shape)),
-        lambda index: local[index[0].indices(batch_size)[:2]][name][(slice(None), *index[1:])])
+      shape,
+      batch_sharding(mesh, rules, ndim=len(shape)),
+      lambda index: local[index[0].indices(batch_size)[:2]][name][(slice(None), *index[1:])],
+    )
 
   return {name: field(name) for name in some}
 
 
 def to_host(x: jax.Array) -> np.ndarray:
   """The whole value of a (possibly multi-host) array on every host."""
-  return np.asarray(x if x.is_fully_addressable or x.is_fully_replicated else multihost_utils.process_allgather(
-      x, tiled=True))
+  return np.asarray(
+    x if x.is_fully_addressable or x.is_fully_replicated else multihost_utils.process_allgather(x, tiled=True)
+  )
 
 
 def replicated(x, mesh: jax.sharding.Mesh | None = None) -> jax.Array:

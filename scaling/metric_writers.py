@@ -135,9 +135,17 @@ class WandbWriter:
     # offline run), or in the temporary folder for a gs:// workdir.
     folder = tempfile.gettempdir() if str(run_dir).startswith("gs://") else str(run_dir)
     # create_new: the lanes of a pack are W&B runs of one process at once.
-    self._run = wandb.init(project=settings["wandb_project"], entity=settings.get("wandb_entity") or None,
-                           group=settings.get("wandb_group") or None, id=run_dir.name, name=run_dir.name,
-                           config=dict(params), resume="allow", reinit="create_new", dir=folder)
+    self._run = wandb.init(
+      project=settings["wandb_project"],
+      entity=settings.get("wandb_entity") or None,
+      group=settings.get("wandb_group") or None,
+      id=run_dir.name,
+      name=run_dir.name,
+      config=dict(params),
+      resume="allow",
+      reinit="create_new",
+      dir=folder,
+    )
     # A resumed W&B run holds what was logged before the preemption, and ignores steps below it:
     # the records written again up to there (the same values) are not sent.
     self._start = self._run.starting_step

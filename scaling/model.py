@@ -86,16 +86,22 @@ class ModelConfig:
 
 
 # Rematerialisation policies: what a block saves for the backward pass; the rest is recomputed.
-REMAT_POLICIES = {"dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,  # Projection and MLP outputs.
-                  "full": jax.checkpoint_policies.nothing_saveable}  # Only the block's input.
+REMAT_POLICIES = {
+  "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,  # Projection and MLP outputs.
+  "full": jax.checkpoint_policies.nothing_saveable,
+}  # Only the block's input.
 
 # The projections that may carry biases: q, k and v; the attention output; the MLP's.
 BIAS_PARTS = ("qkv", "out", "mlp")
 
 CHOICES: dict[str, tuple[str, ...]] = {
-    "norm": ("rms", "layer"), "mlp": ("swiglu", "gelu", "gelu_exact"), "compute_dtype": ("auto", "float32", "bfloat16"),
-    "attention": ("auto", "xla", "cudnn"), "remat": ("none", *REMAT_POLICIES),
-    "layer_loop": ("auto", "unrolled", "scan")}
+  "norm": ("rms", "layer"),
+  "mlp": ("swiglu", "gelu", "gelu_exact"),
+  "compute_dtype": ("auto", "float32", "bfloat16"),
+  "attention": ("auto", "xla", "cudnn"),
+  "remat": ("none", *REMAT_POLICIES),
+  "layer_loop": ("auto", "unrolled", "scan"),
+}
 
 
 def compute_dtype_of(cfg: ModelConfig) -> Literal["float32", "bfloat16"]:
@@ -120,32 +126,38 @@ def attention_implementation(cfg: ModelConfig) -> Literal["xla", "cudnn"]:
   """The kernel of causal self-attention that `cfg.attention` means on the platform (`mesh.platform`)."""
   # cuDNN's fused (flash) attention takes 16-bit inputs and head widths that are multiples of 8 up
   # to 128 (256 on Hopper); it saves the attention matrix's memory and most of its time.
-  fits = (mesh_lib.platform() == "gpu" and compute_dtype_of(cfg) == "bfloat16" and cfg.head_width % 8 == 0
-          and cfg.head_width <= 128)
+  fits = (
+    mesh_lib.platform() == "gpu"
+    and compute_dtype_of(cfg) == "bfloat16"
+    and cfg.head_width % 8 == 0
+    and cfg.head_width <= 128
+  )
   if cfg.attention == "auto":
     return "cudnn" if fits else "xla"
   if cfg.attention == "cudnn" and not fits:
-    raise ValueError(f"model.attention='cudnn' needs a GPU, compute_dtype 'bfloat16' and a head width "
-                     f"that is a multiple of 8 up to 128; here: backend {mesh_lib.platform()!r}, compute_dtype "
-                     f"{compute_dtype_of(cfg)!r}, head width {cfg.head_width}; allowed here: 'auto', 'xla'")
+    raise ValueError(
+      f"model.attention='cudnn' needs a GPU, compute_dtype 'bfloat16' and a head width "
+      f"that is a multiple of 8 up to 128; here: backend {mesh_lib.platform()!r}, compute_dtype "
+      f"{compute_dtype_of(cfg)!r}, head width {cfg.head_width}; allowed here: 'auto', 'xla'"
+    )
   return cfg.attention
 
 
 # The size ladder: name -> (d_model, n_layers, n_heads). Widths double every two rungs.
 LADDER: dict[str, tuple[int, int, int]] = {
-    "d16l2": (16, 2, 2),
-    "d32l2": (32, 2, 2),
-    "d48l2": (48, 2, 2),
-    "d64l2": (64, 2, 4),
-    "d96l3": (96, 3, 4),
-    "d128l4": (128, 4, 4),
-    "d192l4": (192, 4, 6),
-    "d256l6": (256, 6, 8),
-    "d512l8": (512, 8, 8),
-    "d768l12": (768, 12, 12),
-    "d1024l24": (1024, 24, 16),
-    "d2048l24": (2048, 24, 16),
-    "d2560l32": (2560, 32, 20),
+  "d16l2": (16, 2, 2),
+  "d32l2": (32, 2, 2),
+  "d48l2": (48, 2, 2),
+  "d64l2": (64, 2, 4),
+  "d96l3": (96, 3, 4),
+  "d128l4": (128, 4, 4),
+  "d192l4": (192, 4, 6),
+  "d256l6": (256, 6, 8),
+  "d512l8": (512, 8, 8),
+  "d768l12": (768, 12, 12),
+  "d1024l24": (1024, 24, 16),
+  "d2048l24": (2048, 24, 16),
+  "d2560l32": (2560, 32, 20),
 }
 
 
@@ -172,8 +184,11 @@ def param_count(cfg: ModelConfig) -> int:
   """Exact number of parameters of the model that `Transformer(cfg)` builds."""
   d, h, f = cfg.d_model, cfg.head_width, cfg.ff_width
   norm = d * (2 if cfg.norm == "layer" else 1)
-  biases = ((h * (cfg.n_heads + 2 * cfg.kv_heads) if cfg.has_bias("qkv") else 0) + (d if cfg.has_bias("out") else 0)
-            + (f * (2 if cfg.mlp == "swiglu" else 1) + d if cfg.has_bias("mlp") else 0))
+  biases = (
+    (h * (cfg.n_heads + 2 * cfg.kv_heads) if cfg.has_bias("qkv") else 0)
+    + (d if cfg.has_bias("out") else 0)
+    + (f * (2 if cfg.mlp == "swiglu" else 1) + d if cfg.has_bias("mlp") else 0)
+  )
   return embedding_params(cfg) + cfg.n_layers * (2 * norm + _block_matmul_params(cfg) + biases) + norm
 
 
@@ -257,8 +272,9 @@ class Attention(nnx.Module):
     if cfg.has_bias("out"):
       self.bo = _param(rngs, (d,), ("embed",), 0)
 
-  def __call__(self, x_BxLxD: jax.Array, positions_BxL: jax.Array,
-               cache: KVCache | None = None) -> tuple[jax.Array, KVCache | None]:
+  def __call__(
+    self, x_BxLxD: jax.Array, positions_BxL: jax.Array, cache: KVCache | None = None
+  ) -> tuple[jax.Array, KVCache | None]:
     """Attention output; with a cache, the new keys and values are written at `positions_BxL` and
     each query attends to every cached position up to its own (the cache is returned updated)."""
     cfg, dt = self.cfg, x_BxLxD.dtype
@@ -275,19 +291,21 @@ class Attention(nnx.Module):
     k_BxLxKxH = mesh_lib.constrain(rope(k_BxLxKxH, positions_BxL, cfg.rotary_dims, cfg.rope_theta), heads)
     v_BxLxKxH = mesh_lib.constrain(v_BxLxKxH, heads)
     if cache is None:
-      out_BxLxNxH = jax.nn.dot_product_attention(q_BxLxNxH, k_BxLxKxH, v_BxLxKxH, is_causal=True,
-                                                 implementation=attention_implementation(cfg))
+      out_BxLxNxH = jax.nn.dot_product_attention(
+        q_BxLxNxH, k_BxLxKxH, v_BxLxKxH, is_causal=True, implementation=attention_implementation(cfg)
+      )
     else:
       # Decoding keeps XLA's kernel: cuDNN's fused one is made for causal and padding masks, not
       # for this mask of cache positions.
       rows_Bx1 = jnp.arange(x_BxLxD.shape[0])[:, None]
-      cache = KVCache(cache.k.at[rows_Bx1, positions_BxL].set(k_BxLxKxH.astype(cache.k.dtype)),
-                      cache.v.at[rows_Bx1, positions_BxL].set(v_BxLxKxH.astype(cache.v.dtype)))
+      cache = KVCache(
+        cache.k.at[rows_Bx1, positions_BxL].set(k_BxLxKxH.astype(cache.k.dtype)),
+        cache.v.at[rows_Bx1, positions_BxL].set(v_BxLxKxH.astype(cache.v.dtype)),
+      )
       # Slots past a query's position may hold stale or padding entries: they are masked, and
       # overwritten before any later query can see them.
       mask_Bx1xLxS = jnp.arange(cache.k.shape[1])[None, None, None, :] <= positions_BxL[:, None, :, None]
-      out_BxLxNxH = jax.nn.dot_product_attention(q_BxLxNxH, cache.k.astype(dt), cache.v.astype(dt),
-                                                 mask=mask_Bx1xLxS)
+      out_BxLxNxH = jax.nn.dot_product_attention(q_BxLxNxH, cache.k.astype(dt), cache.v.astype(dt), mask=mask_Bx1xLxS)
     out_BxLxD = jnp.einsum("blnh,nhd->bld", out_BxLxNxH, self.wo[...].astype(dt))
     if cfg.has_bias("out"):
       out_BxLxD += self.bo[...].astype(dt)
@@ -341,8 +359,9 @@ class Block(nnx.Module):
     self.norm_attn, self.attn = Norm(cfg, rngs), Attention(cfg, rngs)
     self.norm_mlp, self.mlp = Norm(cfg, rngs), Mlp(cfg, rngs)
 
-  def __call__(self, x_BxLxD: jax.Array, positions_BxL: jax.Array,
-               cache: KVCache | None = None) -> tuple[jax.Array, KVCache | None]:
+  def __call__(
+    self, x_BxLxD: jax.Array, positions_BxL: jax.Array, cache: KVCache | None = None
+  ) -> tuple[jax.Array, KVCache | None]:
     attn_BxLxD, cache = self.attn(self.norm_attn(x_BxLxD), positions_BxL, cache)
     if self.parallel:
       x_BxLxD = x_BxLxD + attn_BxLxD + self.mlp(self.norm_mlp(x_BxLxD))
@@ -377,10 +396,14 @@ class Transformer(nnx.Module):
     zeros = lambda: jnp.zeros(shape, compute_dtype_of(self.cfg))
     return [KVCache(zeros(), zeros()) for _ in self.blocks]
 
-  def forward_embeddings(self, x_BxLxD: jax.Array, positions_BxL: jax.Array | None = None,
-                         cache: list[KVCache] | None = None,
-                         after_block: Callable[[int, jax.Array], jax.Array] | None = None,
-                         hidden: bool = False) -> tuple[jax.Array, list[KVCache] | None]:
+  def forward_embeddings(
+    self,
+    x_BxLxD: jax.Array,
+    positions_BxL: jax.Array | None = None,
+    cache: list[KVCache] | None = None,
+    after_block: Callable[[int, jax.Array], jax.Array] | None = None,
+    hidden: bool = False,
+  ) -> tuple[jax.Array, list[KVCache] | None]:
     """Logits from input embeddings (the entry point for methods that edit the input), and the
     cache updated with these positions if one is given (positions default to 0..L-1).
     `after_block(i, x)`, if given, edits the hidden states after block i (methods that edit them).
@@ -437,14 +460,16 @@ class Transformer(nnx.Module):
     # Float32 accumulation and logits from compute-dtype operands: bfloat16 logits would carry a
     # rounding error of 0.4% of their size into the loss.
     if self.cfg.tie_embeddings:
-      logits_BxLxV = jnp.einsum("bld,vd->blv", x_BxLxD, self.embed[...].astype(x_BxLxD.dtype),
-                                preferred_element_type=jnp.float32)
+      logits_BxLxV = jnp.einsum(
+        "bld,vd->blv", x_BxLxD, self.embed[...].astype(x_BxLxD.dtype), preferred_element_type=jnp.float32
+      )
     else:
       logits_BxLxV = jnp.matmul(x_BxLxD, self.unembed[...].astype(x_BxLxD.dtype), preferred_element_type=jnp.float32)
     return mesh_lib.constrain(logits_BxLxV, ("act_batch", "act_length", "act_vocab"))
 
-  def extend(self, tokens_BxT: jax.Array, positions_BxT: jax.Array, cache: list[KVCache],
-             prompt_len_B: jax.Array | None = None) -> tuple[jax.Array, list[KVCache]]:
+  def extend(
+    self, tokens_BxT: jax.Array, positions_BxT: jax.Array, cache: list[KVCache], prompt_len_B: jax.Array | None = None
+  ) -> tuple[jax.Array, list[KVCache]]:
     """Logits of T new tokens at their positions, attending to the cache; and the updated cache.
     Every model takes each row's prompt length; only methods that act at prompt positions use it."""
     del prompt_len_B

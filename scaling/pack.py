@@ -44,13 +44,19 @@ class Lane:
   run_dir: str
 
 
-def lane_layout(mesh: jax.sharding.Mesh, rules: mesh_lib.Rules, lane_shardings: Any,
-                lanes: int) -> tuple[tuple[str, ...], int]:
+def lane_layout(
+  mesh: jax.sharding.Mesh, rules: mesh_lib.Rules, lane_shardings: Any, lanes: int
+) -> tuple[tuple[str, ...], int]:
   """(the mesh axes that a pack splits its lanes over, its lane count padded to a multiple of
   their size). The axes are those of the batch (of size > 1) that split no array of a lane: each
   device then trains whole lanes, and no step communicates. Padding lanes never train."""
-  used = {axis for s in jax.tree.leaves(lane_shardings) for entry in s.spec if entry is not None
-          for axis in (entry if isinstance(entry, tuple) else (entry,))}
+  used = {
+    axis
+    for s in jax.tree.leaves(lane_shardings)
+    for entry in s.spec
+    if entry is not None
+    for axis in (entry if isinstance(entry, tuple) else (entry,))
+  }
   axes = tuple(a for a in mesh_lib.batch_axes(rules) if mesh.shape[a] > 1 and a not in used)
   width = int(np.prod([mesh.shape[a] for a in axes]))
   return axes, lanes + -lanes % width
@@ -94,12 +100,24 @@ def over_lanes(fn, mesh: jax.sharding.Mesh | None, axes: tuple[str, ...], lane_a
   if not axes:
     return fn
   lanes = PartitionSpec(axes)
-  return jax.shard_map(fn, mesh=mesh, in_specs=tuple(lanes if a else PartitionSpec() for a in lane_args),
-                       out_specs=lanes, axis_names=set(axes), check_vma=False)
+  return jax.shard_map(
+    fn,
+    mesh=mesh,
+    in_specs=tuple(lanes if a else PartitionSpec() for a in lane_args),
+    out_specs=lanes,
+    axis_names=set(axes),
+    check_vma=False,
+  )
 
 
-def step_fn(graphdef: nnx.GraphDef, cfg: train.TrainConfig, loss_chunk: int = 0, backend: str | None = None,
-            mesh: jax.sharding.Mesh | None = None, axes: tuple[str, ...] = ()):
+def step_fn(
+  graphdef: nnx.GraphDef,
+  cfg: train.TrainConfig,
+  loss_chunk: int = 0,
+  backend: str | None = None,
+  mesh: jax.sharding.Mesh | None = None,
+  axes: tuple[str, ...] = (),
+):
   """The jitted train step of every lane at once; lanes not `active` keep their state.
 
   With the lanes split over mesh `axes` (see `lane_layout`), each device steps its own lanes. On an
@@ -110,8 +128,9 @@ def step_fn(graphdef: nnx.GraphDef, cfg: train.TrainConfig, loss_chunk: int = 0,
   """
 
   def one(lr, state, frozen, batch):
-    return train.train_step(graphdef, train.make_optimizer(dataclasses.replace(cfg, learning_rate=lr)),
-                            state, frozen, batch, loss_chunk)
+    return train.train_step(
+      graphdef, train.make_optimizer(dataclasses.replace(cfg, learning_rate=lr)), state, frozen, batch, loss_chunk
+    )
 
   def vmapped(state, frozen, batch, lr_K, active_K):
     new, metrics = jax.vmap(one, in_axes=(0, 0, None, 0))(lr_K, state, frozen, batch)
@@ -119,10 +138,12 @@ def step_fn(graphdef: nnx.GraphDef, cfg: train.TrainConfig, loss_chunk: int = 0,
 
   def in_turn(state, frozen, batch, lr_K, active_K):
     lane = lambda lr, s, b: one(lr, s, frozen, b)
-    skipped = jax.tree.map(lambda m: jnp.zeros(m.shape, m.dtype),
-                           jax.eval_shape(lane, lr_K[0], *_lane((state, batch), 0))[1])
-    return jax.lax.map(lambda x: jax.lax.cond(x[3], lane, lambda lr, s, b: (s, skipped), *x[:3]),
-                       (lr_K, state, batch, active_K))
+    skipped = jax.tree.map(
+      lambda m: jnp.zeros(m.shape, m.dtype), jax.eval_shape(lane, lr_K[0], *_lane((state, batch), 0))[1]
+    )
+    return jax.lax.map(
+      lambda x: jax.lax.cond(x[3], lane, lambda lr, s, b: (s, skipped), *x[:3]), (lr_K, state, batch, active_K)
+    )
 
   local = in_turn if (backend or mesh_lib.platform()) == "cpu" else vmapped
   return jax.jit(over_lanes(local, mesh, axes, (True, False, True, True, True)), donate_argnums=0)
@@ -134,9 +155,17 @@ def _dev_loss_fn(graphdef: nnx.GraphDef, mesh: jax.sharding.Mesh, axes: tuple[st
   return jax.jit(over_lanes(jax.vmap(sums, in_axes=(0, None, None)), mesh, axes, (True, False, False)))
 
 
-def train_lanes(*, graphdef: nnx.GraphDef, frozen: Mapping, lanes: Sequence[Lane], mesh: jax.sharding.Mesh,
-                rules: mesh_lib.Rules, dev_batches: Sequence[Mapping] | None = None,
-                description: str = "pack", loss_chunk: int = 0) -> list[train.TrainOutcome]:
+def train_lanes(
+  *,
+  graphdef: nnx.GraphDef,
+  frozen: Mapping,
+  lanes: Sequence[Lane],
+  mesh: jax.sharding.Mesh,
+  rules: mesh_lib.Rules,
+  dev_batches: Sequence[Mapping] | None = None,
+  description: str = "pack",
+  loss_chunk: int = 0,
+) -> list[train.TrainOutcome]:
   """Trains every lane (or resumes it from its checkpoint) and returns each lane's outcome, as
   `train.run` would for it alone. The lanes' configs may differ only in the learning rate."""
   t0 = time.time()
@@ -149,23 +178,41 @@ def train_lanes(*, graphdef: nnx.GraphDef, frozen: Mapping, lanes: Sequence[Lane
   param_sh = jax.tree.map(lambda x: x.sharding, lanes[0].params)
   axes, width = lane_layout(mesh, rules, (param_sh, jax.tree.map(lambda x: x.sharding, frozen)), k)
   padded = list(lanes) + [lanes[0]] * (width - k)  # Padding lanes: lane 0's, never active.
-  state_sh = jax.tree.map(lambda s: stacked_sharding(s, axes), train.state_shardings(tx, lanes[0].params, param_sh,
-                                                                                       mesh))
+  state_sh = jax.tree.map(
+    lambda s: stacked_sharding(s, axes), train.state_shardings(tx, lanes[0].params, param_sh, mesh)
+  )
   params = stack([lane.params for lane in padded], axes)
-  state = jax.device_put({"step": np.zeros(len(padded), np.int32), "params": params,
-                          "opt": jax.jit(jax.vmap(tx.init), out_shardings=state_sh["opt"])(params),
-                          "tokens": np.zeros(len(padded), np.float32)}, state_sh)
-  best = {"params": jax.tree.map(jnp.copy, params) if early_stopping else {},
-          "dev_loss": np.full(k, np.inf, np.float32), "step": np.zeros(k, np.int32), "bad_evals": np.zeros(k, np.int32)}
-  managers = [ocp.CheckpointManager(epath.Path(lane.run_dir) / "ckpt", options=ocp.CheckpointManagerOptions(
-      max_to_keep=1, enable_async_checkpointing=False)) for lane in lanes]
+  state = jax.device_put(
+    {
+      "step": np.zeros(len(padded), np.int32),
+      "params": params,
+      "opt": jax.jit(jax.vmap(tx.init), out_shardings=state_sh["opt"])(params),
+      "tokens": np.zeros(len(padded), np.float32),
+    },
+    state_sh,
+  )
+  best = {
+    "params": jax.tree.map(jnp.copy, params) if early_stopping else {},
+    "dev_loss": np.full(k, np.inf, np.float32),
+    "step": np.zeros(k, np.int32),
+    "bad_evals": np.zeros(k, np.int32),
+  }
+  managers = [
+    ocp.CheckpointManager(
+      epath.Path(lane.run_dir) / "ckpt",
+      options=ocp.CheckpointManagerOptions(max_to_keep=1, enable_async_checkpointing=False),
+    )
+    for lane in lanes
+  ]
 
   def lane_tree(i: int) -> dict:
     """Lane i's checkpoint, as `train.run` writes it."""
     out = {"state": _lane(state, i)}
     if early_stopping:
-      out["best"] = {"params": _lane(best["params"], i), **{key: jnp.asarray(best[key][i]) for key in
-                                                            ("dev_loss", "step", "bad_evals")}}
+      out["best"] = {
+        "params": _lane(best["params"], i),
+        **{key: jnp.asarray(best[key][i]) for key in ("dev_loss", "step", "bad_evals")},
+      }
     return out
 
   for i, manager in enumerate(managers):  # Resume each lane from its own last checkpoint.
@@ -181,8 +228,10 @@ def train_lanes(*, graphdef: nnx.GraphDef, frozen: Mapping, lanes: Sequence[Lane
   if early_stopping:
     best["params"] = jax.device_put(best["params"], state_sh["params"])
   steps = np.asarray(state["step"])[:k].copy()
-  logs = [train.MetricsLog(epath.Path(lane.run_dir), manager.latest_step(), jax.process_index() == 0)
-          for lane, manager in zip(lanes, managers)]
+  logs = [
+    train.MetricsLog(epath.Path(lane.run_dir), manager.latest_step(), jax.process_index() == 0)
+    for lane, manager in zip(lanes, managers)
+  ]
   lanes_step = step_fn(graphdef, cfg, loss_chunk, mesh=mesh, axes=axes)
   dev_sums = _dev_loss_fn(graphdef, mesh, axes)
   lane_vector = stacked_sharding(NamedSharding(mesh, PartitionSpec()), axes)
@@ -216,8 +265,9 @@ def train_lanes(*, graphdef: nnx.GraphDef, frozen: Mapping, lanes: Sequence[Lane
   def device_batch(at: np.ndarray) -> dict:
     """Every lane's batch of its step `at`, stacked on the lane axis (padding lanes: lane 0's)."""
     rows = [lane.batches.rows(int(s), slice(None)) for lane, s in zip(padded, [*at, *[at[0]] * (len(padded) - k)])]
-    return jax.device_put({key: np.stack([r[key] for r in rows]) for key in train.BATCH_FIELDS if key in rows[0]},
-                          lane_batch_sh)
+    return jax.device_put(
+      {key: np.stack([r[key] for r in rows]) for key in train.BATCH_FIELDS if key in rows[0]}, lane_batch_sh
+    )
 
   bar = tqdm.tqdm(total=k * cfg.max_steps, initial=int(steps.sum()), desc=description, disable=None, leave=False)
   batch = device_batch(steps)
@@ -250,8 +300,15 @@ def train_lanes(*, graphdef: nnx.GraphDef, frozen: Mapping, lanes: Sequence[Lane
   kept = best["params"] if early_stopping else state["params"]
   tokens = np.asarray(state["tokens"])
   seconds = (time.time() - t0) / k  # The lanes share the pack's time, as `run.execute_pack` shares its seconds.
-  return [train.TrainOutcome(params=jax.device_put(_lane(kept, i), param_sh), steps=int(steps[i]),
-                             best_step=int(best["step"][i]) if early_stopping else int(steps[i]),
-                             best_dev_loss=float(best["dev_loss"][i]) if early_stopping else None,
-                             hit_step_cap=bool(steps[i] >= cfg.max_steps and not stopped[i]),
-                             tokens_seen=float(tokens[i]), seconds=seconds) for i in range(k)]
+  return [
+    train.TrainOutcome(
+      params=jax.device_put(_lane(kept, i), param_sh),
+      steps=int(steps[i]),
+      best_step=int(best["step"][i]) if early_stopping else int(steps[i]),
+      best_dev_loss=float(best["dev_loss"][i]) if early_stopping else None,
+      hit_step_cap=bool(steps[i] >= cfg.max_steps and not stopped[i]),
+      tokens_seen=float(tokens[i]),
+      seconds=seconds,
+    )
+    for i in range(k)
+  ]

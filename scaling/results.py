@@ -89,6 +89,7 @@ def read_result(run_dir: str | epath.Path) -> dict | None:
 def load_table(workdir: str | epath.Path) -> pd.DataFrame:
   """Every finished run of a workdir, one row each; nested fields become dotted columns."""
   import pandas as pd  # Here, not at the top: a run's process needs no table (pandas takes ~1 s to import).
+
   runs = epath.Path(workdir) / "runs"
   records = [r for d in sorted(runs.iterdir()) if (r := read_result(d)) is not None] if runs.exists() else []
   return pd.json_normalize(records) if records else pd.DataFrame()

@@ -96,8 +96,10 @@ def join_hosts(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Non
     if not host or not port.isdigit():
       parser.error(f"--coordinator={args.coordinator!r}; allowed: HOST:PORT of process 0, e.g. 127.0.0.1:29400")
     if args.num_processes < 1 or not 0 <= args.process_id < args.num_processes:
-      parser.error(f"--process-id={args.process_id} with --num-processes={args.num_processes}; allowed: "
-                   "0 <= process id < number of processes")
+      parser.error(
+        f"--process-id={args.process_id} with --num-processes={args.num_processes}; allowed: "
+        "0 <= process id < number of processes"
+      )
     jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU devices across processes.
     jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
   elif args.distributed:
@@ -107,8 +109,11 @@ def join_hosts(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Non
 def main(argv: list[str] | None = None) -> None:
   parser = argparse.ArgumentParser(description="Execute (or resume) one run of a study.")
   parser.add_argument("--spec", required=True, help="Path to <workdir>/runs/<run_id>/spec.json.")
-  parser.add_argument("--distributed", action="store_true",
-                      help="Join the other hosts of a TPU slice or GKE job (jax.distributed.initialize()).")
+  parser.add_argument(
+    "--distributed",
+    action="store_true",
+    help="Join the other hosts of a TPU slice or GKE job (jax.distributed.initialize()).",
+  )
   parser.add_argument("--coordinator", help="HOST:PORT of process 0, to join hosts by hand.")
   parser.add_argument("--num-processes", type=int, help="Number of processes, with --coordinator.")
   parser.add_argument("--process-id", type=int, help="This process's index, with --coordinator.")

@@ -70,9 +70,10 @@ def _dict_fields(entry: Mapping, fields: tuple[str, ...], where: str, optional: 
   entry = dict(entry)
   unknown, missing = sorted(set(entry) - set(fields) - set(optional)), [f for f in fields if f not in entry]
   if unknown or missing:
-    raise ValueError(f"{where}: {'unknown field ' + repr(unknown[0]) if unknown else 'missing ' + repr(missing[0])}; "
-                     f"a TFDS source has the fields {list(fields)}"
-                     + (f" and optionally {list(optional)}" if optional else ""))
+    raise ValueError(
+      f"{where}: {'unknown field ' + repr(unknown[0]) if unknown else 'missing ' + repr(missing[0])}; "
+      f"a TFDS source has the fields {list(fields)}" + (f" and optionally {list(optional)}" if optional else "")
+    )
   return entry
 
 
@@ -138,8 +139,9 @@ class Sources:
 
   def eval_batches(self, source, batch_size: int) -> list[dict]:
     """Evaluation batches of one of these sources' record sources (made once)."""
-    source_, batches = self._memo(("batches", id(source), batch_size),
-                                  lambda: (source, pipeline.eval_batches(source, self.tok, batch_size)))
+    source_, batches = self._memo(
+      ("batches", id(source), batch_size), lambda: (source, pipeline.eval_batches(source, self.tok, batch_size))
+    )
     assert source_ is source, "eval_batches takes the record sources of corpus() and task()"
     return batches
 
@@ -215,8 +217,9 @@ class Sources:
     ds = tfds_text.open_dataset(entry["tfds"], entry["data_dir"])
     return Rendered(ds.source(entry[role]), tfds_text.Template(entry["prompt"], entry["answer"]))
 
-  def task_metrics(self, entry: str | Mapping, mixture, test: list[dict],
-                   predictions: list[np.ndarray] | None = None) -> dict[str, float]:
+  def task_metrics(
+    self, entry: str | Mapping, mixture, test: list[dict], predictions: list[np.ndarray] | None = None
+  ) -> dict[str, float]:
     """Metrics beyond test loss on a task's test batches: knowledge and behaviour for the world's, the
     generation metrics of a TFDS task that names them (`generation_metrics`).
     `predictions`: the test loss pass's most likely tokens (see `evaluate.loss_and_predictions`)."""
@@ -229,8 +232,9 @@ class Sources:
     answers that its `format` matches whole; answers and references are compared without the
     whitespace around them (templates often start an answer with a space)."""
     source = self.task(entry, "test")
-    references = self._memo(("references", id(source)),
-                            lambda: [source[i]["answer"].strip() for i in range(len(source))])
+    references = self._memo(
+      ("references", id(source)), lambda: [source[i]["answer"].strip() for i in range(len(source))]
+    )
     answers = self.answers(mixture, test, entry.get("max_answer_tokens", MAX_ANSWER_TOKENS))
     assert len(answers) == len(references), "generation_metrics takes the batches of the task's test split"
     out = {name: text_metrics.METRICS[name](answers, references) for name in entry.get("metrics", ())}
@@ -249,12 +253,15 @@ class Sources:
         out.append(self.tok.decode(tokens[: ends[0] if len(ends) else len(tokens)]).strip())
     return out
 
-  def answer_metrics(self, mixture, batches: list[dict], predictions: list[np.ndarray] | None = None
-                     ) -> dict[str, float]:
+  def answer_metrics(
+    self, mixture, batches: list[dict], predictions: list[np.ndarray] | None = None
+  ) -> dict[str, float]:
     """Knowledge and behaviour of greedy one-word answers (the world's tasks)."""
     tok = self.world_tokenizer
-    value_ids = {i: np.asarray([tok.token_to_id(v) for v in self.world.values[attr]])
-                 for i, attr in enumerate(world_lib.ATTRIBUTES)}
+    value_ids = {
+      i: np.asarray([tok.token_to_id(v) for v in self.world.values[attr]])
+      for i, attr in enumerate(world_lib.ATTRIBUTES)
+    }
     return evaluate.answer_metrics(mixture, batches, value_ids, tok.token_to_id(world_lib.EOS), 1, predictions)
 
 
@@ -263,14 +270,18 @@ def check_task(entry: str | Mapping, where: str, tokenizer_spec: str, data_dir: 
   if isinstance(entry, str):
     if entry in world_lib.TASKS:
       if tokenizer_spec != "world":
-        raise ValueError(f"{where}={entry!r}, a world task, is scored word by word: it needs "
-                         f"data.tokenizer='world', not {tokenizer_spec!r}")
+        raise ValueError(
+          f"{where}={entry!r}, a world task, is scored word by word: it needs "
+          f"data.tokenizer='world', not {tokenizer_spec!r}"
+        )
       return entry
     if entry == SHAKESPEARE_TASK:
       _check_real_text(where, entry, tokenizer_spec)
       return entry
-    raise ValueError(f"{where}={entry!r} is not a task; allowed: {sorted(world_lib.TASKS) + [SHAKESPEARE_TASK]}, "
-                     f"or a TFDS task {{{', '.join(TFDS_TASK_FIELDS)}}}")
+    raise ValueError(
+      f"{where}={entry!r} is not a task; allowed: {sorted(world_lib.TASKS) + [SHAKESPEARE_TASK]}, "
+      f"or a TFDS task {{{', '.join(TFDS_TASK_FIELDS)}}}"
+    )
   spec = _dict_fields(entry, TFDS_TASK_FIELDS, where, TFDS_TASK_OPTIONAL)
   _check_real_text(where, spec["name"], tokenizer_spec)
   ds = tfds_text.open_dataset(spec["tfds"], spec["data_dir"])
@@ -298,21 +309,27 @@ def _check_generation(spec: Mapping, where: str) -> None:
     try:
       re.compile(spec["format"])
     except (re.error, TypeError) as e:
-      raise ValueError(f"{where}.format={spec['format']!r} is not a regular expression ({e}); allowed: one that "
-                       "a well-formed answer matches whole") from None
+      raise ValueError(
+        f"{where}.format={spec['format']!r} is not a regular expression ({e}); allowed: one that "
+        "a well-formed answer matches whole"
+      ) from None
   if "max_answer_tokens" in spec:
     n = spec["max_answer_tokens"]
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
       raise ValueError(f"{where}.max_answer_tokens={n!r}; allowed: a positive integer")
     if not generates(spec):
-      raise ValueError(f"{where}.max_answer_tokens={n} with no metrics and no format: no answer is generated; "
-                       "allowed: with metrics or format, or left out")
+      raise ValueError(
+        f"{where}.max_answer_tokens={n} with no metrics and no format: no answer is generated; "
+        "allowed: with metrics or format, or left out"
+      )
 
 
 def _check_real_text(where: str, name: str, tokenizer_spec: str) -> None:
   if tokenizer_spec == "world":
-    raise ValueError(f"{where}: task {name!r} is real text, which the world's word tokenizer cannot read; "
-                     "allowed: data.tokenizer='shakespeare', a tokenizer folder, or model.checkpoints")
+    raise ValueError(
+      f"{where}: task {name!r} is real text, which the world's word tokenizer cannot read; "
+      "allowed: data.tokenizer='shakespeare', a tokenizer folder, or model.checkpoints"
+    )
 
 
 def task_size(entry: str | Mapping, world: world_lib.WorldConfig) -> int:
@@ -328,8 +345,9 @@ def check_corpus(entry: str | Mapping, where: str = "data.corpus") -> None:
   """Raises ValueError, naming `where`, unless `entry` is a corpus these sources can read."""
   if isinstance(entry, str):
     if entry not in ("world", "shakespeare"):
-      raise ValueError(f"{where}={entry!r}; allowed: 'world', 'shakespeare', or a TFDS corpus "
-                       f"{{{', '.join(TFDS_CORPUS_FIELDS)}}}")
+      raise ValueError(
+        f"{where}={entry!r}; allowed: 'world', 'shakespeare', or a TFDS corpus {{{', '.join(TFDS_CORPUS_FIELDS)}}}"
+      )
     return
   spec = _dict_fields(entry, TFDS_CORPUS_FIELDS, where)
   ds = tfds_text.open_dataset(spec["tfds"], spec["data_dir"])

@@ -43,30 +43,57 @@ def defaults() -> ml_collections.ConfigDict:
   # the tokenizer ('' picks: the first checkpoint's folder, else the corpus's own: 'world' or
   # 'shakespeare'; or a folder that transformers.AutoTokenizer loads).
   c.data = ml_collections.ConfigDict({"corpus": "world", "tokenizer": ""})
-  c.pretrain = ml_collections.ConfigDict({
-      "seed": 0, "steps": (1000,),
-      "train": dataclasses.asdict(TrainConfig(seq_len=48, checkpoint_every=500))})
-  c.finetune = ml_collections.ConfigDict({
-      "tasks": ("qa",), "methods": ("full",), "d_f": (100, 1000), "seeds": (0,),
+  c.pretrain = ml_collections.ConfigDict(
+    {"seed": 0, "steps": (1000,), "train": dataclasses.asdict(TrainConfig(seq_len=48, checkpoint_every=500))}
+  )
+  c.finetune = ml_collections.ConfigDict(
+    {
+      "tasks": ("qa",),
+      "methods": ("full",),
+      "d_f": (100, 1000),
+      "seeds": (0,),
       # At most this many fine-tunes of one base, method and task, differing in D_f, seed or
       # learning rate, train at once as lanes of one program (scaling.pack); 1 trains each alone.
       # Lanes multiply a step's memory: for large bases on accelerators, set 1.
       "pack": 8,
-      "train": dataclasses.asdict(TrainConfig(seq_len=16, schedule="constant", learning_rate=1e-3,
-                                              warmup_steps=10, max_steps=1000, weight_decay=0.0,
-                                              eval_every=20, patience=3, checkpoint_every=200))})
+      "train": dataclasses.asdict(
+        TrainConfig(
+          seq_len=16,
+          schedule="constant",
+          learning_rate=1e-3,
+          warmup_steps=10,
+          max_steps=1000,
+          weight_decay=0.0,
+          eval_every=20,
+          patience=3,
+          checkpoint_every=200,
+        )
+      ),
+    }
+  )
   # Emulated fine-tuning (scaling.kinds.eft). Empty or None fields are filled in by `validate`:
   # pairs -> every ordered (N1, N2) pair of the bases (model.sizes and model.checkpoints); d_f -> the
   # smallest and largest D_f of the method's fine-tunes; task, method, seed -> the first of
   # finetune's; pretrain_steps -> the largest pretraining budget. A disabled group is not checked.
-  c.eft = ml_collections.ConfigDict({"enabled": False, "task": "", "method": "", "d_f": (), "seed": -1,
-                                     "pretrain_steps": 0, "betas": (0.5, 1.0, 1.5), "pairs": ()})
+  c.eft = ml_collections.ConfigDict(
+    {
+      "enabled": False,
+      "task": "",
+      "method": "",
+      "d_f": (),
+      "seed": -1,
+      "pretrain_steps": 0,
+      "betas": (0.5, 1.0, 1.5),
+      "pairs": (),
+    }
+  )
   # Layer transplants (scaling.kinds.transplant): a full fine-tune with its lower or upper k blocks
   # reset to the base's, for every k from 1 to layers - 1. Empty fields, as for eft: task, method
   # (a full-tuning label, or an imported fine-tune's) and seed -> the first of finetune's; d_f -> the
   # largest D_f of the method's fine-tunes.
-  c.transplant = ml_collections.ConfigDict({"enabled": False, "task": "", "method": "", "d_f": (), "seed": -1,
-                                            "parts": ("lower", "upper")})
+  c.transplant = ml_collections.ConfigDict(
+    {"enabled": False, "task": "", "method": "", "d_f": (), "seed": -1, "parts": ("lower", "upper")}
+  )
   c.eval = ml_collections.ConfigDict({"batch_size": 100})
   # How a train step spends memory; like eval.batch_size and mesh, not part of what a run computes
   # (nor of its hash). loss_chunk: the loss's logits are made this many positions at a time and
@@ -74,8 +101,9 @@ def defaults() -> ml_collections.ConfigDict:
   # makes them all at once. Chunks trade memory for time: set one where the logits bind memory (a
   # large vocabulary, long sequences), as `python -m scaling.bench train --loss-chunk` shows.
   c.memory = ml_collections.ConfigDict({"loss_chunk": 0})
-  c.mesh = ml_collections.ConfigDict({"shape": {"data": -1, "fsdp": 1, "tensor": 1},
-                                      "rules": tuple(mesh_lib.DEFAULT_RULES)})
+  c.mesh = ml_collections.ConfigDict(
+    {"shape": {"data": -1, "fsdp": 1, "tensor": 1}, "rules": tuple(mesh_lib.DEFAULT_RULES)}
+  )
   # Where training curves go besides metrics.jsonl and TensorBoard's event files (always written):
   # Weights & Biases, off while wandb_project is '', needs the extra scaling[wandb]; one W&B run per
   # run id, grouped by the study's name. Like mesh, how a run executes, not part of its id.
@@ -169,8 +197,10 @@ def model_config(study: ml_collections.ConfigDict, size: str, vocab_size: int) -
   # The ladder's name gives the width and depth, and the tokenizer the vocabulary.
   unknown = set(block) - (_fields(model_lib.ModelConfig) - LADDER_FIELDS)
   if unknown:
-    raise StudyError(f"model.block.{sorted(unknown)[0]} is not a block option; "
-                     f"allowed: {sorted(_fields(model_lib.ModelConfig) - LADDER_FIELDS)}")
+    raise StudyError(
+      f"model.block.{sorted(unknown)[0]} is not a block option; "
+      f"allowed: {sorted(_fields(model_lib.ModelConfig) - LADDER_FIELDS)}"
+    )
   try:
     cfg = model_lib.ladder_config(size, vocab_size, **block)
     cfg.validate()
@@ -182,7 +212,9 @@ def model_config(study: ml_collections.ConfigDict, size: str, vocab_size: int) -
 def world_config(study: ml_collections.ConfigDict) -> world_lib.WorldConfig:
   unknown = set(study.world.keys()) - _fields(world_lib.WorldConfig)
   if unknown:
-    raise StudyError(f"world.{sorted(unknown)[0]} is not a world field; allowed: {sorted(_fields(world_lib.WorldConfig))}")
+    raise StudyError(
+      f"world.{sorted(unknown)[0]} is not a world field; allowed: {sorted(_fields(world_lib.WorldConfig))}"
+    )
   cfg = world_lib.WorldConfig(**study.world.to_dict())
   try:
     cfg.validate()
@@ -197,8 +229,10 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> ml_collecti
   world = world_config(study)
   checkpoints = _resolve_checkpoints(study)
   if not study.model.sizes and not checkpoints:
-    raise StudyError("model.sizes=[] and model.checkpoints=[]; allowed: names from the size ladder "
-                     f"{sorted(model_lib.LADDER)}, or checkpoints to import")
+    raise StudyError(
+      "model.sizes=[] and model.checkpoints=[]; allowed: names from the size ladder "
+      f"{sorted(model_lib.LADDER)}, or checkpoints to import"
+    )
   for size in study.model.sizes:
     if size not in model_lib.LADDER:
       raise StudyError(f"model.sizes contains {size!r}; allowed: {sorted(model_lib.LADDER)}")
@@ -218,11 +252,15 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> ml_collecti
   if not study.finetune.tasks:
     raise StudyError(f"finetune.tasks=[]; allowed: a non-empty list (default: {list(defaults().finetune.tasks)})")
   if not study.finetune.methods and not imported:  # With imported fine-tunes, () trains none here.
-    raise StudyError(f"finetune.methods=[]; allowed: a non-empty list (default: {list(defaults().finetune.methods)}), "
-                     "or [] with fine-tunes imported in model.checkpoints")
+    raise StudyError(
+      f"finetune.methods=[]; allowed: a non-empty list (default: {list(defaults().finetune.methods)}), "
+      "or [] with fine-tunes imported in model.checkpoints"
+    )
   if study.pretrain.train.max_steps != defaults().pretrain.train.max_steps:
-    raise StudyError(f"pretrain.train.max_steps={study.pretrain.train.max_steps}: pretraining runs as many steps as "
-                     "each budget in pretrain.steps says; allowed: leave it out and list the budgets in pretrain.steps")
+    raise StudyError(
+      f"pretrain.train.max_steps={study.pretrain.train.max_steps}: pretraining runs as many steps as "
+      "each budget in pretrain.steps says; allowed: leave it out and list the budgets in pretrain.steps"
+    )
   specs = method_specs(study)
   configs = {size: model_config(study, size, vocab_size=64) for size in study.model.sizes}
   configs.update({name: c["config"] for name, c in checkpoints.items()})
@@ -242,8 +280,10 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> ml_collecti
       raise StudyError(str(e)) from None
     too_big = [d for d in study.finetune.d_f if d > n_train]
     if too_big:
-      raise StudyError(f"finetune.d_f contains {too_big[0]}, more than the {n_train} examples of task "
-                       f"{names[-1]!r}'s training split; allowed: 1 to {n_train}")
+      raise StudyError(
+        f"finetune.d_f contains {too_big[0]}, more than the {n_train} examples of task "
+        f"{names[-1]!r}'s training split; allowed: 1 to {n_train}"
+      )
   if len(set(names)) < len(names):
     raise StudyError(f"finetune.tasks names {names}; allowed: each task once")
   try:
@@ -257,8 +297,10 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> ml_collecti
   for group in ("pretrain", "finetune"):
     cfg = train_config(study[group].train, f"{group}.train")
     if cfg.batch_size % divisor:
-      raise StudyError(f"{group}.train.batch_size={cfg.batch_size} is not divisible by the data axes "
-                       f"{batch_axes} of mesh.shape={shape} ({divisor} ways); allowed: a multiple of {divisor}")
+      raise StudyError(
+        f"{group}.train.batch_size={cfg.batch_size} is not divisible by the data axes "
+        f"{batch_axes} of mesh.shape={shape} ({divisor} ways); allowed: a multiple of {divisor}"
+      )
   if not _is_int(study.eval.batch_size) or study.eval.batch_size < 1:
     raise StudyError(f"eval.batch_size={study.eval.batch_size!r}; allowed: a positive integer")
   if study.eval.batch_size % divisor:
@@ -287,16 +329,20 @@ def _check_logging(logging: ml_collections.ConfigDict) -> None:
     if not isinstance(logging[field], str):
       raise StudyError(f"logging.{field}={logging[field]!r}; allowed: a string ('' for none)")
   if logging.wandb_entity and not logging.wandb_project:
-    raise StudyError(f"logging.wandb_entity={logging.wandb_entity!r} with logging.wandb_project=''; allowed: "
-                     "a W&B project in logging.wandb_project too, or no entity")
+    raise StudyError(
+      f"logging.wandb_entity={logging.wandb_entity!r} with logging.wandb_project=''; allowed: "
+      "a W&B project in logging.wandb_project too, or no entity"
+    )
   require_wandb(logging.wandb_project)
 
 
 def require_wandb(project: str) -> None:
   """Raises StudyError if W&B logging is on (a project is set) and wandb is not installed."""
   if project and importlib.util.find_spec("wandb") is None:
-    raise StudyError(f"logging.wandb_project={project!r} needs Weights & Biases, which is not installed; allowed: "
-                     "'' (off), or install the extra scaling[wandb] (pip install 'scaling[wandb]')")
+    raise StudyError(
+      f"logging.wandb_project={project!r} needs Weights & Biases, which is not installed; allowed: "
+      "'' (off), or install the extra scaling[wandb] (pip install 'scaling[wandb]')"
+    )
 
 
 CHECKPOINT_FIELDS = ("name", "path", "pretrain_tokens", "finetunes")
@@ -324,33 +370,45 @@ def _resolve_checkpoints(study: ml_collections.ConfigDict) -> dict[str, dict]:
     where = f"model.checkpoints[{i}]"
     entry = entry.to_dict() if isinstance(entry, ml_collections.ConfigDict) else entry
     if not isinstance(entry, dict) or not {"name", "path"} <= set(entry) or set(entry) - set(CHECKPOINT_FIELDS):
-      raise StudyError(f"{where}={entry!r}; allowed: a dict with 'name' and 'path' (and optionally "
-                       "'pretrain_tokens' and 'finetunes')")
+      raise StudyError(
+        f"{where}={entry!r}; allowed: a dict with 'name' and 'path' (and optionally 'pretrain_tokens' and 'finetunes')"
+      )
     name, tokens = entry["name"], entry.get("pretrain_tokens")
     if not isinstance(name, str) or not name or name in model_lib.LADDER or name in out:
       raise StudyError(f"{where}.name={name!r}; allowed: a new non-empty name, not a ladder size")
     if tokens is not None and (isinstance(tokens, bool) or not isinstance(tokens, (int, float)) or tokens <= 0):
       raise StudyError(f"{where}.pretrain_tokens={tokens!r}; allowed: a positive number, or absent")
     cfg = _read_folder(entry["path"], block, where)
-    finetunes = tuple(_resolve_finetune_checkpoint(ft, f"{where}.finetunes[{j}]", entry["path"], cfg, tasks, block)
-                      for j, ft in enumerate(entry.get("finetunes") or ()))
-    _each_once(f"{where}.finetunes' (task, method, d_f, seed)",
-               [(f["task"], f["method"], f["d_f"], f["seed"]) for f in finetunes])
+    finetunes = tuple(
+      _resolve_finetune_checkpoint(ft, f"{where}.finetunes[{j}]", entry["path"], cfg, tasks, block)
+      for j, ft in enumerate(entry.get("finetunes") or ())
+    )
+    _each_once(
+      f"{where}.finetunes' (task, method, d_f, seed)",
+      [(f["task"], f["method"], f["d_f"], f["seed"]) for f in finetunes],
+    )
     entries.append({**entry, "path": str(entry["path"]), "finetunes": finetunes})
     out[name] = {"path": str(entry["path"]), "pretrain_tokens": tokens, "config": cfg}
   study.model.checkpoints = tuple(entries)
   return out
 
 
-def _resolve_finetune_checkpoint(ft, where: str, base_path: str, base: model_lib.ModelConfig, tasks: list[str],
-                                 block: dict) -> dict:
+def _resolve_finetune_checkpoint(
+  ft, where: str, base_path: str, base: model_lib.ModelConfig, tasks: list[str], block: dict
+) -> dict:
   """One imported fine-tune of a checkpoint, checked (a folder of its base's architecture) and with its defaults."""
   ft = ft.to_dict() if isinstance(ft, ml_collections.ConfigDict) else ft
   if not isinstance(ft, dict) or not {"path", "d_f"} <= set(ft) or set(ft) - set(FINETUNE_CHECKPOINT_FIELDS):
-    raise StudyError(f"{where}={ft!r}; allowed: a dict with 'path' and 'd_f' (and optionally 'task', 'method' "
-                     "and 'seed')")
-  out = {"path": str(ft["path"]), "d_f": ft["d_f"], "task": ft.get("task") or (tasks[0] if tasks else ""),
-         "method": ft.get("method") or IMPORTED_METHOD, "seed": ft.get("seed", 0)}
+    raise StudyError(
+      f"{where}={ft!r}; allowed: a dict with 'path' and 'd_f' (and optionally 'task', 'method' and 'seed')"
+    )
+  out = {
+    "path": str(ft["path"]),
+    "d_f": ft["d_f"],
+    "task": ft.get("task") or (tasks[0] if tasks else ""),
+    "method": ft.get("method") or IMPORTED_METHOD,
+    "seed": ft.get("seed", 0),
+  }
   if not _is_int(out["d_f"]) or out["d_f"] < 1:
     raise StudyError(f"{where}.d_f={out['d_f']!r}; allowed: a positive integer, the examples it was tuned on")
   if tasks and out["task"] not in tasks:
@@ -362,8 +420,10 @@ def _resolve_finetune_checkpoint(ft, where: str, base_path: str, base: model_lib
   cfg = _read_folder(out["path"], block, where)
   differing = [f for f in hf.ARCHITECTURE if getattr(cfg, f) != getattr(base, f)]
   if differing:
-    raise StudyError(f"{where}.path: {out['path']} is not a fine-tune of {base_path}: their architectures differ "
-                     f"in {differing}; allowed: a folder of its base's architecture")
+    raise StudyError(
+      f"{where}.path: {out['path']} is not a fine-tune of {base_path}: their architectures differ "
+      f"in {differing}; allowed: a folder of its base's architecture"
+    )
   return out
 
 
@@ -387,19 +447,29 @@ def _resolve_data(study: ml_collections.ConfigDict, checkpoints: dict[str, dict]
     elif isinstance(corpus, str):
       d.tokenizer = corpus
     else:
-      raise StudyError("data.tokenizer='' with a TFDS corpus; allowed: a folder that transformers.AutoTokenizer "
-                       "loads (its tokenizer.json and tokenizer_config.json)")
+      raise StudyError(
+        "data.tokenizer='' with a TFDS corpus; allowed: a folder that transformers.AutoTokenizer "
+        "loads (its tokenizer.json and tokenizer_config.json)"
+      )
   if d.tokenizer not in ("world", "shakespeare"):
     try:
       size = sources.Sources(world_lib.WorldConfig(), "", corpus, d.tokenizer).tok.size
     except ValueError as e:
-      hint = "" if chosen else (" (data.tokenizer='' takes the first checkpoint's); allowed: a folder with a "
-                                "tokenizer, named in data.tokenizer")
+      hint = (
+        ""
+        if chosen
+        else (
+          " (data.tokenizer='' takes the first checkpoint's); allowed: a folder with a "
+          "tokenizer, named in data.tokenizer"
+        )
+      )
       raise StudyError(f"data.tokenizer: {e}{hint}") from None
     for name, entry in checkpoints.items():
       if entry["config"].vocab_size < size:
-        raise StudyError(f"data.tokenizer {d.tokenizer!r} has {size} tokens, more than checkpoint {name!r}'s "
-                         f"vocabulary of {entry['config'].vocab_size}; allowed: the checkpoints' own tokenizer")
+        raise StudyError(
+          f"data.tokenizer {d.tokenizer!r} has {size} tokens, more than checkpoint {name!r}'s "
+          f"vocabulary of {entry['config'].vocab_size}; allowed: the checkpoints' own tokenizer"
+        )
 
 
 def data_fields(study: ml_collections.ConfigDict, task: str | None = None, sizes: tuple[str, ...] = ()) -> dict:
@@ -430,8 +500,10 @@ def method_specs(study: ml_collections.ConfigDict) -> list[dict]:
     entry = entry.to_dict() if isinstance(entry, ml_collections.ConfigDict) else entry
     name = entry if isinstance(entry, str) else dict(entry).get("name")
     if name not in methods.METHODS:
-      raise StudyError(f"finetune.methods[{i}]={entry!r} is not a fine-tuning method; "
-                       f"allowed: {sorted(methods.METHODS)}, or a dict of one and its options")
+      raise StudyError(
+        f"finetune.methods[{i}]={entry!r} is not a fine-tuning method; "
+        f"allowed: {sorted(methods.METHODS)}, or a dict of one and its options"
+      )
     try:
       specs += methods.expand(entry)
     except (TypeError, ValueError) as e:
@@ -464,12 +536,19 @@ def _resolve_eft(study: ml_collections.ConfigDict) -> None:
   if not e.enabled:
     return
   tuned = _resolve_finetune_choice(study, "eft")
-  e.pretrain_steps = _one_of("eft.pretrain_steps", e.pretrain_steps, study.pretrain.steps,
-                             "a pretraining budget of this study", max(study.pretrain.steps), 0)
+  e.pretrain_steps = _one_of(
+    "eft.pretrain_steps",
+    e.pretrain_steps,
+    study.pretrain.steps,
+    "a pretraining budget of this study",
+    max(study.pretrain.steps),
+    0,
+  )
   betas = list(e.betas)
   if not betas or any(isinstance(b, bool) or not isinstance(b, (int, float)) or not math.isfinite(b) for b in betas):
-    raise StudyError(f"eft.betas={betas}; allowed: a non-empty list of finite numbers (1.0 is plain EFT, "
-                     "0.0 the base N1 alone)")
+    raise StudyError(
+      f"eft.betas={betas}; allowed: a non-empty list of finite numbers (1.0 is plain EFT, 0.0 the base N1 alone)"
+    )
   e.betas = tuple(float(b) for b in betas)
   _each_once("eft.betas", e.betas)
   names = bases(study)
@@ -478,30 +557,39 @@ def _resolve_eft(study: ml_collections.ConfigDict) -> None:
       raise StudyError(f"eft.pairs[{i}]={pair!r}; allowed: a pair (N1, N2) of the study's bases")
     for name in pair:
       if name not in names:
-        raise StudyError(f"eft.pairs[{i}]={tuple(pair)!r}: {name!r} is not a base of this study; "
-                         f"allowed: {list(names)}")
+        raise StudyError(
+          f"eft.pairs[{i}]={tuple(pair)!r}: {name!r} is not a base of this study; allowed: {list(names)}"
+        )
   # By default every ordered pair whose N2 has fine-tunes of the chosen cell.
   e.pairs = tuple(tuple(p) for p in e.pairs) or tuple((n1, n2) for n1 in names for n2 in names if tuned[n2])
   _each_once("eft.pairs", e.pairs)
   cell = f"task {e.task!r}, method {e.method!r}, seed {e.seed}"
   for i, (n1, n2) in enumerate(e.pairs):
     if not tuned[n2]:
-      raise StudyError(f"eft.pairs[{i}]=({n1!r}, {n2!r}): {n2!r} has no fine-tune of {cell}; allowed: pairs whose "
-                       f"N2 has one: {sorted(b for b, d_fs in tuned.items() if d_fs)}")
+      raise StudyError(
+        f"eft.pairs[{i}]=({n1!r}, {n2!r}): {n2!r} has no fine-tune of {cell}; allowed: pairs whose "
+        f"N2 has one: {sorted(b for b, d_fs in tuned.items() if d_fs)}"
+      )
   e.d_f = _d_f_subset("eft.d_f", e.d_f, sorted(set().union(*tuned.values())))
   if not e.d_f:  # The smallest and largest D_f that every N2 has.
     common = sorted(set.intersection(*(tuned[n2] for _, n2 in e.pairs)))
     if not common:
-      raise StudyError(f"eft.d_f=(): the N2 of eft.pairs have no D_f in common ({cell}); allowed: eft.d_f, or "
-                       "pairs whose N2 share one")
+      raise StudyError(
+        f"eft.d_f=(): the N2 of eft.pairs have no D_f in common ({cell}); allowed: eft.d_f, or pairs whose N2 share one"
+      )
     e.d_f = tuple(dict.fromkeys((common[0], common[-1])))
   for i, (n1, n2) in enumerate(e.pairs):
     missing = [d for d in e.d_f if d not in tuned[n2]]
     if missing:
-      raise StudyError(f"eft.pairs[{i}]=({n1!r}, {n2!r}): {n2!r} has no fine-tune at D_f={missing[0]} of {cell}; "
-                       f"allowed: pairs whose N2 has one (its D_f: {sorted(tuned[n2])}), or eft.d_f that every N2 has")
-    _check_mixture(study, f"eft.pairs[{i}]=({n1!r}, {n2!r})",
-                   [(n1, None), *((n2, (e.task, e.method, d_f, e.seed)) for d_f in e.d_f), (n2, None)])
+      raise StudyError(
+        f"eft.pairs[{i}]=({n1!r}, {n2!r}): {n2!r} has no fine-tune at D_f={missing[0]} of {cell}; "
+        f"allowed: pairs whose N2 has one (its D_f: {sorted(tuned[n2])}), or eft.d_f that every N2 has"
+      )
+    _check_mixture(
+      study,
+      f"eft.pairs[{i}]=({n1!r}, {n2!r})",
+      [(n1, None), *((n2, (e.task, e.method, d_f, e.seed)) for d_f in e.d_f), (n2, None)],
+    )
 
 
 def _one_of(field: str, value, allowed, what: str, default, unset):
@@ -513,8 +601,9 @@ def _one_of(field: str, value, allowed, what: str, default, unset):
   return value
 
 
-def _resolve_finetune_choice(study: ml_collections.ConfigDict, group: str,
-                             allowed: Callable[[str], bool] = lambda label: True) -> dict[str, set]:
+def _resolve_finetune_choice(
+  study: ml_collections.ConfigDict, group: str, allowed: Callable[[str], bool] = lambda label: True
+) -> dict[str, set]:
   """Fills in (or checks) a group's task, method and seed, one cell of the study's fine-tunes
   (trained here or imported) whose method label is `allowed`; returns base name -> its D_f there."""
   g, ft = study[group], study.finetune
@@ -527,8 +616,10 @@ def _resolve_finetune_choice(study: ml_collections.ConfigDict, group: str,
   g.seed = _one_of(f"{group}.seed", g.seed, seeds, "a fine-tuning seed of this study", seeds[0], -1)
   key = (g.task, g.method, g.seed)
   if key not in cells:
-    raise StudyError(f"{group}: no fine-tunes of task {g.task!r}, method {g.method!r} and seed {g.seed}; allowed: "
-                     f"(task, method, seed) among {sorted(cells)}")
+    raise StudyError(
+      f"{group}: no fine-tunes of task {g.task!r}, method {g.method!r} and seed {g.seed}; allowed: "
+      f"(task, method, seed) among {sorted(cells)}"
+    )
   return cells[key]
 
 
@@ -550,11 +641,14 @@ def _resolve_transplant(study: ml_collections.ConfigDict) -> None:
   full = {methods.label(spec) for spec in method_specs(study) if spec["name"] == "full" and spec["layers"] is None}
   imported = {ft["method"] for c in study.model.checkpoints for ft in c["finetunes"]}
   if not full | imported:
-    raise StudyError("transplant.enabled needs full tuning of every layer in finetune.methods, or imported "
-                     "fine-tunes; allowed: add 'full' to finetune.methods, or transplant.enabled=False")
+    raise StudyError(
+      "transplant.enabled needs full tuning of every layer in finetune.methods, or imported "
+      "fine-tunes; allowed: add 'full' to finetune.methods, or transplant.enabled=False"
+    )
   tuned = _resolve_finetune_choice(study, "transplant", lambda label: label in full | imported)
   t.d_f = _d_f_subset("transplant.d_f", t.d_f, sorted(set().union(*tuned.values()))) or (
-      max(set().union(*tuned.values())),)
+    max(set().union(*tuned.values())),
+  )
   parts = tuple(t.parts)
   if not parts or any(p not in ("lower", "upper") for p in parts):
     raise StudyError(f"transplant.parts={parts!r}; allowed: a non-empty subset of ('lower', 'upper')")
@@ -589,8 +683,10 @@ def _check_mixture(study: ml_collections.ConfigDict, where: str, models: list[tu
   for other in tokenizers[1:]:
     difference = _vocabulary_difference(study, tokenizers[0], other)
     if difference:
-      raise StudyError(f"{where}: the models of a mixture must share a tokenizer, but {_named(tokenizers[0])} and "
-                       f"{_named(other)} differ ({difference}); allowed: models whose tokenizers are the same")
+      raise StudyError(
+        f"{where}: the models of a mixture must share a tokenizer, but {_named(tokenizers[0])} and "
+        f"{_named(other)} differ ({difference}); allowed: models whose tokenizers are the same"
+      )
 
 
 def _named(tokenizer: str) -> str:
@@ -619,5 +715,6 @@ def _vocabulary(study: ml_collections.ConfigDict, tokenizer_spec: str) -> dict[s
 
 @functools.lru_cache(maxsize=4)
 def _world_vocabulary(world: str) -> dict[str, int]:
-  return tokenizer_lib.word_tokenizer(world_lib.build_world(world_lib.WorldConfig(**json.loads(world))).vocabulary()
-                                      ).get_vocab()
+  return tokenizer_lib.word_tokenizer(
+    world_lib.build_world(world_lib.WorldConfig(**json.loads(world))).vocabulary()
+  ).get_vocab()

@@ -30,8 +30,9 @@ def normalize_answer(text: str) -> str:
 
 def _pairs(predictions: Sequence[str], references: Sequence[str]) -> list[tuple[str, str]]:
   if len(predictions) != len(references) or not predictions:
-    raise ValueError(f"{len(predictions)} predictions and {len(references)} references; allowed: as many of each, "
-                     "at least one")
+    raise ValueError(
+      f"{len(predictions)} predictions and {len(references)} references; allowed: as many of each, at least one"
+    )
   return list(zip(predictions, references))
 
 
@@ -88,4 +89,9 @@ def format_rate(predictions: Sequence[str], pattern: str) -> float:
 
 
 METRICS: dict[str, Callable[[Sequence[str], Sequence[str]], float]] = {
-    "exact_match": exact_match, "f1": f1, "rouge_l": rouge_l, "chrf": chrf, "bleu": bleu}
+  "exact_match": exact_match,
+  "f1": f1,
+  "rouge_l": rouge_l,
+  "chrf": chrf,
+  "bleu": bleu,
+}

@@ -18,8 +18,11 @@ import time
 
 import jax
 
-_COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration", "/jax/core/compile/jaxpr_to_mlir_module_duration",
-                   "/jax/core/compile/backend_compile_duration")
+_COMPILE_EVENTS = (
+  "/jax/core/compile/jaxpr_trace_duration",
+  "/jax/core/compile/jaxpr_to_mlir_module_duration",
+  "/jax/core/compile/backend_compile_duration",
+)
 _totals: collections.Counter = collections.Counter()
 _open: list[list[float]] = []  # Per open phase: seconds spent inside it but counted elsewhere.
 _lock = threading.Lock()
@@ -63,5 +66,8 @@ def summary(total: float, phases: dict[str, float] | None = None) -> str:
   """One line: each phase's seconds (by default, `totals()`) and share of `total`, the rest as "other"."""
   parts = sorted((totals() if phases is None else phases).items(), key=lambda kv: -kv[1])
   parts.append(("other", max(total - sum(v for _, v in parts), 0.0)))
-  return "time: " + ", ".join(f"{k} {v:.1f}s ({100 * v / max(total, 1e-9):.0f}%)" for k, v in parts) + \
-         f"; total {total:.1f}s"
+  return (
+    "time: "
+    + ", ".join(f"{k} {v:.1f}s ({100 * v / max(total, 1e-9):.0f}%)" for k, v in parts)
+    + f"; total {total:.1f}s"
+  )

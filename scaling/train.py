@@ -46,29 +46,36 @@ def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
   """AdamW with linear warmup, then cosine decay or a constant rate; global-norm clipping."""
   warmup = optax.linear_schedule(0.0, cfg.learning_rate, max(cfg.warmup_steps, 1))
   if cfg.schedule == "cosine":
-    after = optax.cosine_decay_schedule(cfg.learning_rate, max(cfg.max_steps - cfg.warmup_steps, 1),
-                                        alpha=cfg.min_lr_ratio)
+    after = optax.cosine_decay_schedule(
+      cfg.learning_rate, max(cfg.max_steps - cfg.warmup_steps, 1), alpha=cfg.min_lr_ratio
+    )
   else:
     after = optax.constant_schedule(cfg.learning_rate)
   schedule = optax.join_schedules([warmup, after], [cfg.warmup_steps])
-  return optax.chain(optax.clip_by_global_norm(cfg.grad_clip),
-                     optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay))
+  return optax.chain(
+    optax.clip_by_global_norm(cfg.grad_clip), optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay)
+  )
 
 
 # What a train step reads of a batch: prompt lengths for the methods that act at prompt positions.
 BATCH_FIELDS = ("inputs", "targets", "weights", "prompt_len")
 
 
-def train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, state: dict, frozen: Mapping,
-               batch: Mapping[str, jax.Array], loss_chunk: int = 0) -> tuple[dict, dict]:
+def train_step(
+  graphdef: nnx.GraphDef,
+  tx: optax.GradientTransformation,
+  state: dict,
+  frozen: Mapping,
+  batch: Mapping[str, jax.Array],
+  loss_chunk: int = 0,
+) -> tuple[dict, dict]:
   """One optimiser step on the mean loss of the batch's scored tokens; the loss's logits are made
   `loss_chunk` positions at a time (0: all at once; see `evaluate.chunked_cross_entropy`)."""
 
   def loss_of(params):
     model = nnx.merge(graphdef, params, frozen)
     x_BxLxD = model(batch["inputs"], batch.get("prompt_len"), hidden=True)
-    total, count = evaluate.chunked_cross_entropy(model.logits, x_BxLxD, batch["targets"], batch["weights"],
-                                                  loss_chunk)
+    total, count = evaluate.chunked_cross_entropy(model.logits, x_BxLxD, batch["targets"], batch["weights"], loss_chunk)
     return total / jnp.maximum(count, 1.0), count
 
   (loss, count), grads = jax.value_and_grad(loss_of, has_aux=True)(state["params"])
@@ -78,27 +85,43 @@ def train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, state: 
   return {"step": state["step"] + 1, "params": params, "opt": opt, "tokens": state["tokens"] + count}, metrics
 
 
-def state_shardings(tx: optax.GradientTransformation, abstract_params: Any, param_shardings: Any,
-                    mesh: jax.sharding.Mesh) -> dict:
+def state_shardings(
+  tx: optax.GradientTransformation, abstract_params: Any, param_shardings: Any, mesh: jax.sharding.Mesh
+) -> dict:
   """Shardings of the train state: optimiser moments follow their parameters."""
   replicated = NamedSharding(mesh, PartitionSpec())
   abstract_opt = jax.eval_shape(tx.init, abstract_params)
-  opt = optax.tree_map_params(tx, lambda _, s: s, abstract_opt, param_shardings,
-                              transform_non_params=lambda _: replicated)
+  opt = optax.tree_map_params(
+    tx, lambda _, s: s, abstract_opt, param_shardings, transform_non_params=lambda _: replicated
+  )
   return {"step": replicated, "params": param_shardings, "opt": opt, "tokens": replicated}
 
 
-def jit_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, state_sh: dict, frozen_sh: Any,
-             batch_sh: NamedSharding, loss_chunk: int = 0):
+def jit_step(
+  graphdef: nnx.GraphDef,
+  tx: optax.GradientTransformation,
+  state_sh: dict,
+  frozen_sh: Any,
+  batch_sh: NamedSharding,
+  loss_chunk: int = 0,
+):
   """The train step, jitted with fixed shardings and the state donated (also lowered ahead of time)."""
-  return jax.jit(lambda s, f, b: train_step(graphdef, tx, s, f, b, loss_chunk),
-                 in_shardings=(state_sh, frozen_sh, batch_sh), out_shardings=(state_sh, None), donate_argnums=0)
+  return jax.jit(
+    lambda s, f, b: train_step(graphdef, tx, s, f, b, loss_chunk),
+    in_shardings=(state_sh, frozen_sh, batch_sh),
+    out_shardings=(state_sh, None),
+    donate_argnums=0,
+  )
 
 
 def abstract_state(tx: optax.GradientTransformation, params: Any, state_sh: dict) -> dict:
   """The train state as ShapeDtypeStructs with their shardings, from (abstract) parameters."""
-  tree = {"step": jax.ShapeDtypeStruct((), jnp.int32), "params": params, "opt": jax.eval_shape(tx.init, params),
-          "tokens": jax.ShapeDtypeStruct((), jnp.float32)}
+  tree = {
+    "step": jax.ShapeDtypeStruct((), jnp.int32),
+    "params": params,
+    "opt": jax.eval_shape(tx.init, params),
+    "tokens": jax.ShapeDtypeStruct((), jnp.float32),
+  }
   return _abstract(tree, state_sh)
 
 
@@ -169,9 +192,20 @@ def _record_of(line: str) -> dict | None:
 
 
 @timing.phase("training")
-def run(*, graphdef: nnx.GraphDef, params: Any, frozen: Mapping, batches, cfg: TrainConfig, run_dir: str,
-        mesh: jax.sharding.Mesh, rules: mesh_lib.Rules, dev_batches: Sequence[Mapping] | None = None,
-        description: str = "train", loss_chunk: int = 0) -> TrainOutcome:
+def run(
+  *,
+  graphdef: nnx.GraphDef,
+  params: Any,
+  frozen: Mapping,
+  batches,
+  cfg: TrainConfig,
+  run_dir: str,
+  mesh: jax.sharding.Mesh,
+  rules: mesh_lib.Rules,
+  dev_batches: Sequence[Mapping] | None = None,
+  description: str = "train",
+  loss_chunk: int = 0,
+) -> TrainOutcome:
   """Trains from `params` (or from the run's latest checkpoint) and returns the kept parameters.
 
   `batches.rows(step, part)` must return rows `part` (a slice) of the batch of that step (see
@@ -197,10 +231,15 @@ def run(*, graphdef: nnx.GraphDef, params: Any, frozen: Mapping, batches, cfg: T
   scalar = lambda value, dtype: mesh_lib.replicated(np.asarray(value, dtype), mesh)
   state = {"step": scalar(0, np.int32), "params": params, "opt": init_opt(params), "tokens": scalar(0, np.float32)}
   # A copy: `params` belongs to the donated state.
-  best = {"params": jax.tree.map(jnp.copy, params) if early_stopping else {}, "dev_loss": scalar(np.inf, np.float32),
-          "step": scalar(0, np.int32), "bad_evals": scalar(0, np.int32)}
-  manager = ocp.CheckpointManager(run_dir / "ckpt", options=ocp.CheckpointManagerOptions(
-      max_to_keep=1, enable_async_checkpointing=False))
+  best = {
+    "params": jax.tree.map(jnp.copy, params) if early_stopping else {},
+    "dev_loss": scalar(np.inf, np.float32),
+    "step": scalar(0, np.int32),
+    "bad_evals": scalar(0, np.int32),
+  }
+  manager = ocp.CheckpointManager(
+    run_dir / "ckpt", options=ocp.CheckpointManagerOptions(max_to_keep=1, enable_async_checkpointing=False)
+  )
   tree = lambda: {"state": state, "best": best} if early_stopping else {"state": state}
   if manager.latest_step() is not None:
     restored = restore_latest(manager, tree(), run_dir.name)
@@ -214,8 +253,12 @@ def run(*, graphdef: nnx.GraphDef, params: Any, frozen: Mapping, batches, cfg: T
     loss = dev_loss(state["params"])
     log.write({"step": step, "dev_loss": loss})
     if loss < float(best["dev_loss"]):
-      best = {"params": jax.tree.map(jnp.copy, state["params"]), "dev_loss": scalar(loss, np.float32),
-              "step": scalar(step, np.int32), "bad_evals": scalar(0, np.int32)}
+      best = {
+        "params": jax.tree.map(jnp.copy, state["params"]),
+        "dev_loss": scalar(loss, np.float32),
+        "step": scalar(step, np.int32),
+        "bad_evals": scalar(0, np.int32),
+      }
     else:
       best = dict(best, bad_evals=best["bad_evals"] + 1)
     return int(best["bad_evals"]) >= cfg.patience
@@ -225,8 +268,9 @@ def run(*, graphdef: nnx.GraphDef, params: Any, frozen: Mapping, batches, cfg: T
     stopped = evaluate_dev(0)
 
   def device_batch(at: int) -> dict:
-    return mesh_lib.global_batch(lambda part: {k: v for k, v in batches.rows(at, part).items() if k in BATCH_FIELDS},
-                                 cfg.batch_size, mesh, rules)
+    return mesh_lib.global_batch(
+      lambda part: {k: v for k, v in batches.rows(at, part).items() if k in BATCH_FIELDS}, cfg.batch_size, mesh, rules
+    )
 
   step = start
   bar = tqdm.tqdm(total=cfg.max_steps, initial=start, desc=description, disable=None, leave=False)
@@ -253,9 +297,15 @@ def run(*, graphdef: nnx.GraphDef, params: Any, frozen: Mapping, batches, cfg: T
   log.close()
   hit_cap = step >= cfg.max_steps and not stopped
   kept = best["params"] if early_stopping else state["params"]
-  return TrainOutcome(params=kept, steps=step, best_step=int(best["step"]) if early_stopping else step,
-                      best_dev_loss=float(best["dev_loss"]) if early_stopping else None, hit_step_cap=hit_cap,
-                      tokens_seen=float(state["tokens"]), seconds=time.time() - t0)
+  return TrainOutcome(
+    params=kept,
+    steps=step,
+    best_step=int(best["step"]) if early_stopping else step,
+    best_dev_loss=float(best["dev_loss"]) if early_stopping else None,
+    hit_step_cap=hit_cap,
+    tokens_seen=float(state["tokens"]),
+    seconds=time.time() - t0,
+  )
 
 
 def save_params(params: Any, path: str) -> None:
@@ -269,4 +319,3 @@ def save_params(params: Any, path: str) -> None:
 def load_params(path: str, abstract_params: Any, shardings: Any) -> Any:
   """Reads parameters saved by `save_params` onto the given shardings."""
   return ocp.StandardCheckpointer().restore(epath.Path(path), _abstract(abstract_params, shardings))
-

@@ -36,12 +36,18 @@ class TrainConfig:
     if self.learning_rate <= 0:
       raise ValueError(f"{prefix}.learning_rate={self.learning_rate}; allowed: > 0")
     if self.eval_every < 0 or self.patience < 1:
-      raise ValueError(f"{prefix}.eval_every={self.eval_every}, {prefix}.patience={self.patience}; "
-                       "allowed: eval_every >= 0 and patience >= 1")
-    bounds = (("warmup_steps", self.warmup_steps >= 0, ">= 0"), ("weight_decay", self.weight_decay >= 0, ">= 0"),
-              ("min_lr_ratio", 0 <= self.min_lr_ratio <= 1, "0 to 1"), ("b1", 0 <= self.b1 < 1, "0 <= b1 < 1"),
-              ("b2", 0 <= self.b2 < 1, "0 <= b2 < 1"),
-              ("grad_clip", self.grad_clip > 0, "> 0 (the largest global norm of the gradient)"))
+      raise ValueError(
+        f"{prefix}.eval_every={self.eval_every}, {prefix}.patience={self.patience}; "
+        "allowed: eval_every >= 0 and patience >= 1"
+      )
+    bounds = (
+      ("warmup_steps", self.warmup_steps >= 0, ">= 0"),
+      ("weight_decay", self.weight_decay >= 0, ">= 0"),
+      ("min_lr_ratio", 0 <= self.min_lr_ratio <= 1, "0 to 1"),
+      ("b1", 0 <= self.b1 < 1, "0 <= b1 < 1"),
+      ("b2", 0 <= self.b2 < 1, "0 <= b2 < 1"),
+      ("grad_clip", self.grad_clip > 0, "> 0 (the largest global norm of the gradient)"),
+    )
     for field, ok, allowed in bounds:
       if not ok:
         raise ValueError(f"{prefix}.{field}={getattr(self, field)}; allowed: {allowed}")

@@ -12,8 +12,14 @@ import uuid
 # (about a third less test time from a cold cache), and its older code generator, which compiles a
 # tiny train step in 0.5 s where the fusion emitters take 1.3 s (the suite from a cold cache: 401 s
 # against 514 s). Run processes inherit the flags.
-os.environ["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", ""), "--xla_llvm_disable_expensive_passes=true",
-                                    "--xla_backend_optimization_level=0", "--xla_cpu_use_fusion_emitters=false"]).strip()
+os.environ["XLA_FLAGS"] = " ".join(
+  [
+    os.environ.get("XLA_FLAGS", ""),
+    "--xla_llvm_disable_expensive_passes=true",
+    "--xla_backend_optimization_level=0",
+    "--xla_cpu_use_fusion_emitters=false",
+  ]
+).strip()
 
 import jax  # noqa: E402
 
@@ -40,8 +46,10 @@ def pytest_collection_modifyitems(items):
 
 # Tests against `transformers` (PyTorch on the CPU) import it and torch where they use them, not at
 # collection: every test worker collects every file, and the two take 6 s to import (14 s cold).
-needs_transformers = pytest.mark.skipif(not all(importlib.util.find_spec(m) for m in ("torch", "transformers")),
-                                        reason="the test extra's torch and transformers are not installed")
+needs_transformers = pytest.mark.skipif(
+  not all(importlib.util.find_spec(m) for m in ("torch", "transformers")),
+  reason="the test extra's torch and transformers are not installed",
+)
 
 
 @pytest.fixture(scope="session")
@@ -77,8 +85,12 @@ def storage(tmp_path_factory):
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
   log = tmp_path_factory.mktemp("storage_server") / "stderr.log"  # A killed client's broken pipes, among others.
-  server = subprocess.Popen([sys.executable, storage_server.__file__, str(port), "scaling-tests"],
-                            stdout=subprocess.PIPE, stderr=log.open("w"), text=True)
+  server = subprocess.Popen(
+    [sys.executable, storage_server.__file__, str(port), "scaling-tests"],
+    stdout=subprocess.PIPE,
+    stderr=log.open("w"),
+    text=True,
+  )
   try:
     assert server.stdout.readline().strip() == "ready", f"the storage server did not start: {log.read_text()}"
     env = {**storage_server.environment(port), "SCALING_DATA_DIR": str(tmp_path_factory.mktemp("gcs_data"))}
@@ -99,15 +111,31 @@ def tiny_study(**overrides):
   """A study small enough to run end to end in seconds."""
   import ml_collections
 
-  c = {"name": "tiny", "world": {"num_people": 40, "bio_renderings": 2, "heldout_renderings": 1},
-       "model": {"sizes": ("d32l2",)},
-       "pretrain": {"steps": (20,), "train": {"batch_size": 8, "seq_len": 48, "checkpoint_every": 10,
-                                              "warmup_steps": 2, "log_every": 5}},
-       "finetune": {"d_f": (16, 32), "seeds": (0,),
-                    "train": {"batch_size": 8, "seq_len": 16, "max_steps": 20, "eval_every": 5, "patience": 2,
-                              "warmup_steps": 2, "checkpoint_every": 10, "log_every": 5}},
-       "eval": {"batch_size": 40},
-       "mesh": {"shape": {"data": 1, "fsdp": 1, "tensor": 1}}}
+  c = {
+    "name": "tiny",
+    "world": {"num_people": 40, "bio_renderings": 2, "heldout_renderings": 1},
+    "model": {"sizes": ("d32l2",)},
+    "pretrain": {
+      "steps": (20,),
+      "train": {"batch_size": 8, "seq_len": 48, "checkpoint_every": 10, "warmup_steps": 2, "log_every": 5},
+    },
+    "finetune": {
+      "d_f": (16, 32),
+      "seeds": (0,),
+      "train": {
+        "batch_size": 8,
+        "seq_len": 16,
+        "max_steps": 20,
+        "eval_every": 5,
+        "patience": 2,
+        "warmup_steps": 2,
+        "checkpoint_every": 10,
+        "log_every": 5,
+      },
+    },
+    "eval": {"batch_size": 40},
+    "mesh": {"shape": {"data": 1, "fsdp": 1, "tensor": 1}},
+  }
   for path, value in overrides.items():
     node = c
     *parents, leaf = path.split(".")

@@ -30,9 +30,23 @@ import traceback
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # What the commands import, less the modules that define absl flags at import (launch.local,
 # launch.check, ...): run again as __main__ they would define them twice.
-PRELOAD = ("jax", "flax.nnx", "optax", "orbax.checkpoint", "tensorflow_datasets", "grain", "ml_collections",
-           "pandas", "matplotlib.pyplot", "launch.cli", "launch.plan", "scaling.study", "scaling.run",
-           "analysis.fit", "scaling.metric_writers")
+PRELOAD = (
+  "jax",
+  "flax.nnx",
+  "optax",
+  "orbax.checkpoint",
+  "tensorflow_datasets",
+  "grain",
+  "ml_collections",
+  "pandas",
+  "matplotlib.pyplot",
+  "launch.cli",
+  "launch.plan",
+  "scaling.study",
+  "scaling.run",
+  "analysis.fit",
+  "scaling.metric_writers",
+)
 
 _server: subprocess.Popen | None = None
 _lock = threading.Lock()
@@ -44,8 +58,14 @@ def _jax_env(env: dict) -> dict:
 
 def _start() -> subprocess.Popen:
   env = {**os.environ, "PYTHONPATH": os.pathsep.join([REPO, os.path.join(REPO, "tests")])}
-  server = subprocess.Popen([sys.executable, "-c", "import processes; processes.serve()"], cwd=REPO, env=env,
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+  server = subprocess.Popen(
+    [sys.executable, "-c", "import processes; processes.serve()"],
+    cwd=REPO,
+    env=env,
+    stdin=subprocess.PIPE,
+    stdout=subprocess.PIPE,
+    text=True,
+  )
   atexit.register(_stop, server)
   return server
 
@@ -79,8 +99,9 @@ def run(command: list[str], *, cwd: str, env: dict) -> subprocess.CompletedProce
     if not reply:
       raise RuntimeError(f"the process server stopped (exit {_server.wait()})")
     with open(out) as f_out, open(err) as f_err:
-      return subprocess.CompletedProcess([sys.executable, "-m", module, *request["args"]], json.loads(reply),
-                                         f_out.read(), f_err.read())
+      return subprocess.CompletedProcess(
+        [sys.executable, "-m", module, *request["args"]], json.loads(reply), f_out.read(), f_err.read()
+      )
 
 
 def _child(request: dict) -> int:
@@ -89,8 +110,11 @@ def _child(request: dict) -> int:
     os.chdir(request["cwd"])
     os.environ.clear()
     os.environ.update(request["env"])
-    for fd, path, flags in ((0, os.devnull, os.O_RDONLY), (1, request["out"], os.O_WRONLY | os.O_CREAT),
-                            (2, request["err"], os.O_WRONLY | os.O_CREAT)):
+    for fd, path, flags in (
+      (0, os.devnull, os.O_RDONLY),
+      (1, request["out"], os.O_WRONLY | os.O_CREAT),
+      (2, request["err"], os.O_WRONLY | os.O_CREAT),
+    ):
       os.dup2(os.open(path, flags), fd)
     sys.stdin = open(0, closefd=False)
     sys.stdout = open(1, "w", closefd=False)

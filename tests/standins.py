@@ -36,8 +36,13 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # A study name or path that a shell would act on: it must reach every command as it is.
 HOSTILE = "$(touch PWNED); rm -rf x; echo 'q\""
 # conftest.tiny_study overrides: two base sizes, a mesh over every chip, 2 + 4 + 4 runs.
-STUDY = {"model.sizes": ("d32l2", "d48l2"), "mesh.shape": {"data": 1, "fsdp": -1, "tensor": 1},
-         "eft.enabled": True, "eft.betas": (1.0,), "eft.d_f": (16,)}
+STUDY = {
+  "model.sizes": ("d32l2", "d48l2"),
+  "mesh.shape": {"data": 1, "fsdp": -1, "tensor": 1},
+  "eft.enabled": True,
+  "eft.betas": (1.0,),
+  "eft.d_f": (16,),
+}
 CONFIG = """
 import sys
 sys.path.insert(0, {tests!r})
@@ -145,8 +150,14 @@ def _gcloud(args: list[str], record: dict, st: dict) -> int:
   verb, rest = args[3], args[4:]
   if verb == "list":
     project, zone = rest[rest.index("--project") + 1], rest[rest.index("--zone") + 1]
-    print(json.dumps([{"name": f"projects/{project}/locations/{zone}/queuedResources/{name}", "state": {"state": s}}
-                      for name, s in resources.items()]))
+    print(
+      json.dumps(
+        [
+          {"name": f"projects/{project}/locations/{zone}/queuedResources/{name}", "state": {"state": s}}
+          for name, s in resources.items()
+        ]
+      )
+    )
     return 0
   if verb == "create":
     if rest[0] in resources:
@@ -157,7 +168,7 @@ def _gcloud(args: list[str], record: dict, st: dict) -> int:
   if verb == "delete":
     return 0 if resources.pop(rest[0], None) else 1
   if verb == "ssh":
-    command = shlex.split(next(a for a in rest if a.startswith("--command="))[len("--command="):])
+    command = shlex.split(next(a for a in rest if a.startswith("--command="))[len("--command=") :])
     record["command"] = command
     if not is_run(command):
       return 0  # The install.

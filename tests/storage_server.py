@@ -58,8 +58,14 @@ from gcp_storage_emulator.server import create_server  # noqa: E402
 def environment(port: int) -> dict[str, str]:
   """What points gcsfs (etils.epath) and tensorstore (orbax) at a server on this port."""
   url = f"http://127.0.0.1:{port}"
-  return {"STORAGE_EMULATOR_HOST": url, "TENSORSTORE_GCS_HTTP_URL": url, "GOOGLE_AUTH_TOKEN_FOR_TESTING": "test",
-          "FSSPEC_GS_TOKEN": "anon", "NO_GCE_CHECK": "True", "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false"}
+  return {
+    "STORAGE_EMULATOR_HOST": url,
+    "TENSORSTORE_GCS_HTTP_URL": url,
+    "GOOGLE_AUTH_TOKEN_FOR_TESTING": "test",
+    "FSSPEC_GS_TOKEN": "anon",
+    "NO_GCE_CHECK": "True",
+    "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false",
+  }
 
 
 def main(port: int, bucket: str) -> None:

@@ -16,17 +16,39 @@ def _table(seed=0):
   rows = []
   for (a, n1), (b, n2) in ((x, y) for x in SIZES.items() for y in SIZES.items()):
     for beta in (0.5, 1.0):
-      rows.append({"kind": "eft", "task": "qa", "method": "full", "size": a, "finetune_size": b,
-                   "base": f"pt-{a}", "spec.finetune_base": f"pt-{b}",
-                   "non_embedding_params": n1, "finetune_non_embedding_params": n2, "d_f": 64, "beta": beta,
-                   "metrics.knowledge": 0.1 * np.log(n1) - 0.8 + 0.01 * rng.standard_normal(),
-                   "metrics.behaviour": 0.1 * np.log(n2) - 0.5 + 0.01 * rng.standard_normal(),
-                   "metrics.test_loss": 30 * n1 ** -0.2 + 5 * n2 ** -0.1 + 0.01 * rng.standard_normal()})
+      rows.append(
+        {
+          "kind": "eft",
+          "task": "qa",
+          "method": "full",
+          "size": a,
+          "finetune_size": b,
+          "base": f"pt-{a}",
+          "spec.finetune_base": f"pt-{b}",
+          "non_embedding_params": n1,
+          "finetune_non_embedding_params": n2,
+          "d_f": 64,
+          "beta": beta,
+          "metrics.knowledge": 0.1 * np.log(n1) - 0.8 + 0.01 * rng.standard_normal(),
+          "metrics.behaviour": 0.1 * np.log(n2) - 0.5 + 0.01 * rng.standard_normal(),
+          "metrics.test_loss": 30 * n1**-0.2 + 5 * n2**-0.1 + 0.01 * rng.standard_normal(),
+        }
+      )
   for size, n in SIZES.items():
-    rows.append({"kind": "finetune", "task": "qa", "method": "full", "size": size, "base": f"pt-{size}",
-                 "non_embedding_params": n,
-                 "d_f": 64, "metrics.knowledge": 0.1 * np.log(n) - 0.8, "metrics.behaviour": 0.1 * np.log(n) - 0.5,
-                 "metrics.test_loss": 30 * n ** -0.2 + 5 * n ** -0.1})
+    rows.append(
+      {
+        "kind": "finetune",
+        "task": "qa",
+        "method": "full",
+        "size": size,
+        "base": f"pt-{size}",
+        "non_embedding_params": n,
+        "d_f": 64,
+        "metrics.knowledge": 0.1 * np.log(n) - 0.8,
+        "metrics.behaviour": 0.1 * np.log(n) - 0.5,
+        "metrics.test_loss": 30 * n**-0.2 + 5 * n**-0.1,
+      }
+    )
   return pd.DataFrame(rows)
 
 
@@ -61,10 +83,13 @@ def test_gap_closed_is_measured_against_fine_tunes_of_the_eft_bases():
   """Fine-tunes of bases at another pretraining budget (worse by a nat here) are not the EFT runs'
   references: the gaps stay as they are without them."""
   table = _table()
-  other = table[table["kind"] == "finetune"].assign(base=lambda t: t["base"] + "-shorter",
-                                                    **{"metrics.test_loss": lambda t: t["metrics.test_loss"] + 1})
-  gaps = [eft_analysis.gap_closed_rows(eft_analysis.eft_points(t), eft_analysis.finetune_metrics(t))
-          for t in (table, pd.concat([table, other], ignore_index=True))]
+  other = table[table["kind"] == "finetune"].assign(
+    base=lambda t: t["base"] + "-shorter", **{"metrics.test_loss": lambda t: t["metrics.test_loss"] + 1}
+  )
+  gaps = [
+    eft_analysis.gap_closed_rows(eft_analysis.eft_points(t), eft_analysis.finetune_metrics(t))
+    for t in (table, pd.concat([table, other], ignore_index=True))
+  ]
   assert gaps[0] == gaps[1]
 
 
@@ -78,8 +103,14 @@ def test_fit_eft_records_and_report_section(tmp_path):
   assert set(laws) == {"n1", "n2"} and laws["n1"]["law"] == "single"  # One D_f: the law over X alone.
   lines = eft_analysis.report_lines(table, records, epath.Path(tmp_path))
   text = "\n".join(lines)
-  for needle in ("## Emulated fine-tuning", "Which scale each metric follows", "Gap closed by up-scaling",
-                 "N1 (pretraining scale)", "N2 (fine-tuning scale)", "eft_qa_full_knowledge.png"):
+  for needle in (
+    "## Emulated fine-tuning",
+    "Which scale each metric follows",
+    "Gap closed by up-scaling",
+    "N1 (pretraining scale)",
+    "N2 (fine-tuning scale)",
+    "eft_qa_full_knowledge.png",
+  ):
     assert needle in text, needle
   assert (tmp_path / "eft_qa_full_behaviour.png").stat().st_size > 10_000
   assert eft_analysis.fit_eft(table[table["kind"] != "eft"]) == []

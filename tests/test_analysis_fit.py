@@ -21,9 +21,29 @@ CSV = os.path.join(ROOT, "examples", "smoke_qa_full.csv")
 @pytest.mark.slow
 def test_csv_cli_fits_the_shipped_example(tmp_path):
   out = tmp_path / "fit.json"
-  proc = processes.run([sys.executable, "-m", "analysis.fit", "--csv", CSV, "--x", "non_embedding_params",
-                        "--d", "d_f", "--y", "test_loss", "--law", "multiplicative", "--bootstrap", "50",
-                        "--json", str(out)], cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT})
+  proc = processes.run(
+    [
+      sys.executable,
+      "-m",
+      "analysis.fit",
+      "--csv",
+      CSV,
+      "--x",
+      "non_embedding_params",
+      "--d",
+      "d_f",
+      "--y",
+      "test_loss",
+      "--law",
+      "multiplicative",
+      "--bootstrap",
+      "50",
+      "--json",
+      str(out),
+    ],
+    cwd=ROOT,
+    env={**os.environ, "PYTHONPATH": ROOT},
+  )
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert "alpha =" in proc.stdout and "Delta_h (largest_d)" in proc.stdout
   record = json.loads(out.read_text())
@@ -34,19 +54,28 @@ def test_csv_cli_fits_the_shipped_example(tmp_path):
 
 
 def test_csv_cli_names_a_missing_file(tmp_path):
-  proc = processes.run([sys.executable, "-m", "analysis.fit", "--csv", str(tmp_path / "none.csv"), "--d", "d",
-                        "--y", "y"], cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT})
+  proc = processes.run(
+    [sys.executable, "-m", "analysis.fit", "--csv", str(tmp_path / "none.csv"), "--d", "d", "--y", "y"],
+    cwd=ROOT,
+    env={**os.environ, "PYTHONPATH": ROOT},
+  )
   assert proc.returncode != 0 and f"--csv {tmp_path / 'none.csv'}: cannot read it" in proc.stderr
   assert "Traceback" not in proc.stderr
 
 
-@pytest.mark.parametrize("args, message", [
+@pytest.mark.parametrize(
+  "args, message",
+  [
     (["--bootstrap", "0"], "--bootstrap=0 with --workdir; allowed: 1 or more"),
     (["--law", "single", "--holdout", "none"], "--law, --holdout apply to --csv; a study's laws"),
-])
+  ],
+)
 def test_workdir_cli_refuses_what_it_would_ignore(tmp_path, args, message):
-  proc = processes.run([sys.executable, "-m", "analysis.fit", "--workdir", str(tmp_path), *args], cwd=ROOT,
-                       env={**os.environ, "PYTHONPATH": ROOT})
+  proc = processes.run(
+    [sys.executable, "-m", "analysis.fit", "--workdir", str(tmp_path), *args],
+    cwd=ROOT,
+    env={**os.environ, "PYTHONPATH": ROOT},
+  )
   assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
 
 
@@ -58,22 +87,43 @@ def test_single_factor_law_on_a_frame():
   assert record["params"]["E"] == pytest.approx(1.0, rel=1e-4)
 
 
-@pytest.mark.parametrize("frame, message", [
-    (pd.DataFrame({"n": [1.0, 2.0, 3.0, 4.0], "loss": [3.0, 2.0, 0.0, 1.0]}), "column 'loss' must be positive and finite; row 2 is 0.0"),
-    (pd.DataFrame({"n": [1.0, 2.0, 3.0, 4.0], "loss": [3.0, "x", 2.0, 1.0]}), "column 'loss' must be positive and finite; row 1 is 'x'"),
+@pytest.mark.parametrize(
+  "frame, message",
+  [
+    (
+      pd.DataFrame({"n": [1.0, 2.0, 3.0, 4.0], "loss": [3.0, 2.0, 0.0, 1.0]}),
+      "column 'loss' must be positive and finite; row 2 is 0.0",
+    ),
+    (
+      pd.DataFrame({"n": [1.0, 2.0, 3.0, 4.0], "loss": [3.0, "x", 2.0, 1.0]}),
+      "column 'loss' must be positive and finite; row 1 is 'x'",
+    ),
     (pd.DataFrame({"n": [1.0, 2.0, 3.0, 4.0]}), "column 'loss' is not in the data"),
     (pd.DataFrame({"n": [1.0, 2.0], "loss": [2.0, 1.0]}), "2 points cannot determine the 3 parameters"),
-])
+  ],
+)
 def test_bad_frames_name_the_column_and_row(frame, message):
   with pytest.raises(ValueError, match=message):
     frames.fit_frame(frame, "single", d="n", y="loss", holdout=None)
 
 
 def test_diverged_runs_are_excluded_with_a_warning():
-  rows = [{"id": f"ft-{i}", "kind": "finetune", "task": "qa", "method": "full", "size": "d32l2",
-           "non_embedding_params": 100, "pretrain_tokens": 1000.0, "trainable_params": 200, "d_f": d,
-           "seed": 0, "metrics.test_loss": loss}
-          for i, (d, loss) in enumerate([(8, 2.0), (16, float("nan")), (32, 1.5), (64, float("inf"))])]
+  rows = [
+    {
+      "id": f"ft-{i}",
+      "kind": "finetune",
+      "task": "qa",
+      "method": "full",
+      "size": "d32l2",
+      "non_embedding_params": 100,
+      "pretrain_tokens": 1000.0,
+      "trainable_params": 200,
+      "d_f": d,
+      "seed": 0,
+      "metrics.test_loss": loss,
+    }
+    for i, (d, loss) in enumerate([(8, 2.0), (16, float("nan")), (32, 1.5), (64, float("inf"))])
+  ]
   table = pd.DataFrame(rows + [{"id": "pt", "kind": "pretrain", "metrics.test_loss": float("nan")}])
   with pytest.warns(UserWarning, match=r"excluded 2 runs with a non-finite test loss: \['ft-1', 'ft-3'\]"):
     points = fit_lib.finetune_points(table)
@@ -89,10 +139,21 @@ def _law_table(extra_budgets: bool, tokens_known: bool = True) -> pd.DataFrame:
     bases += [(4e5, 1e11, 1.0), (4e5, 2e11, 0.5)]
   for n, tokens, worse in bases:
     for d_f in (100, 200, 400, 800):
-      rows.append({"kind": "finetune", "id": f"{n}-{tokens}-{d_f}", "task": "t", "method": "full", "size": {1e5: "small", 4e5: "mid", 1.6e6: "large"}[n],
-                   "non_embedding_params": n, "pretrain_tokens": tokens if tokens_known else None,
-                   "trainable_params": 1000, "d_f": d_f, "seed": 0,
-                   "metrics.test_loss": 50 * n ** -0.3 * d_f ** -0.2 + 1.5 + worse})
+      rows.append(
+        {
+          "kind": "finetune",
+          "id": f"{n}-{tokens}-{d_f}",
+          "task": "t",
+          "method": "full",
+          "size": {1e5: "small", 4e5: "mid", 1.6e6: "large"}[n],
+          "non_embedding_params": n,
+          "pretrain_tokens": tokens if tokens_known else None,
+          "trainable_params": 1000,
+          "d_f": d_f,
+          "seed": 0,
+          "metrics.test_loss": 50 * n**-0.3 * d_f**-0.2 + 1.5 + worse,
+        }
+      )
   return pd.DataFrame(rows)
 
 
@@ -112,8 +173,23 @@ def test_law_over_n_holds_d_p_fixed_and_curves_are_per_base():
 def test_a_study_too_small_for_laws_still_gets_its_report(tmp_path):
   """One base and one D_f: nothing to fit, and the report holds the runs."""
   table = _law_table(extra_budgets=False).iloc[:1]
-  table = pd.concat([table, pd.DataFrame([{"kind": "pretrain", "id": "pt", "size": "small", "non_embedding_params": 1e5,
-                                           "pretrain_tokens": 3e11, "metrics.heldout_loss": 2.0}])])
+  table = pd.concat(
+    [
+      table,
+      pd.DataFrame(
+        [
+          {
+            "kind": "pretrain",
+            "id": "pt",
+            "size": "small",
+            "non_embedding_params": 1e5,
+            "pretrain_tokens": 3e11,
+            "metrics.heldout_loss": 2.0,
+          }
+        ]
+      ),
+    ]
+  )
   points = fit_lib.finetune_points(table)
   assert fit_lib.fit_study(table, 1e-3, 10) == []
   text = report_lib.write_report(table, points, [], tmp_path).read_text()
@@ -135,10 +211,12 @@ def test_with_two_bases_a_joint_law_holds_out_the_largest_d_f():
   points = fit_lib.law_points(fit_lib.finetune_points(table), "non_embedding_params")
   assert frames.choose_holdout(points, "multiplicative", "d_f", "non_embedding_params") == "largest_d"
   assert frames.choose_holdout(_law_table(False), "multiplicative", "d_f", "non_embedding_params") == "largest_x"
-  with pytest.raises(ValueError, match="holding out largest_x leaves 1 distinct value of x; the multiplicative law "
-                                       "needs 2 to determine"):
-    laws.validate("multiplicative", points["d_f"], points["test_loss"], x=points["non_embedding_params"],
-                  holdout="largest_x")
+  with pytest.raises(
+    ValueError, match="holding out largest_x leaves 1 distinct value of x; the multiplicative law needs 2 to determine"
+  ):
+    laws.validate(
+      "multiplicative", points["d_f"], points["test_loss"], x=points["non_embedding_params"], holdout="largest_x"
+    )
 
 
 @pytest.mark.slow
@@ -159,8 +237,12 @@ def test_the_report_draws_the_points_a_joint_law_was_fitted_to(tmp_path, monkeyp
 def test_a_tie_of_d_p_slices_takes_the_known_budget():
   """Two ladder bases at D_p 1e6 and two imported ones that do not say their D_p: the law over N
   is fitted on the ladder's, whose D_p is known."""
-  rows = [{"size": s, "non_embedding_params": n, "pretrain_tokens": dp, "d_f": d, "test_loss": 1.0}
-          for s, n, dp in (("a", 2.5e4, 1e6), ("b", 1e5, 1e6), ("c", 3e5, np.nan), ("d", 9e5, np.nan))
-          for d in (40, 160, 640)]
-  assert sorted(fit_lib.law_points(pd.DataFrame(rows), "non_embedding_params")["non_embedding_params"].unique()) == \
-      [2.5e4, 1e5]
+  rows = [
+    {"size": s, "non_embedding_params": n, "pretrain_tokens": dp, "d_f": d, "test_loss": 1.0}
+    for s, n, dp in (("a", 2.5e4, 1e6), ("b", 1e5, 1e6), ("c", 3e5, np.nan), ("d", 9e5, np.nan))
+    for d in (40, 160, 640)
+  ]
+  assert sorted(fit_lib.law_points(pd.DataFrame(rows), "non_embedding_params")["non_embedding_params"].unique()) == [
+    2.5e4,
+    1e5,
+  ]

@@ -8,19 +8,53 @@ from analysis import locality
 
 def _table():
   rows = []
-  for method, changes in [("full", ([0.1, 0.3], [0.2, 0.5])), ("lora", ([0.01, 0.02], [0.03, 0.04])),
-                          ("prompt-length4", ([0.0, 0.0], [0.0, 0.0]))]:
+  for method, changes in [
+    ("full", ([0.1, 0.3], [0.2, 0.5])),
+    ("lora", ([0.01, 0.02], [0.03, 0.04])),
+    ("prompt-length4", ([0.0, 0.0], [0.0, 0.0])),
+  ]:
     for d_f, change in zip((16, 32), changes):
-      rows.append({"id": f"ft-{method}-{d_f}", "kind": "finetune", "task": "qa", "method": method, "size": "d32l2",
-                   "non_embedding_params": 25000, "pretrain_tokens": 1e6, "d_f": d_f, "seed": 0, "layer_change": change,
-                   "metrics.test_loss": 1.0, "metrics.knowledge": 0.5, "metrics.behaviour": 0.9,
-                   "metrics.delta_heldout_loss": 0.4, "metrics.delta_cloze_knowledge": -0.2})
+      rows.append(
+        {
+          "id": f"ft-{method}-{d_f}",
+          "kind": "finetune",
+          "task": "qa",
+          "method": method,
+          "size": "d32l2",
+          "non_embedding_params": 25000,
+          "pretrain_tokens": 1e6,
+          "d_f": d_f,
+          "seed": 0,
+          "layer_change": change,
+          "metrics.test_loss": 1.0,
+          "metrics.knowledge": 0.5,
+          "metrics.behaviour": 0.9,
+          "metrics.delta_heldout_loss": 0.4,
+          "metrics.delta_cloze_knowledge": -0.2,
+        }
+      )
   for part, loss, behaviour in [("lower", 1.1, 0.8), ("upper", 2.0, 0.1)]:
-    rows.append({"id": f"tp-{part}", "kind": "transplant", "task": "qa", "method": "full", "size": "d32l2",
-                 "non_embedding_params": 25000, "d_f": 32, "seed": 0, "part": part, "k": 1,
-                 "finetuned": "ft-full-32", "layer_change": [0.0, 0.5] if part == "lower" else [0.2, 0.0],
-                 "metrics.test_loss": loss, "metrics.knowledge": 0.5, "metrics.behaviour": behaviour,
-                 "metrics.delta_heldout_loss": 0.1, "metrics.delta_cloze_knowledge": 0.0})
+    rows.append(
+      {
+        "id": f"tp-{part}",
+        "kind": "transplant",
+        "task": "qa",
+        "method": "full",
+        "size": "d32l2",
+        "non_embedding_params": 25000,
+        "d_f": 32,
+        "seed": 0,
+        "part": part,
+        "k": 1,
+        "finetuned": "ft-full-32",
+        "layer_change": [0.0, 0.5] if part == "lower" else [0.2, 0.0],
+        "metrics.test_loss": loss,
+        "metrics.knowledge": 0.5,
+        "metrics.behaviour": behaviour,
+        "metrics.delta_heldout_loss": 0.1,
+        "metrics.delta_cloze_knowledge": 0.0,
+      }
+    )
   rows.append({"id": "pt", "kind": "pretrain", "size": "d32l2", "non_embedding_params": 25000, "seed": 0})
   return pd.DataFrame(rows)
 
@@ -50,8 +84,11 @@ def test_no_section_without_layer_changes_or_transplants():
 def test_a_size_at_two_pretraining_budgets_is_two_bases():
   table = _table()
   ft = table[table["kind"] == "finetune"]
-  shorter = ft.assign(id=ft["id"] + "-shorter", pretrain_tokens=5e5,
-                      layer_change=[[2 * x for x in change] for change in ft["layer_change"]])
+  shorter = ft.assign(
+    id=ft["id"] + "-shorter",
+    pretrain_tokens=5e5,
+    layer_change=[[2 * x for x in change] for change in ft["layer_change"]],
+  )
   points = locality.layer_points(pd.concat([table, shorter], ignore_index=True))
   full = points[points["method"] == "full"].set_index("base")
   assert full.loc["d32l2 at D_p 1e+06", "block 1"] == 0.4 and full.loc["d32l2 at D_p 5e+05", "block 1"] == 0.8

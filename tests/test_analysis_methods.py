@@ -14,15 +14,35 @@ def _table(alpha_t=0.1, beta=0.3):
   """Fine-tune records of LoRA at four ranks (P) and full tuning, on one base; LoRA's loss follows
   L = 2 * P^-alpha_t * D_f^-beta + 1."""
   rows = []
-  for method, name, p in [("lora-rank2", "lora", 512), ("lora-rank4", "lora", 1024), ("lora-rank8", "lora", 2048),
-                          ("lora-rank16", "lora", 4096), ("full", "full", 60000)]:
+  for method, name, p in [
+    ("lora-rank2", "lora", 512),
+    ("lora-rank4", "lora", 1024),
+    ("lora-rank8", "lora", 2048),
+    ("lora-rank16", "lora", 4096),
+    ("full", "full", 60000),
+  ]:
     for d_f in D_F:
       loss = 2.0 * p**-alpha_t * d_f**-beta + 1.0
-      rows.append({"id": f"{method}-{d_f}", "kind": "finetune", "task": "qa", "method": method,
-                   "spec.method.name": name, "size": "d32l2", "non_embedding_params": 25000, "pretrain_tokens": 1e6,
-                   "trainable_params": p, "d_f": d_f, "seed": 0, "metrics.test_loss": loss,
-                   "metrics.knowledge": 0.5, "metrics.behaviour": 0.9,
-                   "metrics.delta_heldout_loss": 0.1 if name == "lora" else 0.8, "metrics.delta_cloze_knowledge": -0.1})
+      rows.append(
+        {
+          "id": f"{method}-{d_f}",
+          "kind": "finetune",
+          "task": "qa",
+          "method": method,
+          "spec.method.name": name,
+          "size": "d32l2",
+          "non_embedding_params": 25000,
+          "pretrain_tokens": 1e6,
+          "trainable_params": p,
+          "d_f": d_f,
+          "seed": 0,
+          "metrics.test_loss": loss,
+          "metrics.knowledge": 0.5,
+          "metrics.behaviour": 0.9,
+          "metrics.delta_heldout_loss": 0.1 if name == "lora" else 0.8,
+          "metrics.delta_cloze_knowledge": -0.1,
+        }
+      )
   return pd.DataFrame(rows)
 
 
@@ -35,7 +55,7 @@ def test_the_law_over_p_gives_alpha_t_back_and_the_report_compares_methods():
   assert fits[0]["params"]["beta"] == pytest.approx(0.3, abs=2e-3)
   lines = "\n".join(methods_analysis.report_lines(table, fits))
   assert "## Fine-tuning methods" in lines and "P (alpha_t)" in lines and "0.1" in lines
-  forgetting = lines[lines.index("### Forgetting"):]
+  forgetting = lines[lines.index("### Forgetting") :]
   assert forgetting.count("| qa | lora-rank") == 4 * len(D_F) and forgetting.count("| qa | full |") == len(D_F)
   assert "| 0.8 |" in forgetting and "| 0.1 |" in forgetting  # Full tuning forgets more here.
 
@@ -69,8 +89,9 @@ def test_a_size_at_two_pretraining_budgets_is_two_bases():
   """LoRA on d32l2 pretrained to two budgets, the shorter worse by a nat: each base gets its own law
   over P, not one over the means."""
   table = _table()
-  shorter = table.assign(pretrain_tokens=5e5, id=table["id"] + "-shorter",
-                         **{"metrics.test_loss": table["metrics.test_loss"] + 1.0})
+  shorter = table.assign(
+    pretrain_tokens=5e5, id=table["id"] + "-shorter", **{"metrics.test_loss": table["metrics.test_loss"] + 1.0}
+  )
   fits = methods_analysis.fit_methods(pd.concat([table, shorter], ignore_index=True), bootstrap=10)
   assert sorted(f["base"] for f in fits) == ["d32l2 at D_p 1e+06", "d32l2 at D_p 5e+05"]
   assert all(f["num_points"] == 20 and f["params"]["alpha"] == pytest.approx(0.1, abs=2e-3) for f in fits)

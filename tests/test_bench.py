@@ -25,11 +25,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ABSENT_ON_GPU = ("ml_collections", "tensorflow_datasets", "grain", "array_record")
 
 
-@pytest.mark.parametrize("block, rtol", [
+@pytest.mark.parametrize(
+  "block, rtol",
+  [
     ({}, 1e-6),  # Measured: 1e-7 on the gradients.
     ({"compute_dtype": "bfloat16", "remat": "dots"}, 1e-2),  # Measured: equal; a bfloat16 ulp is 4e-3.
     ({"layer_loop": "scan", "remat": "full"}, 1e-6),  # The reference holds the blocks stacked.
-])
+  ],
+)
 def test_reference_gives_our_loss_and_gradients(block, rtol):
   cfg = model_lib.ladder_config("d32l2", vocab_size=64, **block)
   graphdef, params = nnx.split(model_lib.Transformer(cfg, nnx.Rngs(0)))
@@ -43,7 +46,8 @@ def test_reference_gives_our_loss_and_gradients(block, rtol):
 
   loss, grads = jax.jit(jax.value_and_grad(ours))(params)
   ref_loss, ref_grads = jax.jit(jax.value_and_grad(lambda p: bench.reference_loss(cfg, p, batch)))(
-      bench.reference_params(cfg, params))
+    bench.reference_params(cfg, params)
+  )
   assert float(ref_loss) == pytest.approx(float(loss), rel=rtol)
   for g, want in zip(jax.tree.leaves(ref_grads), jax.tree.leaves(bench.reference_params(cfg, grads))):
     np.testing.assert_allclose(g, want, rtol=0, atol=rtol * np.abs(want).max())
@@ -52,12 +56,37 @@ def test_reference_gives_our_loss_and_gradients(block, rtol):
 @pytest.mark.slow
 def test_train_bench_runs_both_steps_from_the_command_line(tmp_path):
   rows_json = tmp_path / "rows.json"
-  script = ("import sys; from scaling import bench; bench.main(sys.argv[1:]); "
-            f"print('imported:', sorted({{m.split('.')[0] for m in sys.modules}} & set({ABSENT_ON_GPU!r})))")
-  proc = subprocess.run([sys.executable, "-c", script, "train", "--size", "d32l2", "--seq", "16", "--batch", "4",
-                         "--steps", "3", "--vocab", "512", "--json", str(rows_json), "--hlo", str(tmp_path)],
-                        cwd=ROOT, capture_output=True, text=True,
-                        env={**os.environ, "PYTHONPATH": ROOT}, check=True)
+  script = (
+    "import sys; from scaling import bench; bench.main(sys.argv[1:]); "
+    f"print('imported:', sorted({{m.split('.')[0] for m in sys.modules}} & set({ABSENT_ON_GPU!r})))"
+  )
+  proc = subprocess.run(
+    [
+      sys.executable,
+      "-c",
+      script,
+      "train",
+      "--size",
+      "d32l2",
+      "--seq",
+      "16",
+      "--batch",
+      "4",
+      "--steps",
+      "3",
+      "--vocab",
+      "512",
+      "--json",
+      str(rows_json),
+      "--hlo",
+      str(tmp_path),
+    ],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    env={**os.environ, "PYTHONPATH": ROOT},
+    check=True,
+  )
   assert "imported: []" in proc.stdout
   for impl in ("ours", "reference"):
     assert (tmp_path / f"d32l2-{impl}.hlo.txt").read_text().startswith("HloModule")
@@ -65,8 +94,10 @@ def test_train_bench_runs_both_steps_from_the_command_line(tmp_path):
   assert "vocab 512" in table[0] and [line.split()[1] for line in table[2:4]] == ["ours", "reference"]
   ours, ref = json.loads(rows_json.read_text())
   for row in (ours, ref):
-    assert all(math.isfinite(row[k]) and row[k] > 0 for k in ("step_s", "tokens_per_s", "flops_per_s",
-                                                                "program_bytes", "over_reference"))
+    assert all(
+      math.isfinite(row[k]) and row[k] > 0
+      for k in ("step_s", "tokens_per_s", "flops_per_s", "program_bytes", "over_reference")
+    )
     assert row["mfu"] is None and len(row["losses"]) == 5  # No MFU on a CPU; 2 warm-up and 3 timed steps.
   # Same parameters, batch and optimiser: the same loss at every step (measured: within 1e-7).
   np.testing.assert_allclose(ours["losses"], ref["losses"], rtol=1e-5)
@@ -170,6 +201,8 @@ def test_gpu_script_runs_every_setting_with_its_xla_flags(tmp_path, xla_flags):
     times = tar.extractfile(f"./{name}-dump-times.txt").read().decode().splitlines()
   # Every dumped file is listed with its time and size; only the small ones travel back.
   assert sorted((line.split()[3], int(line.split()[2])) for line in times) == [
-      ("module.after_optimizations.txt", 11), ("module.ll", 3_000_000)]
+    ("module.after_optimizations.txt", 11),
+    ("module.ll", 3_000_000),
+  ]
   assert all(line.split()[1] == "s" and 0 <= float(line.split()[0]) < 60 for line in times)
   assert f"./{name}-dump/module.after_optimizations.txt" in names and f"./{name}-dump/module.ll" not in names

@@ -37,8 +37,11 @@ def test_pretraining_questions_are_about_training_people_in_another_format():
     assert world_lib.QA_PREFIX not in r["answer"] and world.names[r["person"]] in r["answer"]
     for pair in r["answer"].split(world_lib.PRETRAIN_Q)[1:]:
       question, answer = pair.split(world_lib.PRETRAIN_A)
-      attr = next(a for a, (_, _, q) in world_lib.ATTRIBUTES.items()
-                  if q.format(name=world.names[r["person"]]) == question.strip())
+      attr = next(
+        a
+        for a, (_, _, q) in world_lib.ATTRIBUTES.items()
+        if q.format(name=world.names[r["person"]]) == question.strip()
+      )
       assert answer.split() == [world.value(r["person"], attr), "."]
   for split in world_lib.SPLITS:
     assert len(list(world_lib.records(world, split))) == world_lib.split_size(config, split)
@@ -75,8 +78,9 @@ def test_tokenizer_round_trip():
   assert tok.decode(ids) == text
   text_tok = tokenizer.from_tokenizers(tok)
   assert text_tok.encode(text) == ids
-  assert (text_tok.bos, text_tok.eos, text_tok.pad) == tuple(tok.token_to_id(t) for t in (
-      world_lib.BOS, world_lib.EOS, world_lib.PAD))
+  assert (text_tok.bos, text_tok.eos, text_tok.pad) == tuple(
+    tok.token_to_id(t) for t in (world_lib.BOS, world_lib.EOS, world_lib.PAD)
+  )
   assert tokenizer.padded_vocab_size(text_tok.size) % 64 == 0
   assert tokenizer.padded_vocab_size(text_tok.size) >= len(world.vocabulary())
 
@@ -93,8 +97,9 @@ def test_encoder_scores_answer_and_end_only():
   with pytest.raises(ValueError, match="seq_len=4 is too short"):
     pipeline.Encoder(tokenizer.from_tokenizers(tok), 4)(record)
   truncated = pipeline.Encoder(tokenizer.from_tokenizers(tok), 4, truncate=True)(record)
-  np.testing.assert_array_equal(truncated["inputs"], pipeline.Encoder(tokenizer.from_tokenizers(tok), 24)(record)[
-      "inputs"][:4])
+  np.testing.assert_array_equal(
+    truncated["inputs"], pipeline.Encoder(tokenizer.from_tokenizers(tok), 24)(record)["inputs"][:4]
+  )
 
 
 def test_nested_subsets_are_nested_and_deterministic():
@@ -112,8 +117,12 @@ def test_finetune_batches_draw_only_from_their_subset(world_data_dir):
   tok = tokenizer.from_tokenizers(tokenizer.word_tokenizer(world.vocabulary()))
   source = tfds_world.data_source(TINY_WORLD, world_data_dir, "qa_train")
   batches = pipeline.train_batches(source, pipeline.Encoder(tok, 16), 8, seed=0, subset=16, subset_seed=1)
-  allowed = {tuple(r) for r in pipeline.encode_split(source, pipeline.Encoder(tok, 16))["inputs"][
-      pipeline.nested_subset(len(source), 16, 1)]}
+  allowed = {
+    tuple(r)
+    for r in pipeline.encode_split(source, pipeline.Encoder(tok, 16))["inputs"][
+      pipeline.nested_subset(len(source), 16, 1)
+    ]
+  }
   seen = [tuple(r) for step in range(4) for r in batches[step]["inputs"]]
   assert set(seen) == allowed  # Two epochs of 16 examples: each example exactly twice.
   assert all(seen.count(r) == 2 for r in allowed)
@@ -140,7 +149,9 @@ def test_each_cloze_probe_has_one_right_continuation():
   it ("X was born in" goes on with a city, or with "the year" of a birth year)."""
   world = world_lib.build_world(TINY_WORLD)
   for record in world_lib.records(world, "cloze_test"):
-    sentences = {a: {t.format(name=world.names[record["person"]], v="") for t in ts}
-                 for a, (_, ts, _) in world_lib.ATTRIBUTES.items()}
+    sentences = {
+      a: {t.format(name=world.names[record["person"]], v="") for t in ts}
+      for a, (_, ts, _) in world_lib.ATTRIBUTES.items()
+    }
     begun = {a for a, texts in sentences.items() for text in texts if text.startswith(record["prompt"] + " ")}
     assert begun == {record["attribute"]}, record["prompt"]

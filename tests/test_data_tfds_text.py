@@ -9,9 +9,14 @@ from tokenizers import Tokenizer
 from scaling.data import shakespeare, tfds_text, tokenizer
 from scaling.data import world as world_lib
 
-PAIRS = {"train": [("Guten Morgen.", "Good morning."), ("Danke schön.", "Thank you very much."),
-                   ("Wo ist der Bahnhof?", "Where is the station?")],
-         "validation": [("Ja.", "Yes.")]}
+PAIRS = {
+  "train": [
+    ("Guten Morgen.", "Good morning."),
+    ("Danke schön.", "Thank you very much."),
+    ("Wo ist der Bahnhof?", "Where is the station?"),
+  ],
+  "validation": [("Ja.", "Yes.")],
+}
 WMT_TEMPLATE = tfds_text.Template("Translate German to English: {translation.de}\nEnglish:", "{translation.en}")
 
 
@@ -42,13 +47,18 @@ def test_translation_dataset_reads_like_a_prepared_wmt_config(wmt_dir):
   WMT_TEMPLATE.check(tfds_text.feature_paths(ds))
   assert WMT_TEMPLATE.fields == ["translation.de", "translation.en"]
   assert WMT_TEMPLATE.render(ds.source("train")[1]) == {
-      "prompt": "Translate German to English: Danke schön.\nEnglish:", "answer": "Thank you very much."}
+    "prompt": "Translate German to English: Danke schön.\nEnglish:",
+    "answer": "Thank you very much.",
+  }
   assert tfds_text.available(wmt_dir) == ["wmt19_translate/de-en:1.0.0"]
 
 
 def test_open_dataset_errors_name_what_is_wrong_and_what_is_there(wmt_dir, tmp_path):
-  with pytest.raises(ValueError, match=r"'wmt19_translate/zh-en' is not prepared in data_dir .*: there is no folder .*"
-                                       r"data_dir holds \['wmt19_translate/de-en:1.0.0'\]"):
+  with pytest.raises(
+    ValueError,
+    match=r"'wmt19_translate/zh-en' is not prepared in data_dir .*: there is no folder .*"
+    r"data_dir holds \['wmt19_translate/de-en:1.0.0'\]",
+  ):
     tfds_text.open_dataset("wmt19_translate/zh-en", wmt_dir)
   with pytest.raises(ValueError, match=r"has versions \['1.0.0'\]"):
     tfds_text.open_dataset("wmt19_translate/de-en:2.0.0", wmt_dir)
@@ -71,7 +81,9 @@ def test_open_dataset_errors_name_what_is_wrong_and_what_is_there(wmt_dir, tmp_p
 
 
 def test_template_errors_name_the_field():
-  with pytest.raises(ValueError, match=r"prompt reads feature 'translation.fr'.*\['translation.de', 'translation.en'\]"):
+  with pytest.raises(
+    ValueError, match=r"prompt reads feature 'translation.fr'.*\['translation.de', 'translation.en'\]"
+  ):
     tfds_text.Template("{translation.fr}", "{translation.en}").check(["translation.de", "translation.en"])
   with pytest.raises(ValueError, match=r"answer '\{\}' has field \{\}"):
     tfds_text.Template("{text}", "{}")
@@ -91,8 +103,9 @@ def test_shakespeare_splits_sizes_and_no_overlap(shakespeare_dir):
   # Read back what was generated, in order (smaller splits: one record at a time is slow).
   for ds, config, split in ((corpus, "corpus", "heldout"), (task, "play", "dev"), (task, "play", "test")):
     source = ds.source(split)
-    assert [{k: v.decode() for k, v in r.items()} for r in source.__getitems__(range(len(source)))] == \
-        shakespeare.records(config, split)
+    assert [
+      {k: v.decode() for k, v in r.items()} for r in source.__getitems__(range(len(source)))
+    ] == shakespeare.records(config, split)
   text = {s: {r["text"] for r in shakespeare.records("corpus", s)} for s in ("train", "heldout")}
   prompts = {s: {r["prompt"] for r in shakespeare.records("play", s)} for s in ("train", "dev", "test")}
   assert not text["train"] & text["heldout"]
@@ -102,16 +115,24 @@ def test_shakespeare_splits_sizes_and_no_overlap(shakespeare_dir):
   assert len(shakespeare.plays()) == 37
   assert max(p.num_words for p in shakespeare.pieces()) <= shakespeare.MAX_WORDS
   assert shakespeare.records("corpus", "heldout")[0] == {
-      "text": "LAFEU: How called you the man you speak of, madam?", "play": "All's Well That Ends Well"}
+    "text": "LAFEU: How called you the man you speak of, madam?",
+    "play": "All's Well That Ends Well",
+  }
   with pytest.raises(ValueError, match="no split 'validation' in config 'play'"):
     shakespeare.records("play", "validation")
 
 
 def test_shakespeare_speeches_parse_each_layout():
-  text = ("PERSONS.\n\nHam., a prince.\n\nACT I.\n\nScene I. A room.\n\n[Enter Hamlet.]\n\nHam.\nTo be,\nor not. [Aside.]\n\n"
-          "[Exit Ghost.]\n\nStay!\n\nLADY MACBETH\nOut, spot!\n\nKING. Ay, that is so.\nIt is.\n\nSCENE II.\n\nNo one.")
-  assert shakespeare.speeches(text) == [("Ham", ["To be,", "or not."]), ("Ham", ["Stay!"]),
-                                        ("LADY MACBETH", ["Out, spot!"]), ("KING", ["Ay, that is so.", "It is."])]
+  text = (
+    "PERSONS.\n\nHam., a prince.\n\nACT I.\n\nScene I. A room.\n\n[Enter Hamlet.]\n\nHam.\nTo be,\nor not. [Aside.]\n\n"
+    "[Exit Ghost.]\n\nStay!\n\nLADY MACBETH\nOut, spot!\n\nKING. Ay, that is so.\nIt is.\n\nSCENE II.\n\nNo one."
+  )
+  assert shakespeare.speeches(text) == [
+    ("Ham", ["To be,", "or not."]),
+    ("Ham", ["Stay!"]),
+    ("LADY MACBETH", ["Out, spot!"]),
+    ("KING", ["Ay, that is so.", "It is."]),
+  ]
 
 
 def test_tokenizer_is_deterministic_and_round_trips(tmp_path):
@@ -123,7 +144,9 @@ def test_tokenizer_is_deterministic_and_round_trips(tmp_path):
   loaded = Tokenizer.from_file(str(tmp_path / "a" / "tokenizer.json"))
   for text in [r["text"] for r in shakespeare.records("corpus", "heldout")[:200]] + ["Ünïcode ☃"]:
     ids = loaded.encode(text).ids
-    assert ids == tok.encode(text).ids and loaded.decode(ids) == text and world_lib.UNK not in loaded.encode(text).tokens
+    assert (
+      ids == tok.encode(text).ids and loaded.decode(ids) == text and world_lib.UNK not in loaded.encode(text).tokens
+    )
   assert shakespeare.train_tokenizer(str(tmp_path / "a")).to_str() == tok.to_str()  # Loaded, not retrained.
   with pytest.raises(ValueError, match="vocabulary of 1024, not vocab_size=2048"):
     shakespeare.train_tokenizer(str(tmp_path / "a"), vocab_size=2048)

@@ -28,26 +28,39 @@ def _prompts(vocab=64):
   return np.asarray(jax.random.randint(jax.random.key(0), (len(PROMPT_LEN), 10), 1, vocab))
 
 
-@pytest.mark.parametrize("block", [{}, {"n_kv_heads": 1, "use_bias": True, "norm": "layer", "mlp": "gelu",
-                                        "rotary_fraction": 0.5, "parallel_residual": True}])
+@pytest.mark.parametrize(
+  "block",
+  [
+    {},
+    {
+      "n_kv_heads": 1,
+      "use_bias": True,
+      "norm": "layer",
+      "mlp": "gelu",
+      "rotary_fraction": 0.5,
+      "parallel_residual": True,
+    },
+  ],
+)
 def test_cached_decoding_equals_uncached_recomputation(block):
   m = _model(**block)
   model = nnx.merge(m.graphdef, m.params)
   prompts, steps = _prompts(), 6
-  got = np.asarray(decode.generate(decode.Mixture.of([m], [1.0]), prompts, PROMPT_LEN, jax.random.key(0),
-                                   num_new=steps))
+  got = np.asarray(
+    decode.generate(decode.Mixture.of([m], [1.0]), prompts, PROMPT_LEN, jax.random.key(0), num_new=steps)
+  )
   # The cache's logits, step by step, against a full forward pass over the same tokens.
   cache = model.init_cache(len(PROMPT_LEN), 10 + steps)
   logits, cache = extend(model, jnp.asarray(prompts), jnp.broadcast_to(jnp.arange(10), prompts.shape), cache)
   cached = [logits[np.arange(len(PROMPT_LEN)), PROMPT_LEN - 1]]
   for t in range(steps - 1):
-    logits, cache = extend(model, jnp.asarray(got[:, t:t + 1]), jnp.asarray(PROMPT_LEN + t)[:, None], cache)
+    logits, cache = extend(model, jnp.asarray(got[:, t : t + 1]), jnp.asarray(PROMPT_LEN + t)[:, None], cache)
     cached.append(logits[:, 0])
   # Uncached: one causal forward pass over each row's prompt and generated tokens (right-padded,
   # which causal attention cannot see), read at the position that predicts each step's token.
   seqs = np.zeros((len(PROMPT_LEN), 10 + steps), np.int32)
   for i, n in enumerate(PROMPT_LEN):
-    seqs[i, :n + steps] = [*prompts[i, :n], *got[i]]
+    seqs[i, : n + steps] = [*prompts[i, :n], *got[i]]
   full = np.asarray(jax.jit(lambda t: model(t))(jnp.asarray(seqs)))
   for i, n in enumerate(PROMPT_LEN):
     for t in range(steps):
@@ -58,8 +71,9 @@ def test_cached_decoding_equals_uncached_recomputation(block):
 def test_sampling_is_seeded_and_top_p_near_zero_is_greedy():
   mixture = decode.Mixture.of([_model()], [1.0])
   prompts = _prompts()
-  sample = lambda seed, s: np.asarray(decode.generate(mixture, prompts, PROMPT_LEN, jax.random.key(seed),
-                                                      num_new=8, sampling=s))
+  sample = lambda seed, s: np.asarray(
+    decode.generate(mixture, prompts, PROMPT_LEN, jax.random.key(seed), num_new=8, sampling=s)
+  )
   hot = decode.Sampling(temperature=1.5)
   assert np.array_equal(sample(1, hot), sample(1, hot))
   assert not np.array_equal(sample(1, hot), sample(2, hot))
@@ -67,10 +81,14 @@ def test_sampling_is_seeded_and_top_p_near_zero_is_greedy():
   assert np.array_equal(sample(5, nucleus), sample(0, decode.GREEDY))
 
 
-@pytest.mark.parametrize("kwargs, message", [
+@pytest.mark.parametrize(
+  "kwargs, message",
+  [
     ({"temperature": -1.0}, "temperature=-1.0; allowed: 0 \\(greedy\\) or a positive number"),
     ({"temperature": 1.0, "top_p": 0.0}, "top_p=0.0; allowed: above 0, at most 1"),
-    ({"temperature": 1.0, "top_p": 1.5}, "top_p=1.5; allowed: above 0, at most 1")])
+    ({"temperature": 1.0, "top_p": 1.5}, "top_p=1.5; allowed: above 0, at most 1"),
+  ],
+)
 def test_bad_sampling_is_named(kwargs, message):
   with pytest.raises(ValueError, match=message):
     decode.Sampling(**kwargs)
@@ -83,7 +101,10 @@ def test_top_p_keeps_the_smallest_nucleus():
 
 
 def _eft_mixture(vocab, beta=1.0, base_std=0.3, ft_std=0.3):
-  base_large, base_small = _model("d48l2", vocab, seed=1, init_std=base_std), _model(vocab=vocab, seed=3, init_std=base_std)
+  base_large, base_small = (
+    _model("d48l2", vocab, seed=1, init_std=base_std),
+    _model(vocab=vocab, seed=3, init_std=base_std),
+  )
   ft_small = _model(vocab=vocab, seed=2, init_std=ft_std)
   return decode.Mixture.of([base_large, ft_small, base_small], eft.weights(beta))
 
@@ -93,8 +114,9 @@ def test_speculative_greedy_equals_plain_eft_greedy(k):
   mixture = _eft_mixture(64)
   prompts = _prompts()
   plain = np.asarray(decode.generate(mixture, prompts, PROMPT_LEN, jax.random.key(0), num_new=12))
-  spec, stats = decode.speculative_generate(mixture, prompts, PROMPT_LEN, jax.random.key(0), num_new=12, k=k,
-                                            draft=eft.TERMS.index("finetuned_n2"))
+  spec, stats = decode.speculative_generate(
+    mixture, prompts, PROMPT_LEN, jax.random.key(0), num_new=12, k=k, draft=eft.TERMS.index("finetuned_n2")
+  )
   np.testing.assert_array_equal(np.asarray(spec), plain)
   assert 0 <= int(stats.accepted) <= int(stats.drafted) and int(stats.target_passes) <= 12
 
@@ -128,8 +150,9 @@ def test_speculative_sampling_follows_the_eft_distribution():
   exact = _exact_joint(mixture, prompt, vocab)
   hot = decode.Sampling(temperature=1.0)
   plain = np.asarray(decode.generate(mixture, prompts, lens, jax.random.key(1), num_new=2, sampling=hot))
-  spec, stats = decode.speculative_generate(mixture, prompts, lens, jax.random.key(2), num_new=2, k=2,
-                                            draft=1, sampling=hot)
+  spec, stats = decode.speculative_generate(
+    mixture, prompts, lens, jax.random.key(2), num_new=2, k=2, draft=1, sampling=hot
+  )
   assert 0.05 < int(stats.accepted) / int(stats.drafted) < 0.95  # Both rules of the test are exercised.
   assert _chi2_pvalue(plain, exact, vocab) > 1e-3
   assert _chi2_pvalue(np.asarray(spec), exact, vocab) > 1e-3

@@ -24,8 +24,15 @@ def test_answer_metrics_count_right_and_well_formed_answers():
   # Example 0's truth is the model's own greedy answer; example 1's truth is something else.
   targets = np.zeros((2, 8), np.int64)
   targets[0, 3], targets[1, 3] = first, (first + 1) % 64
-  batch = {"inputs": prompt, "targets": targets, "weights": np.zeros((2, 8)), "prompt_len": np.asarray([4, 4]),
-           "answer_len": np.asarray([1, 1]), "attribute": np.asarray([0, 0]), "valid": np.asarray([1.0, 1.0])}
+  batch = {
+    "inputs": prompt,
+    "targets": targets,
+    "weights": np.zeros((2, 8)),
+    "prompt_len": np.asarray([4, 4]),
+    "answer_len": np.asarray([1, 1]),
+    "attribute": np.asarray([0, 0]),
+    "valid": np.asarray([1.0, 1.0]),
+  }
   allowed = {0: np.asarray([first])}
   m = evaluate.answer_metrics(mixture, [batch], allowed, eos=second, max_answer_len=1)
   assert m == {"knowledge": 0.5, "behaviour": 1.0}
@@ -37,9 +44,18 @@ def test_the_loss_pass_serves_as_the_first_greedy_pass(monkeypatch):
   """Answers given the test loss pass's predictions are the same, one model pass per batch fewer."""
   mixture = _mixture()
   tokens = np.asarray(jax.random.randint(jax.random.key(2), (2, 4, 9), 1, 64))
-  batches = [{"inputs": t[:, :-1], "targets": t[:, 1:], "weights": np.ones((4, 8), np.float32),
-              "prompt_len": np.asarray([3, 4, 2, 5]), "answer_len": np.ones(4, int), "attribute": np.zeros(4, int),
-              "valid": np.ones(4)} for t in tokens]
+  batches = [
+    {
+      "inputs": t[:, :-1],
+      "targets": t[:, 1:],
+      "weights": np.ones((4, 8), np.float32),
+      "prompt_len": np.asarray([3, 4, 2, 5]),
+      "answer_len": np.ones(4, int),
+      "attribute": np.zeros(4, int),
+      "valid": np.ones(4),
+    }
+    for t in tokens
+  ]
   values, loss = {0: np.arange(0, 64, 2)}, evaluate.mean_loss(mixture, batches)
   scores, passes = evaluate.scores, []
   monkeypatch.setattr(evaluate, "scores", lambda *a: passes.append(1) or scores(*a))
@@ -50,8 +66,9 @@ def test_the_loss_pass_serves_as_the_first_greedy_pass(monkeypatch):
   shared = [evaluate._greedy_answers(mixture, b, 2, p) for b, p in zip(batches, predictions)]
   assert len(passes) == 8  # One pass per batch, not two.
   np.testing.assert_array_equal(np.stack(shared), np.stack(alone))
-  assert evaluate.answer_metrics(mixture, batches, values, 0, 1, predictions) == \
-         evaluate.answer_metrics(mixture, batches, values, 0, 1)
+  assert evaluate.answer_metrics(mixture, batches, values, 0, 1, predictions) == evaluate.answer_metrics(
+    mixture, batches, values, 0, 1
+  )
 
 
 def test_mean_loss_of_one_model_is_its_cross_entropy():
@@ -76,8 +93,12 @@ def test_greedy_answers_need_no_room_after_the_prompt():
   """A batch whose rows end at their prompts is widened for the answer: the same answers."""
   mixture = _mixture()
   prompt = np.asarray([[1, 5, 6, 7, 0, 0, 0, 0]])
-  tight = {"inputs": prompt[:, :4], "targets": np.zeros((1, 4), np.int64), "weights": np.zeros((1, 4)),
-           "prompt_len": np.asarray([4])}
+  tight = {
+    "inputs": prompt[:, :4],
+    "targets": np.zeros((1, 4), np.int64),
+    "weights": np.zeros((1, 4)),
+    "prompt_len": np.asarray([4]),
+  }
   roomy = {**tight, "inputs": prompt, "targets": np.zeros((1, 8), np.int64), "weights": np.zeros((1, 8))}
   got = [evaluate._greedy_answers(mixture, b, 3) for b in (tight, roomy)]
   np.testing.assert_array_equal(got[0], got[1])
@@ -89,16 +110,22 @@ def test_mixtures_share_their_models_programs():
   and its loss is that of the combined distribution."""
   single = _mixture()
   (model,) = single.modules()
-  other = nnx.to_pure_dict(nnx.state(model_lib.Transformer(model_lib.ladder_config("d32l2", vocab_size=64),
-                                                           nnx.Rngs(4))))
+  other = nnx.to_pure_dict(
+    nnx.state(model_lib.Transformer(model_lib.ladder_config("d32l2", vocab_size=64), nnx.Rngs(4)))
+  )
   tokens = np.asarray(jax.random.randint(jax.random.key(2), (2, 9), 1, 64))
-  batch = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:], "weights": np.ones((2, 8), np.float32),
-           "prompt_len": np.asarray([1, 1])}
+  batch = {
+    "inputs": tokens[:, :-1],
+    "targets": tokens[:, 1:],
+    "weights": np.ones((2, 8), np.float32),
+    "prompt_len": np.asarray([1, 1]),
+  }
   evaluate.mean_loss(single, [batch])
   compiled = evaluate._logits._cache_size()
   g, p = single.graphdefs[0], single.params[0]
-  emulated = decode.Mixture.of([decode.Model(g, p, {}), decode.Model(g, other, {}), decode.Model(g, p, {})],
-                               eft.weights(0.5))
+  emulated = decode.Mixture.of(
+    [decode.Model(g, p, {}), decode.Model(g, other, {}), decode.Model(g, p, {})], eft.weights(0.5)
+  )
   loss = evaluate.mean_loss(emulated, [batch])
   assert evaluate._logits._cache_size() == compiled
   logp = np.asarray(decode.log_probs(emulated, jnp.asarray(batch["inputs"])))
@@ -116,6 +143,7 @@ def test_chunked_loss_equals_the_whole_and_never_holds_all_logits():
   def loss(chunk):
     def total(x, w):
       return evaluate.chunked_cross_entropy(lambda h: h @ w, x, targets, weights, chunk)[0]
+
     return jax.jit(jax.value_and_grad(total, argnums=(0, 1)))
 
   whole, (gx, gw) = loss(0)(x_BxLxD, w_DxV)

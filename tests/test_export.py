@@ -23,8 +23,12 @@ from scaling import sources as sources_lib
 from scaling import study as study_lib
 from scaling.data import world as world_lib
 
-STUDY = {"model.sizes": ("d16l2", "d32l2"), "finetune.methods": ("full", {"name": "prompt", "length": 4}),
-         "finetune.d_f": (16, 32), "eft": {"enabled": True, "betas": (1.0,)}}
+STUDY = {
+  "model.sizes": ("d16l2", "d32l2"),
+  "finetune.methods": ("full", {"name": "prompt", "length": 4}),
+  "finetune.d_f": (16, 32),
+  "eft": {"enabled": True, "betas": (1.0,)},
+}
 pytestmark = pytest.mark.slow  # Its fixture runs and exports a study.
 FILES = ("config.json", "model.safetensors", "tokenizer.json")
 # One program per model, not one per op (as an eager call compiles them).
@@ -77,7 +81,9 @@ def test_a_folders_tokenizer_encodes_as_the_study_did(exported):
   tuned = _of_kind(records, "finetune", "full")[0]
   ctx = context_lib.context(run_lib.load_spec(workdir / "runs" / base["id"] / "spec.json")[0], workdir)
   texts = [r["answer"] for r in itertools.islice(world_lib.records(ctx.sources.world, "pretrain"), 3)]
-  texts += [r["prompt"] + " " + r["answer"] for r in itertools.islice(world_lib.records(ctx.sources.world, "qa_test"), 3)]
+  texts += [
+    r["prompt"] + " " + r["answer"] for r in itertools.islice(world_lib.records(ctx.sources.world, "qa_test"), 3)
+  ]
   texts.append(f"{world_lib.BOS} an unheard-of word {world_lib.EOS}")  # Specials, and words out of the vocabulary.
   for folder in (out / base["id"], out / tuned["id"]):
     tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
@@ -107,8 +113,10 @@ def test_exported_weights_give_the_runs_logits(exported):
     assert got.dtype == np.float32
     np.testing.assert_allclose(got, want, atol=1e-6, rtol=0)
   # The fine-tunes moved away from their base: each folder holds its own run's weights.
-  base, tuned = (logits(hf.load(out / r["id"]), tokens) for r in _of_kind(records, "pretrain")[:1] +
-                 _of_kind(records, "finetune", "full")[:1])
+  base, tuned = (
+    logits(hf.load(out / r["id"]), tokens)
+    for r in _of_kind(records, "pretrain")[:1] + _of_kind(records, "finetune", "full")[:1]
+  )
   assert np.abs(np.asarray(base) - np.asarray(tuned)).max() > 1e-3
 
 
@@ -119,9 +127,17 @@ def test_entries_import_each_base_with_its_weight_fine_tunes(exported):
   for base, size in zip(bases, ("d16l2", "d32l2")):
     full = sorted((r for r in _of_kind(records, "finetune", "full") if r["base"] == base["id"]), key=lambda r: r["d_f"])
     assert base["id"] == f"pt-{size}-20-{base['id'][-10:]}" and base["pretrain_tokens"] > 0
-    want.append({"name": f"pt-{size}-20", "path": str(out / base["id"]), "pretrain_tokens": base["pretrain_tokens"],
-                 "finetunes": tuple({"path": str(out / r["id"]), "task": "qa", "method": "full", "d_f": d_f, "seed": 0}
-                                    for r, d_f in zip(full, (16, 32)))})
+    want.append(
+      {
+        "name": f"pt-{size}-20",
+        "path": str(out / base["id"]),
+        "pretrain_tokens": base["pretrain_tokens"],
+        "finetunes": tuple(
+          {"path": str(out / r["id"]), "task": "qa", "method": "full", "d_f": d_f, "seed": 0}
+          for r, d_f in zip(full, (16, 32))
+        ),
+      }
+    )
   got = entries["model"]["checkpoints"]
   assert got == tuple(want)
   base = bases[0]
@@ -146,16 +162,22 @@ def test_an_imported_study_reproduces_the_native_eft_grid_without_training(expor
   assert sorted(r["kind"] for r in imported) == ["checkpoint"] * 2 + ["eft"] * 8 + ["finetune_checkpoint"] * 4
   name = lambda size: size.split("-")[1] if size.startswith("pt-") else size  # pt-d16l2-20 -> d16l2
   # Cells of the full fine-tunes (the prompt-tuned ones were not exported) and of the EFT runs over them.
-  by_cell = lambda rs, kind: {(name(r["size"]), name(r.get("finetune_size", "")), r["d_f"]): r["metrics"]
-                              for r in rs if r["kind"] == kind and r["method"] == "full"}
+  by_cell = lambda rs, kind: {
+    (name(r["size"]), name(r.get("finetune_size", "")), r["d_f"]): r["metrics"]
+    for r in rs
+    if r["kind"] == kind and r["method"] == "full"
+  }
   for native_kind, kind, count in (("eft", "eft", 8), ("finetune", "finetune_checkpoint", 4)):
     native, got = by_cell(records.values(), native_kind), by_cell(imported, kind)
     assert got.keys() == native.keys() and len(got) == count
     for key, metrics in native.items():
       assert got[key].keys() == metrics.keys() and got[key] == pytest.approx(metrics, abs=1e-4), key
   # The decoupling table gives the same verdicts.
-  verdicts = lambda w: {(f["metric"], f["beta"]): f["follows"] for f in eft_analysis.fit_eft(results.load_table(w))
-                        if f["analysis"] == "decoupling"}
+  verdicts = lambda w: {
+    (f["metric"], f["beta"]): f["follows"]
+    for f in eft_analysis.fit_eft(results.load_table(w))
+    if f["analysis"] == "decoupling"
+  }
   assert verdicts(tmp_path) == verdicts(workdir) and verdicts(workdir)
 
 
@@ -169,7 +191,8 @@ def test_export_again_rewrites_nothing(exported, capsys):
   assert [p.stat().st_mtime_ns for p in files] == mtimes
   saved = _of_kind(records, "pretrain") + _of_kind(records, "finetune", "full")
   assert {x for x in lines if x.startswith("kept ")} == {
-      f"kept {r['id']}: {out / r['id']} is already exported (config.json present)" for r in saved}
+    f"kept {r['id']}: {out / r['id']} is already exported (config.json present)" for r in saved
+  }
   assert not any(x.startswith("exported ") for x in lines)
   assert f"c.model = {entries['model']!r}" in lines
 

@@ -32,12 +32,17 @@ def test_grid_shape_and_dependencies():
 
 def test_ids_stable_across_processes():
   here = [r.id for r in _runs()]
-  code = ("import sys, json; sys.path.insert(0, 'tests');"
-          "from conftest import tiny_study; from scaling import kinds, study;"
-          "print(json.dumps([r.id for r in kinds.expand(study.validate(tiny_study(), 8))]))")
+  code = (
+    "import sys, json; sys.path.insert(0, 'tests');"
+    "from conftest import tiny_study; from scaling import kinds, study;"
+    "print(json.dumps([r.id for r in kinds.expand(study.validate(tiny_study(), 8))]))"
+  )
   env = {**os.environ, "PYTHONPATH": ROOT, "PYTHONHASHSEED": "123"}
-  there = json.loads(subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
-                                    text=True, check=True).stdout.strip().splitlines()[-1])
+  there = json.loads(
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, check=True)
+    .stdout.strip()
+    .splitlines()[-1]
+  )
   assert here == there
 
 

@@ -9,23 +9,27 @@ import pytest
 from conftest import needs_transformers
 from flax import nnx
 
-from scaling import hf
+from scaling import hf, methods
 from scaling import mesh as mesh_lib
-from scaling import methods
 from scaling import model as model_lib
 
 pytestmark = needs_transformers
 VOCAB = 96
-FAMILIES = {"gpt_neox": ("GPTNeoXConfig", "GPTNeoXForCausalLM"), "llama": ("LlamaConfig", "LlamaForCausalLM"),
-            "qwen2": ("Qwen2Config", "Qwen2ForCausalLM")}  # transformers' config and model classes.
+FAMILIES = {
+  "gpt_neox": ("GPTNeoXConfig", "GPTNeoXForCausalLM"),
+  "llama": ("LlamaConfig", "LlamaForCausalLM"),
+  "qwen2": ("Qwen2Config", "Qwen2ForCausalLM"),
+}  # transformers' config and model classes.
 # Each family and the variants that exercise a different path of the converter.
 CASES = {
-    "neox_parallel": ("gpt_neox", dict(rotary_pct=0.5, use_parallel_residual=True)),
-    "neox_sequential": ("gpt_neox", dict(rotary_pct=0.25, use_parallel_residual=False, attention_bias=False,
-                                         num_attention_heads=2)),
-    "llama_gqa_untied": ("llama", dict(num_key_value_heads=2, head_dim=16, tie_word_embeddings=False)),
-    "llama_biases": ("llama", dict(attention_bias=True, mlp_bias=True, tie_word_embeddings=True)),
-    "qwen2_tied": ("qwen2", dict(num_key_value_heads=2, tie_word_embeddings=True)),
+  "neox_parallel": ("gpt_neox", dict(rotary_pct=0.5, use_parallel_residual=True)),
+  "neox_sequential": (
+    "gpt_neox",
+    dict(rotary_pct=0.25, use_parallel_residual=False, attention_bias=False, num_attention_heads=2),
+  ),
+  "llama_gqa_untied": ("llama", dict(num_key_value_heads=2, head_dim=16, tie_word_embeddings=False)),
+  "llama_biases": ("llama", dict(attention_bias=True, mlp_bias=True, tie_word_embeddings=True)),
+  "qwen2_tied": ("qwen2", dict(num_key_value_heads=2, tie_word_embeddings=True)),
 }
 TOKENS = np.random.default_rng(0).integers(0, VOCAB, (2, 12))
 
@@ -37,8 +41,16 @@ def build_reference(kind: str, seed: int = 0, **options):
   import transformers
 
   config_cls, model_cls = (getattr(transformers, name) for name in FAMILIES[kind])
-  config = config_cls(**{"vocab_size": VOCAB, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
-                         "intermediate_size": 64, **options})
+  config = config_cls(
+    **{
+      "vocab_size": VOCAB,
+      "hidden_size": 32,
+      "num_hidden_layers": 2,
+      "num_attention_heads": 4,
+      "intermediate_size": 64,
+      **options,
+    }
+  )
   torch.manual_seed(seed)
   model = model_cls(config).eval()
   with torch.no_grad():
@@ -52,8 +64,9 @@ def reference_outputs(folder):
   import torch
   import transformers
 
-  model = transformers.AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32,
-                                                            attn_implementation="eager").eval()
+  model = transformers.AutoModelForCausalLM.from_pretrained(
+    str(folder), dtype=torch.float32, attn_implementation="eager"
+  ).eval()
   with torch.no_grad():
     out = model(torch.tensor(TOKENS), output_hidden_states=True)
   return out.logits.numpy(), [h.numpy() for h in out.hidden_states[1:]]
@@ -62,8 +75,9 @@ def reference_outputs(folder):
 def our_outputs(model):
   """Our logits and each block's output (the last one through the final norm, as transformers gives it)."""
   hidden = []
-  logits, _ = model.forward_embeddings(model.embed_tokens(jnp.asarray(TOKENS)),
-                                       after_block=lambda i, x: hidden.append(x) or x)
+  logits, _ = model.forward_embeddings(
+    model.embed_tokens(jnp.asarray(TOKENS)), after_block=lambda i, x: hidden.append(x) or x
+  )
   hidden[-1] = model.norm_out(hidden[-1])
   return np.asarray(logits), [np.asarray(h) for h in hidden]
 
@@ -91,12 +105,18 @@ def test_logits_and_every_layer_match_transformers(folders, case):
 def test_imported_config_keeps_the_families_options(folders):
   neox = hf.load(folders["neox_parallel"]).cfg
   assert (neox.norm, neox.mlp, neox.rotary_dims, neox.parallel_residual, neox.tie_embeddings) == (
-      "layer", "gelu_exact", 4, True, False)
+    "layer",
+    "gelu_exact",
+    4,
+    True,
+    False,
+  )
   assert hf.load(folders["neox_sequential"]).cfg.use_bias == ("mlp",)
   qwen = hf.load(folders["qwen2_tied"]).cfg
   assert (qwen.use_bias, qwen.kv_heads, qwen.tie_embeddings) == (("qkv",), 2, True)
   assert model_lib.param_count(qwen) == sum(
-      p.numel() for p in build_reference("qwen2", **CASES["qwen2_tied"][1]).parameters())
+    p.numel() for p in build_reference("qwen2", **CASES["qwen2_tied"][1]).parameters()
+  )
 
 
 def test_old_pythia_config_and_half_precision_shards_load(folders, tmp_path):
@@ -115,7 +135,9 @@ def test_old_pythia_config_and_half_precision_shards_load(folders, tmp_path):
   assert ours.cfg.rotary_dims == 4
   stored = {name: p.detach().float().numpy() for name, p in reference.named_parameters()}
   assert np.array_equal(np.asarray(ours.embed[...]), stored["gpt_neox.embed_in.weight"])
-  assert np.array_equal(np.asarray(ours.blocks[1].mlp.w_down[...]), stored["gpt_neox.layers.1.mlp.dense_4h_to_h.weight"].T)
+  assert np.array_equal(
+    np.asarray(ours.blocks[1].mlp.w_down[...]), stored["gpt_neox.layers.1.mlp.dense_4h_to_h.weight"].T
+  )
 
 
 def test_sharded_load_equals_unsharded(folders):
@@ -148,11 +170,14 @@ def _randomised(cfg: model_lib.ModelConfig, seed: int = 0) -> model_lib.Transfor
   return nnx.merge(graphdef, jax.tree.unflatten(tree, leaves))
 
 
-@pytest.mark.parametrize("block", [
+@pytest.mark.parametrize(
+  "block",
+  [
     dict(n_kv_heads=2, tie_embeddings=False),  # Llama.
     dict(use_bias=("qkv",), head_dim=16),  # Qwen2.
     dict(norm="layer", mlp="gelu_exact", use_bias=True, parallel_residual=True, rotary_fraction=0.5),  # GPT-NeoX.
-])
+  ],
+)
 def test_our_model_exported_loads_in_transformers_with_equal_logits(block, tmp_path):
   cfg = model_lib.ModelConfig(vocab_size=VOCAB, d_model=32, n_layers=2, n_heads=4, **block)
   model = _randomised(cfg)
@@ -167,8 +192,7 @@ def test_lora_is_merged_on_export_and_activation_methods_refuse(tmp_path):
   state = jax.tree.map(lambda x: x + 0.1, state)  # B = 0 at the start: move it so the adapters matter.
   tuned = nnx.merge(graphdef, state)
   hf.save(tuned, tmp_path / "lora")
-  np.testing.assert_allclose(reference_outputs(tmp_path / "lora")[0], np.asarray(tuned(jnp.asarray(TOKENS))),
-                             atol=1e-4)
+  np.testing.assert_allclose(reference_outputs(tmp_path / "lora")[0], np.asarray(tuned(jnp.asarray(TOKENS))), atol=1e-4)
   reft = methods.get_method("reft").prepare(_randomised(cfg), nnx.Rngs(1))
   with pytest.raises(ValueError, match="cannot be saved"):
     hf.save(reft, tmp_path / "reft")
@@ -196,12 +220,16 @@ def test_bad_folders_fail_naming_what_is_wrong(folders, tmp_path):
   with pytest.raises(ValueError, match="model_type='gpt2'.*allowed: \\['gpt_neox', 'llama', 'qwen2'\\]"):
     hf.load(_edit_config(llama, tmp_path / "gpt2", model_type="gpt2"))
   with pytest.raises(ValueError, match="rope type 'linear'"):
-    hf.load(_edit_config(llama, tmp_path / "rope", rope_parameters={"rope_type": "linear", "factor": 2.0,
-                                                                    "rope_theta": 1e4}))
+    hf.load(
+      _edit_config(llama, tmp_path / "rope", rope_parameters={"rope_type": "linear", "factor": 2.0, "rope_theta": 1e4})
+    )
   with pytest.raises(ValueError, match="sliding-window"):
     hf.load(_edit_config(folders["qwen2_tied"], tmp_path / "swa", use_sliding_window=True))
-  with pytest.raises(ValueError, match=r"tensor model.layers.0.mlp.down_proj.weight has shape \[32, 64\]; "
-                                       r"this config.json needs \[32, 80\]"):
+  with pytest.raises(
+    ValueError,
+    match=r"tensor model.layers.0.mlp.down_proj.weight has shape \[32, 64\]; "
+    r"this config.json needs \[32, 80\]",
+  ):
     hf.load(_edit_config(llama, tmp_path / "shape", intermediate_size=80))
   missing = _edit_config(llama, tmp_path / "missing")
   tensors = hf.Tensors(missing)
@@ -225,8 +253,9 @@ def test_a_folder_on_gs_saves_loads_and_has_a_content_id(storage, tmp_path):
   hf.save(model, folder, dtype="bfloat16")
   hf.save(model, tmp_path / "llama", dtype="bfloat16")
   loaded = hf.load(folder)
-  np.testing.assert_array_equal(np.asarray(loaded(jnp.asarray(TOKENS))),
-                                np.asarray(hf.load(tmp_path / "llama")(jnp.asarray(TOKENS))))
+  np.testing.assert_array_equal(
+    np.asarray(loaded(jnp.asarray(TOKENS))), np.asarray(hf.load(tmp_path / "llama")(jnp.asarray(TOKENS)))
+  )
   first = hf.content_id(folder)  # From the store's checksums: nothing is downloaded.
   assert hf.content_id(folder) == first
   hf.save(_randomised(cfg, seed=1), folder)

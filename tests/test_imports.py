@@ -75,10 +75,14 @@ def test_the_projects_modules_import_one_another_without_a_cycle():
   assert cycles(graph) == [], "import cycles (each a set of modules that import one another)"
 
 
-@pytest.mark.parametrize("sources, want", [
+@pytest.mark.parametrize(
+  "sources, want",
+  [
     ({"a": "from b import x", "b": "def f():\n  import a"}, [["a", "b"]]),  # Hidden in a function: found.
     ({"a": "import b.c", "b": "", "b.c": "from a import y"}, [["a", "b.c"]]),
-    ({"a": "import b", "b": "import c", "c": ""}, [])])
+    ({"a": "import b", "b": "import c", "c": ""}, []),
+  ],
+)
 def test_a_cycle_is_found_wherever_its_imports_are(tmp_path, sources, want):
   modules = {}
   for name, text in sources.items():

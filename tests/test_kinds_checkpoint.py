@@ -18,8 +18,20 @@ from scaling.data import tfds_text
 pytestmark = needs_transformers
 
 # A word-for-word "language": translating is a lexicon lookup that a tiny model can start to learn.
-LEXICON = {"hund": "dog", "katze": "cat", "haus": "house", "baum": "tree", "rot": "red", "gross": "big",
-           "klein": "small", "blau": "blue", "der": "the", "ein": "a", "sieht": "sees", "hat": "has"}
+LEXICON = {
+  "hund": "dog",
+  "katze": "cat",
+  "haus": "house",
+  "baum": "tree",
+  "rot": "red",
+  "gross": "big",
+  "klein": "small",
+  "blau": "blue",
+  "der": "the",
+  "ein": "a",
+  "sieht": "sees",
+  "hat": "has",
+}
 SPECIALS = ["<pad>", "<bos>", "<eos>", "<unk>"]
 
 
@@ -41,8 +53,9 @@ def _tokenizer_folder(folder) -> None:
   vocab = SPECIALS + ["German:", "English:"] + sorted(LEXICON) + sorted(set(LEXICON.values()))
   tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(vocab)}, unk_token="<unk>"))
   tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-  fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>",
-                                              pad_token="<pad>", unk_token="<unk>")
+  fast = transformers.PreTrainedTokenizerFast(
+    tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>", unk_token="<unk>"
+  )
   fast.save_pretrained(folder)
 
 
@@ -52,8 +65,16 @@ def _checkpoint(folder, hidden: int, seed: int) -> None:
   import transformers
 
   torch.manual_seed(seed)
-  config = transformers.GPTNeoXConfig(vocab_size=64, hidden_size=hidden, num_hidden_layers=2, num_attention_heads=4,
-                                      intermediate_size=4 * hidden, rotary_pct=0.5, bos_token_id=1, eos_token_id=2)
+  config = transformers.GPTNeoXConfig(
+    vocab_size=64,
+    hidden_size=hidden,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=4 * hidden,
+    rotary_pct=0.5,
+    bos_token_id=1,
+    eos_token_id=2,
+  )
   transformers.GPTNeoXForCausalLM(config).save_pretrained(folder)
   _tokenizer_folder(folder)
 
@@ -64,21 +85,44 @@ def inputs(tmp_path_factory):
   for name, hidden, seed in (("small", 32, 0), ("large", 64, 1)):
     _checkpoint(root / name, hidden, seed)
   data_dir = str(root / "tfds")
-  tfds_text.make_translation_dataset(data_dir, "wmt_tiny/de-en", {
-      "train": _pairs(64, 0), "validation": _pairs(16, 1), "test": _pairs(16, 2)})
+  tfds_text.make_translation_dataset(
+    data_dir, "wmt_tiny/de-en", {"train": _pairs(64, 0), "validation": _pairs(16, 1), "test": _pairs(16, 2)}
+  )
   return root, data_dir
 
 
 def _study(root, data_dir, **overrides):
-  task = {"name": "de-en", "tfds": "wmt_tiny/de-en", "data_dir": data_dir, "prompt": "German: {translation.de} English:",
-          "answer": "{translation.en}", "train": "train", "dev": "validation", "test": "test"}
-  corpus = {"tfds": "wmt_tiny/de-en", "data_dir": data_dir, "text": "{translation.en}", "train": "train",
-            "heldout": "validation"}
-  return tiny_study(**{"model.sizes": (), "data": {"corpus": corpus},
-                       "model.checkpoints": ({"name": "small", "path": str(root / "small"), "pretrain_tokens": 1e6},
-                                             {"name": "large", "path": str(root / "large"), "pretrain_tokens": 1e6}),
-                       "finetune.tasks": (task,), "finetune.d_f": (8, 16, 64), "finetune.train.max_steps": 10,
-                       **overrides})
+  task = {
+    "name": "de-en",
+    "tfds": "wmt_tiny/de-en",
+    "data_dir": data_dir,
+    "prompt": "German: {translation.de} English:",
+    "answer": "{translation.en}",
+    "train": "train",
+    "dev": "validation",
+    "test": "test",
+  }
+  corpus = {
+    "tfds": "wmt_tiny/de-en",
+    "data_dir": data_dir,
+    "text": "{translation.en}",
+    "train": "train",
+    "heldout": "validation",
+  }
+  return tiny_study(
+    **{
+      "model.sizes": (),
+      "data": {"corpus": corpus},
+      "model.checkpoints": (
+        {"name": "small", "path": str(root / "small"), "pretrain_tokens": 1e6},
+        {"name": "large", "path": str(root / "large"), "pretrain_tokens": 1e6},
+      ),
+      "finetune.tasks": (task,),
+      "finetune.d_f": (8, 16, 64),
+      "finetune.train.max_steps": 10,
+      **overrides,
+    }
+  )
 
 
 @pytest.mark.slow
@@ -103,8 +147,14 @@ def test_study_of_imported_checkpoints_on_a_tfds_task_runs_and_fits(inputs, tmp_
   assert spec["checkpoints"][spec["size"]]["content"] == hf.content_id(root / spec["size"])
   points = fit_lib.finetune_points(table)
   assert fit_lib.varied_axes(points) == ["non_embedding_params"]
-  law = frames.fit_frame(fit_lib.law_points(points, "non_embedding_params"), "multiplicative", d="d_f",
-                          y="test_loss", x="non_embedding_params", holdout=None)
+  law = frames.fit_frame(
+    fit_lib.law_points(points, "non_embedding_params"),
+    "multiplicative",
+    d="d_f",
+    y="test_loss",
+    x="non_embedding_params",
+    holdout=None,
+  )
   assert law["num_points"] == 6 and law["converged"]
   # Resuming finds everything done.
   assert local.execute_all(kinds.expand(study_lib.validate(_study(root, data_dir), 8)), tmp_path) == (0, 8)
@@ -133,18 +183,36 @@ def test_bad_checkpoints_datasets_and_features_fail_before_training(inputs, tmp_
   task = good.finetune.tasks[0]
   (tmp_path / "empty").mkdir()
   cases = [
-      ({"model.checkpoints": ({"name": "x", "path": str(tmp_path / "empty")},)},
-       "model.checkpoints[0].path: " + str(tmp_path / "empty") + ": no config.json"),
-      ({"model.checkpoints": ({"name": "d32l2", "path": str(root / "small")},)},
-       "model.checkpoints[0].name='d32l2'; allowed: a new non-empty name, not a ladder size"),
-      ({"finetune.tasks": (_edit(task, tfds="wmt_huge/de-en"),)}, "dataset 'wmt_huge/de-en' is not prepared in data_dir"),
-      ({"finetune.tasks": (_edit(task, answer="{translation.fr}"),)},
-       "template answer reads feature 'translation.fr', which the dataset lacks; its features are "
-       "['translation.de', 'translation.en']"),
-      ({"finetune.tasks": (_edit(task, test="newstest2014"),)}, "finetune.tasks[0].test: dataset 'wmt_tiny/de-en"),
-      ({"data": {"corpus": {"tfds": "wmt_tiny/de-en", "data_dir": data_dir, "text": "{text}", "train": "train",
-                            "heldout": "validation"}}}, "data.corpus: template answer reads feature 'text'"),
-      ({"finetune.tasks": ("qa",)}, "finetune.tasks[0]='qa', a world task, is scored word by word"),
+    (
+      {"model.checkpoints": ({"name": "x", "path": str(tmp_path / "empty")},)},
+      "model.checkpoints[0].path: " + str(tmp_path / "empty") + ": no config.json",
+    ),
+    (
+      {"model.checkpoints": ({"name": "d32l2", "path": str(root / "small")},)},
+      "model.checkpoints[0].name='d32l2'; allowed: a new non-empty name, not a ladder size",
+    ),
+    ({"finetune.tasks": (_edit(task, tfds="wmt_huge/de-en"),)}, "dataset 'wmt_huge/de-en' is not prepared in data_dir"),
+    (
+      {"finetune.tasks": (_edit(task, answer="{translation.fr}"),)},
+      "template answer reads feature 'translation.fr', which the dataset lacks; its features are "
+      "['translation.de', 'translation.en']",
+    ),
+    ({"finetune.tasks": (_edit(task, test="newstest2014"),)}, "finetune.tasks[0].test: dataset 'wmt_tiny/de-en"),
+    (
+      {
+        "data": {
+          "corpus": {
+            "tfds": "wmt_tiny/de-en",
+            "data_dir": data_dir,
+            "text": "{text}",
+            "train": "train",
+            "heldout": "validation",
+          }
+        }
+      },
+      "data.corpus: template answer reads feature 'text'",
+    ),
+    ({"finetune.tasks": ("qa",)}, "finetune.tasks[0]='qa', a world task, is scored word by word"),
   ]
   for overrides, message in cases:
     with pytest.raises(study_lib.StudyError) as e:

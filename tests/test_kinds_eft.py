@@ -17,8 +17,11 @@ from scaling import run as run_lib
 from scaling import study as study_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-EFT = {"model.sizes": ("d32l2", "d48l2"), "finetune.d_f": (32,),
-       "eft": {"enabled": True, "d_f": (32,), "betas": (0.0, 1.0)}}
+EFT = {
+  "model.sizes": ("d32l2", "d48l2"),
+  "finetune.d_f": (32,),
+  "eft": {"enabled": True, "d_f": (32,), "betas": (0.0, 1.0)},
+}
 
 
 def _plan(workdir, **overrides):
@@ -44,7 +47,9 @@ def test_eft_cells_and_dependencies():
     assert all(position[d] < position[r.id] for d in r.deps)
   assert len({r.id for r in eft}) == len(eft)
   pairs = [(r.config["size"], r.config["finetune_size"]) for r in eft]
-  only = kinds.expand(study_lib.validate(tiny_study(**{**EFT, "eft": {**EFT["eft"], "pairs": (("d48l2", "d32l2"),)}}), 8))
+  only = kinds.expand(
+    study_lib.validate(tiny_study(**{**EFT, "eft": {**EFT["eft"], "pairs": (("d48l2", "d32l2"),)}}), 8)
+  )
   assert {(r.config["size"], r.config["finetune_size"]) for r in only if r.kind == "eft"} == {("d48l2", "d32l2")}
   assert ("d32l2", "d48l2") in pairs and ("d48l2", "d48l2") in pairs
 
@@ -56,8 +61,17 @@ def test_eft_runs_score_as_their_parts(tmp_path):
   eft = [done[r.id] for r in runs if r.kind == "eft"]
   for rec in eft:
     assert rec["kind"] == "eft" and {"test_loss", "knowledge", "behaviour"} == set(rec["metrics"])
-    assert {"size", "finetune_size", "beta", "task", "method", "d_f", "seed", "non_embedding_params",
-            "finetune_non_embedding_params"} <= set(rec)
+    assert {
+      "size",
+      "finetune_size",
+      "beta",
+      "task",
+      "method",
+      "d_f",
+      "seed",
+      "non_embedding_params",
+      "finetune_non_embedding_params",
+    } <= set(rec)
     assert results.read_result(tmp_path / "runs" / rec["id"]) == json.loads(json.dumps(rec, default=float))
     ft = done[rec["finetuned"]]
     if rec["size"] == rec["finetune_size"] and rec["beta"] == 1.0:

@@ -55,8 +55,17 @@ def _plan(workdir, topology=TOPOLOGY, **overrides) -> plan.Plan:
 
 
 def _args(tmp_path, workdir, *extra, **overrides):
-  return ["--config", standins.write_config(tmp_path, **overrides), "--topology", TOPOLOGY,
-          "--workdir", str(workdir), "--image", "img:1", *extra]
+  return [
+    "--config",
+    standins.write_config(tmp_path, **overrides),
+    "--topology",
+    TOPOLOGY,
+    "--workdir",
+    str(workdir),
+    "--image",
+    "img:1",
+    *extra,
+  ]
 
 
 def _created(calls) -> list[dict]:
@@ -80,11 +89,16 @@ def _rows(status: str) -> dict[str, list[str]]:
   return {line.split()[0]: line.split()[1:] for line in status.splitlines()[1:-1]}
 
 
-@pytest.mark.parametrize("topology, hosts, tpus, accelerator, shape", [
-    ("v5p-16", 2, 4, "tpu-v5p-slice", "2x2x2"), ("v5e-8", 1, 8, "tpu-v5-lite-podslice", "2x4"),
-    ("v6e-16", 4, 4, "tpu-v6e-slice", "4x4"), ("v4-8", 1, 4, "tpu-v4-podslice", "2x2x1")])
-def test_a_jobset_runs_the_host_command_on_every_host_of_the_slice(tmp_path, topology, hosts, tpus, accelerator,
-                                                                     shape):
+@pytest.mark.parametrize(
+  "topology, hosts, tpus, accelerator, shape",
+  [
+    ("v5p-16", 2, 4, "tpu-v5p-slice", "2x2x2"),
+    ("v5e-8", 1, 8, "tpu-v5-lite-podslice", "2x4"),
+    ("v6e-16", 4, 4, "tpu-v6e-slice", "4x4"),
+    ("v4-8", 1, 4, "tpu-v4-podslice", "2x2x1"),
+  ],
+)
+def test_a_jobset_runs_the_host_command_on_every_host_of_the_slice(tmp_path, topology, hosts, tpus, accelerator, shape):
   p = _plan(tmp_path, topology, **{"mesh.shape": {"data": 1, "fsdp": 1, "tensor": -1}})
   run = p.runs[0]
   m = gke.manifest(p, run, "img:1", max_restarts=7, queue="")
@@ -96,16 +110,28 @@ def test_a_jobset_runs_the_host_command_on_every_host_of_the_slice(tmp_path, top
   [replicated] = m["spec"]["replicatedJobs"]
   job = replicated["template"]["spec"]
   assert replicated["replicas"] == 1
-  assert (job["parallelism"], job["completions"], job["completionMode"], job["backoffLimit"]) == \
-      (hosts, hosts, "Indexed", 0)
+  assert (job["parallelism"], job["completions"], job["completionMode"], job["backoffLimit"]) == (
+    hosts,
+    hosts,
+    "Indexed",
+    0,
+  )
   pod = job["template"]["spec"]
-  assert pod["nodeSelector"] == {"cloud.google.com/gke-tpu-accelerator": accelerator,
-                                 "cloud.google.com/gke-tpu-topology": shape}
+  assert pod["nodeSelector"] == {
+    "cloud.google.com/gke-tpu-accelerator": accelerator,
+    "cloud.google.com/gke-tpu-topology": shape,
+  }
   assert "serviceAccountName" not in pod  # The namespace's default.
   [container] = pod["containers"]
   assert container["image"] == "img:1" and container["resources"] == {"limits": {"google.com/tpu": tpus}}
-  assert container["command"] == ["python3", "-m", "scaling.run", "--spec", f"{tmp_path}/runs/{run.id}/spec.json",
-                                  "--distributed"]
+  assert container["command"] == [
+    "python3",
+    "-m",
+    "scaling.run",
+    "--spec",
+    f"{tmp_path}/runs/{run.id}/spec.json",
+    "--distributed",
+  ]
   queued = gke.manifest(p, run, "img:1", max_restarts=7, queue="multislice-queue")
   assert queued["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "multislice-queue" and not _errors(queued)
   identity = gke.manifest(p, run, "img:1", 7, "", service_account="scaling-writer")
@@ -125,12 +151,18 @@ def test_every_jobset_fits_the_published_jobset_schema_with_no_unknown_field(tmp
 POD_SPEC = ("spec", "replicatedJobs", 0, "template", "spec", "template", "spec")
 
 
-@pytest.mark.parametrize("where, field, misspelt", [
-    (("spec",), "failurePolicy", "failurepolicy"), (("spec", "network"), "enableDNSHostnames", "enableDnsHostnames"),
+@pytest.mark.parametrize(
+  "where, field, misspelt",
+  [
+    (("spec",), "failurePolicy", "failurepolicy"),
+    (("spec", "network"), "enableDNSHostnames", "enableDnsHostnames"),
     (("spec", "replicatedJobs", 0), "replicas", "replica"),
     (("spec", "replicatedJobs", 0, "template", "spec"), "completionMode", "completionmode"),
-    (POD_SPEC, "nodeSelector", "nodeselector"), (POD_SPEC, "serviceAccountName", "serviceAccountname"),
-    ((*POD_SPEC, "containers", 0), "command", "commands")])
+    (POD_SPEC, "nodeSelector", "nodeselector"),
+    (POD_SPEC, "serviceAccountName", "serviceAccountname"),
+    ((*POD_SPEC, "containers", 0), "command", "commands"),
+  ],
+)
 def test_a_misspelt_field_fails_the_schema(tmp_path, where, field, misspelt):
   p = _plan(tmp_path)
   good = gke.manifest(p, p.runs[0], "img:1", 10, "multislice-queue", "scaling-writer")
@@ -147,8 +179,9 @@ def test_a_misspelt_field_fails_the_schema(tmp_path, where, field, misspelt):
 
 
 def test_jobset_names_are_dns_labels_that_fit_the_pod_names_and_keep_the_hash(tmp_path):
-  p = _plan(tmp_path, "v5p-64", **{"name": "A Very Long Study Name " * 4, "mesh.shape": {"data": 1, "fsdp": 8,
-                                                                                         "tensor": -1}})
+  p = _plan(
+    tmp_path, "v5p-64", **{"name": "A Very Long Study Name " * 4, "mesh.shape": {"data": 1, "fsdp": 8, "tensor": -1}}
+  )
   names = [gke.jobset_name(p, r) for r in p.runs]
   limit = 63 - len("-slice-0-7-abcde")  # 8 hosts.
   assert all(re.fullmatch(r"[a-z][a-z0-9-]*[a-z0-9]", n) and len(n) <= limit for n in names)
@@ -163,15 +196,20 @@ def test_studies_of_one_name_in_two_workdirs_never_share_a_jobset(tmp_path):
   names_a, names_b = ({gke.jobset_name(p, r) for r in p.runs} for p in (a, b))
   assert names_a.isdisjoint(names_b) and gke.study_label(a) != gke.study_label(b)
   running = {"replicatedJobsStatus": [{"name": "slice", "ready": 1}]}
-  standins.set_state(tmp_path, {"jobsets": {gke.jobset_name(a, r): {**gke.manifest(a, r, "img:1", 10, ""),
-                                                                    "status": running} for r in a.runs[:2]}})
+  standins.set_state(
+    tmp_path,
+    {
+      "jobsets": {gke.jobset_name(a, r): {**gke.manifest(a, r, "img:1", 10, ""), "status": running} for r in a.runs[:2]}
+    },
+  )
   status_b = standins.launch(tmp_path, "gke", "status", *_args(tmp_path, tmp_path / "b"))
   assert status_b.returncode == 0, status_b.stderr
   assert status_b.stdout.splitlines()[-1] == "10 runs: 0 done, 0 running, 0 queued, 0 failed, 10 missing"
   launched = standins.launch(tmp_path, "gke", *_args(tmp_path, tmp_path / "b"))
   assert launched.returncode == 0, launched.stderr
-  assert {j["metadata"]["name"] for j in _created(standins.calls(tmp_path))} == \
-      {gke.jobset_name(b, r) for r in b.runs[:2]}
+  assert {j["metadata"]["name"] for j in _created(standins.calls(tmp_path))} == {
+    gke.jobset_name(b, r) for r in b.runs[:2]
+  }
   status_a = standins.launch(tmp_path, "gke", "status", *_args(tmp_path, tmp_path / "a"))
   assert status_a.returncode == 0, status_a.stderr
   rows = _rows(status_a.stdout)
@@ -215,11 +253,12 @@ def test_runs_go_after_their_dependencies_and_done_runs_never(tmp_path):
   done_ft = next(i for i, s in specs.items() if s["kind"] == "finetune")
   standins.write_result(str(workdir / "runs" / done_ft / "spec.json"))
   standins.set_state(tmp_path, {**st, "on_create": "complete"})
-  second = standins.launch(tmp_path, "gke", *_args(tmp_path, workdir, "--watch", "--poll_seconds=0",
-                                                            name=standins.HOSTILE))
+  second = standins.launch(
+    tmp_path, "gke", *_args(tmp_path, workdir, "--watch", "--poll_seconds=0", name=standins.HOSTILE)
+  )
   assert second.returncode == 0, second.stderr
   assert "10 runs: 10 done, 0 running, 0 queued, 0 failed, 0 missing" in second.stdout
-  created = [_run_of(j) for j in _created(standins.calls(tmp_path)[len(calls):])]
+  created = [_run_of(j) for j in _created(standins.calls(tmp_path)[len(calls) :])]
   assert [specs[i]["kind"] for i in created] == ["finetune"] * 3 + ["eft"] * 4  # EFT runs need the fine-tunes.
   assert done_ft not in created and len(set(created)) == 7
   assert all((workdir / "runs" / i / "result.json").exists() for i in specs)
@@ -234,10 +273,12 @@ def _failing_and_running(tmp_path, workdir) -> tuple[plan.Plan, list]:
   for r in p.runs[:2]:
     standins.write_result(str(workdir / "runs" / r.id / "spec.json"))
   fts = [r for r in p.runs if r.kind == "finetune"]
-  statuses = [{"status": {"conditions": [{"type": "Failed", "status": "True"}]}},
-              {"status": {"conditions": [{"type": "Completed", "status": "True"}]}},
-              {"status": {"replicatedJobsStatus": [{"name": "slice", "ready": 1}]}},
-              {"spec": {"suspend": True}, "status": {}}]
+  statuses = [
+    {"status": {"conditions": [{"type": "Failed", "status": "True"}]}},
+    {"status": {"conditions": [{"type": "Completed", "status": "True"}]}},
+    {"status": {"replicatedJobsStatus": [{"name": "slice", "ready": 1}]}},
+    {"spec": {"suspend": True}, "status": {}},
+  ]
   jobsets = {}
   for r, extra in zip(fts, statuses):
     m = gke.manifest(p, r, "img:1", 10, "")
@@ -255,8 +296,9 @@ def test_status_then_failed_jobsets_are_submitted_again_and_running_ones_left_al
   rows = _rows(status.stdout)
   names = [gke.jobset_name(p, r) for r in fts]
   assert [rows[r.id] for r in p.runs[:2]] == [["pretrain", "done"]] * 2
-  assert [rows[r.id] for r in fts] == [["finetune", state, name] for state, name in
-                                       zip(["failed", "failed", "running", "queued"], names)]
+  assert [rows[r.id] for r in fts] == [
+    ["finetune", state, name] for state, name in zip(["failed", "failed", "running", "queued"], names)
+  ]
   assert all(rows[r.id][:2] == ["eft", "missing"] for r in p.runs[6:])
   assert status.stdout.splitlines()[-1] == "10 runs: 2 done, 1 running, 1 queued, 2 failed, 4 missing"
   assert [c["argv"][0] for c in standins.calls(tmp_path)] == ["get"]
@@ -275,8 +317,11 @@ def test_a_run_that_keeps_failing_stops_the_watch(tmp_path):
   workdir = tmp_path / "w"
   out = standins.launch(tmp_path, "gke", *_args(tmp_path, workdir, "--watch", "--poll_seconds=0", "--retries=1"))
   assert out.returncode == 1 and "Traceback" not in out.stderr
-  assert re.fullmatch(r"run pt-d32l2-20-\w+ failed 2 times \(last on tiny-[0-9a-f]{6}-pt-d32l2-20-\w+\); gave up "
-                      r"\(--retries=1\)\n", out.stderr)
+  assert re.fullmatch(
+    r"run pt-d32l2-20-\w+ failed 2 times \(last on tiny-[0-9a-f]{6}-pt-d32l2-20-\w+\); gave up "
+    r"\(--retries=1\)\n",
+    out.stderr,
+  )
   verbs = [c["argv"][0] for c in standins.calls(tmp_path)]
   assert verbs == ["get", "create", "create", "get", "delete", "create", "delete", "create", "get"]
 
@@ -294,17 +339,32 @@ def test_dry_run_prints_commands_and_manifests_and_touches_nothing(tmp_path):
   assert standins.calls(tmp_path) == [] and not workdir.exists()
 
 
-@pytest.mark.parametrize("args, message", [
+@pytest.mark.parametrize(
+  "args, message",
+  [
     (["--topology=v9-8"], "invalid launch: --topology='v9-8' is not a TPU slice"),
     (["--image="], "invalid launch: --image is missing; allowed: a container image"),
-    (["--topology=v5e-16", "--config.mesh.shape.fsdp=1", "--config.mesh.shape.tensor=-1",
-      "--config.pretrain.train.batch_size=6"],
-     "invalid launch: pretrain.train.batch_size=6 does not divide across the 4 hosts of v5e-16"),
-    (["--service_account=Scaling_Writer"], ("invalid launch: --service_account='Scaling_Writer' is not a Kubernetes "
-                                            "service account name; allowed: at most 253 characters of a-z, 0-9")),
+    (
+      [
+        "--topology=v5e-16",
+        "--config.mesh.shape.fsdp=1",
+        "--config.mesh.shape.tensor=-1",
+        "--config.pretrain.train.batch_size=6",
+      ],
+      "invalid launch: pretrain.train.batch_size=6 does not divide across the 4 hosts of v5e-16",
+    ),
+    (
+      ["--service_account=Scaling_Writer"],
+      (
+        "invalid launch: --service_account='Scaling_Writer' is not a Kubernetes "
+        "service account name; allowed: at most 253 characters of a-z, 0-9"
+      ),
+    ),
     (["--service_account="], "invalid launch: --service_account='' is not a Kubernetes service account name"),
     (["--service_account=writer."], "invalid launch: --service_account='writer.' is not a Kubernetes service"),
-    ([f"--service_account={'a' * 254}"], f"invalid launch: --service_account='{'a' * 254}' is not a Kubernetes")])
+    ([f"--service_account={'a' * 254}"], f"invalid launch: --service_account='{'a' * 254}' is not a Kubernetes"),
+  ],
+)
 def test_bad_input_fails_in_one_line_before_kubectl(tmp_path, args, message):
   standins.install(tmp_path)
   out = standins.launch(tmp_path, "gke", *_args(tmp_path, tmp_path / "w"), *args)
@@ -317,8 +377,15 @@ def _interrupted(tmp_path, args: list[str]) -> subprocess.CompletedProcess:
   env = {**os.environ, "PYTHONPATH": standins.REPO, "PATH": f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}"}
   argv = [sys.executable, "-m", "launch.gke", *args]
   # SIGINT as a shell leaves it for a foreground command, whatever this process was started with.
-  proc = subprocess.Popen(argv, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+  proc = subprocess.Popen(
+    argv,
+    cwd=tmp_path,
+    env=env,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+    preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+  )
   try:
     lines = []
     for line in proc.stdout:
@@ -353,5 +420,6 @@ def test_ctrl_c_stops_a_watch_in_one_line_and_the_same_command_resumes(tmp_path)
   p = _plan(workdir)
   rows = _rows(status.stdout)
   assert [rows[r.id] for r in p.runs[:2]] == [["pretrain", "queued", gke.jobset_name(p, r)] for r in p.runs[:2]]
-  assert sorted(j["metadata"]["name"] for j in _created(standins.calls(tmp_path))) == \
-      sorted(gke.jobset_name(p, r) for r in p.runs[:2])
+  assert sorted(j["metadata"]["name"] for j in _created(standins.calls(tmp_path))) == sorted(
+    gke.jobset_name(p, r) for r in p.runs[:2]
+  )

@@ -25,8 +25,11 @@ def get_config():
 
 
 def _launch(config, workdir, *extra):
-  return processes.run([sys.executable, "-m", "launch.local", "--config", str(config), "--workdir", str(workdir),
-                        *extra], cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT})
+  return processes.run(
+    [sys.executable, "-m", "launch.local", "--config", str(config), "--workdir", str(workdir), *extra],
+    cwd=ROOT,
+    env={**os.environ, "PYTHONPATH": ROOT},
+  )
 
 
 @pytest.mark.slow
@@ -54,9 +57,17 @@ def test_tiny_study_end_to_end_then_nothing_to_do(tmp_path):
   curves = {(f["base"], f["law"]) for f in fits if f["base"]}
   assert curves == {(b, law) for b in ("d32l2", "d48l2") for law in ("single", "rectified")}
   report = (workdir / "report" / "report.md").read_text()
-  for text in ("fit_qa_full_non_embedding_params.png", "residuals_qa_full_non_embedding_params.png",
-               "curves_qa_full.png", "| multiplicative |", "| rectified |", "| single |",
-               "Δh (largest_d)", "knowledge", "behaviour"):
+  for text in (
+    "fit_qa_full_non_embedding_params.png",
+    "residuals_qa_full_non_embedding_params.png",
+    "curves_qa_full.png",
+    "| multiplicative |",
+    "| rectified |",
+    "| single |",
+    "Δh (largest_d)",
+    "knowledge",
+    "behaviour",
+  ):
     assert text in report, text
   for name in ("fit_qa_full_non_embedding_params.png", "curves_qa_full.png"):
     assert (workdir / "report" / name).stat().st_size > 10_000
@@ -78,8 +89,11 @@ def test_tiny_study_end_to_end_then_nothing_to_do(tmp_path):
 
   # The same settings: the CLI prints the report's fits without fitting again.
   fitted = (workdir / "report" / "fits.json").stat().st_mtime_ns
-  refit = processes.run([sys.executable, "-m", "analysis.fit", "--workdir", str(workdir), "--bootstrap=50"], cwd=ROOT,
-                        env={**os.environ, "PYTHONPATH": ROOT})
+  refit = processes.run(
+    [sys.executable, "-m", "analysis.fit", "--workdir", str(workdir), "--bootstrap=50"],
+    cwd=ROOT,
+    env={**os.environ, "PYTHONPATH": ROOT},
+  )
   assert refit.returncode == 0 and "qa/full over non_embedding_params: L = " in refit.stdout
   assert (workdir / "report" / "fits.json").stat().st_mtime_ns == fitted
 
@@ -88,9 +102,16 @@ def _interrupt_when(argv: list[str], started) -> subprocess.CompletedProcess:
   """Runs a command until `started()` holds, then presses Ctrl-C."""
   # Its own process group, all of which gets SIGINT, as a terminal's foreground job does on Ctrl-C,
   # whose default action it gets whatever this process was started with.
-  proc = subprocess.Popen(argv, cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT}, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True, process_group=0,
-                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+  proc = subprocess.Popen(
+    argv,
+    cwd=ROOT,
+    env={**os.environ, "PYTHONPATH": ROOT},
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+    process_group=0,
+    preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+  )
   try:
     deadline = time.monotonic() + 120
     while not started() and proc.poll() is None and time.monotonic() < deadline:
@@ -113,15 +134,20 @@ def test_ctrl_c_stops_in_one_line_and_the_same_command_finishes(tmp_path):
   first = _interrupt_when([sys.executable, "-m", "launch.local", *args], logs)
   assert first.returncode == 130, first.stderr[-3000:]
   lines = [line for line in first.stderr.splitlines() if line.strip()]
-  assert "Traceback" not in first.stderr and [line for line in lines if line.startswith("interrupted")] == \
-      [f"interrupted; the same command resumes: python -m launch.local {shlex.join(args)}"] == lines[-1:]
+  assert (
+    "Traceback" not in first.stderr
+    and [line for line in lines if line.startswith("interrupted")]
+    == [f"interrupted; the same command resumes: python -m launch.local {shlex.join(args)}"]
+    == lines[-1:]
+  )
   assert not list(workdir.glob("runs/*/result.json"))
 
   again = _launch(config, workdir, "--noanalyse")
   assert again.returncode == 0 and "Traceback" not in again.stderr, again.stderr[-3000:]
   assert "runs: 3 executed, 0 already done" in again.stdout
-  assert sorted(p.parent.name for p in workdir.glob("runs/*/result.json")) == \
-      sorted(p.parent.name for p in workdir.glob("runs/*/spec.json"))
+  assert sorted(p.parent.name for p in workdir.glob("runs/*/result.json")) == sorted(
+    p.parent.name for p in workdir.glob("runs/*/spec.json")
+  )
   # The resumed base's log, cut back to its checkpoint (or started afresh): each step once.
   logged = [json.loads(line) for line in logs()[0].read_text().splitlines()]
   assert [r["step"] for r in logged if "loss" in r] == [5, 10, 15, 20]

@@ -32,8 +32,10 @@ def _command(config: str, workdir: str) -> list[str]:
 def _runs(workdir: str) -> dict[str, dict]:
   """Each run's result record and metrics lines, by run id."""
   runs = epath.Path(workdir) / "runs"
-  return {d.name: {"result": results.read_result(d), "metrics": (d / "metrics.jsonl").read_text().splitlines()}
-          for d in sorted(runs.iterdir())}
+  return {
+    d.name: {"result": results.read_result(d), "metrics": (d / "metrics.jsonl").read_text().splitlines()}
+    for d in sorted(runs.iterdir())
+  }
 
 
 def _killed_after_a_checkpoint(command: list[str], workdir: str, env: dict, cwd) -> str:
@@ -71,8 +73,9 @@ def test_a_gs_study_killed_mid_run_resumes_and_equals_the_study_on_a_local_disk(
   assert (epath.Path(workdir) / "report" / "fits.json").exists()
 
   local = tmp_path / "local"
-  alone = subprocess.run(_command(str(config), str(local)), env=env, cwd=tmp_path, capture_output=True, text=True,
-                         timeout=300)
+  alone = subprocess.run(
+    _command(str(config), str(local)), env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300
+  )
   assert alone.returncode == 0, alone.stderr[-3000:]
   on_gcs, on_disk = _runs(workdir), _runs(str(local))
   assert sorted(on_gcs) == sorted(on_disk) and len(on_gcs) == 2

@@ -39,21 +39,40 @@ def _plan(workdir, topology=TOPOLOGY, **overrides) -> plan.Plan:
 
 
 def _args(tmp_path, workdir, *extra, package=CLOUD.package, **overrides):
-  return ["--config", standins.write_config(tmp_path, **overrides), "--topology", TOPOLOGY,
-          "--workdir", str(workdir), "--project", "p", "--zone", "z", "--package", package, "--poll_seconds=0.02",
-          *extra]
+  return [
+    "--config",
+    standins.write_config(tmp_path, **overrides),
+    "--topology",
+    TOPOLOGY,
+    "--workdir",
+    str(workdir),
+    "--project",
+    "p",
+    "--zone",
+    "z",
+    "--package",
+    package,
+    "--poll_seconds=0.02",
+    *extra,
+  ]
 
 
 def _runs_started(calls) -> list[tuple[int, str, str]]:
   """(call index, slice, run id) of every run started over ssh."""
-  return [(i, c["argv"][4], os.path.basename(os.path.dirname(c["command"][4]))) for i, c in enumerate(calls)
-          if standins.is_run(c.get("command", []))]
+  return [
+    (i, c["argv"][4], os.path.basename(os.path.dirname(c["command"][4])))
+    for i, c in enumerate(calls)
+    if standins.is_run(c.get("command", []))
+  ]
 
 
 def _lifecycle(calls, name) -> list[str]:
   """What was done to a slice: create and delete, in order."""
-  return [c["argv"][3] for c in calls if c.get("argv", [])[2:5] in (["queued-resources", "create", name],
-                                                                    ["queued-resources", "delete", name])]
+  return [
+    c["argv"][3]
+    for c in calls
+    if c.get("argv", [])[2:5] in (["queued-resources", "create", name], ["queued-resources", "delete", name])
+  ]
 
 
 def test_gcloud_commands_name_the_slice_and_quote_the_remote_command(tmp_path):
@@ -63,24 +82,51 @@ def test_gcloud_commands_name_the_slice_and_quote_the_remote_command(tmp_path):
   where = ["--project", "p", "--zone", "z"]
   spot = tpu.Cloud("p", "z", tpu.RUNTIMES["v5e"], "spot", "scaling[tpu]")
   assert tpu.create_command(p, spot, first) == [
-      "gcloud", "compute", "tpus", "queued-resources", "create", first, "--node-id", first,
-      "--accelerator-type", "v5litepod-16", "--runtime-version", "v2-alpha-tpuv5-lite", "--spot", *where]
+    "gcloud",
+    "compute",
+    "tpus",
+    "queued-resources",
+    "create",
+    first,
+    "--node-id",
+    first,
+    "--accelerator-type",
+    "v5litepod-16",
+    "--runtime-version",
+    "v2-alpha-tpuv5-lite",
+    "--spot",
+    *where,
+  ]
   reserved = tpu.create_command(p, tpu.Cloud("p", "z", "v", "reserved", ""), first)
   assert "--reserved" in reserved and "--spot" not in reserved
   assert not {"--spot", "--reserved"} & set(tpu.create_command(p, CLOUD, first))
-  assert tpu.delete_command(CLOUD, second) == ["gcloud", "compute", "tpus", "queued-resources", "delete", second,
-                                               "--force", "--quiet", *where]
+  assert tpu.delete_command(CLOUD, second) == [
+    "gcloud",
+    "compute",
+    "tpus",
+    "queued-resources",
+    "delete",
+    second,
+    "--force",
+    "--quiet",
+    *where,
+  ]
   argv = plan.host_command(p.workdir, p.runs[0], python=tpu.VENV_PYTHON)
   ssh = tpu.ssh_command(CLOUD, first, argv)
   assert ssh[:8] == ["gcloud", "compute", "tpus", "tpu-vm", "ssh", first, "--worker=all", "--quiet"]
-  assert ssh[8].startswith("--command=") and shlex.split(ssh[8][len("--command="):]) == argv
+  assert ssh[8].startswith("--command=") and shlex.split(ssh[8][len("--command=") :]) == argv
   assert argv[4] == f"{tmp_path}/{standins.HOSTILE}/runs/{p.runs[0].id}/spec.json"
   steps = tpu.install_command(standins.HOSTILE)
   install = tpu.ssh_command(CLOUD, first, *steps)
   assert install[:8] == ssh[:8] and install[9:] == ssh[9:]
-  assert shlex.split(install[8][len("--command="):]) == [*steps[0], "&&", *steps[1], "&&", *steps[2], "&&", *steps[3]]
-  assert [tpu.slice_state(s) for s in ("ACTIVE", "WAITING_FOR_RESOURCES", None, "SUSPENDED", "FAILED")] == \
-      ["running", "queued", "queued", "failed", "failed"]
+  assert shlex.split(install[8][len("--command=") :]) == [*steps[0], "&&", *steps[1], "&&", *steps[2], "&&", *steps[3]]
+  assert [tpu.slice_state(s) for s in ("ACTIVE", "WAITING_FOR_RESOURCES", None, "SUSPENDED", "FAILED")] == [
+    "running",
+    "queued",
+    "queued",
+    "failed",
+    "failed",
+  ]
 
 
 def test_slice_names_are_node_names_of_their_study_and_workdir(tmp_path):
@@ -100,19 +146,21 @@ def test_every_host_installs_a_python_that_the_project_supports(tmp_path):
   assert tpu.PYTHON_VERSION in specifiers.SpecifierSet(requires) and tpu.VENV_PYTHON == f"{tpu.VENV}/bin/python"
   uv = ["python3", "-m", "uv"]  # The image's python3 (3.10 on Cloud TPU VM images) runs only uv.
   steps = tpu.install_command(standins.HOSTILE)
-  assert steps == [["python3", "-m", "pip", "install", "--user", "--quiet", f"uv=={uv_version}"],
-                   [*uv, "python", "install", "--quiet", tpu.PYTHON_VERSION],
-                   [*uv, "venv", "--quiet", "--python", tpu.PYTHON_VERSION, "--managed-python", "--allow-existing",
-                    tpu.VENV],
-                   [*uv, "pip", "install", "--quiet", "--python", tpu.VENV_PYTHON, standins.HOSTILE]]
+  assert steps == [
+    ["python3", "-m", "pip", "install", "--user", "--quiet", f"uv=={uv_version}"],
+    [*uv, "python", "install", "--quiet", tpu.PYTHON_VERSION],
+    [*uv, "venv", "--quiet", "--python", tpu.PYTHON_VERSION, "--managed-python", "--allow-existing", tpu.VENV],
+    [*uv, "pip", "install", "--quiet", "--python", tpu.VENV_PYTHON, standins.HOSTILE],
+  ]
   # The remote shell gets the steps as one line: it runs each argument list as it is, and nothing else.
   bin_dir, log = tmp_path / "bin", tmp_path / "argv.jsonl"
   bin_dir.mkdir()
-  (bin_dir / "python3").write_text(f"#!{sys.executable}\nimport json, sys\n"
-                                   f"open({str(log)!r}, 'a').write(json.dumps(sys.argv[1:]) + '\\n')\n")
+  (bin_dir / "python3").write_text(
+    f"#!{sys.executable}\nimport json, sys\nopen({str(log)!r}, 'a').write(json.dumps(sys.argv[1:]) + '\\n')\n"
+  )
   (bin_dir / "python3").chmod(0o755)
   (tmp_path / "x").write_text("a shell's `rm -rf x` would delete this")
-  line = tpu.ssh_command(CLOUD, "s", *steps)[8][len("--command="):]
+  line = tpu.ssh_command(CLOUD, "s", *steps)[8][len("--command=") :]
   subprocess.run(["bash", "-c", line], cwd=tmp_path, env={"PATH": f"{bin_dir}{os.pathsep}/usr/bin:/bin"}, check=True)
   assert [json.loads(entry) for entry in log.read_text().splitlines()] == [step[1:] for step in steps]
   assert (tmp_path / "x").exists() and not list(tmp_path.rglob("PWNED"))
@@ -139,7 +187,7 @@ def _misspelt(argv: list[str]) -> tuple[list[str], str]:
   i = next(i for i, arg in enumerate(argv) if arg.startswith("--"))
   flag, value = (argv[i].split("=", 1) + [None])[:2]
   wrong = f"{flag}{flag[-1]}" + (f"={value}" if value is not None else "")
-  return [*argv[:i], wrong, *argv[i + 1:]], wrong
+  return [*argv[:i], wrong, *argv[i + 1 :]], wrong
 
 
 @pytest.fixture(scope="module")
@@ -155,11 +203,25 @@ def gcloud_answers(tmp_path_factory) -> dict[str, tuple[list[str], int, str]]:
   # gcloud's cache of "not on Google Compute Engine": without it, every call asks metadata.google.internal.
   (config / "gce").write_text("False")
   env = {k: v for k, v in os.environ.items() if not k.startswith(("CLOUDSDK_", "GOOGLE_")) or k == "CLOUDSDK_PYTHON"}
-  env |= {"HOME": str(root), "CLOUDSDK_CONFIG": str(config), "CLOUDSDK_CORE_DISABLE_PROMPTS": "1",
-          "CLOUDSDK_COMPONENT_MANAGER_DISABLE_UPDATE_CHECK": "1", "CLOUDSDK_CORE_DISABLE_USAGE_REPORTING": "true"}
-  procs = {what: subprocess.Popen([GCLOUD, *argv[1:]], env=env, cwd=root, stdin=subprocess.DEVNULL,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-           for what, argv in commands.items()}
+  env |= {
+    "HOME": str(root),
+    "CLOUDSDK_CONFIG": str(config),
+    "CLOUDSDK_CORE_DISABLE_PROMPTS": "1",
+    "CLOUDSDK_COMPONENT_MANAGER_DISABLE_UPDATE_CHECK": "1",
+    "CLOUDSDK_CORE_DISABLE_USAGE_REPORTING": "true",
+  }
+  procs = {
+    what: subprocess.Popen(
+      [GCLOUD, *argv[1:]],
+      env=env,
+      cwd=root,
+      stdin=subprocess.DEVNULL,
+      stdout=subprocess.DEVNULL,
+      stderr=subprocess.PIPE,
+      text=True,
+    )
+    for what, argv in commands.items()
+  }
   answers = {}
   for what, proc in procs.items():
     err = proc.communicate(timeout=120)[1]
@@ -170,8 +232,15 @@ def gcloud_answers(tmp_path_factory) -> dict[str, tuple[list[str], int, str]]:
 @pytest.mark.skipif(GCLOUD is None, reason="the Google Cloud CLI (gcloud) is not on PATH")
 def test_the_real_gcloud_parses_every_command_that_the_launcher_builds(gcloud_answers):
   answers = {what: answer for what, answer in gcloud_answers.items() if not what.endswith(" misspelt")}
-  assert sorted(answers) == ["create on-demand", "create reserved", "create spot", "delete", "list", "ssh install",
-                             "ssh run"]
+  assert sorted(answers) == [
+    "create on-demand",
+    "create reserved",
+    "create spot",
+    "delete",
+    "list",
+    "ssh install",
+    "ssh run",
+  ]
   for what, (argv, code, err) in answers.items():
     assert code != 2 and not PARSE_ERROR.search(err), f"{what}: {shlex.join(argv)}\n{err}"
     assert code == 1 and NO_ACCOUNT in err, f"{what}: {shlex.join(argv)}\n{err}"  # Parsed, then stopped offline.
@@ -192,8 +261,11 @@ def test_a_pool_of_three_slices_runs_the_study_in_dependency_order(tmp_path):
   standins.set_state(tmp_path, {"run_seconds": 0.2})
   (tmp_path / "x").write_text("a shell's `rm -rf x` would delete this")
   workdir, package = tmp_path / standins.HOSTILE, f"scaling[tpu] @ git+https://example.com/{standins.HOSTILE}"
-  out = standins.launch(tmp_path, "tpu", *_args(tmp_path, workdir, "--slices=3", "--capacity=spot", "--watch",
-                                                package=package, name=standins.HOSTILE))
+  out = standins.launch(
+    tmp_path,
+    "tpu",
+    *_args(tmp_path, workdir, "--slices=3", "--capacity=spot", "--watch", package=package, name=standins.HOSTILE),
+  )
   assert out.returncode == 0, out.stderr
   assert "10 runs: 10 done, 0 running, 0 queued, 0 failed, 0 missing" in out.stdout
   p = _plan(workdir, name=standins.HOSTILE)
@@ -201,26 +273,29 @@ def test_a_pool_of_three_slices_runs_the_study_in_dependency_order(tmp_path):
   names = tpu.slice_names(p, 3)
   assert re.fullmatch(r"touch-pwned-rm-rf-x-echo-q-[0-9a-f]{6}-0", names[0])
   calls = standins.calls(tmp_path)
-  assert [c["argv"] for c in calls if c.get("argv", [])[3:4] == ["create"]] == \
-      [tpu.create_command(p, cloud, name)[1:] for name in names]
+  assert [c["argv"] for c in calls if c.get("argv", [])[3:4] == ["create"]] == [
+    tpu.create_command(p, cloud, name)[1:] for name in names
+  ]
   assert [_lifecycle(calls, name) for name in names] == [["create", "delete"]] * 3  # Deleted when no run is left.
   assert standins.state(tmp_path)["queued_resources"] == {}
 
   started = _runs_started(calls)
   by_id = {r.id: r for r in p.runs}
   assert sorted(run_id for _, _, run_id in started) == sorted(by_id)  # Each run once, with its exact argv:
-  assert all(calls[i]["argv"] == tpu.ssh_command(cloud, name, plan.host_command(p.workdir, by_id[run_id],
-                                                                                python=tpu.VENV_PYTHON))[1:]
-             for i, name, run_id in started)
+  assert all(
+    calls[i]["argv"]
+    == tpu.ssh_command(cloud, name, plan.host_command(p.workdir, by_id[run_id], python=tpu.VENV_PYTHON))[1:]
+    for i, name, run_id in started
+  )
   ended = {c["end"]: i for i, c in enumerate(calls) if "end" in c}
   assert all(ended[dep] < i for i, _, run_id in started for dep in by_id[run_id].deps)  # After their bases.
   assert started[1][0] < min(ended.values()) and {started[0][1], started[1][1]} == set(names[:2])  # In parallel.
   third = next(i for i, c in enumerate(calls) if c.get("argv", [])[3:5] == ["create", names[2]])
   assert third > min(ended.values())  # Made only once a fine-tune was ready for it.
-  installs = [(i, c["argv"][4]) for i, c in enumerate(calls)
-              if c.get("command") and not standins.is_run(c["command"])]
-  assert [calls[i]["argv"] for i, _ in installs] == \
-      [tpu.ssh_command(cloud, name, *tpu.install_command(package))[1:] for _, name in installs]
+  installs = [(i, c["argv"][4]) for i, c in enumerate(calls) if c.get("command") and not standins.is_run(c["command"])]
+  assert [calls[i]["argv"] for i, _ in installs] == [
+    tpu.ssh_command(cloud, name, *tpu.install_command(package))[1:] for _, name in installs
+  ]
   assert sorted(name for _, name in installs) == names
   assert all(i < min(j for j, name, _ in started if name == slice_name) for i, slice_name in installs)
 
@@ -234,8 +309,9 @@ def test_a_preempted_slice_is_made_again_and_its_run_resumes(tmp_path):
   workdir = tmp_path / "w"
   p = _plan(workdir)
   names, pt0 = tpu.slice_names(p, 2), p.runs[0]
-  standins.set_state(tmp_path, {"queued_resources": {names[0]: "SUSPENDED", names[1]: "ACTIVE"},
-                                "ssh": {pt0.id: ["preempt"]}})
+  standins.set_state(
+    tmp_path, {"queued_resources": {names[0]: "SUSPENDED", names[1]: "ACTIVE"}, "ssh": {pt0.id: ["preempt"]}}
+  )
   # --retries=0: a preemption is not a failure of the run.
   out = standins.launch(tmp_path, "tpu", *_args(tmp_path, workdir, "--slices=2", "--watch", "--retries=0"))
   assert out.returncode == 0, out.stderr
@@ -256,8 +332,9 @@ def test_a_run_that_keeps_failing_ends_the_launch_and_deletes_the_slices(tmp_pat
   out = standins.launch(tmp_path, "tpu", *_args(tmp_path, workdir, "--slices=2", "--watch", "--retries=1"))
   assert out.returncode == 1 and "Traceback" not in out.stderr
   names = tpu.slice_names(p, 2)
-  assert re.fullmatch(rf"run {pt1.id} failed 2 times \(last on ({'|'.join(names)})\); gave up \(--retries=1\)\n",
-                      out.stderr)
+  assert re.fullmatch(
+    rf"run {pt1.id} failed 2 times \(last on ({'|'.join(names)})\); gave up \(--retries=1\)\n", out.stderr
+  )
   assert [run_id for _, _, run_id in _runs_started(standins.calls(tmp_path))].count(pt1.id) == 2
   assert standins.state(tmp_path)["queued_resources"] == {}
   assert json.loads((workdir / tpu.POOL).read_text()) == {name: None for name in names}
@@ -273,8 +350,15 @@ def test_ctrl_c_says_in_one_line_how_to_resume_and_the_same_command_does(tmp_pat
   # Its own process, not the process server's child, to get the signal. It runs the launcher as `python -m`
   # does, once it has Python's SIGINT handler: Python sets it only where SIGINT was not ignored at its start,
   # and a shell without job control ignores SIGINT in its background jobs (such as a test run in one).
-  command = [sys.executable, "-c", ("import runpy, signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
-                                    "runpy.run_module('launch.tpu', run_name='__main__', alter_sys=True)"), *args]
+  command = [
+    sys.executable,
+    "-c",
+    (
+      "import runpy, signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+      "runpy.run_module('launch.tpu', run_name='__main__', alter_sys=True)"
+    ),
+    *args,
+  ]
   with open(tmp_path / "stdout", "w") as out, open(tmp_path / "stderr", "w") as err:
     proc = subprocess.Popen(command, cwd=tmp_path, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err)
   try:
@@ -313,11 +397,15 @@ def test_dry_run_prints_every_command_and_touches_nothing(tmp_path):
   assert out.returncode == 0, out.stderr
   p = _plan(workdir)
   names, pts = tpu.slice_names(p, 2), p.runs[:2]
-  expected = [tpu.gcloud(CLOUD, "queued-resources", "list", "--format=json"),
-              *(tpu.create_command(p, CLOUD, name) for name in names)]
+  expected = [
+    tpu.gcloud(CLOUD, "queued-resources", "list", "--format=json"),
+    *(tpu.create_command(p, CLOUD, name) for name in names),
+  ]
   for name, run in zip(names, pts):
-    expected += [tpu.ssh_command(CLOUD, name, *tpu.install_command(CLOUD.package)),
-                 tpu.ssh_command(CLOUD, name, plan.host_command(p.workdir, run, python=tpu.VENV_PYTHON))]
+    expected += [
+      tpu.ssh_command(CLOUD, name, *tpu.install_command(CLOUD.package)),
+      tpu.ssh_command(CLOUD, name, plan.host_command(p.workdir, run, python=tpu.VENV_PYTHON)),
+    ]
   expected += [tpu.delete_command(CLOUD, name) for name in names]
   assert [shlex.split(line) for line in out.stdout.splitlines()[1:]] == expected
   assert standins.calls(tmp_path) == [] and not workdir.exists()
@@ -333,8 +421,7 @@ def test_status_shows_the_state_of_each_run_on_its_slice(tmp_path):
   standins.write_result(str(workdir / "runs" / pt0.id / "spec.json"))
   names = tpu.slice_names(p, 3)
   (workdir / tpu.POOL).write_text(json.dumps(dict(zip(names, [ft0.id, pt1.id, ft1.id]))))
-  standins.set_state(tmp_path, {"queued_resources": dict(zip(names, ["ACTIVE", "WAITING_FOR_RESOURCES",
-                                                                      "SUSPENDED"]))})
+  standins.set_state(tmp_path, {"queued_resources": dict(zip(names, ["ACTIVE", "WAITING_FOR_RESOURCES", "SUSPENDED"]))})
   out = standins.launch(tmp_path, "tpu", "status", *_args(tmp_path, workdir))
   assert out.returncode == 0, out.stderr
   rows = {line.split()[0]: line.split()[1:] for line in out.stdout.splitlines()[1:-1]}
@@ -344,11 +431,17 @@ def test_status_shows_the_state_of_each_run_on_its_slice(tmp_path):
   assert [c["argv"][3] for c in standins.calls(tmp_path)] == ["list"]
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--config.mesh.shape.fsdp=4"], "invalid launch: mesh.shape={'data': 1, 'fsdp': 4, 'tensor': 1} uses 4 of "
-     "the 8 devices of v5p-16"),
+@pytest.mark.parametrize(
+  "args, message",
+  [
+    (
+      ["--config.mesh.shape.fsdp=4"],
+      "invalid launch: mesh.shape={'data': 1, 'fsdp': 4, 'tensor': 1} uses 4 of the 8 devices of v5p-16",
+    ),
     (["--workdir", "file/w"], "invalid launch: --workdir='file/w' is not reachable: cannot write a file there"),
-    (["--project="], "invalid launch: --project is missing; allowed: your Google Cloud project")])
+    (["--project="], "invalid launch: --project is missing; allowed: your Google Cloud project"),
+  ],
+)
 def test_bad_input_fails_in_one_line_before_gcloud(tmp_path, args, message):
   standins.install(tmp_path)
   (tmp_path / "file").write_text("a file, not a directory")

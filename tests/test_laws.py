@@ -14,10 +14,10 @@ X_GRID, D_GRID = (a.ravel() for a in np.meshgrid(N, D))
 D_LINE = np.geomspace(10, 1e6, 40)
 
 TRUE = {
-    "multiplicative": ({"A": 200.0, "alpha": 0.3, "beta": 0.4, "E": 0.8}, X_GRID, D_GRID),
-    "additive": ({"A": 50.0, "alpha": 0.35, "B": 30.0, "beta": 0.45, "E": 1.2}, X_GRID, D_GRID),
-    "single": ({"A": 20.0, "beta": 0.5, "E": 0.9}, None, D_LINE),
-    "rectified": ({"B": 40.0, "D_L": 30.0, "beta": 0.6, "E": 0.7}, None, D_LINE),
+  "multiplicative": ({"A": 200.0, "alpha": 0.3, "beta": 0.4, "E": 0.8}, X_GRID, D_GRID),
+  "additive": ({"A": 50.0, "alpha": 0.35, "B": 30.0, "beta": 0.45, "E": 1.2}, X_GRID, D_GRID),
+  "single": ({"A": 20.0, "beta": 0.5, "E": 0.9}, None, D_LINE),
+  "rectified": ({"B": 40.0, "D_L": 30.0, "beta": 0.6, "E": 0.7}, None, D_LINE),
 }
 
 
@@ -77,11 +77,14 @@ def test_best_start_beats_every_other_start():
   assert theta.shape == (1, len(starts), 4)
 
 
-@pytest.mark.parametrize("bad, message", [
+@pytest.mark.parametrize(
+  "bad, message",
+  [
     ({"y": [1.0, -1.0, 2.0, 3.0, 4.0]}, "column .y. must be positive and finite; row 1 is -1.0"),
     ({"y": [1.0, 2.0, np.nan, 3.0, 4.0]}, "column .y. must be positive and finite; row 2 is nan"),
     ({"y": [1.0, 2.0, 3.0], "d": [1.0, 2.0, 3.0], "x": [1.0, 2.0, 3.0]}, "3 points cannot determine the 4"),
-])
+  ],
+)
 def test_bad_points_are_rejected(bad, message):
   args = {"d": [1.0, 2.0, 3.0, 4.0, 5.0], "y": [5.0, 4.0, 3.0, 2.0, 1.5], "x": [1.0, 1.0, 2.0, 2.0, 3.0], **bad}
   with pytest.raises(ValueError, match=message):

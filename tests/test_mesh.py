@@ -102,8 +102,9 @@ def test_global_batch_builds_each_device_rows_from_only_its_part():
   assert sorted(asked) == [(0, 2), (2, 4), (4, 6), (6, 8)]  # Once per row block, not per device.
   for key, value in batch.items():
     np.testing.assert_array_equal(np.asarray(arrays[key]), value)
-    assert arrays[key].sharding.is_equivalent_to(mesh_lib.batch_sharding(mesh, mesh_lib.DEFAULT_RULES, value.ndim),
-                                                 value.ndim)
+    assert arrays[key].sharding.is_equivalent_to(
+      mesh_lib.batch_sharding(mesh, mesh_lib.DEFAULT_RULES, value.ndim), value.ndim
+    )
   with mesh_lib.activate(mesh):  # The active mesh is the default.
     assert mesh_lib.global_batch(rows, 8)["inputs"].sharding.mesh == mesh
   outside = mesh_lib.global_batch(rows, 8)  # No mesh: one device, whole rows.

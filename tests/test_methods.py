@@ -38,7 +38,10 @@ def test_options_given_as_tuples_are_grid_axes_and_labels_name_what_differs():
   assert [methods.label(s) for s in specs] == ["lora-rank2-targetswq_wo", "lora-rank4-targetswq_wo"]
   axis = methods.expand({"name": "lora", "targets": (("wq",), ("w_up", "w_down"))})
   assert [s["targets"] for s in axis] == [["wq"], ["w_up", "w_down"]]
-  assert methods.expand("full") == [{"name": "full", "layers": None}] and methods.label({"name": "full", "layers": None}) == "full"
+  assert (
+    methods.expand("full") == [{"name": "full", "layers": None}]
+    and methods.label({"name": "full", "layers": None}) == "full"
+  )
   assert [s["layers"] for s in methods.expand({"name": "full", "layers": ((0, 1), (1, 2))})] == [[0, 1], [1, 2]]
   # A learning rate of its own is a training option of every method: in the spec only when given.
   rates = methods.expand({"name": "reft", "learning_rate": (None, 0.01)})
@@ -54,21 +57,34 @@ def test_each_method_combination_is_its_own_run():
   assert {methods.label(r.config["method"]) for r in fts} == {"full", "lora-rank2", "lora-rank4"}
 
 
-@pytest.mark.parametrize("entry, message", [
+@pytest.mark.parametrize(
+  "entry, message",
+  [
     ({"name": "lora", "rank": 0}, "lora.rank=0; allowed: a positive integer"),
     ({"name": "lora", "targets": ("wq", "wz")}, "lora.targets=('wq', 'wz'); allowed: a non-empty subset of"),
-    ({"name": "lora", "ranks": 4}, "lora has no option 'ranks'; allowed: ['rank', 'alpha', 'targets', 'layers', 'learning_rate']"),
-    ({"name": "full", "layers": (1, 3)}, "full.layers=(1, 3); allowed: (first, last + 1) with 0 <= first < last + 1 <= 2"),
+    (
+      {"name": "lora", "ranks": 4},
+      "lora has no option 'ranks'; allowed: ['rank', 'alpha', 'targets', 'layers', 'learning_rate']",
+    ),
+    (
+      {"name": "full", "layers": (1, 3)},
+      "full.layers=(1, 3); allowed: (first, last + 1) with 0 <= first < last + 1 <= 2",
+    ),
     ({"name": "lora9"}, "is not a fine-tuning method"),
     ({"name": "svf", "layers": (0, 0)}, "svf.layers=(0, 0); allowed"),
-    ({"name": "prompt", "length": 17}, "prompt.length=17 is longer than the fine-tuning sequence "
-                                       "(finetune.train.seq_len=16); allowed: 1 to 16"),
+    (
+      {"name": "prompt", "length": 17},
+      "prompt.length=17 is longer than the fine-tuning sequence (finetune.train.seq_len=16); allowed: 1 to 16",
+    ),
     ({"name": "reft", "rank": 33}, "reft.rank=33 exceeds the model width 32; allowed: 1 to 32"),
     ({"name": "reft", "positions": "last2"}, "reft.positions='last2'; allowed: 'f<n>', 'l<m>' or 'f<n>+l<m>'"),
     ({"name": "reft", "layers": (2, 3)}, "reft.layers=(2, 3); allowed"),
-    ({"name": "lora", "learning_rate": 0}, "lora.learning_rate=0; allowed: a positive number, or None for "
-                                           "finetune.train.learning_rate"),
-])
+    (
+      {"name": "lora", "learning_rate": 0},
+      "lora.learning_rate=0; allowed: a positive number, or None for finetune.train.learning_rate",
+    ),
+  ],
+)
 def test_bad_method_options_fail_validation_naming_the_field(entry, message):
   with pytest.raises(study_lib.StudyError, match="finetune.methods") as e:
     study_lib.validate(tiny_study(**{"finetune.methods": ("full", entry)}), 1)
@@ -90,13 +106,26 @@ def test_lora_starts_as_its_base_and_merges_to_the_same_logits():
   np.testing.assert_allclose(np.asarray(merged(_tokens())), unmerged, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("options", [{}, {"rank": 2, "targets": ("wq", "wk", "wv", "wo", "w_up", "w_gate", "w_down")},
-                                     {"rank": 3, "targets": ("wo",), "layers": (1, 2)}])
+@pytest.mark.parametrize(
+  "options",
+  [
+    {},
+    {"rank": 2, "targets": ("wq", "wk", "wv", "wo", "w_up", "w_gate", "w_down")},
+    {"rank": 3, "targets": ("wo",), "layers": (1, 2)},
+  ],
+)
 def test_lora_trains_rank_times_in_plus_out_per_target(options):
   method = methods.get_method("lora", **options)
   d, n, h, f = CFG.d_model, CFG.n_heads, CFG.head_width, CFG.ff_width
-  shapes = {"wq": (d, n * h), "wk": (d, n * h), "wv": (d, n * h), "wo": (n * h, d), "w_up": (d, f), "w_gate": (d, f),
-            "w_down": (f, d)}
+  shapes = {
+    "wq": (d, n * h),
+    "wk": (d, n * h),
+    "wv": (d, n * h),
+    "wo": (n * h, d),
+    "w_up": (d, f),
+    "w_gate": (d, f),
+    "w_down": (f, d),
+  }
   layers = len(range(*(method.layers or (0, CFG.n_layers))))
   expected = layers * sum(method.rank * sum(shapes[t]) for t in method.targets)
   assert methods.trainable_count(method, _prepared(method)) == expected
@@ -114,16 +143,30 @@ def _flat(tree) -> dict:
   return {tuple(path): leaf for path, leaf in nnx.to_flat_state(nnx.State(tree))}
 
 
-TRAINED = ({"name": "lora", "rank": 2}, {"name": "full", "layers": (1, 2)}, {"name": "svf", "targets": ("w_up", "wo")},
-           {"name": "prompt", "length": 3}, {"name": "reft", "rank": 2, "learning_rate": 0.01})
+TRAINED = (
+  {"name": "lora", "rank": 2},
+  {"name": "full", "layers": (1, 2)},
+  {"name": "svf", "targets": ("w_up", "wo")},
+  {"name": "prompt", "length": 3},
+  {"name": "reft", "rank": 2, "learning_rate": 0.01},
+)
 
 
 @pytest.fixture(scope="module")
 def shared_base(tmp_path_factory):
   """A workdir with one pretrained base, and the runs of a study that tunes it by every TRAINED method."""
   workdir = tmp_path_factory.mktemp("methods")
-  study = study_lib.validate(tiny_study(**{"finetune.methods": TRAINED, "finetune.d_f": (16,),
-                                           "finetune.train.max_steps": 10, "finetune.train.eval_every": 0}), 1)
+  study = study_lib.validate(
+    tiny_study(
+      **{
+        "finetune.methods": TRAINED,
+        "finetune.d_f": (16,),
+        "finetune.train.max_steps": 10,
+        "finetune.train.eval_every": 0,
+      }
+    ),
+    1,
+  )
   runs = kinds.expand(study)
   plan.write_plan(study, runs, workdir)
   run_lib.execute(runs[0], workdir)
@@ -156,14 +199,28 @@ def test_only_the_method_parameters_train_and_the_optimiser_holds_two_moments_of
   for path in untouched:
     np.testing.assert_array_equal(np.asarray(frozen[path]), np.asarray(base_flat[path]), err_msg=str(path))
   # Training moved P: from the base weights (full), from B = 0 (LoRA), from z = 1 (SVF), from b = 0 (LoReFT).
-  start = {"full": lambda path: base_flat[path], "lora": lambda path: 0.0 if path[-1] == "b" else None,
-           "svf": lambda path: 1.0, "prompt": lambda path: None,
-           "reft": lambda path: 0.0 if path[-1] == "b" else None}[entry["name"]]
-  assert any(start(path) is not None and not np.all(np.asarray(leaf) == start(path))
-             for path, leaf in _flat(tuned.params).items()) or entry["name"] == "prompt"
+  start = {
+    "full": lambda path: base_flat[path],
+    "lora": lambda path: 0.0 if path[-1] == "b" else None,
+    "svf": lambda path: 1.0,
+    "prompt": lambda path: None,
+    "reft": lambda path: 0.0 if path[-1] == "b" else None,
+  }[entry["name"]]
+  assert (
+    any(
+      start(path) is not None and not np.all(np.asarray(leaf) == start(path))
+      for path, leaf in _flat(tuned.params).items()
+    )
+    or entry["name"] == "prompt"
+  )
   # Which blocks' weights moved: none for the methods that edit inputs or hidden states.
-  unchanged = {"full": [True, False], "lora": [False, False], "svf": [False, False], "prompt": [True, True],
-               "reft": [True, True]}[entry["name"]]
+  unchanged = {
+    "full": [True, False],
+    "lora": [False, False],
+    "svf": [False, False],
+    "prompt": [True, True],
+    "reft": [True, True],
+  }[entry["name"]]
   assert [c == 0.0 for c in record["layer_change"]] == unchanged, record["layer_change"]
   if entry["name"] == "prompt":  # It started as embedding rows, and training moved every vector.
     vectors, table = np.asarray(tuned.params["prompt"]), np.asarray(base_flat[("embed",)])
@@ -180,8 +237,9 @@ def test_svf_starts_as_its_base_and_trains_one_scale_per_singular_value():
   assert methods.trainable_count(method, model) == CFG.n_layers * per_layer
   z = nnx.state(model, svf.SvfParam)
   nnx.update(model, jax.tree.map(lambda x: x * 1.5, z))  # Scaling every singular value scales the weight.
-  np.testing.assert_allclose(np.asarray(model.blocks[0].mlp.w_up[...]),
-                             1.5 * np.asarray(base.blocks[0].mlp.w_up[...]), rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(
+    np.asarray(model.blocks[0].mlp.w_up[...]), 1.5 * np.asarray(base.blocks[0].mlp.w_up[...]), rtol=1e-4, atol=1e-5
+  )
 
 
 def test_prompt_tuning_scores_only_the_input_and_decodes_with_the_cache():
@@ -233,18 +291,20 @@ def test_reft_edits_only_the_chosen_prompt_positions_and_decodes_with_the_cache(
   assert changed[:, 0].all() and changed.all()
   # With only the last position edited, every position before it is the base's, exactly.
   last = _prepared(methods.get_method("reft", positions="l1"))
-  nnx.update(last, jax.tree.map(lambda x: x + 0.3 * jax.random.normal(jax.random.key(2), x.shape),
-                                nnx.state(last, reft.ReftParam)))
+  nnx.update(
+    last,
+    jax.tree.map(lambda x: x + 0.3 * jax.random.normal(jax.random.key(2), x.shape), nnx.state(last, reft.ReftParam)),
+  )
   edited = np.asarray(last(tokens, prompt_len))
   for row, end in enumerate([5, 9]):
-    np.testing.assert_array_equal(edited[row, :end - 1], base[row, :end - 1])
-    assert not np.allclose(edited[row, end - 1:], base[row, end - 1:])
+    np.testing.assert_array_equal(edited[row, : end - 1], base[row, : end - 1])
+    assert not np.allclose(edited[row, end - 1 :], base[row, end - 1 :])
   # Decoding: a prefill then one token at a time gives the teacher-forced logits.
   cache, positions = model.init_cache(2, 12), jnp.broadcast_to(jnp.arange(12), (2, 12))
   first, cache = extend(model, tokens[:, :7], positions[:, :7], cache, prompt_len)
   steps = []
   for t in range(7, 12):
-    step, cache = extend(model, tokens[:, t:t + 1], positions[:, t:t + 1], cache, prompt_len)
+    step, cache = extend(model, tokens[:, t : t + 1], positions[:, t : t + 1], cache, prompt_len)
     steps.append(step)
   np.testing.assert_allclose(np.concatenate([first, *steps], axis=1), logits, rtol=1e-5, atol=1e-5)
 
@@ -256,8 +316,12 @@ def test_reft_rotation_stays_orthonormal_while_training():
   graphdef, params, frozen = nnx.split(model, reft.ReftParam, ...)
   tx = train.make_optimizer(train.TrainConfig(batch_size=2, seq_len=12, warmup_steps=0, learning_rate=0.05))
   state = {"step": jnp.int32(0), "params": params, "opt": tx.init(params), "tokens": jnp.float32(0)}
-  batch = {"inputs": tokens, "targets": jnp.roll(tokens, -1, axis=1), "weights": jnp.ones(tokens.shape),
-           "prompt_len": prompt_len}
+  batch = {
+    "inputs": tokens,
+    "targets": jnp.roll(tokens, -1, axis=1),
+    "weights": jnp.ones(tokens.shape),
+    "prompt_len": prompt_len,
+  }
   step = jax.jit(lambda s: train.train_step(graphdef, tx, s, frozen, batch))
   losses = []
   for _ in range(10):
@@ -277,14 +341,20 @@ def test_every_method_trains_the_same_with_its_loss_in_chunks(name):
   graphdef, params, frozen = nnx.split(_prepared(method), method.trainable, ...)
   tokens, prompt_len = _reft_inputs()
   tx = train.make_optimizer(train.TrainConfig(warmup_steps=0))
-  batch = {"inputs": tokens, "targets": jnp.roll(tokens, -1, axis=1), "weights": jnp.ones(tokens.shape),
-           "prompt_len": prompt_len}
+  batch = {
+    "inputs": tokens,
+    "targets": jnp.roll(tokens, -1, axis=1),
+    "weights": jnp.ones(tokens.shape),
+    "prompt_len": prompt_len,
+  }
   state = {"step": jnp.int32(0), "params": params, "opt": tx.init(params), "tokens": jnp.float32(0)}
   (whole, whole_m), (chunked, chunked_m) = (
-      jax.jit(lambda s, c=chunk: train.train_step(graphdef, tx, s, frozen, batch, c))(state) for chunk in (0, 5))
+    jax.jit(lambda s, c=chunk: train.train_step(graphdef, tx, s, frozen, batch, c))(state) for chunk in (0, 5)
+  )
   np.testing.assert_allclose(chunked_m["loss"], whole_m["loss"], rtol=1e-6)
   np.testing.assert_allclose(chunked_m["grad_norm"], whole_m["grad_norm"], rtol=1e-5)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), chunked["params"], whole["params"])
+
 
 def test_the_methods_study_config_is_valid_and_covers_every_method():
   sys.path.insert(0, ROOT)
@@ -293,7 +363,16 @@ def test_the_methods_study_config_is_valid_and_covers_every_method():
   runs = kinds.expand(study_lib.validate(methods_config.get_config(), 1))
   labels = {methods.label(r.config["method"]) for r in runs if r.kind == "finetune"}
   assert {r.config["method"]["name"] for r in runs if r.kind == "finetune"} == set(methods.METHODS)
-  assert {"full", "full-layers0_1", "lora-rank2", "lora", "lora-rank32", "prompt-length4-lr0.01", "prompt-length16-lr0.01",
-          "reft-rank1-lr0.01", "reft-lr0.01"} <= labels
+  assert {
+    "full",
+    "full-layers0_1",
+    "lora-rank2",
+    "lora",
+    "lora-rank32",
+    "prompt-length4-lr0.01",
+    "prompt-length16-lr0.01",
+    "reft-rank1-lr0.01",
+    "reft-lr0.01",
+  } <= labels
   assert any(r.kind == "transplant" for r in runs)
   assert not any(r.kind == "eft" for r in runs)

@@ -27,8 +27,9 @@ def events(run_dir) -> dict[str, list[tuple[int, float]]]:
   logdir = epath.Path(run_dir) / "tensorboard"
   assert len(list(logdir.glob("events.out.tfevents.*"))) == 1  # One curve per run.
   # All scalars (0), and steps written twice kept, not purged as TensorBoard's restart logic would.
-  acc = event_accumulator.EventAccumulator(str(logdir), size_guidance={event_accumulator.SCALARS: 0},
-                                           purge_orphaned_data=False)
+  acc = event_accumulator.EventAccumulator(
+    str(logdir), size_guidance={event_accumulator.SCALARS: 0}, purge_orphaned_data=False
+  )
   acc.Reload()
   return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
 
@@ -60,8 +61,9 @@ def _records(steps):
 
 def _finetune_dir(workdir, **overrides) -> epath.Path:
   """The run dir of a tiny study's first fine-tune, planned (its spec.json written), not run."""
-  study = study_lib.validate(tiny_study(**{"finetune.methods": ({"name": "lora", "rank": 4, "learning_rate": 0.01},),
-                                           **overrides}), 8)
+  study = study_lib.validate(
+    tiny_study(**{"finetune.methods": ({"name": "lora", "rank": 4, "learning_rate": 0.01},), **overrides}), 8
+  )
   runs = kinds.expand(study)
   local.write_plan(study, runs, workdir)
   return epath.Path(workdir) / "runs" / next(r.id for r in runs if r.kind == "finetune")
@@ -78,11 +80,21 @@ def test_event_files_hold_the_records_and_the_run_hparams(tmp_path):
   acc = event_accumulator.EventAccumulator(str(run_dir / "tensorboard"))
   acc.Reload()
   start = plugin_data_pb2.HParamsPluginData.FromString(
-      acc.PluginTagToContent("hparams")["_hparams_/session_start_info"]).session_start_info
+    acc.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+  ).session_start_info
   values = {k: v.string_value or v.number_value for k, v in start.hparams.items()}
   base = json.loads((run_dir / "spec.json").read_text())["config"]["base"]
-  assert values == {"kind": "finetune", "size": "d32l2", "base": base, "task": "qa", "method": "lora-lr0.01-rank4",
-                    "d_f": 16, "seed": 0, "learning_rate": 0.01, "max_steps": 20}
+  assert values == {
+    "kind": "finetune",
+    "size": "d32l2",
+    "base": base,
+    "task": "qa",
+    "method": "lora-lr0.01-rank4",
+    "d_f": 16,
+    "seed": 0,
+    "learning_rate": 0.01,
+    "max_steps": 20,
+  }
 
 
 def test_a_resumed_log_starts_its_event_file_again_from_the_kept_lines(tmp_path):
@@ -138,10 +150,21 @@ def test_a_gs_run_dir_holds_its_records_in_one_event_file(storage, tmp_path):
 
 
 def test_hparams_of_a_pretraining_run():
-  spec = {"kind": "pretrain", "size": "d16l2", "seed": 0, "world": {}, "block": {},
-          "train": {"learning_rate": 3e-3, "max_steps": 1200}}
-  assert metric_writers.hparams(spec) == {"kind": "pretrain", "size": "d16l2", "seed": 0, "learning_rate": 3e-3,
-                                          "max_steps": 1200}
+  spec = {
+    "kind": "pretrain",
+    "size": "d16l2",
+    "seed": 0,
+    "world": {},
+    "block": {},
+    "train": {"learning_rate": 3e-3, "max_steps": 1200},
+  }
+  assert metric_writers.hparams(spec) == {
+    "kind": "pretrain",
+    "size": "d16l2",
+    "seed": 0,
+    "learning_rate": 3e-3,
+    "max_steps": 1200,
+  }
 
 
 class FakeWandb(types.ModuleType):
@@ -185,8 +208,17 @@ def test_wandb_logs_one_run_per_run_id_which_a_resume_continues(tmp_path, monkey
     resumed.write(record)
   resumed.close()
   hparams = metric_writers.hparams(json.loads((run_dir / "spec.json").read_text())["config"])
-  expected = {"project": "scaling", "entity": "lab", "group": "tiny", "id": run_dir.name, "name": run_dir.name,
-              "config": hparams, "resume": "allow", "reinit": "create_new", "dir": str(run_dir)}
+  expected = {
+    "project": "scaling",
+    "entity": "lab",
+    "group": "tiny",
+    "id": run_dir.name,
+    "name": run_dir.name,
+    "config": hparams,
+    "resume": "allow",
+    "reinit": "create_new",
+    "dir": str(run_dir),
+  }
   assert fake.inits == [expected, expected] and fake.finished == [run_dir.name]
   lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
   assert fake.history[run_dir.name] == [(r["step"], {TAGS[k]: v for k, v in r.items() if k != "step"}) for r in lines]

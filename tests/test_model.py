@@ -14,10 +14,10 @@ from scaling import train
 from scaling.methods.lora import Lora
 
 VARIANTS = [
-    {},
-    {"norm": "layer", "mlp": "gelu", "use_bias": True, "tie_embeddings": False},
-    {"n_kv_heads": 1, "rotary_fraction": 0.25, "parallel_residual": True},
-    {"rotary_fraction": 0.0, "d_ff": 40, "head_dim": 8},
+  {},
+  {"norm": "layer", "mlp": "gelu", "use_bias": True, "tie_embeddings": False},
+  {"n_kv_heads": 1, "rotary_fraction": 0.25, "parallel_residual": True},
+  {"rotary_fraction": 0.0, "d_ff": 40, "head_dim": 8},
 ]
 
 
@@ -47,8 +47,9 @@ def test_flops_per_token_count_the_weights_that_multiply(block):
   cfg = model_lib.ladder_config("d64l2", vocab_size=128, **block)
   blocks = nnx.state(model_lib.Transformer(cfg, nnx.Rngs(0)).blocks, nnx.Param)
   names = lambda path: [k.key for k in path if isinstance(k, jax.tree_util.DictKey)]
-  matmul = sum(x.size for path, x in jax.tree_util.tree_leaves_with_path(blocks)
-               if str(names(path)[-1]).startswith("w"))
+  matmul = sum(
+    x.size for path, x in jax.tree_util.tree_leaves_with_path(blocks) if str(names(path)[-1]).startswith("w")
+  )
   attention = 2 * cfg.n_layers * 32 * cfg.n_heads * cfg.head_width
   assert model_lib.train_flops_per_token(cfg, 32) == 3 * (2 * matmul + 2 * attention + 2 * cfg.d_model * 128)
 
@@ -83,8 +84,9 @@ def test_bfloat16_compute_close_to_float32():
   cfg = model_lib.ladder_config("d32l2", vocab_size=64)
   tokens = jax.random.randint(jax.random.key(0), (2, 12), 0, 64)
   f32 = model_lib.Transformer(cfg, nnx.Rngs(0))(tokens)
-  bf16 = model_lib.Transformer(model_lib.ModelConfig(**{**cfg.__dict__, "compute_dtype": "bfloat16"}),
-                               nnx.Rngs(0))(tokens)
+  bf16 = model_lib.Transformer(model_lib.ModelConfig(**{**cfg.__dict__, "compute_dtype": "bfloat16"}), nnx.Rngs(0))(
+    tokens
+  )
   assert bf16.dtype == jnp.float32
   np.testing.assert_allclose(bf16, f32, atol=0.05)
 
@@ -102,13 +104,16 @@ def _loss_and_grads(**block):
   return jax.jit(jax.value_and_grad(loss_of))(nnx.to_pure_dict(params))
 
 
-@pytest.mark.parametrize("block, rtol", [
+@pytest.mark.parametrize(
+  "block, rtol",
+  [
     ({"remat": "dots"}, 1e-6),
     ({"remat": "full"}, 1e-6),
     ({"compute_dtype": "bfloat16"}, 1e-3),  # Measured: 1e-5.
     ({"compute_dtype": "bfloat16", "remat": "full"}, 1e-3),
     ({"compute_dtype": "bfloat16", "layer_loop": "scan"}, 1e-3),
-])
+  ],
+)
 def test_remat_and_bfloat16_give_the_float32_loss(block, rtol):
   loss, grads = _loss_and_grads()
   got_loss, got_grads = _loss_and_grads(**block)
@@ -139,6 +144,7 @@ def test_layers_scan_only_where_asked_and_where_the_blocks_share_a_structure():
   model = lambda loop: model_lib.Transformer(model_lib.ladder_config("d32l2", 64, layer_loop=loop), nnx.Rngs(0))
   assert not model_lib.scans_layers(model_lib.ladder_config("d32l2", 64))  # auto: unrolled on a CPU.
   assert not _has_scan(model("auto"), tokens) and _has_scan(model("scan"), tokens)
+
   # LoRA on the second block only leaves blocks of two structures, which cannot be stacked: they
   # run unrolled, each with its own weights (its adapter made nonzero, so that it shows).
   def lora_on_block_1(loop):
@@ -162,8 +168,9 @@ def test_scanned_blocks_stack_the_compute_dtype_copies_that_they_read():
     scan = next(e for e in jax.make_jaxpr(model)(tokens).eqns if e.primitive.name == "scan")
     return {v.aval.shape for v in scan.invars if v.aval.dtype == jnp.float32}
 
-  model = lambda dtype: model_lib.Transformer(model_lib.ladder_config("d32l2", 64, compute_dtype=dtype,
-                                                                     layer_loop="scan"), nnx.Rngs(0))
+  model = lambda dtype: model_lib.Transformer(
+    model_lib.ladder_config("d32l2", 64, compute_dtype=dtype, layer_loop="scan"), nnx.Rngs(0)
+  )
   norms = {(2, 32)}  # Two blocks' scales, per norm.
   assert float32_operands(model("bfloat16")) == norms
   weights = {(2, 32, 2, 16), (2, 2, 16, 32), (2, 32, 88), (2, 88, 32)}
@@ -193,12 +200,15 @@ def test_attention_is_xla_on_cpu():
     logits(attention="cudnn", compute_dtype="bfloat16")
 
 
-@pytest.mark.parametrize("field, value, allowed", [
+@pytest.mark.parametrize(
+  "field, value, allowed",
+  [
     ("attention", "flash", "'auto', 'xla', 'cudnn'"),
     ("remat", "all", "'none', 'dots', 'full'"),
     ("layer_loop", "vmap", "'auto', 'unrolled', 'scan'"),
     ("compute_dtype", "float16", "'auto', 'float32', 'bfloat16'"),  # float16 would need loss scaling.
-])
+  ],
+)
 def test_bad_choice_names_field_value_and_allowed(field, value, allowed):
   with pytest.raises(ValueError, match=f"model.{field}='{value}'; allowed: {allowed}"):
     model_lib.ladder_config("d32l2", 64, **{field: value}).validate()

@@ -16,8 +16,12 @@ from scaling.data import pipeline
 
 TOL = 1e-4  # Relative: a vmapped step sums in another order than the step of one run.
 # Four fine-tunes of one base: two D_f, and two learning rates whose faster one stops early.
-STUDY = {"finetune.d_f": (8, 32), "finetune.methods": ({"name": "full", "learning_rate": (1e-3, 0.01)},),
-         "finetune.train.max_steps": 30, "finetune.train.patience": 1}
+STUDY = {
+  "finetune.d_f": (8, 32),
+  "finetune.methods": ({"name": "full", "learning_rate": (1e-3, 0.01)},),
+  "finetune.train.max_steps": 30,
+  "finetune.train.patience": 1,
+}
 
 
 def _plan(workdir, pack, data=1):
@@ -42,8 +46,7 @@ def alone_and_packed(tmp_path_factory):
   packed_runs = _plan(packed, 8, data=2)  # Two lanes on each of two devices.
   assert [r.id for r in packed_runs] == [r.id for r in runs]  # Packing is how runs execute, not what they compute.
   runs = packed_runs
-  shutil.copytree(alone / "runs" / runs[0].id, packed / "runs" / runs[0].id,
-                  dirs_exist_ok=True)  # The shared base.
+  shutil.copytree(alone / "runs" / runs[0].id, packed / "runs" / runs[0].id, dirs_exist_ok=True)  # The shared base.
   groups = run_lib.packs(runs)
   assert [len(g) for g in groups] == [1, 4]
   for group in groups:
@@ -114,8 +117,9 @@ def test_killed_pack_resumes_to_the_same_end(alone_and_packed, tmp_path, monkeyp
     assert_events_match_metrics(killed / "runs" / run.id)
     a, b = (results.read_result(w / "runs" / run.id) for w in (packed, killed))
     assert a["metrics"] == b["metrics"], run.id
-    assert {k: v for k, v in a["train"].items() if "seconds" not in k} == \
-           {k: v for k, v in b["train"].items() if "seconds" not in k}
+    assert {k: v for k, v in a["train"].items() if "seconds" not in k} == {
+      k: v for k, v in b["train"].items() if "seconds" not in k
+    }
     assert _lines(packed, run) == _lines(killed, run)
 
 
@@ -135,8 +139,9 @@ def test_lanes_in_turn_vmapped_and_over_devices_take_the_same_step():
   cfg = train.TrainConfig(batch_size=4, seq_len=8, warmup_steps=0)
   mesh = mesh_lib.make_mesh({"data": 2}, jax.devices()[:2])
   with mesh_lib.activate(mesh):
-    graphdef, params = mesh_lib.create_sharded(lambda: model_lib.Transformer(model_lib.ladder_config("d16l2", 64),
-                                                                             nnx.Rngs(0)), mesh, mesh_lib.DEFAULT_RULES)
+    graphdef, params = mesh_lib.create_sharded(
+      lambda: model_lib.Transformer(model_lib.ladder_config("d16l2", 64), nnx.Rngs(0)), mesh, mesh_lib.DEFAULT_RULES
+    )
   axes, width = pack.lane_layout(mesh, mesh_lib.DEFAULT_RULES, jax.tree.map(lambda x: x.sharding, params), 4)
   assert (axes, width) == (("data",), 4)
   assert pack.lane_layout(mesh, mesh_lib.DEFAULT_RULES, {}, 3) == (("data",), 4)  # One padding lane.
@@ -145,14 +150,23 @@ def test_lanes_in_turn_vmapped_and_over_devices_take_the_same_step():
   assert pack.lane_layout(fsdp, mesh_lib.DEFAULT_RULES, [jax.NamedSharding(fsdp, jax.P("fsdp"))], 3) == (("data",), 4)
   tx = train.make_optimizer(cfg)
   lanes = pack.stack([params] * 4)
-  state = lambda: {"step": jnp.zeros(4, jnp.int32), "params": jax.tree.map(jnp.copy, lanes),
-                   "opt": jax.vmap(tx.init)(lanes), "tokens": jnp.zeros(4)}
+  state = lambda: {
+    "step": jnp.zeros(4, jnp.int32),
+    "params": jax.tree.map(jnp.copy, lanes),
+    "opt": jax.vmap(tx.init)(lanes),
+    "tokens": jnp.zeros(4),
+  }
   tokens = jax.random.randint(jax.random.key(1), (4, 4, 9), 0, 64)
   batch = {"inputs": tokens[..., :-1], "targets": tokens[..., 1:], "weights": jnp.ones((4, 4, 8))}
   lr, active = jnp.asarray([1e-3, 1e-2, 1e-2, 3e-3]), jnp.asarray([True, True, False, True])
   with mesh_lib.activate(mesh):
-    steps = {(b, split): pack.step_fn(graphdef, cfg, backend=b, mesh=mesh, axes=axes if split else ())(
-        state(), {}, batch, lr, active) for b in ("cpu", "gpu") for split in (False, True)}
+    steps = {
+      (b, split): pack.step_fn(graphdef, cfg, backend=b, mesh=mesh, axes=axes if split else ())(
+        state(), {}, batch, lr, active
+      )
+      for b in ("cpu", "gpu")
+      for split in (False, True)
+    }
   turn, turn_m = steps["cpu", False]
   np.testing.assert_array_equal(turn["step"], [1, 1, 0, 1])
   for (backend, split), (other, other_m) in steps.items():
@@ -160,10 +174,12 @@ def test_lanes_in_turn_vmapped_and_over_devices_take_the_same_step():
     # Another program sums in another order: each optimiser array within 1e-6 of its largest
     # entry; the parameters within a hundredth of a step, since Adam's first step (about lr times
     # the gradient's sign) magnifies that noise where a gradient is near 0.
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(b, a, atol=1e-6 * float(np.abs(a).max())),
-                 turn["opt"], other["opt"])
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(b, a, atol=1e-2 * float(lr.min())),
-                 turn["params"], other["params"])
+    jax.tree.map(
+      lambda a, b: np.testing.assert_allclose(b, a, atol=1e-6 * float(np.abs(a).max())), turn["opt"], other["opt"]
+    )
+    jax.tree.map(
+      lambda a, b: np.testing.assert_allclose(b, a, atol=1e-2 * float(lr.min())), turn["params"], other["params"]
+    )
     np.testing.assert_array_equal(other["step"], turn["step"])
     jax.tree.map(lambda a, b: np.testing.assert_array_equal(a[2], b[2]), other["params"], lanes)  # Stopped.
     if split:  # Each device holds two whole lanes.

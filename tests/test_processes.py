@@ -8,10 +8,10 @@ import processes
 import pytest
 
 MODULES = {
-    "says_and_exits": "import sys\nprint('out')\nsys.exit('bad input: one line')\n",
-    "raises": "raise ValueError('boom')\n",
-    "reports": "import os, sys\nprint(os.environ['PROBE'], os.getcwd(), sys.argv[1:], __name__)\nsys.exit(3)\n",
-    "exit_handler": "import atexit\natexit.register(print, 'bye')\nprint('hi')\n",
+  "says_and_exits": "import sys\nprint('out')\nsys.exit('bad input: one line')\n",
+  "raises": "raise ValueError('boom')\n",
+  "reports": "import os, sys\nprint(os.environ['PROBE'], os.getcwd(), sys.argv[1:], __name__)\nsys.exit(3)\n",
+  "exit_handler": "import atexit\natexit.register(print, 'bye')\nprint('hi')\n",
 }
 
 

@@ -32,7 +32,9 @@ def test_a_gs_workdir_sees_what_other_processes_write_after_a_listing(storage):
   assert str(workdir).startswith("gs://")
   results.write_json(workdir / "runs" / "a" / "result.json", {"id": "a", "metrics": {"loss": 1.5}})
   assert list(results.load_table(workdir)["id"]) == ["a"]  # Lists runs/.
-  other = f"from scaling import results; results.write_json({str(workdir / 'runs' / 'b' / 'result.json')!r}, {{'id': 'b'}})"
+  other = (
+    f"from scaling import results; results.write_json({str(workdir / 'runs' / 'b' / 'result.json')!r}, {{'id': 'b'}})"
+  )
   subprocess.run([sys.executable, "-c", other], check=True, env={**os.environ, **storage.env}, cwd=REPO)
   assert results.read_result(workdir / "runs" / "b") == {"id": "b"}  # gcsfs's listings cache would hide it.
   assert list(results.load_table(workdir)["id"]) == ["a", "b"]

@@ -15,8 +15,9 @@ from scaling import study as study_lib
 
 
 def _execute(workdir, shape):
-  study = study_lib.validate(tiny_study(**{"mesh.shape": shape, "finetune.d_f": (32,),
-                                           "eft": {"enabled": True, "betas": (0.5,)}}), 8)
+  study = study_lib.validate(
+    tiny_study(**{"mesh.shape": shape, "finetune.d_f": (32,), "eft": {"enabled": True, "betas": (0.5,)}}), 8
+  )
   runs = kinds.expand(study)
   local.write_plan(study, runs, workdir)
   return [run_lib.execute(r, workdir) for r in runs]
@@ -37,20 +38,26 @@ def test_sharded_runs_match_single_device_runs(tmp_path):
 
 def test_run_answers_a_bad_spec_in_one_line(tmp_path):
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  proc = processes.run([sys.executable, "-m", "scaling.run", "--spec", str(tmp_path / "spec.json")], cwd=root,
-                       env={**os.environ, "PYTHONPATH": root})
+  proc = processes.run(
+    [sys.executable, "-m", "scaling.run", "--spec", str(tmp_path / "spec.json")],
+    cwd=root,
+    env={**os.environ, "PYTHONPATH": root},
+  )
   assert proc.returncode != 0 and "not a readable run spec" in proc.stderr, proc.stderr
   assert "Traceback" not in proc.stderr
 
 
 # The same command line as above, called in this process (no process to start): each
 # mistake ends in argparse's usage and a one-line error (exit status 2), before any host is joined.
-@pytest.mark.parametrize("flags, message", [
+@pytest.mark.parametrize(
+  "flags, message",
+  [
     (("--coordinator", "127.0.0.1:1234"), "--coordinator, --num-processes and --process-id go together"),
     (("--coordinator", "127.0.0.1:1", "--num-processes", "2", "--process-id", "2"), "--process-id=2 with"),
     (("--distributed", "--coordinator", "127.0.0.1:1"), "do not combine it with --coordinator"),
     (("--coordinator", "localhost", "--num-processes", "2", "--process-id", "0"), "allowed: HOST:PORT"),
-])
+  ],
+)
 def test_run_answers_bad_flags_in_one_line(tmp_path, capsys, flags, message):
   with pytest.raises(SystemExit) as exit_:
     run_lib.main(["--spec", str(tmp_path / "spec.json"), *flags])

@@ -39,9 +39,18 @@ TOL_AFTER_BEST = 1e-4  # Relative, on the fine-tune's training records after its
 def _plan(workdir) -> list[grid.Run]:
   """A pretrain (long enough to be killed mid-way) and a fine-tune that stops early, on a
   (fsdp 4 x tensor 2) mesh."""
-  study = study_lib.validate(tiny_study(**{"mesh.shape": {"data": 1, "fsdp": 4, "tensor": 2},
-                                           "pretrain.steps": (40,), "finetune.d_f": (16,),
-                                           "finetune.train.learning_rate": 0.01, "finetune.train.patience": 1}), 8)
+  study = study_lib.validate(
+    tiny_study(
+      **{
+        "mesh.shape": {"data": 1, "fsdp": 4, "tensor": 2},
+        "pretrain.steps": (40,),
+        "finetune.d_f": (16,),
+        "finetune.train.learning_rate": 0.01,
+        "finetune.train.patience": 1,
+      }
+    ),
+    8,
+  )
   runs = kinds.expand(study)
   local.write_plan(study, runs, workdir)
   return runs
@@ -64,10 +73,29 @@ def _start_two(workdir, run) -> list[subprocess.Popen]:
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
-  return [subprocess.Popen([sys.executable, "-m", "scaling.run", "--spec", _spec(workdir, run), "--coordinator",
-                            f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i)], cwd=ROOT,
-                           env=_env(4), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-          for i in range(2)]
+  return [
+    subprocess.Popen(
+      [
+        sys.executable,
+        "-m",
+        "scaling.run",
+        "--spec",
+        _spec(workdir, run),
+        "--coordinator",
+        f"127.0.0.1:{port}",
+        "--num-processes",
+        "2",
+        "--process-id",
+        str(i),
+      ],
+      cwd=ROOT,
+      env=_env(4),
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+    )
+    for i in range(2)
+  ]
 
 
 def _two_processes(workdir, run) -> None:
@@ -87,8 +115,12 @@ def _params(workdir, run) -> list[np.ndarray]:
   meta = checkpointer.metadata(path)
   meta = getattr(meta, "item_metadata", meta)
   one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  return [np.asarray(x) for x in jax.tree.leaves(checkpointer.restore(
-      path, jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one), meta)))]
+  return [
+    np.asarray(x)
+    for x in jax.tree.leaves(
+      checkpointer.restore(path, jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one), meta))
+    )
+  ]
 
 
 def _result(workdir, run) -> dict:
@@ -101,8 +133,9 @@ def _killed_mid_run(workdir, run) -> list[int]:
   procs = _start_two(workdir, run)
   log = workdir / "runs" / run.id / "metrics.jsonl"
   deadline = time.time() + 240
-  while time.time() < deadline and not (log.exists() and any(json.loads(line)["step"] >= 25 for line in
-                                                                 log.read_text().splitlines() if line)):
+  while time.time() < deadline and not (
+    log.exists() and any(json.loads(line)["step"] >= 25 for line in log.read_text().splitlines() if line)
+  ):
     assert procs[0].poll() is None, procs[0].communicate()[1][-3000:]
     time.sleep(0.005)
   procs[1].send_signal(signal.SIGKILL)  # One host dies mid-run ...

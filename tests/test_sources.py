@@ -23,8 +23,15 @@ LEXICON = {"hund": "dog", "katze": "cat", "haus": "house", "baum": "tree", "rot"
 # are then known exactly. The French side (word for word) varies, for the references' order.
 ANSWER = "a dog sees the cat"
 FRENCH = {"hund": "chien", "katze": "chat", "haus": "maison", "baum": "arbre", "rot": "rouge", "gross": "grand"}
-TASK = {"name": "const", "tfds": "const_tiny/de-en", "prompt": "German: {translation.de} English:",
-        "answer": " {translation.en}", "train": "train", "dev": "validation", "test": "test"}
+TASK = {
+  "name": "const",
+  "tfds": "const_tiny/de-en",
+  "prompt": "German: {translation.de} English:",
+  "answer": " {translation.en}",
+  "train": "train",
+  "dev": "validation",
+  "test": "test",
+}
 ALL_METRICS = ["exact_match", "f1", "rouge_l", "chrf", "bleu"]
 
 
@@ -46,8 +53,9 @@ def _tokenizer_folder(folder) -> None:
   vocab += sorted(FRENCH.values())
   tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(vocab)}, unk_token="<unk>"))
   tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-  transformers.PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>",
-                                      unk_token="<unk>").save_pretrained(folder)
+  transformers.PreTrainedTokenizerFast(
+    tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>", unk_token="<unk>"
+  ).save_pretrained(folder)
 
 
 @pytest.fixture(scope="module")
@@ -55,8 +63,12 @@ def inputs(tmp_path_factory):
   root = tmp_path_factory.mktemp("real_task")
   _tokenizer_folder(root / "tokenizer")
   data_dir = str(root / "tfds")
-  tfds_text.make_translation_dataset(data_dir, "const_tiny/de-en", {
-      "train": _triples(64, 0), "validation": _triples(8, 1), "test": _triples(7, 2)}, languages=("de", "en", "fr"))
+  tfds_text.make_translation_dataset(
+    data_dir,
+    "const_tiny/de-en",
+    {"train": _triples(64, 0), "validation": _triples(8, 1), "test": _triples(7, 2)},
+    languages=("de", "en", "fr"),
+  )
   return str(root / "tokenizer"), data_dir
 
 
@@ -65,11 +77,24 @@ def _task(data_dir: str, **fields) -> dict:
 
 
 def _study(tokenizer: str, data_dir: str, tasks: tuple, **overrides):
-  corpus = {"tfds": "const_tiny/de-en", "data_dir": data_dir, "text": "German: {translation.de} English: "
-            "{translation.en}", "train": "train", "heldout": "validation"}
-  return tiny_study(**{"data": {"corpus": corpus, "tokenizer": tokenizer}, "finetune.tasks": tasks,
-                       "pretrain.steps": (10,), "finetune.d_f": (32,), "finetune.train.max_steps": 20,
-                       "finetune.train.learning_rate": 1e-2, **overrides})
+  corpus = {
+    "tfds": "const_tiny/de-en",
+    "data_dir": data_dir,
+    "text": "German: {translation.de} English: {translation.en}",
+    "train": "train",
+    "heldout": "validation",
+  }
+  return tiny_study(
+    **{
+      "data": {"corpus": corpus, "tokenizer": tokenizer},
+      "finetune.tasks": tasks,
+      "pretrain.steps": (10,),
+      "finetune.d_f": (32,),
+      "finetune.train.max_steps": 20,
+      "finetune.train.learning_rate": 1e-2,
+      **overrides,
+    }
+  )
 
 
 @pytest.mark.slow
@@ -87,8 +112,9 @@ def test_a_real_task_study_reports_generation_metrics_for_fine_tunes_and_eft(inp
   # answer is of the format (lower-case words). EFT at beta 1 on one size is the fine-tune's own
   # distribution: the same answers, the same metrics.
   for kind, extra in (("finetune", {"heldout_loss", "base_heldout_loss", "delta_heldout_loss"}), ("eft", set())):
-    metrics = {c.removeprefix("metrics."): v for c, v in table.loc[kind].items()
-               if c.startswith("metrics.") and not np.isnan(v)}
+    metrics = {
+      c.removeprefix("metrics."): v for c, v in table.loc[kind].items() if c.startswith("metrics.") and not np.isnan(v)
+    }
     assert set(metrics) == {"test_loss", *ALL_METRICS, "behaviour", *extra}, kind
     assert all(metrics[name] == pytest.approx(1.0) for name in [*ALL_METRICS, "behaviour"]), (kind, metrics)
 
@@ -98,8 +124,9 @@ def test_answers_line_up_with_their_references(inputs, monkeypatch):
   then the end token where there is room (junk after it), score as those prefixes of the references
   in record order; the padding rows of the last batch count for nothing."""
   tokenizer, data_dir = inputs
-  task = _task(data_dir, answer="{translation.fr}", metrics=["exact_match", "f1", "chrf"], format=r"\S+ \S+",
-               max_answer_tokens=3)
+  task = _task(
+    data_dir, answer="{translation.fr}", metrics=["exact_match", "f1", "chrf"], format=r"\S+ \S+", max_answer_tokens=3
+  )
   src = sources.Sources(world_lib.WorldConfig(), "", "world", tokenizer)
   test = src.eval_batches(src.task(task, "test"), 3)
   assert len(test) == 3 and test[-1]["valid"].tolist() == [1, 0, 0]
@@ -108,7 +135,7 @@ def test_answers_line_up_with_their_references(inputs, monkeypatch):
     assert num_new == 3  # The task's max_answer_tokens.
     out = np.full((len(batch["inputs"]), int(batch["answer_len"].max()) + 1), src.tok.token_id("chien"))
     for i, (start, length) in enumerate(zip(batch["prompt_len"], batch["answer_len"])):
-      out[i, :length + 1] = [*batch["targets"][i, start - 1: start - 1 + length], src.tok.eos]
+      out[i, : length + 1] = [*batch["targets"][i, start - 1 : start - 1 + length], src.tok.eos]
     return out[:, :num_new]
 
   monkeypatch.setattr(evaluate, "generate_answers", own_answers)
@@ -128,8 +155,12 @@ def test_cached_greedy_answers_are_the_teacher_forced_ones_on_a_sharded_mesh():
   graphdef, params = nnx.split(model_lib.Transformer(cfg, nnx.Rngs(3)))
   rng = np.random.default_rng(0)
   inputs = rng.integers(1, 64, (8, 8))
-  batch = {"inputs": inputs, "targets": np.zeros_like(inputs), "weights": np.zeros((8, 8), np.float32),
-           "prompt_len": rng.integers(1, 9, 8)}
+  batch = {
+    "inputs": inputs,
+    "targets": np.zeros_like(inputs),
+    "weights": np.zeros((8, 8), np.float32),
+    "prompt_len": rng.integers(1, 9, 8),
+  }
   mesh, rules = mesh_lib.make_mesh({"data": 2, "fsdp": 2, "tensor": 2}), mesh_lib.DEFAULT_RULES
   with mesh_lib.activate(mesh, rules):
     shardings = mesh_lib.state_shardings(params, mesh, rules)
@@ -148,17 +179,24 @@ def test_tasks_without_generation_fields_keep_their_runs(inputs):
   assert tuned and all(r.config["task_source"] == _task(data_dir) for r in tuned)
 
 
-@pytest.mark.parametrize("fields, message", [
-    ({"metrics": ["f1", "bleu2"]}, "finetune.tasks[0].metrics contains 'bleu2'; allowed: "
-                                   "['bleu', 'chrf', 'exact_match', 'f1', 'rouge_l']"),
+@pytest.mark.parametrize(
+  "fields, message",
+  [
+    (
+      {"metrics": ["f1", "bleu2"]},
+      "finetune.tasks[0].metrics contains 'bleu2'; allowed: ['bleu', 'chrf', 'exact_match', 'f1', 'rouge_l']",
+    ),
     ({"metrics": "f1"}, "finetune.tasks[0].metrics='f1'; allowed: a list of names from"),
     ({"format": "([a-z]+"}, "finetune.tasks[0].format='([a-z]+' is not a regular expression (missing ), "),
     ({"metrics": ["f1"], "max_answer_tokens": 0}, "finetune.tasks[0].max_answer_tokens=0; allowed: a positive integer"),
-    ({"metrics": ["f1"], "max_answer_tokens": "8"},
-     "finetune.tasks[0].max_answer_tokens='8'; allowed: a positive integer"),
+    (
+      {"metrics": ["f1"], "max_answer_tokens": "8"},
+      "finetune.tasks[0].max_answer_tokens='8'; allowed: a positive integer",
+    ),
     ({"max_answer_tokens": 8}, "finetune.tasks[0].max_answer_tokens=8 with no metrics and no format"),
     ({"metric": ["f1"]}, "finetune.tasks[0]: unknown field 'metric'; a TFDS source has the fields"),
-])
+  ],
+)
 def test_bad_generation_fields_fail_validation_naming_them(inputs, fields, message):
   tokenizer, data_dir = inputs
   with pytest.raises(study_lib.StudyError) as e:

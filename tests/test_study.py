@@ -17,20 +17,35 @@ from scaling import study as study_lib
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.mark.parametrize("overrides, message", [
-    ({"finetune.methods": ("full", "prefix")}, (r"finetune.methods\[1\]='prefix' is not a fine-tuning method; allowed: "
-                                                + re.escape(str(sorted(methods.METHODS))))),
+@pytest.mark.parametrize(
+  "overrides, message",
+  [
+    (
+      {"finetune.methods": ("full", "prefix")},
+      (
+        r"finetune.methods\[1\]='prefix' is not a fine-tuning method; allowed: "
+        + re.escape(str(sorted(methods.METHODS)))
+      ),
+    ),
     ({"finetune.d_f": (16, 5000)}, r"finetune.d_f contains 5000, more than the 130 examples .*allowed: 1 to 130"),
     ({"mesh.shape": {"data": 3}}, r"mesh.shape=\{'data': 3\} has 3 devices, which does not divide the 8 devices"),
-    ({"mesh.shape": {"data": 4}, "pretrain.train.batch_size": 6},
-     r"pretrain.train.batch_size=6 is not divisible by the data axes \('data', 'fsdp'\).*multiple of 4"),
-    ({"mesh.shape": {"data": 2, "fsdp": 2}, "finetune.train.batch_size": 6},
-     r"finetune.train.batch_size=6 is not divisible .*multiple of 4"),
+    (
+      {"mesh.shape": {"data": 4}, "pretrain.train.batch_size": 6},
+      r"pretrain.train.batch_size=6 is not divisible by the data axes \('data', 'fsdp'\).*multiple of 4",
+    ),
+    (
+      {"mesh.shape": {"data": 2, "fsdp": 2}, "finetune.train.batch_size": 6},
+      r"finetune.train.batch_size=6 is not divisible .*multiple of 4",
+    ),
     ({"model.sizes": ("d32l2", "huge")}, r"model.sizes contains 'huge'; allowed: \["),
-    ({"finetune.tasks": ("translate",)},
-     r"finetune.tasks\[0\]='translate' is not a task; allowed: \['qa', 'shakespeare_play'\], or a TFDS task"),
-    ({"finetune.tasks": ("shakespeare_play",)},
-     r"finetune.tasks\[0\]: task 'shakespeare_play' is real text, which the world's word tokenizer cannot read"),
+    (
+      {"finetune.tasks": ("translate",)},
+      r"finetune.tasks\[0\]='translate' is not a task; allowed: \['qa', 'shakespeare_play'\], or a TFDS task",
+    ),
+    (
+      {"finetune.tasks": ("shakespeare_play",)},
+      r"finetune.tasks\[0\]: task 'shakespeare_play' is real text, which the world's word tokenizer cannot read",
+    ),
     ({"data": {"corpus": "poems"}}, r"data.corpus='poems'; allowed: 'world', 'shakespeare', or a TFDS corpus"),
     ({"model.sizes": ()}, r"model.sizes=\[\] and model.checkpoints=\[\]"),
     ({"pretrain.train.lr": 0.1}, r"pretrain.train.lr is not a study field"),
@@ -38,15 +53,23 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     ({"model.block": {"norm": "batch"}}, r"model.norm='batch'; allowed: 'rms', 'layer'"),
     ({"finetune.d_f": (0, 16)}, r"finetune.d_f=\[0, 16\]; allowed: a non-empty list of positive integers"),
     ({"world.num_people": 5}, r"world.num_people=5; allowed: at least 10"),
-    ({"eft": {"enabled": True, "pairs": (("d32l2", "d96l3"),)}},
-     r"eft.pairs\[0\]=\('d32l2', 'd96l3'\): 'd96l3' is not a base of this study; allowed: \['d32l2'\]"),
+    (
+      {"eft": {"enabled": True, "pairs": (("d32l2", "d96l3"),)}},
+      r"eft.pairs\[0\]=\('d32l2', 'd96l3'\): 'd96l3' is not a base of this study; allowed: \['d32l2'\]",
+    ),
     ({"eft": {"enabled": True, "betas": ()}}, r"eft.betas=\[\]; allowed: a non-empty list of finite numbers"),
-    ({"eft": {"enabled": True, "task": "translate"}},
-     r"eft.task='translate' is not a task this study fine-tunes; allowed: \['qa'\]"),
-    ({"eft": {"enabled": True, "method": "lora"}},
-     r"eft.method='lora' is not a method this study fine-tunes with; allowed: \['full'\]"),
-    ({"eft": {"enabled": True, "d_f": (16, 64)}},
-     r"eft.d_f contains 64, which this study does not fine-tune on; allowed: \[16, 32\]"),
+    (
+      {"eft": {"enabled": True, "task": "translate"}},
+      r"eft.task='translate' is not a task this study fine-tunes; allowed: \['qa'\]",
+    ),
+    (
+      {"eft": {"enabled": True, "method": "lora"}},
+      r"eft.method='lora' is not a method this study fine-tunes with; allowed: \['full'\]",
+    ),
+    (
+      {"eft": {"enabled": True, "d_f": (16, 64)}},
+      r"eft.d_f contains 64, which this study does not fine-tune on; allowed: \[16, 32\]",
+    ),
     ({"eft": {"enabled": True, "seed": 3}}, r"eft.seed=3 is not a fine-tuning seed of this study; allowed: \[0\]"),
     ({"memory": {"loss_chunk": -8}}, r"memory.loss_chunk=-8; allowed: 0 \(no chunks\) or a positive integer"),
     ({"eval.batch_size": 0}, r"eval.batch_size=0; allowed: a positive integer"),
@@ -63,14 +86,18 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     ({"model.block": {"n_layers": 4}}, r"model.block.n_layers is not a block option; allowed: \['attention'"),
     ({"mesh.rules": (("act_batch", "dat"),)}, r"mesh.rules\[0\]=\('act_batch', 'dat'\): 'dat' is not a mesh axis"),
     ({"mesh.rules": (("embed", "fsdp", "tensor"),)}, r"mesh.rules\[0\]=\('embed', 'fsdp', 'tensor'\); allowed: pairs"),
-    ({"pretrain.train.max_steps": 5000}, r"pretrain.train.max_steps=5000: .*allowed: leave it out and list the "
-                                         r"budgets in pretrain.steps"),
+    (
+      {"pretrain.train.max_steps": 5000},
+      r"pretrain.train.max_steps=5000: .*allowed: leave it out and list the "
+      r"budgets in pretrain.steps",
+    ),
     ({"pretrain.train.warmup_steps": -5}, r"pretrain.train.warmup_steps=-5; allowed: >= 0"),
     ({"finetune.train.b2": 2.0}, r"finetune.train.b2=2.0; allowed: 0 <= b2 < 1"),
     ({"finetune.train.grad_clip": 0.0}, r"finetune.train.grad_clip=0.0; allowed: > 0"),
     ({"logging.wandb_project": None}, r"logging.wandb_project=None; allowed: a string \('' for none\)"),
     ({"logging.wandb_entity": "lab"}, r"logging.wandb_entity='lab' with logging.wandb_project=''; allowed: a W&B "),
-])
+  ],
+)
 def test_bad_study_names_the_field(overrides, message):
   with pytest.raises(study_lib.StudyError, match=message):
     study_lib.validate(tiny_study(**overrides), num_devices=8)
@@ -87,26 +114,39 @@ def test_wandb_logging_is_how_runs_execute_not_what_they_are(monkeypatch):
   plain = kinds.expand(study_lib.validate(tiny_study(), 8))
   logged = kinds.expand(study_lib.validate(tiny_study(**{"logging.wandb_project": "scaling"}), 8))
   assert [r.id for r in logged] == [r.id for r in plain]
-  assert {json.dumps(r.execution["logging"], sort_keys=True) for r in logged} == \
-         {'{"wandb_entity": "", "wandb_group": "tiny", "wandb_project": "scaling"}'}
+  assert {json.dumps(r.execution["logging"], sort_keys=True) for r in logged} == {
+    '{"wandb_entity": "", "wandb_group": "tiny", "wandb_project": "scaling"}'
+  }
   monkeypatch.setitem(sys.modules, "wandb", None)  # As if not installed.
-  with pytest.raises(study_lib.StudyError, match=r"^logging.wandb_project='scaling' needs Weights & Biases, which is "
-                                                 r"not installed; allowed: '' \(off\), or install the extra "
-                                                 r"scaling\[wandb\] \(pip install 'scaling\[wandb\]'\)$"):
+  with pytest.raises(
+    study_lib.StudyError,
+    match=r"^logging.wandb_project='scaling' needs Weights & Biases, which is "
+    r"not installed; allowed: '' \(off\), or install the extra "
+    r"scaling\[wandb\] \(pip install 'scaling\[wandb\]'\)$",
+  ):
     study_lib.validate(tiny_study(**{"logging.wandb_project": "scaling"}), 8)
 
 
 def test_a_disabled_eft_group_is_not_checked_and_its_d_f_follows_the_study():
   smoke = importlib.import_module("configs.smoke").get_config()
-  off = study_lib.validate(smoke.to_dict() | {"eft": {**smoke.eft.to_dict(), "enabled": False, "d_f": (7,)},
-                                              "finetune": {**smoke.finetune.to_dict(), "d_f": (40, 80)}}, 1)
+  off = study_lib.validate(
+    smoke.to_dict()
+    | {
+      "eft": {**smoke.eft.to_dict(), "enabled": False, "d_f": (7,)},
+      "finetune": {**smoke.finetune.to_dict(), "d_f": (40, 80)},
+    },
+    1,
+  )
   assert off.eft.d_f == (7,)  # Left as written: nothing reads it.
   on = study_lib.validate(smoke.to_dict() | {"finetune": {**smoke.finetune.to_dict(), "d_f": (40, 80, 120)}}, 1)
   assert on.eft.d_f == (40, 120)  # The smallest and the largest.
   assert study_lib.validate(smoke, 1).eft.d_f == (40, 640)
   with pytest.raises(study_lib.StudyError, match=r"^eft.d_f contains 640, which this study does not fine-tune on"):
-    study_lib.validate(smoke.to_dict() | {"eft": {**smoke.eft.to_dict(), "d_f": (640,)},
-                                          "finetune": {**smoke.finetune.to_dict(), "d_f": (40, 80)}}, 1)
+    study_lib.validate(
+      smoke.to_dict()
+      | {"eft": {**smoke.eft.to_dict(), "d_f": (640,)}, "finetune": {**smoke.finetune.to_dict(), "d_f": (40, 80)}},
+      1,
+    )
 
 
 def test_eft_defaults_resolve_against_the_study():
@@ -118,22 +158,30 @@ def test_eft_defaults_resolve_against_the_study():
 
 
 def _launch(tmp_path, *args):
-  return processes.run([sys.executable, "-m", "launch.local", "--config", os.path.join(ROOT, "configs", "smoke.py"),
-                        *args], cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT})
+  return processes.run(
+    [sys.executable, "-m", "launch.local", "--config", os.path.join(ROOT, "configs", "smoke.py"), *args],
+    cwd=ROOT,
+    env={**os.environ, "PYTHONPATH": ROOT},
+  )
 
 
-@pytest.mark.parametrize("args, message", [
+@pytest.mark.parametrize(
+  "args, message",
+  [
     (("--config.finetune.methods=('full','lora9')",), "finetune.methods[1]='lora9' is not a fine-tuning method"),
     (("--config.eft.betas=()",), "eft.betas=[]; allowed: a non-empty list"),
-    (("--config.finetune.methodz=full",),
-     "--config.finetune.methodz: 'methodz' is not a field of finetune; allowed: ['d_f', 'methods', 'pack', 'seeds'"),
+    (
+      ("--config.finetune.methodz=full",),
+      "--config.finetune.methodz: 'methodz' is not a field of finetune; allowed: ['d_f', 'methods', 'pack', 'seeds'",
+    ),
     (("--config.evall.batch_size=4",), "'evall' is not a field of the study; allowed: ["),
     (("--config.model.block.rotary_fractoin=0.5",), "the config file does not set rotary_fractoin"),
     (("--workdirr=/tmp/x",), "usage error: Unknown command line flag 'workdirr'"),
     (("--config=/nonexistent/study.py",), "invalid --config: cannot load it ([Errno 2] No such file or directory"),
     # A field that the config file leaves to the defaults is overridable: it reaches validation.
     (("--config.finetune.train.schedule=linear",), "finetune.train.schedule='linear'; allowed: 'cosine'"),
-])
+  ],
+)
 def test_launcher_rejects_mistakes_in_one_line_before_writing_anything(tmp_path, args, message):
   proc = _launch(tmp_path, "--workdir", str(tmp_path / "w"), *args)
   assert proc.returncode != 0 and message in proc.stderr, proc.stderr[-2000:]
@@ -153,8 +201,24 @@ def test_launcher_names_what_a_gs_workdir_needs(tmp_path):
   blocked.mkdir(parents=True)
   (blocked / "__init__.py").write_text("raise ImportError('no gcsfs here')\n")
   env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(blocked.parent), ROOT])}
-  proc = subprocess.run([sys.executable, "-m", "launch.local", "--config", os.path.join(ROOT, "configs", "smoke.py"),
-                         "--workdir", "gs://bucket/w"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+  proc = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "launch.local",
+      "--config",
+      os.path.join(ROOT, "configs", "smoke.py"),
+      "--workdir",
+      "gs://bucket/w",
+    ],
+    cwd=ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   assert proc.returncode == 1 and "Traceback" not in proc.stderr
-  assert proc.stderr.strip().splitlines()[-1] == ("--workdir gs://bucket/w: a gs:// workdir needs gcsfs; allowed: a "
-                                                  "local folder, or gs:// after pip install -e '.[gcs]'")
+  assert proc.stderr.strip().splitlines()[-1] == (
+    "--workdir gs://bucket/w: a gs:// workdir needs gcsfs; allowed: a "
+    "local folder, or gs:// after pip install -e '.[gcs]'"
+  )

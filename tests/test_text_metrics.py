@@ -6,15 +6,15 @@ from scaling import text_metrics
 
 # (prediction, reference, exact match, F1).
 SQUAD_CASES = [
-    # torchmetrics' SQuAD tests (the official v1.1 script's scoring), a JSQuAD case: precision 2/2, recall 2/4.
-    ("1976", "1976", 1.0, 1.0),
-    ("2 時間 21 分", "2 時間", 0.0, 2 / 3),
-    # AllenNLP's SquadEmAndF1 test: the articles go, 3 of the 4 remaining words are shared.
-    ("this is the best span", "this is a good span", 0.0, 0.75),
-    # Normalisation: case, punctuation, articles and runs of whitespace do not count.
-    ("   Rock    n  Roll.", "rock n roll", 1.0, 1.0),
-    ("The Cat!", "a cat", 1.0, 1.0),
-    ("an apple", "the", 0.0, 0.0),  # Nothing left of the reference: v1.1 scores 0.
+  # torchmetrics' SQuAD tests (the official v1.1 script's scoring), a JSQuAD case: precision 2/2, recall 2/4.
+  ("1976", "1976", 1.0, 1.0),
+  ("2 時間 21 分", "2 時間", 0.0, 2 / 3),
+  # AllenNLP's SquadEmAndF1 test: the articles go, 3 of the 4 remaining words are shared.
+  ("this is the best span", "this is a good span", 0.0, 0.75),
+  # Normalisation: case, punctuation, articles and runs of whitespace do not count.
+  ("   Rock    n  Roll.", "rock n roll", 1.0, 1.0),
+  ("The Cat!", "a cat", 1.0, 1.0),
+  ("an apple", "the", 0.0, 0.0),  # Nothing left of the reference: v1.1 scores 0.
 ]
 
 
@@ -28,7 +28,7 @@ def test_exact_match_and_f1_average_over_examples():
   predictions, references = [c[0] for c in SQUAD_CASES], [c[1] for c in SQUAD_CASES]
   assert text_metrics.exact_match(predictions, references) == pytest.approx(3 / 6)
   assert text_metrics.f1(predictions, references) == pytest.approx((3 + 2 / 3 + 0.75) / 6)
-  assert text_metrics.normalize_answer("  The  Beatles' \"Let It Be\"! ") == "beatles let it be"
+  assert text_metrics.normalize_answer('  The  Beatles\' "Let It Be"! ') == "beatles let it be"
 
 
 def test_rouge_l_is_rouge_scores_f_measure():
@@ -37,9 +37,11 @@ def test_rouge_l_is_rouge_scores_f_measure():
   assert text_metrics.rouge_l(["testing one"], ["testing one two"]) == pytest.approx(4 / 5)
   assert text_metrics.rouge_l(["testing two"], ["testing one two"]) == pytest.approx(4 / 5)
   assert text_metrics.rouge_l([""], ["testing one two"]) == 0.0
-  target = ("ZfbCUIUuePaiLVUlCaUXxkpu XPeWing tUHfPMuZ',-Xd Y BrUgVJing M-HV.-DgdDaY.rFDJCRing Ht-LM EKBDXkME,yz'RBr "
-            "q'wtion wIojNbN wL,b .a-'XdQggyFl jB-RPP'iyOIcUxer tKM L\n")
-  prediction = ("rFDJCRtion Ht-LM EKtDXkME,yz'RBr q'wer wrojNbN wL,b .a-'XdQggyFl jB-RPP'iyOIcUxi\n")
+  target = (
+    "ZfbCUIUuePaiLVUlCaUXxkpu XPeWing tUHfPMuZ',-Xd Y BrUgVJing M-HV.-DgdDaY.rFDJCRing Ht-LM EKBDXkME,yz'RBr "
+    "q'wtion wIojNbN wL,b .a-'XdQggyFl jB-RPP'iyOIcUxer tKM L\n"
+  )
+  prediction = "rFDJCRtion Ht-LM EKtDXkME,yz'RBr q'wer wrojNbN wL,b .a-'XdQggyFl jB-RPP'iyOIcUxi\n"
   assert text_metrics.rouge_l([prediction], [target]) == pytest.approx(0.51163, abs=1e-5)
   # The mean over examples.
   assert text_metrics.rouge_l(["testing one", ""], ["testing one two"] * 2) == pytest.approx(2 / 5)
@@ -48,8 +50,12 @@ def test_rouge_l_is_rouge_scores_f_measure():
 def test_chrf_and_bleu_are_sacrebleus_corpus_scores_as_fractions():
   # sacrebleu's test_chrf.py (test_cases_effective_order: its default settings, where beta does
   # not matter as hypothesis and reference are of one length), scores / 100.
-  for predictions, references, expected in [(["a b c"], ["abc"], 1.0), ([""], ["reference"], 0.0),
-                                            (["a", "b"], ["a", "c"], 0.5), (["aa"], ["ab"], 0.25)]:
+  for predictions, references, expected in [
+    (["a b c"], ["abc"], 1.0),
+    ([""], ["reference"], 0.0),
+    (["a", "b"], ["a", "c"], 0.5),
+    (["aa"], ["ab"], 0.25),
+  ]:
     assert text_metrics.chrf(predictions, references) == pytest.approx(expected, abs=1e-6)
   # sacrebleu's test_sentence_bleu.py (issue #98, exp smoothing, 13a): 8.493 of a one-sentence corpus.
   ref = "producţia de zahăr brut se exprimă în zahăr alb;"

@@ -21,9 +21,15 @@ from scaling import study as study_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The fine-tune is a LoRA run: its resume restores adapters and their moments, not base weights.
-LONG = {"pretrain.steps": (150,), "pretrain.train.checkpoint_every": 10,
-        "finetune.d_f": (32,), "finetune.methods": ({"name": "lora", "rank": 4},), "finetune.train.max_steps": 150,
-        "finetune.train.patience": 1000, "finetune.train.checkpoint_every": 10}
+LONG = {
+  "pretrain.steps": (150,),
+  "pretrain.train.checkpoint_every": 10,
+  "finetune.d_f": (32,),
+  "finetune.methods": ({"name": "lora", "rank": 4},),
+  "finetune.train.max_steps": 150,
+  "finetune.train.patience": 1000,
+  "finetune.train.checkpoint_every": 10,
+}
 
 
 def _plan(workdir, **overrides):
@@ -45,8 +51,9 @@ def _env():
 def _run_and_kill_after_first_checkpoint(workdir, run) -> int:
   """The step of the checkpoint that the killed run left."""
   ckpt = workdir / "runs" / run.id / "ckpt"
-  proc = subprocess.Popen(_command(workdir, run), env=_env(), cwd=ROOT,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  proc = subprocess.Popen(
+    _command(workdir, run), env=_env(), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+  )
   deadline = time.time() + 300
   while time.time() < deadline and proc.poll() is None:
     if ckpt.exists() and any(p.name.isdigit() for p in ckpt.iterdir()):
@@ -72,20 +79,21 @@ def test_killed_run_resumes_to_the_same_end(tmp_path, kind, capsys):
   assert _plan(killed) == runs
   if kind == "finetune":  # Both copies share one base.
     run_lib.execute(runs["pretrain"], straight)
-    shutil.copytree(straight / "runs" / runs["pretrain"].id, killed / "runs" / runs["pretrain"].id,
-                    dirs_exist_ok=True)
+    shutil.copytree(straight / "runs" / runs["pretrain"].id, killed / "runs" / runs["pretrain"].id, dirs_exist_ok=True)
   run = runs[kind]
   run_lib.execute(run, straight)  # In this process: the same code as a run's own process.
   saved = _run_and_kill_after_first_checkpoint(killed, run)
   assert "resuming" not in capsys.readouterr().out
   run_lib.execute(run, killed)
-  assert [line for line in capsys.readouterr().out.splitlines() if "resuming" in line] == \
-         [f"resuming {run.id} from step {saved}"]
+  assert [line for line in capsys.readouterr().out.splitlines() if "resuming" in line] == [
+    f"resuming {run.id} from step {saved}"
+  ]
 
   a, b = (results.read_result(w / "runs" / run.id) for w in (straight, killed))
   assert a["metrics"] == b["metrics"]
-  assert {k: v for k, v in a["train"].items() if "seconds" not in k} == \
-         {k: v for k, v in b["train"].items() if "seconds" not in k}
+  assert {k: v for k, v in a["train"].items() if "seconds" not in k} == {
+    k: v for k, v in b["train"].items() if "seconds" not in k
+  }
   lines = [(w / "runs" / run.id / "metrics.jsonl").read_text().splitlines() for w in (straight, killed)]
   assert lines[0] == lines[1] and len(lines[0]) >= 10
   for w in (straight, killed):  # The event files too: the killed run's steps after its checkpoint once.
@@ -96,6 +104,7 @@ def test_killed_run_resumes_to_the_same_end(tmp_path, kind, capsys):
 
 def jax_leaves(tree):
   import jax
+
   return [np.asarray(x) for x in jax.tree.leaves(tree)]
 
 
@@ -109,20 +118,36 @@ def _execute_tiny(tmp_path, **overrides):
 @pytest.mark.slow
 def test_early_stopping_keeps_best_dev_step(tmp_path):
   # A huge learning rate makes dev loss worse after the first steps: training stops early.
-  records = _execute_tiny(tmp_path, **{"finetune.d_f": (32,), "finetune.train.learning_rate": 0.3,
-                                       "finetune.train.max_steps": 200, "finetune.train.patience": 2})
+  records = _execute_tiny(
+    tmp_path,
+    **{
+      "finetune.d_f": (32,),
+      "finetune.train.learning_rate": 0.3,
+      "finetune.train.max_steps": 200,
+      "finetune.train.patience": 2,
+    },
+  )
   ft = records[-1]["train"]
   assert not ft["hit_step_cap"] and ft["steps"] < 200
   assert ft["steps"] == ft["best_step"] + 2 * 5  # Two evaluations (every 5 steps) without gain.
-  dev = [json.loads(line) for line in open(tmp_path / "runs" / records[-1]["id"] / "metrics.jsonl") if "dev_loss" in line]
+  dev = [
+    json.loads(line) for line in open(tmp_path / "runs" / records[-1]["id"] / "metrics.jsonl") if "dev_loss" in line
+  ]
   assert ft["best_dev_loss"] == pytest.approx(min(d["dev_loss"] for d in dev), rel=1e-6)
   assert [r["train"]["compute_dtype"] for r in records] == ["float32", "float32"]  # What auto means on a CPU.
 
 
 @pytest.mark.slow
 def test_step_cap_is_recorded(tmp_path):
-  records = _execute_tiny(tmp_path, **{"finetune.d_f": (32,), "finetune.train.learning_rate": 1e-3,
-                                       "finetune.train.max_steps": 10, "finetune.train.patience": 100})
+  records = _execute_tiny(
+    tmp_path,
+    **{
+      "finetune.d_f": (32,),
+      "finetune.train.learning_rate": 1e-3,
+      "finetune.train.max_steps": 10,
+      "finetune.train.patience": 100,
+    },
+  )
   ft = records[-1]["train"]
   assert ft["hit_step_cap"] and ft["steps"] == 10
 
@@ -156,8 +181,9 @@ def test_a_run_killed_before_its_first_checkpoint_logs_each_line_once(tmp_path, 
 @pytest.mark.parametrize("pack", [1, 2])
 def test_the_last_step_is_evaluated_where_the_cap_is_off_the_cadence(tmp_path, pack):
   """Steps 21 to 23 of a 23-step fine-tune are not trained for nothing: the cap is a dev evaluation."""
-  study = study_lib.validate(tiny_study(**{"finetune.train.max_steps": 23, "finetune.train.patience": 100,
-                                           "finetune.pack": pack}), 8)
+  study = study_lib.validate(
+    tiny_study(**{"finetune.train.max_steps": 23, "finetune.train.patience": 100, "finetune.pack": pack}), 8
+  )
   runs = kinds.expand(study)
   local.write_plan(study, runs, tmp_path)
   run_lib.execute(runs[0], tmp_path)

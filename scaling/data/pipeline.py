@@ -45,11 +45,16 @@ class Encoder:
     tokens = np.full(self.seq_len + 1, self.pad, np.int32)
     tokens[: len(ids)] = ids
     scored = np.zeros(self.seq_len + 1, np.float32)
-    scored[1 + len(prompt): len(ids)] = 1.0  # Answer tokens and the end token.
+    scored[1 + len(prompt) : len(ids)] = 1.0  # Answer tokens and the end token.
     attr = _text(record.get("attribute", ""))
-    return {"inputs": tokens[:-1], "targets": tokens[1:], "weights": scored[1:],
-            "prompt_len": np.int32(1 + len(prompt)), "answer_len": np.int32(len(answer)),
-            "attribute": np.int32(_ATTRS.index(attr) if attr else -1)}
+    return {
+      "inputs": tokens[:-1],
+      "targets": tokens[1:],
+      "weights": scored[1:],
+      "prompt_len": np.int32(1 + len(prompt)),
+      "answer_len": np.int32(len(answer)),
+      "attribute": np.int32(_ATTRS.index(attr) if attr else -1),
+    }
 
 
 def encode_split(source, encoder: Encoder, indices: np.ndarray | None = None) -> dict[str, np.ndarray]:
@@ -99,8 +104,9 @@ class StepBatches:
     return {k: v[rows] for k, v in self.arrays.items()}
 
 
-def train_batches(source, encoder: Encoder, batch_size: int, seed: int,
-                  subset: int | None = None, subset_seed: int = 0) -> StepBatches:
+def train_batches(
+  source, encoder: Encoder, batch_size: int, seed: int, subset: int | None = None, subset_seed: int = 0
+) -> StepBatches:
   """Step-indexed training batches over a split, or over its nested subset of `subset` examples
   (only those are read: a subset of a large corpus costs its own size)."""
   indices = nested_subset(len(source), subset, subset_seed)
@@ -119,4 +125,4 @@ def eval_batches(source, tok: TextTokenizer, batch_size: int) -> list[dict]:
   arrays = {k: np.concatenate([v, np.repeat(v[:1], pad, axis=0)]) for k, v in arrays.items()}
   arrays["valid"] = np.concatenate([np.ones(n, np.float32), np.zeros(pad, np.float32)])
   arrays["weights"] = arrays["weights"] * arrays["valid"][:, None]
-  return [{k: v[i: i + batch_size] for k, v in arrays.items()} for i in range(0, n + pad, batch_size)]
+  return [{k: v[i : i + batch_size] for k, v in arrays.items()} for i in range(0, n + pad, batch_size)]

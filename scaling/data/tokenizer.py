@@ -43,8 +43,15 @@ def from_tokenizers(tok: Tokenizer) -> TextTokenizer:
   # The world's word tokenizer does not mark its special tokens as special: they are left out by id.
   special = {tok.token_to_id(t) for t in SPECIAL_TOKENS} - {None}
   decode = lambda ids: tok.decode([int(i) for i in ids if int(i) not in special], skip_special_tokens=True)
-  return TextTokenizer(lambda text: tok.encode(text).ids if text else [], tok.token_to_id(BOS), tok.token_to_id(EOS),
-                       tok.token_to_id(PAD), tok.get_vocab_size(), tok.token_to_id, decode)
+  return TextTokenizer(
+    lambda text: tok.encode(text).ids if text else [],
+    tok.token_to_id(BOS),
+    tok.token_to_id(EOS),
+    tok.token_to_id(PAD),
+    tok.get_vocab_size(),
+    tok.token_to_id,
+    decode,
+  )
 
 
 def from_transformers(tok) -> TextTokenizer:
@@ -55,9 +62,15 @@ def from_transformers(tok) -> TextTokenizer:
   eos = tok.eos_token_id
   bos = eos if tok.bos_token_id is None else tok.bos_token_id
   pad = eos if tok.pad_token_id is None else tok.pad_token_id
-  return TextTokenizer(lambda text: tok(text, add_special_tokens=False)["input_ids"] if text else [], bos, eos, pad,
-                       len(tok), tok.convert_tokens_to_ids,
-                       lambda ids: tok.decode([int(i) for i in ids], skip_special_tokens=True))
+  return TextTokenizer(
+    lambda text: tok(text, add_special_tokens=False)["input_ids"] if text else [],
+    bos,
+    eos,
+    pad,
+    len(tok),
+    tok.convert_tokens_to_ids,
+    lambda ids: tok.decode([int(i) for i in ids], skip_special_tokens=True),
+  )
 
 
 def padded_vocab_size(size: int, multiple: int = 64) -> int:

@@ -20,25 +20,45 @@ SPECIAL_TOKENS = (PAD, BOS, EOS, UNK)
 
 # attribute -> (number of values, biography sentence templates, question template).
 ATTRIBUTES: dict[str, tuple[int, tuple[str, ...], str]] = {
-    "birth_city": (40, ("{name} was born in {v} .", "{name} came into the world in {v} .",
-                        "the birthplace of {name} is {v} ."), "where was {name} born ?"),
-    "birth_year": (50, ("{name} was born in the year {v} .", "{name} entered life in {v} .",
-                        "the birth year of {name} is {v} ."), "in what year was {name} born ?"),
-    "university": (30, ("{name} studied at {v} .", "{name} graduated from {v} .",
-                        "{name} received a degree from {v} ."), "which university did {name} attend ?"),
-    "employer": (40, ("{name} works for {v} .", "{name} is employed by {v} .",
-                      "the employer of {name} is {v} ."), "who employs {name} ?"),
-    "field": (20, ("{name} works in the field of {v} .", "{name} specialises in {v} .",
-                   "the research area of {name} is {v} ."), "what field does {name} work in ?"),
+  "birth_city": (
+    40,
+    ("{name} was born in {v} .", "{name} came into the world in {v} .", "the birthplace of {name} is {v} ."),
+    "where was {name} born ?",
+  ),
+  "birth_year": (
+    50,
+    ("{name} was born in the year {v} .", "{name} entered life in {v} .", "the birth year of {name} is {v} ."),
+    "in what year was {name} born ?",
+  ),
+  "university": (
+    30,
+    ("{name} studied at {v} .", "{name} graduated from {v} .", "{name} received a degree from {v} ."),
+    "which university did {name} attend ?",
+  ),
+  "employer": (
+    40,
+    ("{name} works for {v} .", "{name} is employed by {v} .", "the employer of {name} is {v} ."),
+    "who employs {name} ?",
+  ),
+  "field": (
+    20,
+    ("{name} works in the field of {v} .", "{name} specialises in {v} .", "the research area of {name} is {v} ."),
+    "what field does {name} work in ?",
+  ),
 }
 # Cloze probes end where a template's value begins, so a template whose text before the value begins
 # another attribute's sentence has two right continuations ("X was born in" a city, or "the year"):
 # each attribute is probed with its other templates.
 CLOZE_TEMPLATES: dict[str, tuple[str, ...]] = {
-    attr: tuple(t for t in templates if not any(other.startswith(t.split("{v}")[0])
-                                                for a, (_, others, _) in ATTRIBUTES.items() if a != attr
-                                                for other in others))
-    for attr, (_, templates, _) in ATTRIBUTES.items()}
+  attr: tuple(
+    t
+    for t in templates
+    if not any(
+      other.startswith(t.split("{v}")[0]) for a, (_, others, _) in ATTRIBUTES.items() if a != attr for other in others
+    )
+  )
+  for attr, (_, templates, _) in ATTRIBUTES.items()
+}
 QA_PREFIX, QA_SUFFIX = "question :", "answer :"
 # Question-shaped pretraining text, in a format other than the fine-tuning task's.
 PRETRAIN_Q, PRETRAIN_A = "Q :", "A :"
@@ -72,8 +92,10 @@ class WorldConfig:
     if self.question_renderings < 0:
       raise ValueError(f"world.question_renderings={self.question_renderings}; allowed: 0 or more")
     if not (0 < self.dev_fraction and 0 < self.test_fraction and self.dev_fraction + self.test_fraction < 1):
-      raise ValueError(f"world.dev_fraction={self.dev_fraction}, world.test_fraction={self.test_fraction}: "
-                       "each must be positive and their sum below 1")
+      raise ValueError(
+        f"world.dev_fraction={self.dev_fraction}, world.test_fraction={self.test_fraction}: "
+        "each must be positive and their sum below 1"
+      )
 
   def fingerprint(self) -> str:
     """A short stable hash of the config: the TFDS config name of this world."""
@@ -94,7 +116,12 @@ class World:
   def vocabulary(self) -> list[str]:
     """Every word the world can say, special tokens first, in a fixed order."""
     words: dict[str, None] = dict.fromkeys(SPECIAL_TOKENS)
-    templates = [t for _, ts, q in ATTRIBUTES.values() for t in (*ts, q)] + [QA_PREFIX, QA_SUFFIX, PRETRAIN_Q, PRETRAIN_A]
+    templates = [t for _, ts, q in ATTRIBUTES.values() for t in (*ts, q)] + [
+      QA_PREFIX,
+      QA_SUFFIX,
+      PRETRAIN_Q,
+      PRETRAIN_A,
+    ]
     for text in templates:
       words.update(dict.fromkeys(w for w in text.split() if w not in ("{name}", "{v}")))
     for name in self.names:
@@ -108,8 +135,10 @@ class World:
 
   def biography(self, person: int, rng: np.random.Generator) -> str:
     """One rendering: a random template per attribute, sentences in random order."""
-    sentences = [rng.choice(templates).format(name=self.names[person], v=self.value(person, attr))
-                 for attr, (_, templates, _) in ATTRIBUTES.items()]
+    sentences = [
+      rng.choice(templates).format(name=self.names[person], v=self.value(person, attr))
+      for attr, (_, templates, _) in ATTRIBUTES.items()
+    ]
     return " ".join(sentences[i] for i in rng.permutation(len(sentences)))
 
   def people(self, split: int) -> np.ndarray:
@@ -131,8 +160,10 @@ def build_world(config: WorldConfig) -> World:
   config.validate()
   rng = np.random.default_rng(config.seed)
   taken: set[str] = set()
-  values = {attr: (tuple(str(1950 + i) for i in range(n)) if attr == "birth_year" else _words(rng, n, taken, 3))
-            for attr, (n, _, _) in ATTRIBUTES.items()}
+  values = {
+    attr: (tuple(str(1950 + i) for i in range(n)) if attr == "birth_year" else _words(rng, n, taken, 3))
+    for attr, (n, _, _) in ATTRIBUTES.items()
+  }
   side = int(np.ceil(np.sqrt(config.num_people))) + 2
   firsts, lasts = _words(rng, side, taken, 2), _words(rng, side, taken, 2)
   pairs = rng.choice(side * side, config.num_people, replace=False)
@@ -141,7 +172,7 @@ def build_world(config: WorldConfig) -> World:
   n_dev, n_test = int(config.dev_fraction * config.num_people), int(config.test_fraction * config.num_people)
   split_of_person = np.zeros(config.num_people, np.int32)
   order = rng.permutation(config.num_people)
-  split_of_person[order[:n_dev]], split_of_person[order[n_dev:n_dev + n_test]] = 1, 2
+  split_of_person[order[:n_dev]], split_of_person[order[n_dev : n_dev + n_test]] = 1, 2
   return World(config, names, values, facts, split_of_person)
 
 
@@ -164,8 +195,10 @@ def records(world: World, split: str) -> Iterator[dict]:
       for r in range(world.config.question_renderings):
         for p in world.people(0):
           attrs = rng.choice(list(ATTRIBUTES), 3, replace=False)
-          text = " ".join(f"{PRETRAIN_Q} {ATTRIBUTES[a][2].format(name=world.names[p])} {PRETRAIN_A} "
-                          f"{world.value(p, a)} ." for a in attrs)
+          text = " ".join(
+            f"{PRETRAIN_Q} {ATTRIBUTES[a][2].format(name=world.names[p])} {PRETRAIN_A} {world.value(p, a)} ."
+            for a in attrs
+          )
           yield {"prompt": "", "answer": text, "attribute": "", "person": int(p)}
   elif split.startswith("qa_"):
     for p in world.people({"qa_train": 0, "qa_dev": 1, "qa_test": 2}[split]):
@@ -186,11 +219,14 @@ def split_size(config: WorldConfig, split: str) -> int:
   """Number of examples in a split, without generating it."""
   n_dev, n_test = int(config.dev_fraction * config.num_people), int(config.test_fraction * config.num_people)
   n_train = config.num_people - n_dev - n_test
-  per = {"pretrain": config.num_people * config.bio_renderings + n_train * config.question_renderings,
-         "pretrain_heldout": n_test * config.heldout_renderings,
-         "qa_train": n_train * len(ATTRIBUTES),
-         "qa_dev": n_dev * len(ATTRIBUTES), "qa_test": n_test * len(ATTRIBUTES),
-         "cloze_test": n_test * len(ATTRIBUTES)}
+  per = {
+    "pretrain": config.num_people * config.bio_renderings + n_train * config.question_renderings,
+    "pretrain_heldout": n_test * config.heldout_renderings,
+    "qa_train": n_train * len(ATTRIBUTES),
+    "qa_dev": n_dev * len(ATTRIBUTES),
+    "qa_test": n_test * len(ATTRIBUTES),
+    "cloze_test": n_test * len(ATTRIBUTES),
+  }
   if split not in per:
     raise ValueError(f"unknown split {split!r}; allowed: {list(SPLITS)}")
   return per[split]

@@ -20,9 +20,14 @@ from scaling import grid
 from scaling.kinds import checkpoint, eft, finetune, finetune_checkpoint, pretrain, transplant
 
 # In dependency order: a kind's runs may depend on the runs of the kinds before it.
-KINDS: dict[str, ModuleType] = {"pretrain": pretrain, "checkpoint": checkpoint,
-                                "finetune_checkpoint": finetune_checkpoint, "finetune": finetune, "eft": eft,
-                                "transplant": transplant}
+KINDS: dict[str, ModuleType] = {
+  "pretrain": pretrain,
+  "checkpoint": checkpoint,
+  "finetune_checkpoint": finetune_checkpoint,
+  "finetune": finetune,
+  "eft": eft,
+  "transplant": transplant,
+}
 
 
 def get(kind: str) -> ModuleType:
@@ -35,11 +40,18 @@ def get(kind: str) -> ModuleType:
 def expand(study: ml_collections.ConfigDict) -> list[grid.Run]:
   """All runs of a validated study, each after the runs it depends on."""
   logging = {**study.logging.to_dict(), "wandb_group": study.name}  # W&B groups a study's runs.
-  execution = json.loads(json.dumps({"mesh_shape": study.mesh.shape.to_dict(), "rules": study.mesh.rules,
-                                     "eval_batch_size": study.eval.batch_size,
-                                     "pack": study.finetune.pack,
-                                     "loss_chunk": study.memory.loss_chunk,
-                                     "logging": logging}))  # As spec.json holds it.
+  execution = json.loads(
+    json.dumps(
+      {
+        "mesh_shape": study.mesh.shape.to_dict(),
+        "rules": study.mesh.rules,
+        "eval_batch_size": study.eval.batch_size,
+        "pack": study.finetune.pack,
+        "loss_chunk": study.memory.loss_chunk,
+        "logging": logging,
+      }
+    )
+  )  # As spec.json holds it.
   runs: list[grid.Run] = []
   for kind in KINDS.values():
     runs += kind.cells(study, list(runs), execution)

@@ -26,8 +26,15 @@ def cells(study: ml_collections.ConfigDict, prior: list[grid.Run], execution: di
   runs = []
   for entry in study.model.checkpoints:
     name = entry["name"]
-    spec = {"kind": "checkpoint", "world": world, "size": name, "block": study.model.block.to_dict(), "seed": 0,
-            "pretrain_tokens": entry.get("pretrain_tokens"), **study_lib.data_fields(study, sizes=(name,))}
+    spec = {
+      "kind": "checkpoint",
+      "world": world,
+      "size": name,
+      "block": study.model.block.to_dict(),
+      "seed": 0,
+      "pretrain_tokens": entry.get("pretrain_tokens"),
+      **study_lib.data_fields(study, sizes=(name,)),
+    }
     runs.append(grid.Run(grid.run_id(f"ck-{name}", spec), "checkpoint", spec, (), execution))
   return runs
 
@@ -37,7 +44,17 @@ def execute(ctx: context_lib.Context) -> dict:
   cfg, mc = ctx.run.config, ctx.model_cfg
   model = context_lib.build_model(ctx, cfg["size"], None, cfg["seed"])
   mixture = decode.Mixture.single(model.graphdef, model.params, model.frozen)
-  return {"size": cfg["size"], "base": None, "task": None, "method": None, "d_f": None, "seed": cfg["seed"],
-          "params": model_lib.param_count(mc), "non_embedding_params": model_lib.non_embedding_params(mc),
-          "trainable_params": 0, "pretrain_tokens": cfg["pretrain_tokens"], "checkpoint": ctx.checkpoint(cfg["size"]),
-          "metrics": context_lib.retention_metrics(ctx, mixture)}
+  return {
+    "size": cfg["size"],
+    "base": None,
+    "task": None,
+    "method": None,
+    "d_f": None,
+    "seed": cfg["seed"],
+    "params": model_lib.param_count(mc),
+    "non_embedding_params": model_lib.non_embedding_params(mc),
+    "trainable_params": 0,
+    "pretrain_tokens": cfg["pretrain_tokens"],
+    "checkpoint": ctx.checkpoint(cfg["size"]),
+    "metrics": context_lib.retention_metrics(ctx, mixture),
+  }

@@ -28,8 +28,11 @@ def cells(study: ml_collections.ConfigDict, prior: list[grid.Run], execution: di
   e = study.eft
   if not e.enabled:
     return []
-  bases = {r.config["size"]: r for r in prior  # Imported, or pretrained here to the group's budget.
-           if r.kind == "checkpoint" or (r.kind == "pretrain" and r.config["train"]["max_steps"] == e.pretrain_steps)}
+  bases = {
+    r.config["size"]: r
+    for r in prior  # Imported, or pretrained here to the group's budget.
+    if r.kind == "checkpoint" or (r.kind == "pretrain" and r.config["train"]["max_steps"] == e.pretrain_steps)
+  }
   finetuned = finetune.of_cell(prior, e.task, e.method, e.seed)
   world = dataclasses.asdict(study_lib.world_config(study))
   runs = []
@@ -38,10 +41,22 @@ def cells(study: ml_collections.ConfigDict, prior: list[grid.Run], execution: di
     for d_f in e.d_f:
       ft_n2 = finetuned[(base_n2.id, d_f)]
       for beta in e.betas:
-        spec = {"kind": "eft", "world": world, "size": n1, "finetune_size": n2, "block": base_n1.config["block"],
-                "base": base_n1.id, "finetune_base": base_n2.id, "finetuned": ft_n2.id, "task": e.task,
-                "method": e.method, "d_f": d_f, "seed": e.seed, "beta": float(beta),
-                **study_lib.data_fields(study, e.task, (n1, n2))}
+        spec = {
+          "kind": "eft",
+          "world": world,
+          "size": n1,
+          "finetune_size": n2,
+          "block": base_n1.config["block"],
+          "base": base_n1.id,
+          "finetune_base": base_n2.id,
+          "finetuned": ft_n2.id,
+          "task": e.task,
+          "method": e.method,
+          "d_f": d_f,
+          "seed": e.seed,
+          "beta": float(beta),
+          **study_lib.data_fields(study, e.task, (n1, n2)),
+        }
         label = f"eft-{n1}-{n2}-{e.task}-{e.method}-df{d_f}-b{beta:g}-s{e.seed}"
         deps = tuple(dict.fromkeys((base_n1.id, base_n2.id, ft_n2.id)))
         runs.append(grid.Run(grid.run_id(label, spec), "eft", spec, deps, execution))
@@ -67,8 +82,18 @@ def execute(ctx: context_lib.Context) -> dict:
 
   metrics = context_lib.task_metrics(ctx, mixture, sources.task_of(cfg), log)
   n1, n2 = ctx.model_config(cfg["size"]), ctx.model_config(cfg["finetune_size"])
-  return {"size": cfg["size"], "finetune_size": cfg["finetune_size"], "beta": cfg["beta"], "task": cfg["task"],
-          "method": cfg["method"], "d_f": cfg["d_f"], "seed": cfg["seed"], "base": cfg["base"],
-          "finetuned": cfg["finetuned"], "params": model_lib.param_count(n1),
-          "non_embedding_params": model_lib.non_embedding_params(n1),
-          "finetune_non_embedding_params": model_lib.non_embedding_params(n2), "metrics": metrics}
+  return {
+    "size": cfg["size"],
+    "finetune_size": cfg["finetune_size"],
+    "beta": cfg["beta"],
+    "task": cfg["task"],
+    "method": cfg["method"],
+    "d_f": cfg["d_f"],
+    "seed": cfg["seed"],
+    "base": cfg["base"],
+    "finetuned": cfg["finetuned"],
+    "params": model_lib.param_count(n1),
+    "non_embedding_params": model_lib.non_embedding_params(n1),
+    "finetune_non_embedding_params": model_lib.non_embedding_params(n2),
+    "metrics": metrics,
+  }

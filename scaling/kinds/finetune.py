@@ -20,8 +20,11 @@ def cells(study: ml_collections.ConfigDict, prior: list[grid.Run], execution: di
   fine-tune stands in for."""
   world = dataclasses.asdict(study_lib.world_config(study))
   train_cfg = dataclasses.asdict(study_lib.train_config(study.finetune.train, "finetune.train"))
-  imported = {(r.config["base"], r.config["task"], r.config["method"], r.config["d_f"], r.config["seed"])
-              for r in prior if r.kind == "finetune_checkpoint"}
+  imported = {
+    (r.config["base"], r.config["task"], r.config["method"], r.config["d_f"], r.config["seed"])
+    for r in prior
+    if r.kind == "finetune_checkpoint"
+  }
   runs = []
   for base in (r for r in prior if r.kind in grid.BASE_KINDS):
     size = base.config["size"]
@@ -31,9 +34,19 @@ def cells(study: ml_collections.ConfigDict, prior: list[grid.Run], execution: di
           for seed in study.finetune.seeds:
             if (base.id, task, methods.label(method), d_f, seed) in imported:
               continue
-            spec = {"kind": "finetune", "world": world, "size": size, "block": base.config["block"],
-                    "base": base.id, "task": task, "method": method, "d_f": d_f, "seed": seed,
-                    "train": train_cfg, **study_lib.data_fields(study, task, (size,))}
+            spec = {
+              "kind": "finetune",
+              "world": world,
+              "size": size,
+              "block": base.config["block"],
+              "base": base.id,
+              "task": task,
+              "method": method,
+              "d_f": d_f,
+              "seed": seed,
+              "train": train_cfg,
+              **study_lib.data_fields(study, task, (size,)),
+            }
             label = f"ft-{size}-{task}-{methods.label(method)}-df{d_f}-s{seed}"
             runs.append(grid.Run(grid.run_id(label, spec), "finetune", spec, (base.id,), execution))
   return runs
@@ -41,9 +54,12 @@ def cells(study: ml_collections.ConfigDict, prior: list[grid.Run], execution: di
 
 def of_cell(runs: list[grid.Run], task: str, method: str, seed: int) -> dict[tuple[str, int], grid.Run]:
   """The fine-tunes (trained here or imported) among `runs` of a task, method label and seed, by (base id, D_f)."""
-  return {(r.config["base"], r.config["d_f"]): r for r in runs
-          if r.kind in grid.FINETUNE_KINDS and (r.config["task"], methods.label(r.config["method"]), r.config["seed"])
-          == (task, method, seed)}
+  return {
+    (r.config["base"], r.config["d_f"]): r
+    for r in runs
+    if r.kind in grid.FINETUNE_KINDS
+    and (r.config["task"], methods.label(r.config["method"]), r.config["seed"]) == (task, method, seed)
+  }
 
 
 def pack_key(run: grid.Run):
@@ -52,8 +68,9 @@ def pack_key(run: grid.Run):
   lanes = ("d_f", "seed")
   method = {k: v for k, v in run.config["method"].items() if k != "learning_rate"}
   train_cfg = {k: v for k, v in run.config["train"].items() if k != "learning_rate"}
-  return json.dumps({**{k: v for k, v in run.config.items() if k not in lanes}, "method": method, "train": train_cfg},
-                    sort_keys=True)
+  return json.dumps(
+    {**{k: v for k, v in run.config.items() if k not in lanes}, "method": method, "train": train_cfg}, sort_keys=True
+  )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,13 +91,19 @@ def _setup(ctx: context_lib.Context, models: dict | None = None) -> _Setup:
   task = sources.task_of(cfg)
   models = {} if models is None else models
   if cfg["seed"] not in models:
-    models[cfg["seed"]] = context_lib.build_model(ctx, cfg["size"], context_lib.method_of(cfg), cfg["seed"],
-                                                  context_lib.base_dir(ctx, cfg["base"]))
+    models[cfg["seed"]] = context_lib.build_model(
+      ctx, cfg["size"], context_lib.method_of(cfg), cfg["seed"], context_lib.base_dir(ctx, cfg["base"])
+    )
   model = models[cfg["seed"]]
   with timing.phase("data"):
-    batches = pipeline.train_batches(ctx.sources.task(task, "train"),
-                                     pipeline.Encoder(ctx.tok, tcfg.seq_len, truncate=not sources.is_world_task(task)),
-                                     tcfg.batch_size, seed=cfg["seed"], subset=cfg["d_f"], subset_seed=cfg["seed"])
+    batches = pipeline.train_batches(
+      ctx.sources.task(task, "train"),
+      pipeline.Encoder(ctx.tok, tcfg.seq_len, truncate=not sources.is_world_task(task)),
+      tcfg.batch_size,
+      seed=cfg["seed"],
+      subset=cfg["d_f"],
+      subset_seed=cfg["seed"],
+    )
   return _Setup(model, tcfg, batches, sum(x.size for x in jax.tree.leaves(model.params)))
 
 
@@ -96,13 +119,22 @@ def _finish(ctx: context_lib.Context, setup: _Setup, outcome: train.TrainOutcome
   mixture = decode.Mixture.single(model.graphdef, outcome.params, model.frozen)
   metrics = context_lib.task_metrics(ctx, mixture, sources.task_of(cfg))
   metrics.update(context_lib.retention_against(ctx, mixture, base["metrics"]))
-  record = context_lib.trained_record(ctx, outcome, metrics, trainable_params=setup.trainable,
-                                      pretrain_tokens=base["pretrain_tokens"], base=cfg["base"], task=cfg["task"],
-                                      method=methods.label(cfg["method"]), d_f=cfg["d_f"])
+  record = context_lib.trained_record(
+    ctx,
+    outcome,
+    metrics,
+    trainable_params=setup.trainable,
+    pretrain_tokens=base["pretrain_tokens"],
+    base=cfg["base"],
+    task=cfg["task"],
+    method=methods.label(cfg["method"]),
+    d_f=cfg["d_f"],
+  )
   record["train"]["learning_rate"] = setup.cfg.learning_rate  # The study's, or the method's own.
   # How far each block's weights moved from the base's, for the layer-locality analysis.
-  record["layer_change"] = common.layer_change(context_lib.load_run_model(ctx, cfg["base"]).module(),
-                                               mixture.modules()[0])
+  record["layer_change"] = common.layer_change(
+    context_lib.load_run_model(ctx, cfg["base"]).module(), mixture.modules()[0]
+  )
   return record
 
 
@@ -110,9 +142,19 @@ def execute(ctx: context_lib.Context) -> dict:
   """Fine-tunes a base with a method on D_f examples; evaluates it at its best dev step."""
   setup = _setup(ctx)
   model = setup.model
-  outcome = train.run(graphdef=model.graphdef, params=model.params, frozen=model.frozen, batches=setup.batches,
-                      cfg=setup.cfg, run_dir=str(ctx.run_dir), mesh=ctx.mesh, rules=ctx.rules,
-                      dev_batches=_dev_batches(ctx), description=ctx.run.id, loss_chunk=ctx.loss_chunk)
+  outcome = train.run(
+    graphdef=model.graphdef,
+    params=model.params,
+    frozen=model.frozen,
+    batches=setup.batches,
+    cfg=setup.cfg,
+    run_dir=str(ctx.run_dir),
+    mesh=ctx.mesh,
+    rules=ctx.rules,
+    dev_batches=_dev_batches(ctx),
+    description=ctx.run.id,
+    loss_chunk=ctx.loss_chunk,
+  )
   return _finish(ctx, setup, outcome)
 
 
@@ -122,7 +164,14 @@ def execute_pack(ctxs: list[context_lib.Context]) -> list[dict]:
   setups = [_setup(ctx, models) for ctx in ctxs]
   first, ctx = setups[0].model, ctxs[0]
   lanes = [pack.Lane(s.model.params, s.batches, s.cfg, str(c.run_dir)) for s, c in zip(setups, ctxs)]
-  outcomes = pack.train_lanes(graphdef=first.graphdef, frozen=first.frozen, lanes=lanes, mesh=ctx.mesh,
-                              rules=ctx.rules, dev_batches=_dev_batches(ctx), description=f"{len(ctxs)} lanes",
-                              loss_chunk=ctx.loss_chunk)
+  outcomes = pack.train_lanes(
+    graphdef=first.graphdef,
+    frozen=first.frozen,
+    lanes=lanes,
+    mesh=ctx.mesh,
+    rules=ctx.rules,
+    dev_batches=_dev_batches(ctx),
+    description=f"{len(ctxs)} lanes",
+    loss_chunk=ctx.loss_chunk,
+  )
   return [_finish(c, s, o) for c, s, o in zip(ctxs, setups, outcomes)]

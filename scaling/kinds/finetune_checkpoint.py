@@ -29,10 +29,19 @@ def cells(study: ml_collections.ConfigDict, prior: list[grid.Run], execution: di
   for entry in study.model.checkpoints:
     name, base = entry["name"], bases[entry["name"]]
     for ft in entry.get("finetunes", ()):
-      spec = {"kind": "finetune_checkpoint", "world": world, "size": name, "block": base.config["block"],
-              "base": base.id, "task": ft["task"], "method": ft["method"], "d_f": ft["d_f"], "seed": ft["seed"],
-              "imported": {"path": ft["path"], "content": hf.content_id(ft["path"])},
-              **study_lib.data_fields(study, ft["task"], (name,))}
+      spec = {
+        "kind": "finetune_checkpoint",
+        "world": world,
+        "size": name,
+        "block": base.config["block"],
+        "base": base.id,
+        "task": ft["task"],
+        "method": ft["method"],
+        "d_f": ft["d_f"],
+        "seed": ft["seed"],
+        "imported": {"path": ft["path"], "content": hf.content_id(ft["path"])},
+        **study_lib.data_fields(study, ft["task"], (name,)),
+      }
       label = f"ift-{name}-{ft['task']}-{ft['method']}-df{ft['d_f']}-s{ft['seed']}"
       runs.append(grid.Run(grid.run_id(label, spec), "finetune_checkpoint", spec, (base.id,), execution))
   return runs
@@ -46,8 +55,18 @@ def execute(ctx: context_lib.Context) -> dict:
   base = ctx.dependency(cfg["base"])
   metrics = context_lib.task_metrics(ctx, mixture, sources.task_of(cfg))
   metrics.update(context_lib.retention_against(ctx, mixture, base["metrics"]))
-  return {"size": cfg["size"], "base": cfg["base"], "task": cfg["task"], "method": cfg["method"], "d_f": cfg["d_f"],
-          "seed": cfg["seed"], "params": model_lib.param_count(mc),
-          "non_embedding_params": model_lib.non_embedding_params(mc), "trainable_params": model_lib.param_count(mc),
-          "pretrain_tokens": base["pretrain_tokens"], "checkpoint": cfg["imported"]["path"], "metrics": metrics,
-          "layer_change": common.layer_change(context_lib.load_run_model(ctx, cfg["base"]).module(), model.module())}
+  return {
+    "size": cfg["size"],
+    "base": cfg["base"],
+    "task": cfg["task"],
+    "method": cfg["method"],
+    "d_f": cfg["d_f"],
+    "seed": cfg["seed"],
+    "params": model_lib.param_count(mc),
+    "non_embedding_params": model_lib.non_embedding_params(mc),
+    "trainable_params": model_lib.param_count(mc),
+    "pretrain_tokens": base["pretrain_tokens"],
+    "checkpoint": cfg["imported"]["path"],
+    "metrics": metrics,
+    "layer_change": common.layer_change(context_lib.load_run_model(ctx, cfg["base"]).module(), model.module()),
+  }

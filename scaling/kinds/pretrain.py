@@ -21,8 +21,15 @@ def cells(study: ml_collections.ConfigDict, prior: list[grid.Run], execution: di
   for size in study.model.sizes:
     for steps in study.pretrain.steps:
       tcfg = study_lib.train_config(study.pretrain.train, "pretrain.train", max_steps=steps)
-      spec = {"kind": "pretrain", "world": world, "size": size, "block": study.model.block.to_dict(),
-              "seed": study.pretrain.seed, "train": dataclasses.asdict(tcfg), **study_lib.data_fields(study)}
+      spec = {
+        "kind": "pretrain",
+        "world": world,
+        "size": size,
+        "block": study.model.block.to_dict(),
+        "seed": study.pretrain.seed,
+        "train": dataclasses.asdict(tcfg),
+        **study_lib.data_fields(study),
+      }
       runs.append(grid.Run(grid.run_id(f"pt-{size}-{steps}", spec), "pretrain", spec, (), execution))
   return runs
 
@@ -32,13 +39,30 @@ def execute(ctx: context_lib.Context) -> dict:
   cfg = ctx.run.config
   tcfg = train.TrainConfig(**cfg["train"])
   model = context_lib.build_model(ctx, cfg["size"], None, cfg["seed"])
-  batches = pipeline.train_batches(ctx.sources.corpus("train"), pipeline.Encoder(ctx.tok, tcfg.seq_len, truncate=True),
-                                   tcfg.batch_size, seed=cfg["seed"])
-  outcome = train.run(graphdef=model.graphdef, params=model.params, frozen=model.frozen, batches=batches,
-                      cfg=tcfg, run_dir=str(ctx.run_dir), mesh=ctx.mesh, rules=ctx.rules, description=ctx.run.id,
-                      loss_chunk=ctx.loss_chunk)
+  batches = pipeline.train_batches(
+    ctx.sources.corpus("train"),
+    pipeline.Encoder(ctx.tok, tcfg.seq_len, truncate=True),
+    tcfg.batch_size,
+    seed=cfg["seed"],
+  )
+  outcome = train.run(
+    graphdef=model.graphdef,
+    params=model.params,
+    frozen=model.frozen,
+    batches=batches,
+    cfg=tcfg,
+    run_dir=str(ctx.run_dir),
+    mesh=ctx.mesh,
+    rules=ctx.rules,
+    description=ctx.run.id,
+    loss_chunk=ctx.loss_chunk,
+  )
   train.save_params(outcome.params, str(ctx.run_dir / "model"))
   mixture = decode.Mixture.single(model.graphdef, outcome.params, model.frozen)
-  return context_lib.trained_record(ctx, outcome, context_lib.retention_metrics(ctx, mixture),
-                                    trainable_params=model_lib.param_count(ctx.model_cfg),
-                                    pretrain_tokens=outcome.tokens_seen)
+  return context_lib.trained_record(
+    ctx,
+    outcome,
+    context_lib.retention_metrics(ctx, mixture),
+    trainable_params=model_lib.param_count(ctx.model_cfg),
+    pretrain_tokens=outcome.tokens_seen,
+  )

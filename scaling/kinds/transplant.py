@@ -32,17 +32,30 @@ def cells(study: ml_collections.ConfigDict, prior: list[grid.Run], execution: di
   finetuned = finetune.of_cell(prior, t.task, t.method, t.seed)
   world = dataclasses.asdict(study_lib.world_config(study))
   runs = []
-  for base in (r for r in prior if r.kind == "checkpoint" or
-               (r.kind == "pretrain" and r.config["train"]["max_steps"] == budget)):
+  for base in (
+    r for r in prior if r.kind == "checkpoint" or (r.kind == "pretrain" and r.config["train"]["max_steps"] == budget)
+  ):
     size = base.config["size"]
     n_layers = context_lib.spec_model_config(base.config, size, lambda: 64).n_layers
     for d_f in (d_f for d_f in t.d_f if (base.id, d_f) in finetuned):  # Imported fine-tunes: where they are.
       tuned = finetuned[(base.id, d_f)]
       for part in t.parts:
         for k in range(1, n_layers):
-          spec = {"kind": "transplant", "world": world, "size": size, "block": base.config["block"], "base": base.id,
-                  "finetuned": tuned.id, "task": t.task, "method": t.method, "d_f": d_f, "seed": t.seed,
-                  "part": part, "k": k, **study_lib.data_fields(study, t.task, (size,))}
+          spec = {
+            "kind": "transplant",
+            "world": world,
+            "size": size,
+            "block": base.config["block"],
+            "base": base.id,
+            "finetuned": tuned.id,
+            "task": t.task,
+            "method": t.method,
+            "d_f": d_f,
+            "seed": t.seed,
+            "part": part,
+            "k": k,
+            **study_lib.data_fields(study, t.task, (size,)),
+          }
           label = f"tp-{size}-{t.task}-{t.method}-df{d_f}-{part}{k}-s{t.seed}"
           runs.append(grid.Run(grid.run_id(label, spec), "transplant", spec, (base.id, tuned.id), execution))
   return runs
@@ -65,7 +78,18 @@ def execute(ctx: context_lib.Context) -> dict:
   metrics = context_lib.task_metrics(ctx, mixture, sources.task_of(cfg))
   metrics.update(context_lib.retention_against(ctx, mixture, ctx.dependency(cfg["base"])["metrics"]))
   mc = ctx.model_cfg
-  return {"size": cfg["size"], "base": cfg["base"], "finetuned": cfg["finetuned"], "task": cfg["task"],
-          "method": cfg["method"], "d_f": cfg["d_f"], "seed": cfg["seed"], "part": cfg["part"], "k": cfg["k"],
-          "params": model_lib.param_count(mc), "non_embedding_params": model_lib.non_embedding_params(mc),
-          "layer_change": common.layer_change(base_model, model), "metrics": metrics}
+  return {
+    "size": cfg["size"],
+    "base": cfg["base"],
+    "finetuned": cfg["finetuned"],
+    "task": cfg["task"],
+    "method": cfg["method"],
+    "d_f": cfg["d_f"],
+    "seed": cfg["seed"],
+    "part": cfg["part"],
+    "k": cfg["k"],
+    "params": model_lib.param_count(mc),
+    "non_embedding_params": model_lib.non_embedding_params(mc),
+    "layer_change": common.layer_change(base_model, model),
+    "metrics": metrics,
+  }

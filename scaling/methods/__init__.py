@@ -94,8 +94,13 @@ def expand(entry: str | Mapping) -> list[dict]:
   for values in itertools.product(*axes.values()):
     options = dict(zip(axes, values))
     method = get_method(name, **options)
-    specs.append({"name": name, **{f.name: _plain(getattr(method, f.name)) for f in dataclasses.fields(method)},
-                  **training_overrides(options)})
+    specs.append(
+      {
+        "name": name,
+        **{f.name: _plain(getattr(method, f.name)) for f in dataclasses.fields(method)},
+        **training_overrides(options),
+      }
+    )
   return specs
 
 

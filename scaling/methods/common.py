@@ -12,8 +12,15 @@ from flax import nnx
 from scaling import mesh as mesh_lib
 
 # A block's projection -> (the submodule that holds it, how many leading axes are its input).
-TARGETS = {"wq": ("attn", 1), "wk": ("attn", 1), "wv": ("attn", 1), "wo": ("attn", 2),
-           "w_up": ("mlp", 1), "w_gate": ("mlp", 1), "w_down": ("mlp", 1)}
+TARGETS = {
+  "wq": ("attn", 1),
+  "wk": ("attn", 1),
+  "wv": ("attn", 1),
+  "wo": ("attn", 2),
+  "w_up": ("mlp", 1),
+  "w_gate": ("mlp", 1),
+  "w_down": ("mlp", 1),
+}
 
 
 def check_layers(method: str, layers: Sequence[int] | None, n_layers: int) -> None:
@@ -21,8 +28,10 @@ def check_layers(method: str, layers: Sequence[int] | None, n_layers: int) -> No
   if layers is None:
     return
   if len(layers) != 2 or not 0 <= layers[0] < layers[1] <= n_layers:
-    raise ValueError(f"{method}.layers={tuple(layers)}; allowed: (first, last + 1) with "
-                     f"0 <= first < last + 1 <= {n_layers} (the model's layers), or None for all")
+    raise ValueError(
+      f"{method}.layers={tuple(layers)}; allowed: (first, last + 1) with "
+      f"0 <= first < last + 1 <= {n_layers} (the model's layers), or None for all"
+    )
 
 
 def block_indices(layers: Sequence[int] | None, n_layers: int) -> range:
@@ -46,12 +55,18 @@ def check_targets(method: str, targets: Sequence[str]) -> None:
 def check_gate(method: str, targets: Sequence[str], cfg) -> None:
   """Raises ValueError if `targets` names the gate of an MLP that has none."""
   if "w_gate" in targets and cfg.mlp != "swiglu":
-    raise ValueError(f"{method}.targets includes 'w_gate', which a {cfg.mlp!r} MLP does not have; "
-                     f"allowed: {[t for t in TARGETS if t != 'w_gate']}")
+    raise ValueError(
+      f"{method}.targets includes 'w_gate', which a {cfg.mlp!r} MLP does not have; "
+      f"allowed: {[t for t in TARGETS if t != 'w_gate']}"
+    )
 
 
-def replace_weights(model: nnx.Module, targets: Sequence[str], layers: Sequence[int] | None,
-                    make: Callable[[nnx.Variable, int], nnx.Module]) -> nnx.Module:
+def replace_weights(
+  model: nnx.Module,
+  targets: Sequence[str],
+  layers: Sequence[int] | None,
+  make: Callable[[nnx.Variable, int], nnx.Module],
+) -> nnx.Module:
   """Replaces each target projection of the blocks in `layers` by `make(weight, input axes)`."""
   for i in block_indices(layers, len(model.blocks)):
     for target in targets:

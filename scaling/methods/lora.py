@@ -28,8 +28,9 @@ class LoraWeight(common.Reparameterised):
     in_shape, out_shape = base.shape[:in_axes], base.shape[in_axes:]
     self.base, self.scale = base, alpha / rank
     std = 1.0 / math.sqrt(math.prod(in_shape))  # Keeps x A of order x, as PEFT's uniform init does.
-    self.a = LoraParam(std * jax.random.normal(rngs.params(), (*in_shape, rank), jnp.float32),
-                       logical_axes=(*names[:in_axes], None))
+    self.a = LoraParam(
+      std * jax.random.normal(rngs.params(), (*in_shape, rank), jnp.float32), logical_axes=(*names[:in_axes], None)
+    )
     self.b = LoraParam(jnp.zeros((rank, *out_shape), jnp.float32), logical_axes=(None, *names[in_axes:]))
 
   def weight(self) -> jax.Array:
@@ -56,8 +57,9 @@ class Lora(common.OnTargets):
     super().__post_init__()
 
   def prepare(self, model: nnx.Module, rngs: nnx.Rngs) -> nnx.Module:
-    return common.replace_weights(model, self.targets, self.layers,
-                                  lambda w, in_axes: LoraWeight(w, in_axes, self.rank, self.alpha, rngs))
+    return common.replace_weights(
+      model, self.targets, self.layers, lambda w, in_axes: LoraWeight(w, in_axes, self.rank, self.alpha, rngs)
+    )
 
 
 def merge(model: nnx.Module) -> nnx.Module:

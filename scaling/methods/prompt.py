@@ -32,16 +32,18 @@ class PromptTuned(nnx.Module):
     x_BxTxD = self.model.embed_tokens(tokens_BxT)
     prompt_BxPxD = jnp.broadcast_to(self.prompt[...].astype(x_BxTxD.dtype), (b, p, x_BxTxD.shape[-1]))
     positions = jnp.concatenate([jnp.broadcast_to(jnp.arange(p), (b, p)), positions_BxT + p], axis=1)
-    out, cache = self.model.forward_embeddings(jnp.concatenate([prompt_BxPxD, x_BxTxD], axis=1), positions, cache,
-                                               hidden=hidden)
+    out, cache = self.model.forward_embeddings(
+      jnp.concatenate([prompt_BxPxD, x_BxTxD], axis=1), positions, cache, hidden=hidden
+    )
     return out[:, p:], cache
 
   def init_cache(self, batch: int, length: int) -> list:
     """The model's cache, with room for the prompt before the `length` positions of the input."""
     return self.model.init_cache(batch, length + self.length)
 
-  def extend(self, tokens_BxT: jax.Array, positions_BxT: jax.Array, cache: list,
-             prompt_len_B: jax.Array | None = None) -> tuple[jax.Array, list]:
+  def extend(
+    self, tokens_BxT: jax.Array, positions_BxT: jax.Array, cache: list, prompt_len_B: jax.Array | None = None
+  ) -> tuple[jax.Array, list]:
     """Logits of T new tokens at their positions after the prompt, and the updated cache."""
     del prompt_len_B
     return self._run(tokens_BxT, positions_BxT, cache)
@@ -72,8 +74,10 @@ class Prompt:
     """Raises ValueError if the prompt is longer than the sequences that it precedes."""
     del cfg
     if self.length > seq_len:
-      raise ValueError(f"prompt.length={self.length} is longer than the fine-tuning sequence "
-                       f"(finetune.train.seq_len={seq_len}); allowed: 1 to {seq_len}")
+      raise ValueError(
+        f"prompt.length={self.length} is longer than the fine-tuning sequence "
+        f"(finetune.train.seq_len={seq_len}); allowed: 1 to {seq_len}"
+      )
 
   def prepare(self, model: nnx.Module, rngs: nnx.Rngs) -> nnx.Module:
     return PromptTuned(model, self.length, rngs)

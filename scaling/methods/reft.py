@@ -32,8 +32,7 @@ class Intervention(nnx.Module):
   """One layer's low-rank edit of the hidden state, within the subspace that R's rows span."""
 
   def __init__(self, d_model: int, rank: int, rngs: nnx.Rngs):
-    self.basis = ReftParam(jax.random.normal(rngs.params(), (d_model, rank), jnp.float32),
-                           logical_axes=("embed", None))
+    self.basis = ReftParam(jax.random.normal(rngs.params(), (d_model, rank), jnp.float32), logical_axes=("embed", None))
     self.w = ReftParam(self.rotation(), logical_axes=(None, "embed"))  # W = R: the identity edit.
     self.b = ReftParam(jnp.zeros((rank,), jnp.float32), logical_axes=(None,))
 
@@ -55,8 +54,10 @@ def parse_positions(positions: str) -> tuple[int, int]:
   match = _POSITIONS.match(positions) if isinstance(positions, str) else None
   first, last = (int(g or 0) for g in match.groups()) if match else (0, 0)
   if first + last == 0:
-    raise ValueError(f"reft.positions={positions!r}; allowed: 'f<n>', 'l<m>' or 'f<n>+l<m>' "
-                     "(the first n and last m prompt positions, not none), e.g. 'l2' or 'f1+l1'")
+    raise ValueError(
+      f"reft.positions={positions!r}; allowed: 'f<n>', 'l<m>' or 'f<n>+l<m>' "
+      "(the first n and last m prompt positions, not none), e.g. 'l2' or 'f1+l1'"
+    )
   return first, last
 
 
@@ -78,13 +79,20 @@ class ReftModel(nnx.Module):
     def after_block(i: int, x_BxTxD: jax.Array) -> jax.Array:
       j = i - self.first_layer
       return self.interventions[j](x_BxTxD, where_BxT) if 0 <= j < len(self.interventions) else x_BxTxD
+
     return after_block
 
   def init_cache(self, batch: int, length: int) -> list:
     return self.model.init_cache(batch, length)
 
-  def extend(self, tokens_BxT: jax.Array, positions_BxT: jax.Array, cache: list | None,
-             prompt_len_B: jax.Array | None = None, hidden: bool = False) -> tuple[jax.Array, list | None]:
+  def extend(
+    self,
+    tokens_BxT: jax.Array,
+    positions_BxT: jax.Array,
+    cache: list | None,
+    prompt_len_B: jax.Array | None = None,
+    hidden: bool = False,
+  ) -> tuple[jax.Array, list | None]:
     """Logits of T new tokens at their positions, and the updated cache (if one is given); the
     tokens at prompt positions are edited."""
     edit = self._edit(self._where(positions_BxT, _required(prompt_len_B)))
@@ -92,8 +100,7 @@ class ReftModel(nnx.Module):
 
   def __call__(self, tokens_BxL: jax.Array, prompt_len_B: jax.Array | None = None, hidden: bool = False) -> jax.Array:
     b, seq_len = tokens_BxL.shape
-    return self.extend(tokens_BxL, jnp.broadcast_to(jnp.arange(seq_len), (b, seq_len)), None, prompt_len_B,
-                       hidden)[0]
+    return self.extend(tokens_BxL, jnp.broadcast_to(jnp.arange(seq_len), (b, seq_len)), None, prompt_len_B, hidden)[0]
 
   def logits(self, x_BxLxD: jax.Array) -> jax.Array:
     return self.model.logits(x_BxLxD)

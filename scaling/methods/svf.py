@@ -35,8 +35,11 @@ class SvfWeight(common.Reparameterised):
     # Sharding names only where an axis is whole: the flattened ones stay replicated.
     row = names[0] if in_axes == 1 else None
     col = names[in_axes] if len(self.out_shape) == 1 else None
-    self.u, self.s, self.vt = SvdFactor(u, logical_axes=(row, None)), SvdFactor(s, logical_axes=(None,)), \
-        SvdFactor(vt, logical_axes=(None, col))
+    self.u, self.s, self.vt = (
+      SvdFactor(u, logical_axes=(row, None)),
+      SvdFactor(s, logical_axes=(None,)),
+      SvdFactor(vt, logical_axes=(None, col)),
+    )
     self.z = SvfParam(jnp.ones_like(s), logical_axes=(None,))
 
   def weight(self) -> jax.Array:
