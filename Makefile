@@ -10,7 +10,7 @@ TEST_STAMP := $(VENV)/.installed-test
 CONFIG ?= configs/smoke.py
 WORKDIR ?= runs/smoke
 
-.PHONY: study test test-fast clean
+.PHONY: study test test-fast lint clean
 
 # The venv with this project, installed by uv: it downloads in parallel and
 # compiles the bytecode on every core, about 25 s where pip takes 60 s (this machine sets
@@ -42,6 +42,12 @@ study: $(STAMP)
 
 test: $(TEST_STAMP)
 	$(PY) -m pytest -q -n 2 --dist loadfile tests
+
+# The formatter and the linter, as configured in pyproject.toml (CI runs this before the tests);
+# `$(VENV)/bin/ruff format .` and `$(VENV)/bin/ruff check --fix .` mend what they find.
+lint: $(TEST_STAMP)
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check .
 
 # The fast tier for local work: every test not marked slow (about a minute and a half on 2 cores).
 test-fast: $(TEST_STAMP)
