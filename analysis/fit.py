@@ -226,6 +226,7 @@ def main(argv: list[str] | None = None) -> None:
     frame = pd.read_csv(args.csv)
   except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
     sys.exit(f"error: --csv {args.csv}: cannot read it ({getattr(e, 'strerror', None) or e})")
+  frame.index = pd.RangeIndex(2, len(frame) + 2, name="line")  # Errors name the file's line (1 is the header).
   try:
     holdout = args.holdout or "largest_d"
     record = frames.fit_frame(

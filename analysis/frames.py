@@ -72,7 +72,9 @@ def fit_frame(
     if len(bad):
       value = df[col].iloc[bad[0]]
       value = value.item() if hasattr(value, "item") else value  # Plain Python in the message.
-      raise ValueError(f"column {col!r} must be positive and finite; row {df.index[bad[0]]} is {value!r}")
+      raise ValueError(
+        f"column {col!r} must be positive and finite; {df.index.name or 'row'} {df.index[bad[0]]} is {value!r}"
+      )
     values[role] = arr
   points = (values["d"], values["y"], values.get("x"))
   fit = laws.fit(law_, *points[:2], x=points[2], delta=delta)

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shlex
 import signal
 import sys
+import traceback
 from collections.abc import Callable, Iterator
 
 from absl import flags
@@ -34,17 +36,51 @@ def flags_parser(usage: str) -> Callable[[list[str]], list[str]]:
     except study_lib.StudyError as e:
       sys.exit(f"invalid study: {e}")
     except flags.Error as e:
-      if "Traceback" in str(e):  # get_config() raised: its error, not ml_collections' traceback of it.
-        sys.exit(f"invalid --config: {str(e).strip().splitlines()[-1]}\nusage: {usage}")
+      if "Traceback" in str(e):  # get_config() raised, and ml_collections wrapped its traceback.
+        sys.exit(f"{_config_error(str(e), argv)}\nusage: {usage}")
       sys.exit(f"usage error: {e}\nusage: {usage}")
     except (AttributeError, KeyError) as e:  # ml_collections: a key that the config file does not set.
+      if _config_path(argv) in _frames(_text(e)):  # Or the config file's own code raised it.
+        sys.exit(f"{_config_error(_text(e), argv)}\nusage: {usage}")
       detail = " ".join(str(e.args[0] if e.args else e).split()).strip("'\" ")
       sys.exit(
         f"invalid override: the config file does not set {detail}; the free-form groups "
         "(model.block, mesh.shape) take only keys that their config file sets"
       )
+    except Exception as e:  # A Python error in the config file (SyntaxError, NameError, ...).
+      sys.exit(f"{_config_error(_text(e), argv)}\nusage: {usage}")
 
   return parse
+
+
+_FRAME = re.compile(r'File "([^"]+)", line (\d+)')
+
+
+def _text(error: BaseException) -> str:
+  return "".join(traceback.format_exception(error))
+
+
+def _frames(text: str) -> list[str]:
+  """The files of a traceback's frames, as absolute paths."""
+  return [os.path.abspath(file) for file, _ in _FRAME.findall(text)]
+
+
+def _config_path(argv: list[str]) -> str | None:
+  """The absolute path of the --config file in the command line (without its `:argument`)."""
+  for i, arg in enumerate(argv):
+    value = arg[len("--config=") :] if arg.startswith("--config=") else argv[i + 1] if arg == "--config" else None
+    if value:
+      return os.path.abspath(value.split(":")[0])
+  return None
+
+
+def _config_error(text: str, argv: list[str]) -> str:
+  """One line for an error raised while the config file loaded (a traceback's text): the error, at the
+  config file's line where it is in the traceback, else at the last frame's."""
+  frames = [(os.path.abspath(file), line) for file, line in _FRAME.findall(text)]
+  mine = [f for f in frames if f[0] == _config_path(argv)] or frames
+  where = f"{mine[-1][0]}, line {mine[-1][1]}: " if mine else ""
+  return f"invalid --config: {where}{text.strip().splitlines()[-1]}"
 
 
 @contextlib.contextmanager

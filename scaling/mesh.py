@@ -67,8 +67,8 @@ def resolve_shape(shape: Mapping[str, int], num_devices: int) -> tuple[int, ...]
     sizes[sizes.index(-1)] = num_devices // fixed
   elif num_devices % fixed:
     raise ValueError(
-      f"mesh.shape={dict(shape)} has {fixed} devices, which does not divide the {num_devices} "
-      f"devices; allowed: sizes whose product divides {num_devices}"
+      f"mesh.shape={dict(shape)} spans {fixed} devices, and {fixed} does not divide the {num_devices} devices "
+      f"here; allowed: sizes whose product divides {num_devices}"
     )
   return tuple(sizes)
 

@@ -9,7 +9,7 @@ With --distributed, the hosts of a Cloud TPU slice or a GKE TPU job find each ot
 XLA_FLAGS=--xla_force_host_platform_device_count=K CPU devices. The mesh spans every host's
 devices; each host loads only its rows of every batch; only process 0 writes metrics and results.
 
-What a run does depends on its kind, a plug-in in scaling.kinds (pretrain, finetune, eft). Every
+What a run does depends on its kind, a plug-in in scaling.kinds (its table KINDS names them all). Every
 run ends by writing result.json, atomically; its presence means the run is done.
 """
 
@@ -20,6 +20,7 @@ import json
 import os
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 
 import jax
@@ -69,9 +70,17 @@ def packs(runs: Sequence[grid.Run]) -> list[list[grid.Run]]:
   return [group for _, group in out]
 
 
+def _one_line(message, category, filename, lineno, line=None) -> str:
+  """A warning as one line of the command's output: what it says, not the source line that warned."""
+  del filename, lineno, line
+  return f"warning: {message} ({category.__name__})\n"
+
+
 def setup_runtime(cache_dir: str | None = None) -> None:
-  """Quiet logs and a persistent XLA compilation cache, so runs of one shape compile once."""
+  """Quiet logs, warnings in one line each, and a persistent XLA compilation cache, so runs of one
+  shape compile once."""
   logging.set_verbosity(logging.ERROR)  # Orbax logs every save; TFDS warns of custom configs.
+  warnings.formatwarning = _one_line
   cache_dir = cache_dir or os.environ.get("SCALING_JAX_CACHE", os.path.expanduser("~/.cache/scaling/jax"))
   jax.config.update("jax_compilation_cache_dir", cache_dir)
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)

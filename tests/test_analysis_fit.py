@@ -53,6 +53,28 @@ def test_csv_cli_fits_the_shipped_example(tmp_path):
   assert len(record["validation"]["heldout_relative_errors"]) == 4  # Four bases at the largest D_f.
 
 
+def test_csv_cli_names_the_files_line_of_a_bad_value(tmp_path):
+  (tmp_path / "points.csv").write_text("d,loss\n1,3.0\n2,x\n3,2.0\n4,1.0\n")  # 'x' is on the file's line 3.
+  proc = processes.run(
+    [
+      sys.executable,
+      "-m",
+      "analysis.fit",
+      "--csv",
+      str(tmp_path / "points.csv"),
+      "--d",
+      "d",
+      "--y",
+      "loss",
+      "--law",
+      "single",
+    ],
+    cwd=ROOT,
+    env={**os.environ, "PYTHONPATH": ROOT},
+  )
+  assert proc.returncode != 0 and "column 'loss' must be positive and finite; line 3 is 'x'" in proc.stderr
+
+
 def test_csv_cli_names_a_missing_file(tmp_path):
   proc = processes.run(
     [sys.executable, "-m", "analysis.fit", "--csv", str(tmp_path / "none.csv"), "--d", "d", "--y", "y"],

@@ -2,6 +2,7 @@
 
 import json
 import shutil
+import tempfile
 
 import pytest
 from tokenizers import Tokenizer
@@ -163,3 +164,12 @@ def test_tokenizer_is_deterministic_and_round_trips(tmp_path):
 
   only_eos = tokenizer.from_transformers(PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>"))
   assert (only_eos.bos, only_eos.eos, only_eos.pad) == (2, 2, 2)
+
+
+def test_building_a_dataset_leaves_nothing_in_the_temporary_folder(tmp_path, monkeypatch):
+  scratch = tmp_path / "tmp"
+  scratch.mkdir()
+  monkeypatch.setattr(tempfile, "tempdir", str(scratch))  # The system's temporary folder, for this test.
+  tfds_text.make_translation_dataset(str(tmp_path / "data"), "wmt19_translate/de-en", PAIRS)
+  assert tfds_text.open_dataset("wmt19_translate/de-en", str(tmp_path / "data")).num_examples("train") > 0
+  assert list(scratch.iterdir()) == []

@@ -3,6 +3,7 @@ pretraining, fine-tuning, and an EFT run whose models share the mesh and its rul
 
 import os
 import sys
+import warnings
 
 import processes
 import pytest
@@ -64,3 +65,9 @@ def test_run_answers_bad_flags_in_one_line(tmp_path, capsys, flags, message):
   err = capsys.readouterr().err
   assert exit_.value.code == 2 and err.startswith("usage: "), err
   assert message in err.splitlines()[-1] and ": error: " in err.splitlines()[-1]  # The error in one line.
+
+
+def test_warnings_are_one_line_each():
+  run_lib.setup_runtime()
+  line = warnings.formatwarning("overflow encountered in exp", RuntimeWarning, "/x/laws.py", 12, "  y = np.exp(x)")
+  assert line == "warning: overflow encountered in exp (RuntimeWarning)\n"

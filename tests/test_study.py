@@ -28,7 +28,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
       ),
     ),
     ({"finetune.d_f": (16, 5000)}, r"finetune.d_f contains 5000, more than the 130 examples .*allowed: 1 to 130"),
-    ({"mesh.shape": {"data": 3}}, r"mesh.shape=\{'data': 3\} has 3 devices, which does not divide the 8 devices"),
+    (
+      {"mesh.shape": {"data": 3}},
+      r"mesh.shape=\{'data': 3\} spans 3 devices, and 3 does not divide the 8 devices here; allowed: sizes whose "
+      r"product divides 8",
+    ),
     (
       {"mesh.shape": {"data": 4}, "pretrain.train.batch_size": 6},
       r"pretrain.train.batch_size=6 is not divisible by the data axes \('data', 'fsdp'\).*multiple of 4",
@@ -188,12 +192,35 @@ def test_launcher_rejects_mistakes_in_one_line_before_writing_anything(tmp_path,
   assert "Traceback" not in proc.stderr and not (tmp_path / "w").exists()
 
 
+@pytest.mark.parametrize(
+  "body, error",
+  [
+    ("def get_config():\n  return undefined_name\n", "line 2: NameError: name 'undefined_name' is not defined"),
+    ("def get_config(:\n  pass\n", "line 1: SyntaxError: invalid syntax"),
+    ("def get_config():\n  return {}['model']\n", "line 2: KeyError: 'model'"),
+  ],
+)
+def test_a_config_file_that_raises_is_named_at_its_line_in_one_line(tmp_path, body, error):
+  config = tmp_path / "study.py"
+  config.write_text(body)
+  proc = processes.run(
+    [sys.executable, "-m", "launch.local", "--config", str(config), "--workdir", str(tmp_path / "w")],
+    cwd=ROOT,
+    env={**os.environ, "PYTHONPATH": ROOT},
+  )
+  assert proc.returncode != 0 and "Traceback" not in proc.stderr
+  assert proc.stderr.startswith(f"invalid --config: {config}, {error}\n"), proc.stderr[-2000:]
+
+
 def test_launcher_names_a_workdir_it_cannot_create(tmp_path):
   blocker = tmp_path / "file"
   blocker.write_text("")
   proc = _launch(tmp_path, "--workdir", str(blocker / "w"))
   assert proc.returncode != 0 and f"--workdir {blocker / 'w'}: cannot create it" in proc.stderr
   assert "Traceback" not in proc.stderr
+  proc = _launch(tmp_path, "--workdir", str(blocker))  # The workdir is the file itself.
+  assert proc.returncode != 0 and "Traceback" not in proc.stderr
+  assert f"--workdir {blocker}: a file, not a folder; allowed: a new folder, or a study's workdir" in proc.stderr
 
 
 def test_launcher_names_what_a_gs_workdir_needs(tmp_path):

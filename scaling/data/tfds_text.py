@@ -24,6 +24,15 @@ _VERSION = re.compile(r"^\d+\.\d+\.\d+$")
 _ARRAY_RECORD = tfds.core.file_adapters.FileFormat.ARRAY_RECORD
 
 
+class LocalInfo(tfds.core.DatasetInfo):
+  """The DatasetInfo of a dataset built here: no pre-computed info to fetch from TFDS's bucket."""
+
+  def initialize_from_bucket(self) -> None:
+    # TFDS makes a temporary folder before it finds that fetching is off, and leaves it there, empty:
+    # one more in the system's temporary folder for every dataset built.
+    pass
+
+
 @dataclasses.dataclass(frozen=True)
 class Dataset:
   """A prepared dataset: its name, where it lies, and TFDS's read-only builder of it."""
@@ -227,8 +236,8 @@ def _translation_builder(
       self.pairs_by_split = pairs_by_split
       super().__init__(file_format="array_record", **kwargs)
 
-    def _info(self) -> tfds.core.DatasetInfo:
-      return tfds.core.DatasetInfo(
+    def _info(self) -> LocalInfo:
+      return LocalInfo(
         builder=self,
         description="Parallel sentences in the layout of a prepared WMT translation config.",
         features=tfds.features.FeaturesDict({"translation": tfds.features.Translation(languages=languages)}),

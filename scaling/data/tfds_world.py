@@ -9,6 +9,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
+from scaling.data import tfds_text
 from scaling.data import world as world_lib
 
 
@@ -29,8 +30,8 @@ class WorldBuilder(tfds.core.GeneratorBasedBuilder):
     )
     super().__init__(config=config, file_format="array_record", **kwargs)
 
-  def _info(self) -> tfds.core.DatasetInfo:
-    return tfds.core.DatasetInfo(
+  def _info(self) -> tfds_text.LocalInfo:
+    return tfds_text.LocalInfo(
       builder=self,
       description="A synthetic world of people, their biographies, and questions about them.",
       features=tfds.features.FeaturesDict(
