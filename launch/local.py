@@ -61,9 +61,9 @@ def main(argv) -> None:
     except study_lib.StudyError as e:
       sys.exit(f"invalid study: {e}")
     workdir = results.workdir_path(_WORKDIR.value)
-    if workdir.exists() and not workdir.is_dir():
-      sys.exit(f"--workdir {_WORKDIR.value}: a file, not a folder; allowed: a new folder, or a study's workdir")
     try:
+      if workdir.exists() and not workdir.is_dir():
+        sys.exit(f"--workdir {_WORKDIR.value}: a file, not a folder; allowed: a new folder, or a study's workdir")
       workdir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
       sys.exit(f"--workdir {_WORKDIR.value}: cannot create it ({e.strerror or e})")

@@ -25,8 +25,7 @@ from typing import Any, Protocol
 
 from etils import epath
 
-from scaling import methods, results
-from scaling import study as study_lib
+from scaling import methods, results, study_fields
 
 
 @contextlib.contextmanager
@@ -128,7 +127,7 @@ class WandbWriter:
   """A W&B run whose id is the run's: a preempted run resumes it rather than starting another."""
 
   def __init__(self, run_dir: epath.Path, settings: Mapping[str, str], params: Mapping[str, Any]):
-    study_lib.require_wandb(settings["wandb_project"])  # A host without the extra: one line, before training.
+    study_fields.require_wandb(settings["wandb_project"])  # A host without the extra: one line, before training.
     import wandb  # Here: an optional extra, imported only where a run logs to it.
 
     # W&B keeps its files on a local disk: beside the run's own (where `wandb sync` finds an

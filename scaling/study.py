@@ -3,28 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
-import importlib.util
-import json
 import math
-from collections.abc import Callable, Iterable
 
 import ml_collections
 
-from scaling import hf, methods, sources
+from scaling import hf, kinds, methods, sources
 from scaling import mesh as mesh_lib
 from scaling import model as model_lib
-from scaling.data import tokenizer as tokenizer_lib
+from scaling import study_fields as fields
 from scaling.data import world as world_lib
+from scaling.study_fields import StudyError  # The error of a study that cannot run, for this module's callers.
 from scaling.train_config import TrainConfig
-
-
-class StudyError(ValueError):
-  """A study config that cannot run; the message names the field, the value and what is allowed."""
-
-
-def _fields(cls) -> set[str]:
-  return {f.name for f in dataclasses.fields(cls)}
 
 
 def defaults() -> ml_collections.ConfigDict:
@@ -71,35 +60,15 @@ def defaults() -> ml_collections.ConfigDict:
       ),
     }
   )
-  # Emulated fine-tuning (scaling.kinds.eft). Empty or None fields are filled in by `validate`:
-  # pairs -> every ordered (N1, N2) pair of the bases (model.sizes and model.checkpoints); d_f -> the
-  # smallest and largest D_f of the method's fine-tunes; task, method, seed -> the first of
-  # finetune's; pretrain_steps -> the largest pretraining budget. A disabled group is not checked.
-  c.eft = ml_collections.ConfigDict(
-    {
-      "enabled": False,
-      "task": "",
-      "method": "",
-      "d_f": (),
-      "seed": -1,
-      "pretrain_steps": 0,
-      "betas": (0.5, 1.0, 1.5),
-      "pairs": (),
-    }
-  )
-  # Layer transplants (scaling.kinds.transplant): a full fine-tune with its lower or upper k blocks
-  # reset to the base's, for every k from 1 to layers - 1. Empty fields, as for eft: task, method
-  # (a full-tuning label, or an imported fine-tune's) and seed -> the first of finetune's; d_f -> the
-  # largest D_f of the method's fine-tunes.
-  c.transplant = ml_collections.ConfigDict(
-    {"enabled": False, "task": "", "method": "", "d_f": (), "seed": -1, "parts": ("lower", "upper")}
-  )
+  for kind in kinds.KINDS.values():  # The groups that run kinds own (eft, transplant), with their defaults.
+    if hasattr(kind, "GROUP"):
+      c[kind.GROUP] = ml_collections.ConfigDict(kind.group_defaults())
   c.eval = ml_collections.ConfigDict({"batch_size": 100})
   # How a train step spends memory; like eval.batch_size and mesh, not part of what a run computes
   # (nor of its hash). loss_chunk: the loss's logits are made this many positions at a time and
   # remade in the backward pass, so the float32 (batch, seq, vocab) logits never exist whole; 0
   # makes them all at once. Chunks trade memory for time: set one where the logits bind memory (a
-  # large vocabulary, long sequences), as `python -m scaling.bench train --loss-chunk` shows.
+  # large vocabulary, long sequences), as `python -m bench train --loss-chunk` shows.
   c.memory = ml_collections.ConfigDict({"loss_chunk": 0})
   c.mesh = ml_collections.ConfigDict(
     {"shape": {"data": -1, "fsdp": 1, "tensor": 1}, "rules": tuple(mesh_lib.DEFAULT_RULES)}
@@ -156,77 +125,10 @@ def _merge(into: ml_collections.ConfigDict, src: dict, prefix: str) -> None:
       raise StudyError(f"{path}={value!r}: {e}") from None
 
 
-def _is_int(value) -> bool:
-  return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _positive_ints(name: str, values: Iterable) -> None:
-  values = list(values)
-  if not values or any(not _is_int(v) or v < 1 for v in values):
-    raise StudyError(f"{name}={values}; allowed: a non-empty list of positive integers")
-  _each_once(name, values)
-
-
-def _each_once(name: str, values: Iterable) -> None:
-  """A grid axis lists each value once: a repeat would make two runs of one id."""
-  values = list(values)
-  repeated = next((v for i, v in enumerate(values) if v in values[:i]), None)
-  if repeated is not None:
-    raise StudyError(f"{name}={values} lists {repeated!r} twice; allowed: each value once")
-
-
-def train_config(group: ml_collections.ConfigDict, prefix: str, **overrides) -> TrainConfig:
-  """The TrainConfig of `pretrain.train` or `finetune.train`."""
-  unknown = set(group.keys()) - _fields(TrainConfig)
-  if unknown:
-    raise StudyError(f"{prefix}.{sorted(unknown)[0]} is not a training field; allowed: {sorted(_fields(TrainConfig))}")
-  cfg = TrainConfig(**{**group.to_dict(), **overrides})
-  try:
-    cfg.validate(prefix)
-  except ValueError as e:
-    raise StudyError(str(e)) from None
-  return cfg
-
-
-LADDER_FIELDS = {"vocab_size", "d_model", "n_layers", "n_heads"}
-
-
-def model_config(study: ml_collections.ConfigDict, size: str, vocab_size: int) -> model_lib.ModelConfig:
-  """The ModelConfig of one ladder size with the study's block options."""
-  block = study.model.block.to_dict()
-  # The ladder's name gives the width and depth, and the tokenizer the vocabulary.
-  unknown = set(block) - (_fields(model_lib.ModelConfig) - LADDER_FIELDS)
-  if unknown:
-    raise StudyError(
-      f"model.block.{sorted(unknown)[0]} is not a block option; "
-      f"allowed: {sorted(_fields(model_lib.ModelConfig) - LADDER_FIELDS)}"
-    )
-  try:
-    cfg = model_lib.ladder_config(size, vocab_size, **block)
-    cfg.validate()
-  except ValueError as e:
-    raise StudyError(f"model.sizes: {e}") from None
-  return cfg
-
-
-def world_config(study: ml_collections.ConfigDict) -> world_lib.WorldConfig:
-  unknown = set(study.world.keys()) - _fields(world_lib.WorldConfig)
-  if unknown:
-    raise StudyError(
-      f"world.{sorted(unknown)[0]} is not a world field; allowed: {sorted(_fields(world_lib.WorldConfig))}"
-    )
-  cfg = world_lib.WorldConfig(**study.world.to_dict())
-  try:
-    cfg.validate()
-  except ValueError as e:
-    raise StudyError(str(e)) from None
-  return cfg
-
-
 def validate(config: ml_collections.ConfigDict, num_devices: int) -> ml_collections.ConfigDict:
   """The resolved study, or a StudyError naming the first bad field. Runs no training."""
   study = resolve(config)
-  world = world_config(study)
+  world = fields.world_config(study)
   checkpoints = _resolve_checkpoints(study)
   if not study.model.sizes and not checkpoints:
     raise StudyError(
@@ -236,18 +138,18 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> ml_collecti
   for size in study.model.sizes:
     if size not in model_lib.LADDER:
       raise StudyError(f"model.sizes contains {size!r}; allowed: {sorted(model_lib.LADDER)}")
-    model_config(study, size, vocab_size=64)
-  _each_once("model.sizes", study.model.sizes)
+    fields.model_config(study, size, vocab_size=64)
+  fields.each_once("model.sizes", study.model.sizes)
   _resolve_data(study, checkpoints)
-  _positive_ints("pretrain.steps", study.pretrain.steps)
-  _positive_ints("finetune.d_f", study.finetune.d_f)
-  _positive_ints("finetune.pack", (study.finetune.pack,))
+  fields.positive_ints("pretrain.steps", study.pretrain.steps)
+  fields.positive_ints("finetune.d_f", study.finetune.d_f)
+  fields.positive_ints("finetune.pack", (study.finetune.pack,))
   if not isinstance(study.memory.loss_chunk, int) or study.memory.loss_chunk < 0:
     raise StudyError(f"memory.loss_chunk={study.memory.loss_chunk!r}; allowed: 0 (no chunks) or a positive integer")
   seeds = list(study.finetune.seeds)
-  if not seeds or not all(map(_is_int, seeds)):
+  if not seeds or not all(map(fields.is_int, seeds)):
     raise StudyError(f"finetune.seeds={seeds}; allowed: a non-empty list of integers")
-  _each_once("finetune.seeds", seeds)
+  fields.each_once("finetune.seeds", seeds)
   imported = any(c["finetunes"] for c in study.model.checkpoints)
   if not study.finetune.tasks:
     raise StudyError(f"finetune.tasks=[]; allowed: a non-empty list (default: {list(defaults().finetune.tasks)})")
@@ -261,8 +163,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> ml_collecti
       f"pretrain.train.max_steps={study.pretrain.train.max_steps}: pretraining runs as many steps as "
       "each budget in pretrain.steps says; allowed: leave it out and list the budgets in pretrain.steps"
     )
-  specs = method_specs(study)
-  configs = {size: model_config(study, size, vocab_size=64) for size in study.model.sizes}
+  specs = fields.method_specs(study)
+  configs = {size: fields.model_config(study, size, vocab_size=64) for size in study.model.sizes}
   configs.update({name: c["config"] for name, c in checkpoints.items()})
   for size, cfg in configs.items():
     for spec in specs:
@@ -295,18 +197,19 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> ml_collecti
   batch_axes = mesh_lib.batch_axes(mesh_lib.parse_rules(study.mesh.rules))
   divisor = math.prod(shape[a] for a in batch_axes)
   for group in ("pretrain", "finetune"):
-    cfg = train_config(study[group].train, f"{group}.train")
+    cfg = fields.train_config(study[group].train, f"{group}.train")
     if cfg.batch_size % divisor:
       raise StudyError(
         f"{group}.train.batch_size={cfg.batch_size} is not divisible by the data axes "
         f"{batch_axes} of mesh.shape={shape} ({divisor} ways); allowed: a multiple of {divisor}"
       )
-  if not _is_int(study.eval.batch_size) or study.eval.batch_size < 1:
+  if not fields.is_int(study.eval.batch_size) or study.eval.batch_size < 1:
     raise StudyError(f"eval.batch_size={study.eval.batch_size!r}; allowed: a positive integer")
   if study.eval.batch_size % divisor:
     raise StudyError(f"eval.batch_size={study.eval.batch_size} is not divisible by the {divisor}-way data axes")
-  _resolve_eft(study)
-  _resolve_transplant(study)
+  for kind in kinds.KINDS.values():  # The groups that run kinds own (eft, transplant).
+    if hasattr(kind, "resolve_group"):
+      kind.resolve_group(study)
   _check_logging(study.logging)
   return study
 
@@ -333,16 +236,7 @@ def _check_logging(logging: ml_collections.ConfigDict) -> None:
       f"logging.wandb_entity={logging.wandb_entity!r} with logging.wandb_project=''; allowed: "
       "a W&B project in logging.wandb_project too, or no entity"
     )
-  require_wandb(logging.wandb_project)
-
-
-def require_wandb(project: str) -> None:
-  """Raises StudyError if W&B logging is on (a project is set) and wandb is not installed."""
-  if project and importlib.util.find_spec("wandb") is None:
-    raise StudyError(
-      f"logging.wandb_project={project!r} needs Weights & Biases, which is not installed; allowed: "
-      "'' (off), or install the extra scaling[wandb] (pip install 'scaling[wandb]')"
-    )
+  fields.require_wandb(logging.wandb_project)
 
 
 CHECKPOINT_FIELDS = ("name", "path", "pretrain_tokens", "finetunes")
@@ -383,7 +277,7 @@ def _resolve_checkpoints(study: ml_collections.ConfigDict) -> dict[str, dict]:
       _resolve_finetune_checkpoint(ft, f"{where}.finetunes[{j}]", entry["path"], cfg, tasks, block)
       for j, ft in enumerate(entry.get("finetunes") or ())
     )
-    _each_once(
+    fields.each_once(
       f"{where}.finetunes' (task, method, d_f, seed)",
       [(f["task"], f["method"], f["d_f"], f["seed"]) for f in finetunes],
     )
@@ -409,13 +303,13 @@ def _resolve_finetune_checkpoint(
     "method": ft.get("method") or IMPORTED_METHOD,
     "seed": ft.get("seed", 0),
   }
-  if not _is_int(out["d_f"]) or out["d_f"] < 1:
+  if not fields.is_int(out["d_f"]) or out["d_f"] < 1:
     raise StudyError(f"{where}.d_f={out['d_f']!r}; allowed: a positive integer, the examples it was tuned on")
   if tasks and out["task"] not in tasks:
     raise StudyError(f"{where}.task={out['task']!r} is not a task this study fine-tunes; allowed: {tasks}")
   if not isinstance(out["method"], str):
     raise StudyError(f"{where}.method={out['method']!r}; allowed: a label (a string), default {IMPORTED_METHOD!r}")
-  if not _is_int(out["seed"]):
+  if not fields.is_int(out["seed"]):
     raise StudyError(f"{where}.seed={out['seed']!r}; allowed: an integer")
   cfg = _read_folder(out["path"], block, where)
   differing = [f for f in hf.ARCHITECTURE if getattr(cfg, f) != getattr(base, f)]
@@ -425,11 +319,6 @@ def _resolve_finetune_checkpoint(
       f"in {differing}; allowed: a folder of its base's architecture"
     )
   return out
-
-
-def bases(study: ml_collections.ConfigDict) -> tuple[str, ...]:
-  """The names of a study's bases: its ladder sizes, then its checkpoints."""
-  return tuple(study.model.sizes) + tuple(c["name"] for c in study.model.checkpoints)
 
 
 def _resolve_data(study: ml_collections.ConfigDict, checkpoints: dict[str, dict]) -> None:
@@ -470,251 +359,3 @@ def _resolve_data(study: ml_collections.ConfigDict, checkpoints: dict[str, dict]
           f"data.tokenizer {d.tokenizer!r} has {size} tokens, more than checkpoint {name!r}'s "
           f"vocabulary of {entry['config'].vocab_size}; allowed: the checkpoints' own tokenizer"
         )
-
-
-def data_fields(study: ml_collections.ConfigDict, task: str | None = None, sizes: tuple[str, ...] = ()) -> dict:
-  """The spec fields that say where a run's text and bases come from, where they are not the world
-  and the ladder (so that the ids of world studies stay as they were): corpus, tokenizer, the
-  TFDS task's source, and the checkpoints of `sizes` with their content identity."""
-  out = {}
-  corpus = study.data.corpus
-  if corpus != "world":
-    out["corpus"] = corpus.to_dict() if isinstance(corpus, ml_collections.ConfigDict) else corpus
-  if study.data.tokenizer != "world":
-    out["tokenizer"] = study.data.tokenizer
-  for entry in study.finetune.tasks:
-    entry = entry.to_dict() if isinstance(entry, ml_collections.ConfigDict) else entry
-    if task is not None and not isinstance(entry, str) and sources.task_name(entry) == task:
-      out["task_source"] = entry
-  paths = {c["name"]: str(c["path"]) for c in study.model.checkpoints}
-  used = {size: {"path": paths[size], "content": hf.content_id(paths[size])} for size in sizes if size in paths}
-  if used:
-    out["checkpoints"] = used
-  return out
-
-
-def method_specs(study: ml_collections.ConfigDict) -> list[dict]:
-  """Every fine-tuning method of the study, each a spec with all its options (grid axes expanded)."""
-  specs = []
-  for i, entry in enumerate(study.finetune.methods):
-    entry = entry.to_dict() if isinstance(entry, ml_collections.ConfigDict) else entry
-    name = entry if isinstance(entry, str) else dict(entry).get("name")
-    if name not in methods.METHODS:
-      raise StudyError(
-        f"finetune.methods[{i}]={entry!r} is not a fine-tuning method; "
-        f"allowed: {sorted(methods.METHODS)}, or a dict of one and its options"
-      )
-    try:
-      specs += methods.expand(entry)
-    except (TypeError, ValueError) as e:
-      raise StudyError(f"finetune.methods[{i}]: {e}") from None
-  labels = [methods.label(spec) for spec in specs]
-  repeated = sorted({x for x in labels if labels.count(x) > 1})
-  if repeated:
-    raise StudyError(f"finetune.methods lists {repeated[0]!r} twice; allowed: each method and options once")
-  return specs
-
-
-def _fine_tuned(study: ml_collections.ConfigDict) -> dict[tuple, dict[str, set]]:
-  """(task, method label, seed) -> base name -> the D_f of its fine-tunes, trained here or imported."""
-  out: dict[tuple, dict[str, set]] = {}
-  names = bases(study)
-  for task in map(sources.task_name, study.finetune.tasks):
-    for label in (methods.label(spec) for spec in method_specs(study)):
-      for seed in study.finetune.seeds:
-        out[(task, label, seed)] = {b: set(study.finetune.d_f) for b in names}
-  for entry in study.model.checkpoints:
-    for ft in entry["finetunes"]:
-      key = (ft["task"], ft["method"], ft["seed"])
-      out.setdefault(key, {b: set() for b in names})[entry["name"]].add(ft["d_f"])
-  return out
-
-
-def _resolve_eft(study: ml_collections.ConfigDict) -> None:
-  """Checks an enabled `eft` group against what the study fine-tunes and fills in its defaults."""
-  e = study.eft
-  if not e.enabled:
-    return
-  tuned = _resolve_finetune_choice(study, "eft")
-  e.pretrain_steps = _one_of(
-    "eft.pretrain_steps",
-    e.pretrain_steps,
-    study.pretrain.steps,
-    "a pretraining budget of this study",
-    max(study.pretrain.steps),
-    0,
-  )
-  betas = list(e.betas)
-  if not betas or any(isinstance(b, bool) or not isinstance(b, (int, float)) or not math.isfinite(b) for b in betas):
-    raise StudyError(
-      f"eft.betas={betas}; allowed: a non-empty list of finite numbers (1.0 is plain EFT, 0.0 the base N1 alone)"
-    )
-  e.betas = tuple(float(b) for b in betas)
-  _each_once("eft.betas", e.betas)
-  names = bases(study)
-  for i, pair in enumerate(e.pairs):
-    if not isinstance(pair, (tuple, list)) or len(pair) != 2:
-      raise StudyError(f"eft.pairs[{i}]={pair!r}; allowed: a pair (N1, N2) of the study's bases")
-    for name in pair:
-      if name not in names:
-        raise StudyError(
-          f"eft.pairs[{i}]={tuple(pair)!r}: {name!r} is not a base of this study; allowed: {list(names)}"
-        )
-  # By default every ordered pair whose N2 has fine-tunes of the chosen cell.
-  e.pairs = tuple(tuple(p) for p in e.pairs) or tuple((n1, n2) for n1 in names for n2 in names if tuned[n2])
-  _each_once("eft.pairs", e.pairs)
-  cell = f"task {e.task!r}, method {e.method!r}, seed {e.seed}"
-  for i, (n1, n2) in enumerate(e.pairs):
-    if not tuned[n2]:
-      raise StudyError(
-        f"eft.pairs[{i}]=({n1!r}, {n2!r}): {n2!r} has no fine-tune of {cell}; allowed: pairs whose "
-        f"N2 has one: {sorted(b for b, d_fs in tuned.items() if d_fs)}"
-      )
-  e.d_f = _d_f_subset("eft.d_f", e.d_f, sorted(set().union(*tuned.values())))
-  if not e.d_f:  # The smallest and largest D_f that every N2 has.
-    common = sorted(set.intersection(*(tuned[n2] for _, n2 in e.pairs)))
-    if not common:
-      raise StudyError(
-        f"eft.d_f=(): the N2 of eft.pairs have no D_f in common ({cell}); allowed: eft.d_f, or pairs whose N2 share one"
-      )
-    e.d_f = tuple(dict.fromkeys((common[0], common[-1])))
-  for i, (n1, n2) in enumerate(e.pairs):
-    missing = [d for d in e.d_f if d not in tuned[n2]]
-    if missing:
-      raise StudyError(
-        f"eft.pairs[{i}]=({n1!r}, {n2!r}): {n2!r} has no fine-tune at D_f={missing[0]} of {cell}; "
-        f"allowed: pairs whose N2 has one (its D_f: {sorted(tuned[n2])}), or eft.d_f that every N2 has"
-      )
-    _check_mixture(
-      study,
-      f"eft.pairs[{i}]=({n1!r}, {n2!r})",
-      [(n1, None), *((n2, (e.task, e.method, d_f, e.seed)) for d_f in e.d_f), (n2, None)],
-    )
-
-
-def _one_of(field: str, value, allowed, what: str, default, unset):
-  """`value` if it is one of `allowed`, `default` if it is `unset`; else a StudyError naming `field`."""
-  if value == unset:
-    return default
-  if value not in allowed:
-    raise StudyError(f"{field}={value!r} is not {what}; allowed: {list(allowed)}")
-  return value
-
-
-def _resolve_finetune_choice(
-  study: ml_collections.ConfigDict, group: str, allowed: Callable[[str], bool] = lambda label: True
-) -> dict[str, set]:
-  """Fills in (or checks) a group's task, method and seed, one cell of the study's fine-tunes
-  (trained here or imported) whose method label is `allowed`; returns base name -> its D_f there."""
-  g, ft = study[group], study.finetune
-  cells = {key: tuned for key, tuned in _fine_tuned(study).items() if allowed(key[1])}
-  names = [sources.task_name(t) for t in ft.tasks]
-  labels = list(dict.fromkeys(label for _, label, _ in cells))
-  seeds = list(dict.fromkeys(seed for _, _, seed in cells))
-  g.task = _one_of(f"{group}.task", g.task, names, "a task this study fine-tunes", names[0], "")
-  g.method = _one_of(f"{group}.method", g.method, labels, "a method this study fine-tunes with", labels[0], "")
-  g.seed = _one_of(f"{group}.seed", g.seed, seeds, "a fine-tuning seed of this study", seeds[0], -1)
-  key = (g.task, g.method, g.seed)
-  if key not in cells:
-    raise StudyError(
-      f"{group}: no fine-tunes of task {g.task!r}, method {g.method!r} and seed {g.seed}; allowed: "
-      f"(task, method, seed) among {sorted(cells)}"
-    )
-  return cells[key]
-
-
-def _d_f_subset(field: str, values: Iterable, allowed: Iterable) -> tuple:
-  """`values` after checking that each is one of the study's D_f."""
-  for d_f in values:
-    if d_f not in allowed:
-      raise StudyError(f"{field} contains {d_f!r}, which this study does not fine-tune on; allowed: {list(allowed)}")
-  _each_once(field, values)
-  return tuple(values)
-
-
-def _resolve_transplant(study: ml_collections.ConfigDict) -> None:
-  """Checks an enabled `transplant` group: whole fine-tunes only (it resets blocks of the fine-tuned
-  weights), those trained here by full tuning of every layer or imported."""
-  t = study.transplant
-  if not t.enabled:
-    return
-  full = {methods.label(spec) for spec in method_specs(study) if spec["name"] == "full" and spec["layers"] is None}
-  imported = {ft["method"] for c in study.model.checkpoints for ft in c["finetunes"]}
-  if not full | imported:
-    raise StudyError(
-      "transplant.enabled needs full tuning of every layer in finetune.methods, or imported "
-      "fine-tunes; allowed: add 'full' to finetune.methods, or transplant.enabled=False"
-    )
-  tuned = _resolve_finetune_choice(study, "transplant", lambda label: label in full | imported)
-  t.d_f = _d_f_subset("transplant.d_f", t.d_f, sorted(set().union(*tuned.values()))) or (
-    max(set().union(*tuned.values())),
-  )
-  parts = tuple(t.parts)
-  if not parts or any(p not in ("lower", "upper") for p in parts):
-    raise StudyError(f"transplant.parts={parts!r}; allowed: a non-empty subset of ('lower', 'upper')")
-  _each_once("transplant.parts", parts)
-  t.parts = parts
-  for name, d_fs in tuned.items():
-    cells = [(name, (t.task, t.method, d_f, t.seed)) for d_f in t.d_f if d_f in d_fs]
-    if cells:
-      _check_mixture(study, f"transplant of {name!r}", [(name, None), *cells])
-
-
-def _tokenizer_of(study: ml_collections.ConfigDict, base: str, cell: tuple | None = None) -> str:
-  """Where the tokenizer of a base (or of its fine-tune at `cell`, (task, method, d_f, seed)) is: an
-  imported folder's own, if it has one, else the study's (`data.tokenizer`)."""
-  entry = next((c for c in study.model.checkpoints if c["name"] == base), None)
-  if entry is None:
-    return study.data.tokenizer
-  folders = [entry["path"]]
-  if cell is not None:
-    tuned = [ft["path"] for ft in entry["finetunes"] if (ft["task"], ft["method"], ft["d_f"], ft["seed"]) == cell]
-    if not tuned:
-      return study.data.tokenizer  # Fine-tuned here, on the study's tokenizer.
-    folders = tuned + folders
-  return next((f for f in folders if hf.has_tokenizer(f)), study.data.tokenizer)
-
-
-def _check_mixture(study: ml_collections.ConfigDict, where: str, models: list[tuple[str, tuple | None]]) -> None:
-  """The models of a mixture, each (base name, its fine-tune's cell or None for the base), share one
-  tokenizer, compared by content (their vocabularies may be padded to different widths: a mixture
-  reads the narrowest)."""
-  tokenizers = list(dict.fromkeys(_tokenizer_of(study, base, cell) for base, cell in models))
-  for other in tokenizers[1:]:
-    difference = _vocabulary_difference(study, tokenizers[0], other)
-    if difference:
-      raise StudyError(
-        f"{where}: the models of a mixture must share a tokenizer, but {_named(tokenizers[0])} and "
-        f"{_named(other)} differ ({difference}); allowed: models whose tokenizers are the same"
-      )
-
-
-def _named(tokenizer: str) -> str:
-  return f"the study's {tokenizer!r} tokenizer" if tokenizer in ("world", "shakespeare") else f"folder {tokenizer}"
-
-
-def _vocabulary_difference(study: ml_collections.ConfigDict, a: str, b: str) -> str:
-  """How two tokenizers' vocabularies differ ('' if they are the same)."""
-  va, vb = (_vocabulary(study, t) for t in (a, b))
-  if va == vb:
-    return ""
-  if len(va) != len(vb):
-    return f"{len(va)} tokens against {len(vb)}"
-  token = next(t for t in sorted(va) if va[t] != vb.get(t))
-  return f"token {token!r} has id {va[token]} against {vb.get(token)}"
-
-
-def _vocabulary(study: ml_collections.ConfigDict, tokenizer_spec: str) -> dict[str, int]:
-  """A tokenizer's vocabulary (token -> id): the world's, Shakespeare's or a folder's."""
-  if tokenizer_spec == "world":
-    return _world_vocabulary(json.dumps(study.world.to_dict(), sort_keys=True))
-  if tokenizer_spec == "shakespeare":
-    return {"shakespeare": 0}  # Trained here on first use: the same wherever it is named.
-  return hf.vocabulary(tokenizer_spec)
-
-
-@functools.lru_cache(maxsize=4)
-def _world_vocabulary(world: str) -> dict[str, int]:
-  return tokenizer_lib.word_tokenizer(
-    world_lib.build_world(world_lib.WorldConfig(**json.loads(world))).vocabulary()
-  ).get_vocab()

@@ -10,7 +10,7 @@ import pytest
 from conftest import tiny_study
 
 from launch import check, slices
-from scaling import grid, sources
+from scaling import grid, sources, study_fields
 from scaling import model as model_lib
 from scaling import study as study_lib
 
@@ -124,7 +124,7 @@ def test_mixtures_are_checked_with_all_their_models_held(capsys):
     ),
     8,
   )
-  vocab = sources.model_vocab_size(study_lib.world_config(study), "world")
+  vocab = sources.model_vocab_size(study_fields.world_config(study), "world")
   count = {s: model_lib.param_count(model_lib.ladder_config(s, vocab)) for s in sizes}
   held = {
     ("d64l2+d32l2", "eft"): count["d64l2"] + 2 * count["d32l2"],

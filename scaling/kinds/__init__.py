@@ -4,7 +4,10 @@ A kind is a module with `cells(study, prior, execution)`, which adds its runs (w
 dependencies among `prior`, the runs of the kinds before it) to a study's grid, and
 `execute(ctx)`, which runs one spec of that kind and returns its result record's fields. A kind
 whose runs can train together also has `pack_key(run)` (runs with equal keys may share a program)
-and `execute_pack(ctxs)` (their records' fields, in order); see `scaling.run.packs`. Adding a
+and `execute_pack(ctxs)` (their records' fields, in order); see `scaling.run.packs`. A kind with a study
+group of its own (eft, transplant) has `GROUP` (the group's name), `group_defaults()` (its fields and
+defaults, which `scaling.study.defaults` takes in) and `resolve_group(study)` (its checks and filled-in
+defaults, which `scaling.study.validate` calls); the helpers they share are in `scaling.study_fields`. Adding a
 kind is adding one module and one entry here; `scaling.grid`, `scaling.run` and the launchers do
 not change. `expand` makes a study's runs: each kind's cells, in the table's order.
 """

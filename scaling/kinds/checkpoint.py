@@ -16,13 +16,13 @@ import ml_collections
 from scaling import context as context_lib
 from scaling import decode, grid
 from scaling import model as model_lib
-from scaling import study as study_lib
+from scaling import study_fields as fields
 
 
 def cells(study: ml_collections.ConfigDict, prior: list[grid.Run], execution: dict) -> list[grid.Run]:
   """One run per checkpoint."""
   del prior
-  world = dataclasses.asdict(study_lib.world_config(study))
+  world = dataclasses.asdict(fields.world_config(study))
   runs = []
   for entry in study.model.checkpoints:
     name = entry["name"]
@@ -33,7 +33,7 @@ def cells(study: ml_collections.ConfigDict, prior: list[grid.Run], execution: di
       "block": study.model.block.to_dict(),
       "seed": 0,
       "pretrain_tokens": entry.get("pretrain_tokens"),
-      **study_lib.data_fields(study, sizes=(name,)),
+      **fields.data_fields(study, sizes=(name,)),
     }
     runs.append(grid.Run(grid.run_id(f"ck-{name}", spec), "checkpoint", spec, (), execution))
   return runs

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 
 import jax
 import ml_collections
@@ -19,8 +20,89 @@ from scaling import context as context_lib
 from scaling import decode, grid, results, sources
 from scaling import eft as eft_lib
 from scaling import model as model_lib
-from scaling import study as study_lib
+from scaling import study_fields as fields
 from scaling.kinds import finetune
+
+GROUP = "eft"
+
+
+def group_defaults() -> dict:
+  """The `eft` group. Empty or unset fields are filled in by `resolve_group`: pairs -> every ordered
+  (N1, N2) pair of the bases (model.sizes and model.checkpoints) whose N2 has fine-tunes of the
+  chosen cell; d_f -> the smallest and largest D_f that every N2 has; task, method, seed -> the first
+  of finetune's; pretrain_steps -> the largest pretraining budget. A disabled group is not checked."""
+  return {
+    "enabled": False,
+    "task": "",
+    "method": "",
+    "d_f": (),
+    "seed": -1,
+    "pretrain_steps": 0,
+    "betas": (0.5, 1.0, 1.5),
+    "pairs": (),
+  }
+
+
+def resolve_group(study: ml_collections.ConfigDict) -> None:
+  """Checks an enabled `eft` group against what the study fine-tunes and fills in its defaults."""
+  e = study.eft
+  if not e.enabled:
+    return
+  tuned = fields.resolve_finetune_choice(study, "eft")
+  e.pretrain_steps = fields.one_of(
+    "eft.pretrain_steps",
+    e.pretrain_steps,
+    study.pretrain.steps,
+    "a pretraining budget of this study",
+    max(study.pretrain.steps),
+    0,
+  )
+  betas = list(e.betas)
+  if not betas or any(isinstance(b, bool) or not isinstance(b, (int, float)) or not math.isfinite(b) for b in betas):
+    raise fields.StudyError(
+      f"eft.betas={betas}; allowed: a non-empty list of finite numbers (1.0 is plain EFT, 0.0 the base N1 alone)"
+    )
+  e.betas = tuple(float(b) for b in betas)
+  fields.each_once("eft.betas", e.betas)
+  names = fields.bases(study)
+  for i, pair in enumerate(e.pairs):
+    if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+      raise fields.StudyError(f"eft.pairs[{i}]={pair!r}; allowed: a pair (N1, N2) of the study's bases")
+    for name in pair:
+      if name not in names:
+        raise fields.StudyError(
+          f"eft.pairs[{i}]={tuple(pair)!r}: {name!r} is not a base of this study; allowed: {list(names)}"
+        )
+  # By default every ordered pair whose N2 has fine-tunes of the chosen cell.
+  e.pairs = tuple(tuple(p) for p in e.pairs) or tuple((n1, n2) for n1 in names for n2 in names if tuned[n2])
+  fields.each_once("eft.pairs", e.pairs)
+  cell = f"task {e.task!r}, method {e.method!r}, seed {e.seed}"
+  for i, (n1, n2) in enumerate(e.pairs):
+    if not tuned[n2]:
+      raise fields.StudyError(
+        f"eft.pairs[{i}]=({n1!r}, {n2!r}): {n2!r} has no fine-tune of {cell}; allowed: pairs whose "
+        f"N2 has one: {sorted(b for b, d_fs in tuned.items() if d_fs)}"
+      )
+  e.d_f = fields.d_f_subset("eft.d_f", e.d_f, sorted(set().union(*tuned.values())))
+  if not e.d_f:  # The smallest and largest D_f that every N2 has.
+    common = sorted(set.intersection(*(tuned[n2] for _, n2 in e.pairs)))
+    if not common:
+      raise fields.StudyError(
+        f"eft.d_f=(): the N2 of eft.pairs have no D_f in common ({cell}); allowed: eft.d_f, or pairs whose N2 share one"
+      )
+    e.d_f = tuple(dict.fromkeys((common[0], common[-1])))
+  for i, (n1, n2) in enumerate(e.pairs):
+    missing = [d for d in e.d_f if d not in tuned[n2]]
+    if missing:
+      raise fields.StudyError(
+        f"eft.pairs[{i}]=({n1!r}, {n2!r}): {n2!r} has no fine-tune at D_f={missing[0]} of {cell}; "
+        f"allowed: pairs whose N2 has one (its D_f: {sorted(tuned[n2])}), or eft.d_f that every N2 has"
+      )
+    fields.check_mixture(
+      study,
+      f"eft.pairs[{i}]=({n1!r}, {n2!r})",
+      [(n1, None), *((n2, (e.task, e.method, d_f, e.seed)) for d_f in e.d_f), (n2, None)],
+    )
 
 
 def cells(study: ml_collections.ConfigDict, prior: list[grid.Run], execution: dict) -> list[grid.Run]:
@@ -34,7 +116,7 @@ def cells(study: ml_collections.ConfigDict, prior: list[grid.Run], execution: di
     if r.kind == "checkpoint" or (r.kind == "pretrain" and r.config["train"]["max_steps"] == e.pretrain_steps)
   }
   finetuned = finetune.of_cell(prior, e.task, e.method, e.seed)
-  world = dataclasses.asdict(study_lib.world_config(study))
+  world = dataclasses.asdict(fields.world_config(study))
   runs = []
   for n1, n2 in e.pairs:
     base_n1, base_n2 = bases[n1], bases[n2]
@@ -55,7 +137,7 @@ def cells(study: ml_collections.ConfigDict, prior: list[grid.Run], execution: di
           "d_f": d_f,
           "seed": e.seed,
           "beta": float(beta),
-          **study_lib.data_fields(study, e.task, (n1, n2)),
+          **fields.data_fields(study, e.task, (n1, n2)),
         }
         label = f"eft-{n1}-{n2}-{e.task}-{e.method}-df{d_f}-b{beta:g}-s{e.seed}"
         deps = tuple(dict.fromkeys((base_n1.id, base_n2.id, ft_n2.id)))

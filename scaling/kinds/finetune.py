@@ -10,7 +10,7 @@ import ml_collections
 
 from scaling import context as context_lib
 from scaling import decode, grid, methods, pack, sources, timing, train
-from scaling import study as study_lib
+from scaling import study_fields as fields
 from scaling.data import pipeline
 from scaling.methods import common
 
@@ -18,8 +18,8 @@ from scaling.methods import common
 def cells(study: ml_collections.ConfigDict, prior: list[grid.Run], execution: dict) -> list[grid.Run]:
   """One run per (base, task, method, D_f, seed), after its base; not those that an imported
   fine-tune stands in for."""
-  world = dataclasses.asdict(study_lib.world_config(study))
-  train_cfg = dataclasses.asdict(study_lib.train_config(study.finetune.train, "finetune.train"))
+  world = dataclasses.asdict(fields.world_config(study))
+  train_cfg = dataclasses.asdict(fields.train_config(study.finetune.train, "finetune.train"))
   imported = {
     (r.config["base"], r.config["task"], r.config["method"], r.config["d_f"], r.config["seed"])
     for r in prior
@@ -29,7 +29,7 @@ def cells(study: ml_collections.ConfigDict, prior: list[grid.Run], execution: di
   for base in (r for r in prior if r.kind in grid.BASE_KINDS):
     size = base.config["size"]
     for task in map(sources.task_name, study.finetune.tasks):
-      for method in study_lib.method_specs(study):
+      for method in fields.method_specs(study):
         for d_f in study.finetune.d_f:
           for seed in study.finetune.seeds:
             if (base.id, task, methods.label(method), d_f, seed) in imported:
@@ -45,7 +45,7 @@ def cells(study: ml_collections.ConfigDict, prior: list[grid.Run], execution: di
               "d_f": d_f,
               "seed": seed,
               "train": train_cfg,
-              **study_lib.data_fields(study, task, (size,)),
+              **fields.data_fields(study, task, (size,)),
             }
             label = f"ft-{size}-{task}-{methods.label(method)}-df{d_f}-s{seed}"
             runs.append(grid.Run(grid.run_id(label, spec), "finetune", spec, (base.id,), execution))

@@ -17,14 +17,14 @@ import ml_collections
 from scaling import context as context_lib
 from scaling import decode, grid, hf, sources
 from scaling import model as model_lib
-from scaling import study as study_lib
+from scaling import study_fields as fields
 from scaling.methods import common
 
 
 def cells(study: ml_collections.ConfigDict, prior: list[grid.Run], execution: dict) -> list[grid.Run]:
   """One run per imported fine-tune, after its base."""
   bases = {r.config["size"]: r for r in prior if r.kind == "checkpoint"}
-  world = dataclasses.asdict(study_lib.world_config(study))
+  world = dataclasses.asdict(fields.world_config(study))
   runs = []
   for entry in study.model.checkpoints:
     name, base = entry["name"], bases[entry["name"]]
@@ -40,7 +40,7 @@ def cells(study: ml_collections.ConfigDict, prior: list[grid.Run], execution: di
         "d_f": ft["d_f"],
         "seed": ft["seed"],
         "imported": {"path": ft["path"], "content": hf.content_id(ft["path"])},
-        **study_lib.data_fields(study, ft["task"], (name,)),
+        **fields.data_fields(study, ft["task"], (name,)),
       }
       label = f"ift-{name}-{ft['task']}-{ft['method']}-df{ft['d_f']}-s{ft['seed']}"
       runs.append(grid.Run(grid.run_id(label, spec), "finetune_checkpoint", spec, (base.id,), execution))

@@ -9,18 +9,18 @@ import ml_collections
 from scaling import context as context_lib
 from scaling import decode, grid, train
 from scaling import model as model_lib
-from scaling import study as study_lib
+from scaling import study_fields as fields
 from scaling.data import pipeline
 
 
 def cells(study: ml_collections.ConfigDict, prior: list[grid.Run], execution: dict) -> list[grid.Run]:
   """One pretraining run per (size, steps)."""
   del prior
-  world = dataclasses.asdict(study_lib.world_config(study))
+  world = dataclasses.asdict(fields.world_config(study))
   runs = []
   for size in study.model.sizes:
     for steps in study.pretrain.steps:
-      tcfg = study_lib.train_config(study.pretrain.train, "pretrain.train", max_steps=steps)
+      tcfg = fields.train_config(study.pretrain.train, "pretrain.train", max_steps=steps)
       spec = {
         "kind": "pretrain",
         "world": world,
@@ -28,7 +28,7 @@ def cells(study: ml_collections.ConfigDict, prior: list[grid.Run], execution: di
         "block": study.model.block.to_dict(),
         "seed": study.pretrain.seed,
         "train": dataclasses.asdict(tcfg),
-        **study_lib.data_fields(study),
+        **fields.data_fields(study),
       }
       runs.append(grid.Run(grid.run_id(f"pt-{size}-{steps}", spec), "pretrain", spec, (), execution))
   return runs

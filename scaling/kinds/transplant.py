@@ -16,11 +16,51 @@ import ml_collections
 from flax import nnx
 
 from scaling import context as context_lib
-from scaling import decode, grid, sources
+from scaling import decode, grid, methods, sources
 from scaling import model as model_lib
-from scaling import study as study_lib
+from scaling import study_fields as fields
 from scaling.kinds import finetune
 from scaling.methods import common
+
+GROUP = "transplant"
+
+
+def group_defaults() -> dict:
+  """The `transplant` group: a full fine-tune with its lower or upper k blocks reset to the base's, for
+  every k from 1 to layers - 1. Unset fields, as for eft: task, method (a full-tuning label, or an
+  imported fine-tune's) and seed -> the first of finetune's; d_f -> the largest D_f of the method's
+  fine-tunes."""
+  return {"enabled": False, "task": "", "method": "", "d_f": (), "seed": -1, "parts": ("lower", "upper")}
+
+
+def resolve_group(study: ml_collections.ConfigDict) -> None:
+  """Checks an enabled `transplant` group: whole fine-tunes only (it resets blocks of the fine-tuned
+  weights), those trained here by full tuning of every layer or imported."""
+  t = study.transplant
+  if not t.enabled:
+    return
+  full = {
+    methods.label(spec) for spec in fields.method_specs(study) if spec["name"] == "full" and spec["layers"] is None
+  }
+  imported = {ft["method"] for c in study.model.checkpoints for ft in c["finetunes"]}
+  if not full | imported:
+    raise fields.StudyError(
+      "transplant.enabled needs full tuning of every layer in finetune.methods, or imported "
+      "fine-tunes; allowed: add 'full' to finetune.methods, or transplant.enabled=False"
+    )
+  tuned = fields.resolve_finetune_choice(study, "transplant", lambda label: label in full | imported)
+  t.d_f = fields.d_f_subset("transplant.d_f", t.d_f, sorted(set().union(*tuned.values()))) or (
+    max(set().union(*tuned.values())),
+  )
+  parts = tuple(t.parts)
+  if not parts or any(p not in ("lower", "upper") for p in parts):
+    raise fields.StudyError(f"transplant.parts={parts!r}; allowed: a non-empty subset of ('lower', 'upper')")
+  fields.each_once("transplant.parts", parts)
+  t.parts = parts
+  for name, d_fs in tuned.items():
+    cells = [(name, (t.task, t.method, d_f, t.seed)) for d_f in t.d_f if d_f in d_fs]
+    if cells:
+      fields.check_mixture(study, f"transplant of {name!r}", [(name, None), *cells])
 
 
 def cells(study: ml_collections.ConfigDict, prior: list[grid.Run], execution: dict) -> list[grid.Run]:
@@ -30,7 +70,7 @@ def cells(study: ml_collections.ConfigDict, prior: list[grid.Run], execution: di
     return []
   budget = max(study.pretrain.steps)
   finetuned = finetune.of_cell(prior, t.task, t.method, t.seed)
-  world = dataclasses.asdict(study_lib.world_config(study))
+  world = dataclasses.asdict(fields.world_config(study))
   runs = []
   for base in (
     r for r in prior if r.kind == "checkpoint" or (r.kind == "pretrain" and r.config["train"]["max_steps"] == budget)
@@ -54,7 +94,7 @@ def cells(study: ml_collections.ConfigDict, prior: list[grid.Run], execution: di
             "seed": t.seed,
             "part": part,
             "k": k,
-            **study_lib.data_fields(study, t.task, (size,)),
+            **fields.data_fields(study, t.task, (size,)),
           }
           label = f"tp-{size}-{t.task}-{t.method}-df{d_f}-{part}{k}-s{t.seed}"
           runs.append(grid.Run(grid.run_id(label, spec), "transplant", spec, (base.id, tuned.id), execution))
