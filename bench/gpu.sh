@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The training-step benchmark (python -m scaling.bench train) on a lent GPU, in one call:
+# The training-step benchmark (python -m bench train) on a lent GPU, in one call:
 #
 #   run(command="bash bench/gpu.sh", timeout_s=540)
 #
@@ -35,7 +35,7 @@ attention=auto
 # ours 4.61, 3.08 and 4.65 ms against the reference's 3.32, 2.86 and 2.89 ms: too few to tell a
 # real gap from the host's jitter, so it now times 50 (milliseconds each).
 echo "== smoke: d128l4, bfloat16, seq 256"
-if timeout 150 python3 -m scaling.bench train --size d128l4 --seq 256 --batch 8 --dtype bfloat16 --steps 50 \
+if timeout 150 python3 -m bench train --size d128l4 --seq 256 --batch 8 --dtype bfloat16 --steps 50 \
     --warmup 5 --json "$LOGS/smoke.json" --hlo "$LOGS" > "$LOGS/smoke.txt" 2> "$LOGS/smoke.log"; then
   cat "$LOGS/smoke.txt"
 else
@@ -82,7 +82,7 @@ for setting in "${settings[@]}"; do
   echo "== $name (${left} s of the budget left)"
   row_start=$(date +%s.%N)
   # shellcheck disable=SC2086  # The flags split into words.
-  env ${row_flags:+XLA_FLAGS="$row_flags"} timeout "$left" python3 -m scaling.bench train --seq 2048 --vocab 32768 \
+  env ${row_flags:+XLA_FLAGS="$row_flags"} timeout "$left" python3 -m bench train --seq 2048 --vocab 32768 \
       --attention "$attention" $flags --json "$LOGS/$name.json" > "$LOGS/$name.txt" 2> "$LOGS/$name.log"
   status=$?
   if [[ -d "$LOGS/dump" ]]; then

@@ -27,11 +27,12 @@ from ml_collections import config_flags
 from launch import cli
 from launch.slices import CheckError, require_full_mesh, tpu_topology
 from scaling import context as context_lib
-from scaling import evaluate, grid, kinds, methods, pack, sources, train
+from scaling import evaluate, grid, kinds, methods, pack, sources, study_fields, train
 from scaling import mesh as mesh_lib
 from scaling import model as model_lib
 from scaling import run as run_lib
 from scaling import study as study_lib
+from scaling.memory import memory_of
 
 USAGE = "python -m launch.check --config CONFIG.py [--topology v5p-32] [--config.a.b=value]"
 
@@ -108,14 +109,6 @@ def abstract_batch(batch_size: int, length: int, mesh: jax.sharding.Mesh, rules)
     "weights": jax.ShapeDtypeStruct(tokens.shape, "float32", sharding=batch_sh),
     "prompt_len": jax.ShapeDtypeStruct((batch_size,), "int32", sharding=batch_sh),
   }
-
-
-def memory_of(compiled) -> dict:
-  """Per-device memory stats of a compiled program, with their peak."""
-  stats = compiled.memory_analysis()
-  memory = {k: int(getattr(stats, f"{k}_size_in_bytes")) for k in ("argument", "output", "temp", "alias")}
-  memory["peak"] = memory["argument"] + memory["output"] + memory["temp"] - memory["alias"]
-  return memory
 
 
 def device_bytes(tree) -> int:
@@ -248,7 +241,7 @@ def check(study, tgt: Target) -> list[dict]:
   require_full_mesh(study, len(tgt.devices), tgt.name)
   mesh = mesh_lib.make_mesh(study.mesh.shape.to_dict(), list(tgt.devices))
   rules = mesh_lib.parse_rules(study.mesh.rules)
-  vocab = sources.model_vocab_size(study_lib.world_config(study), study.data.tokenizer)
+  vocab = sources.model_vocab_size(study_fields.world_config(study), study.data.tokenizer)
   runs = kinds.expand(study)
   rows = []
 
@@ -271,9 +264,8 @@ def check(study, tgt: Target) -> list[dict]:
   for (size, _, method, batch, length, lanes), run in step_shapes(runs, tgt.packs).items():
     add(size, method, batch, length, lanes, *compiled_memory(run, vocab, mesh, rules, lanes))
   # Evaluation batches are as long as the shortest multiple of 8 that fits their split's examples
-  # (data.pipeline.eval_batches). A task's examples fit the fine-tuning length (the world's must;
-  # others are cut to it for training), so its test batches are checked at that length; a test
-  # example that training would cut makes a longer batch than this.
+  # (data.pipeline.eval_batches), and a task's are cut to the fine-tuning length (Context.eval_length),
+  # so its test batches are checked at that length; only an imported fine-tune's are not cut.
   length = -(-study.finetune.train.seq_len // 8) * 8
   programs: dict = {}
   for (kind, *_, batch, _), (run, terms) in mixture_shapes(runs, length).items():

@@ -7,7 +7,7 @@ import pathlib
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-PACKAGES = ("scaling", "analysis", "launch", "configs")
+PACKAGES = ("scaling", "analysis", "launch", "configs", "bench")
 
 
 def _modules() -> dict[str, pathlib.Path]:
