@@ -24,13 +24,11 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
-import tqdm
 from etils import epath
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
-from scaling import decode, evaluate, timing, train
+from scaling import decode, evaluate, train
 from scaling import mesh as mesh_lib
 
 
@@ -174,64 +172,39 @@ def train_lanes(
     raise ValueError("the lanes of a pack may differ only in their learning rate")
   k = len(lanes)
   tx = train.make_optimizer(cfg)  # The optimiser state's structure; each lane's rate is its own.
-  early_stopping = cfg.eval_every > 0 and dev_batches is not None
+  best = train.early_stopping(cfg, dev_batches, k)
   param_sh = jax.tree.map(lambda x: x.sharding, lanes[0].params)
   axes, width = lane_layout(mesh, rules, (param_sh, jax.tree.map(lambda x: x.sharding, frozen)), k)
   padded = list(lanes) + [lanes[0]] * (width - k)  # Padding lanes: lane 0's, never active.
+  pad = lambda mask_K: np.pad(mask_K, (0, width - k))
   state_sh = jax.tree.map(
     lambda s: stacked_sharding(s, axes), train.state_shardings(tx, lanes[0].params, param_sh, mesh)
   )
   params = stack([lane.params for lane in padded], axes)
   state = jax.device_put(
     {
-      "step": np.zeros(len(padded), np.int32),
+      "step": np.zeros(width, np.int32),
       "params": params,
       "opt": jax.jit(jax.vmap(tx.init), out_shardings=state_sh["opt"])(params),
-      "tokens": np.zeros(len(padded), np.float32),
+      "tokens": np.zeros(width, np.float32),
     },
     state_sh,
   )
-  best = {
-    "params": jax.tree.map(jnp.copy, params) if early_stopping else {},
-    "dev_loss": np.full(k, np.inf, np.float32),
-    "step": np.zeros(k, np.int32),
-    "bad_evals": np.zeros(k, np.int32),
-  }
-  managers = [
-    ocp.CheckpointManager(
-      epath.Path(lane.run_dir) / "ckpt",
-      options=ocp.CheckpointManagerOptions(max_to_keep=1, enable_async_checkpointing=False),
-    )
-    for lane in lanes
-  ]
-
-  def lane_tree(i: int) -> dict:
-    """Lane i's checkpoint, as `train.run` writes it."""
-    out = {"state": _lane(state, i)}
-    if early_stopping:
-      out["best"] = {
-        "params": _lane(best["params"], i),
-        **{key: jnp.asarray(best[key][i]) for key in ("dev_loss", "step", "bad_evals")},
-      }
-    return out
+  best_params = jax.tree.map(jnp.copy, params) if best else None
+  run_dirs = [epath.Path(lane.run_dir) for lane in lanes]
+  managers = [train.checkpoint_manager(d) for d in run_dirs]
+  tree = lambda i: train.checkpoint(_lane(state, i), _lane(best_params, i) if best else None, best, i, mesh)
 
   for i, manager in enumerate(managers):  # Resume each lane from its own last checkpoint.
     if manager.latest_step() is not None:
-      restored = train.restore_latest(manager, lane_tree(i), epath.Path(lanes[i].run_dir).name)
-      put = lambda tree, part: jax.tree.map(lambda x, y: x.at[i].set(y), tree, part)
-      state = put(state, restored["state"])
-      if early_stopping:
-        best["params"] = put(best["params"], restored["best"]["params"])
-        for key in ("dev_loss", "step", "bad_evals"):
-          best[key][i] = restored["best"][key]
+      lane_state, lane_best = train.resume(manager, tree(i), best, i, run_dirs[i].name)
+      put = lambda stacked, part: jax.tree.map(lambda x, y: x.at[i].set(y), stacked, part)
+      state = put(state, lane_state)
+      if best:
+        best_params = put(best_params, lane_best)
   state = jax.device_put(state, state_sh)  # As the step hands it back: one program.
-  if early_stopping:
-    best["params"] = jax.device_put(best["params"], state_sh["params"])
-  steps = np.asarray(state["step"])[:k].copy()
-  logs = [
-    train.MetricsLog(epath.Path(lane.run_dir), manager.latest_step(), jax.process_index() == 0)
-    for lane, manager in zip(lanes, managers)
-  ]
+  if best:
+    best_params = jax.device_put(best_params, state_sh["params"])
   lanes_step = step_fn(graphdef, cfg, loss_chunk, mesh=mesh, axes=axes)
   dev_sums = _dev_loss_fn(graphdef, mesh, axes)
   lane_vector = stacked_sharding(NamedSharding(mesh, PartitionSpec()), axes)
@@ -240,75 +213,37 @@ def train_lanes(
   lane_batch_sh = stacked_sharding(mesh_lib.batch_sharding(mesh, rules), axes)
   # Every device group evaluates its own lanes on the whole dev set.
   unsplit = lambda x: jax.device_put(x, NamedSharding(mesh, mesh_lib.without_axes(x.sharding.spec, set(axes))))
-  dev = [jax.tree.map(unsplit, evaluate.device_batch(b)) for b in dev_batches] if early_stopping else []
-
-  def evaluate_dev(due: np.ndarray) -> np.ndarray:
-    """Records the dev loss of the lanes `due`; returns which of them ran out of patience."""
-    with timing.phase("evaluation"):
-      sums = [jax.device_get(dev_sums(state["params"], frozen, b)) for b in dev]
-    total, count = (np.sum([s[j][:k] for s in sums], 0, np.float64) for j in (0, 1))
-    loss = total / np.maximum(count, 1.0)
-    improved = due & (loss < best["dev_loss"])
-    for i in np.flatnonzero(due):
-      logs[i].write({"step": int(steps[i]), "dev_loss": float(loss[i])})
-    if improved.any():
-      best["params"] = _where(per_lane(np.pad(improved, (0, len(padded) - k)), bool), state["params"], best["params"])
-    best["dev_loss"] = np.where(improved, loss, best["dev_loss"]).astype(np.float32)
-    best["step"] = np.where(improved, steps, best["step"]).astype(np.int32)
-    best["bad_evals"] = np.where(improved, 0, best["bad_evals"] + due).astype(np.int32)
-    return due & (best["bad_evals"] >= cfg.patience)
-
-  stopped = early_stopping & (steps > 0) & (best["bad_evals"] >= cfg.patience)
-  if early_stopping and (steps == 0).any():
-    stopped |= evaluate_dev(steps == 0)
+  dev = [jax.tree.map(unsplit, evaluate.device_batch(b)) for b in dev_batches] if best else []
 
   def device_batch(at: np.ndarray) -> dict:
     """Every lane's batch of its step `at`, stacked on the lane axis (padding lanes: lane 0's)."""
-    rows = [lane.batches.rows(int(s), slice(None)) for lane, s in zip(padded, [*at, *[at[0]] * (len(padded) - k)])]
+    rows = [lane.batches.rows(int(s), slice(None)) for lane, s in zip(padded, [*at, *[at[0]] * (width - k)])]
     return jax.device_put(
       {key: np.stack([r[key] for r in rows]) for key in train.BATCH_FIELDS if key in rows[0]}, lane_batch_sh
     )
 
-  bar = tqdm.tqdm(total=k * cfg.max_steps, initial=int(steps.sum()), desc=description, disable=None, leave=False)
+  def step(active_K: np.ndarray, steps_K: np.ndarray) -> dict:
+    nonlocal state, batch
+    state, metrics = lanes_step(state, frozen, batch, lr_K, per_lane(pad(active_K), bool))
+    batch = device_batch(steps_K)  # Made and sent while this step runs, as in `train.run`.
+    return metrics
+
+  def dev_loss() -> np.ndarray:
+    sums = [jax.device_get(dev_sums(state["params"], frozen, b)) for b in dev]
+    total, count = (np.sum([s[j][:k] for s in sums], 0, np.float64) for j in (0, 1))
+    return total / np.maximum(count, 1.0)
+
+  def keep(improved_K: np.ndarray) -> None:
+    nonlocal best_params
+    best_params = _where(per_lane(pad(improved_K), bool), state["params"], best_params)
+
+  steps = np.asarray(state["step"])[:k].copy()
   batch = device_batch(steps)
-  with timing.phase("training"):
-    while (active := ~stopped & (steps < cfg.max_steps)).any():
-      state, metrics = lanes_step(state, frozen, batch, lr_K, per_lane(np.pad(active, (0, len(padded) - k)), bool))
-      steps = steps + active
-      batch = device_batch(steps)  # Made and sent while this step runs, as in `train.run`.
-      logged = active & ((steps % cfg.log_every == 0) | (steps == cfg.max_steps))
-      if logged.any():
-        metrics = jax.device_get(metrics)
-        for i in np.flatnonzero(logged):
-          logs[i].write({"step": int(steps[i]), **{key: float(v[i]) for key, v in metrics.items()}})
-      ended = np.zeros(k, bool)
-      if early_stopping:
-        due = active & ((steps % cfg.eval_every == 0) | (steps == cfg.max_steps))
-        if due.any():
-          ended = evaluate_dev(due)
-          stopped |= ended
-      save = active & ((steps % cfg.checkpoint_every == 0) | ended | (steps == cfg.max_steps))
-      with timing.phase("checkpoints"):
-        for i in np.flatnonzero(save):
-          managers[i].save(int(steps[i]), args=ocp.args.StandardSave(lane_tree(i)), force=True)
-      bar.update(int(active.sum()))
-  bar.close()
-  for manager, log in zip(managers, logs):
-    manager.wait_until_finished()
-    manager.close()
-    log.close()
-  kept = best["params"] if early_stopping else state["params"]
-  tokens = np.asarray(state["tokens"])
+  steps, stopped = train.loop(
+    cfg, run_dirs, managers, steps, best, description, step=step, dev_loss=dev_loss, keep=keep, tree=tree
+  )
+  kept = best_params if best else state["params"]
   seconds = (time.time() - t0) / k  # The lanes share the pack's time, as `run.execute_pack` shares its seconds.
-  return [
-    train.TrainOutcome(
-      params=jax.device_put(_lane(kept, i), param_sh),
-      steps=int(steps[i]),
-      best_step=int(best["step"][i]) if early_stopping else int(steps[i]),
-      best_dev_loss=float(best["dev_loss"][i]) if early_stopping else None,
-      hit_step_cap=bool(steps[i] >= cfg.max_steps and not stopped[i]),
-      tokens_seen=float(tokens[i]),
-      seconds=seconds,
-    )
-    for i in range(k)
-  ]
+  return train.outcomes(
+    cfg, steps, stopped, best, lambda i: jax.device_put(_lane(kept, i), param_sh), np.asarray(state["tokens"]), seconds
+  )

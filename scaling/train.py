@@ -1,7 +1,8 @@
 """One training loop for pretraining and fine-tuning: optax AdamW, orbax checkpoints, resume.
 
 State lives here and only here: the loop owns the step counter, the checkpoint manager and the
-metrics file; the step itself is a pure jitted function of (state, frozen params, batch).
+metrics file; the step itself is a pure jitted function of (state, frozen params, batch). The loop
+(`loop`) trains K lanes: one for a run alone (`run`), several for a pack (`scaling.pack`).
 Fine-tuning evaluates dev loss every `eval_every` steps and stops after `patience` evaluations
 without improvement (or at `max_steps`, which the outcome records), keeping the best parameters.
 """
@@ -125,14 +126,64 @@ def abstract_state(tx: optax.GradientTransformation, params: Any, state_sh: dict
   return _abstract(tree, state_sh)
 
 
-def restore_latest(manager: ocp.CheckpointManager, like: Any, run: str) -> Any:
-  """The manager's latest checkpoint, read onto the shapes, dtypes and shardings of `like`; process
-  0 says `resuming <run> from step N`."""
+@dataclasses.dataclass
+class Best:
+  """Early stopping's numbers for each of K lanes (one for a run alone), arrays of shape (K,): the
+  best dev loss so far, its step, and the evaluations since without a better one. The fields are
+  those of a checkpoint's "best" (see `checkpoint`)."""
+
+  dev_loss: np.ndarray  # float32
+  step: np.ndarray  # int32
+  bad_evals: np.ndarray  # int32
+
+  def record(self, loss_K: np.ndarray, steps_K: np.ndarray, due_K: np.ndarray) -> np.ndarray:
+    """Counts the dev losses of the lanes `due`; returns which of them improved on their best."""
+    improved_K = due_K & (loss_K < self.dev_loss)
+    self.dev_loss = np.where(improved_K, loss_K, self.dev_loss).astype(np.float32)
+    self.step = np.where(improved_K, steps_K, self.step).astype(np.int32)
+    self.bad_evals = np.where(improved_K, 0, self.bad_evals + due_K).astype(np.int32)
+    return improved_K
+
+
+def early_stopping(cfg: TrainConfig, dev_batches: Sequence[Mapping] | None, lanes: int) -> Best | None:
+  """The early-stopping numbers of `lanes` runs that start afresh; None where they evaluate no dev loss."""
+  if cfg.eval_every <= 0 or dev_batches is None:
+    return None
+  return Best(np.full(lanes, np.inf, np.float32), np.zeros(lanes, np.int32), np.zeros(lanes, np.int32))
+
+
+def checkpoint_manager(run_dir: epath.Path) -> ocp.CheckpointManager:
+  """A run's checkpoints: only the latest is kept, and a save is done before training goes on."""
+  return ocp.CheckpointManager(
+    run_dir / "ckpt", options=ocp.CheckpointManagerOptions(max_to_keep=1, enable_async_checkpointing=False)
+  )
+
+
+def checkpoint(state: dict, best_params: Any, best: Best | None, i: int, mesh: jax.sharding.Mesh) -> dict:
+  """The checkpoint of lane i (a run alone: lane 0) of train state `state`: with early stopping,
+  its best parameters and numbers too."""
+  if best is None:
+    return {"state": state}
+  # Replicated over the mesh: on several hosts, a host-local array could not be saved.
+  numbers = {key: mesh_lib.replicated(value_K[i], mesh) for key, value_K in vars(best).items()}
+  return {"state": state, "best": {"params": best_params, **numbers}}
+
+
+def resume(manager: ocp.CheckpointManager, like: dict, best: Best | None, i: int, run: str) -> tuple[dict, Any]:
+  """Lane i's (train state, best parameters) from the manager's latest checkpoint, read onto the
+  shapes, dtypes and shardings of `like` (its `checkpoint`); sets its early-stopping numbers in
+  `best`. Process 0 says `resuming <run> from step N`."""
   step = manager.latest_step()
   if jax.process_index() == 0:
     print(f"resuming {run} from step {step}", flush=True)
-  abstract = _abstract(like, jax.tree.map(lambda x: x.sharding, like))
-  return manager.restore(step, args=ocp.args.StandardRestore(abstract))
+  restored = manager.restore(
+    step, args=ocp.args.StandardRestore(_abstract(like, jax.tree.map(lambda x: x.sharding, like)))
+  )
+  if best is None:
+    return restored["state"], None
+  for key, value_K in vars(best).items():
+    value_K[i] = restored["best"][key]
+  return restored["state"], restored["best"]["params"]
 
 
 def _abstract(tree: Any, shardings: Any) -> Any:
@@ -191,6 +242,102 @@ def _record_of(line: str) -> dict | None:
   return record if isinstance(record, dict) and "step" in record else None
 
 
+def _due(cfg: TrainConfig, every: int, steps_K: np.ndarray) -> np.ndarray:
+  """Whether each step is on a cadence of `every` steps, which the last step ends."""
+  return (steps_K % every == 0) | (steps_K == cfg.max_steps)
+
+
+@timing.phase("training")
+def loop(
+  cfg: TrainConfig,
+  run_dirs: Sequence[epath.Path],
+  managers: Sequence[ocp.CheckpointManager],
+  steps_K: np.ndarray,
+  best: Best | None,
+  description: str,
+  *,
+  step,
+  dev_loss,
+  keep,
+  tree,
+) -> tuple[np.ndarray, np.ndarray]:
+  """The training loop of `run` and `pack.train_lanes`: trains K lanes (one for a run alone), from
+  their steps `steps_K`, until each runs out of patience or reaches `cfg.max_steps`, and logs,
+  evaluates and checkpoints each on the schedule of `cfg`; returns (steps, stopped early) per lane.
+
+  `step(active_K, steps_K)` trains the lanes `active` one step, to `steps_K`, and returns their
+  metrics (of K lanes, or of a run alone); `dev_loss()` is each lane's dev loss (K); `keep(improved_K)`
+  keeps the improved lanes' parameters as their best; `tree(i)` is lane i's `checkpoint`.
+  """
+  logs = [MetricsLog(d, m.latest_step(), jax.process_index() == 0) for d, m in zip(run_dirs, managers)]
+
+  def evaluate_dev(due_K: np.ndarray) -> np.ndarray:
+    """Records the dev loss of the lanes `due`; returns which of them ran out of patience."""
+    with timing.phase("evaluation"):
+      loss_K = dev_loss()
+    for i in np.flatnonzero(due_K):
+      logs[i].write({"step": int(steps_K[i]), "dev_loss": float(loss_K[i])})
+    improved_K = best.record(loss_K, steps_K, due_K)
+    if improved_K.any():
+      keep(improved_K)
+    return due_K & (best.bad_evals >= cfg.patience)
+
+  stopped_K = np.zeros(len(steps_K), bool)
+  if best:
+    stopped_K = (steps_K > 0) & (best.bad_evals >= cfg.patience)
+    if (steps_K == 0).any():
+      stopped_K |= evaluate_dev(steps_K == 0)
+  bar = tqdm.tqdm(
+    total=len(steps_K) * cfg.max_steps, initial=int(steps_K.sum()), desc=description, disable=None, leave=False
+  )
+  while (active_K := ~stopped_K & (steps_K < cfg.max_steps)).any():
+    metrics = step(active_K, steps_K + active_K)
+    steps_K = steps_K + active_K
+    logged_K = active_K & _due(cfg, cfg.log_every, steps_K)
+    if logged_K.any():
+      # A run alone's metrics are scalars: as lane 0's.
+      metrics = {key: np.atleast_1d(v) for key, v in jax.device_get(metrics).items()}
+      for i in np.flatnonzero(logged_K):
+        logs[i].write({"step": int(steps_K[i]), **{key: float(v[i]) for key, v in metrics.items()}})
+      if len(logs) == 1:  # A pack's bar counts the steps of all its lanes; a run's shows its loss.
+        bar.set_postfix(loss=f"{float(metrics['loss'][0]):.3f}")
+    ended_K = np.zeros(len(steps_K), bool)
+    if best and (evaluated_K := active_K & _due(cfg, cfg.eval_every, steps_K)).any():
+      ended_K = evaluate_dev(evaluated_K)
+    stopped_K |= ended_K
+    saved_K = active_K & (_due(cfg, cfg.checkpoint_every, steps_K) | ended_K)
+    if saved_K.any():
+      with timing.phase("checkpoints"):
+        for i in np.flatnonzero(saved_K):
+          managers[i].save(int(steps_K[i]), args=ocp.args.StandardSave(tree(i)), force=True)
+    bar.update(int(active_K.sum()))
+  bar.close()
+  for manager, log in zip(managers, logs):
+    manager.wait_until_finished()
+    manager.close()
+    log.close()
+  return steps_K, stopped_K
+
+
+def outcomes(
+  cfg: TrainConfig, steps_K: np.ndarray, stopped_K: np.ndarray, best: Best | None, params, tokens_K, seconds: float
+) -> list[TrainOutcome]:
+  """Each lane's outcome, from `loop`'s steps and stops: `params(i)` are lane i's kept parameters
+  and `tokens_K[i]` its tokens seen."""
+  return [
+    TrainOutcome(
+      params=params(i),
+      steps=int(steps_K[i]),
+      best_step=int(best.step[i]) if best else int(steps_K[i]),
+      best_dev_loss=float(best.dev_loss[i]) if best else None,
+      hit_step_cap=bool(steps_K[i] >= cfg.max_steps and not stopped_K[i]),
+      tokens_seen=float(tokens_K[i]),
+      seconds=seconds,
+    )
+    for i in range(len(steps_K))
+  ]
+
+
 @timing.phase("training")
 def run(
   *,
@@ -221,91 +368,51 @@ def run(
   batch_sh = mesh_lib.batch_sharding(mesh, rules)
   step_fn = jit_step(graphdef, tx, state_sh, frozen_sh, batch_sh, loss_chunk)
   init_opt = jax.jit(tx.init, out_shardings=state_sh["opt"])
-  early_stopping = cfg.eval_every > 0 and dev_batches is not None
-
-  def dev_loss(p):
-    with timing.phase("evaluation"):
-      return evaluate.mean_loss(decode.Mixture.single(graphdef, p, frozen), dev_batches)
+  best = early_stopping(cfg, dev_batches, 1)
 
   # Scalars replicated over the mesh: on several hosts, a host-local array could not be saved.
   scalar = lambda value, dtype: mesh_lib.replicated(np.asarray(value, dtype), mesh)
   state = {"step": scalar(0, np.int32), "params": params, "opt": init_opt(params), "tokens": scalar(0, np.float32)}
-  # A copy: `params` belongs to the donated state.
-  best = {
-    "params": jax.tree.map(jnp.copy, params) if early_stopping else {},
-    "dev_loss": scalar(np.inf, np.float32),
-    "step": scalar(0, np.int32),
-    "bad_evals": scalar(0, np.int32),
-  }
-  manager = ocp.CheckpointManager(
-    run_dir / "ckpt", options=ocp.CheckpointManagerOptions(max_to_keep=1, enable_async_checkpointing=False)
-  )
-  tree = lambda: {"state": state, "best": best} if early_stopping else {"state": state}
+  best_params = jax.tree.map(jnp.copy, params) if best else None  # A copy: `params` belongs to the donated state.
+  manager = checkpoint_manager(run_dir)
+  tree = lambda _: checkpoint(state, best_params, best, 0, mesh)
   if manager.latest_step() is not None:
-    restored = restore_latest(manager, tree(), run_dir.name)
-    state, best = restored["state"], restored.get("best", best)
-  start = int(state["step"])
-  log = MetricsLog(run_dir, manager.latest_step(), jax.process_index() == 0)
-
-  def evaluate_dev(step: int) -> bool:
-    """Records dev loss; returns True when patience has run out."""
-    nonlocal best
-    loss = dev_loss(state["params"])
-    log.write({"step": step, "dev_loss": loss})
-    if loss < float(best["dev_loss"]):
-      best = {
-        "params": jax.tree.map(jnp.copy, state["params"]),
-        "dev_loss": scalar(loss, np.float32),
-        "step": scalar(step, np.int32),
-        "bad_evals": scalar(0, np.int32),
-      }
-    else:
-      best = dict(best, bad_evals=best["bad_evals"] + 1)
-    return int(best["bad_evals"]) >= cfg.patience
-
-  stopped = early_stopping and start > 0 and int(best["bad_evals"]) >= cfg.patience
-  if early_stopping and start == 0:
-    stopped = evaluate_dev(0)
+    state, best_params = resume(manager, tree(0), best, 0, run_dir.name)
 
   def device_batch(at: int) -> dict:
     return mesh_lib.global_batch(
       lambda part: {k: v for k, v in batches.rows(at, part).items() if k in BATCH_FIELDS}, cfg.batch_size, mesh, rules
     )
 
-  step = start
-  bar = tqdm.tqdm(total=cfg.max_steps, initial=start, desc=description, disable=None, leave=False)
-  batch = device_batch(step)
-  while not stopped and step < cfg.max_steps:
+  def step(_, steps_K: np.ndarray) -> dict:
+    nonlocal state, batch
     state, metrics = step_fn(state, frozen, batch)
-    step += 1
     # Step t+1's batch is made and sent while step t runs (dispatch is asynchronous), before the
-    # logging, evaluation and checkpoints below wait for step t.
-    batch = device_batch(step)
-    if step % cfg.log_every == 0 or step == cfg.max_steps:
-      metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-      log.write({"step": step, **metrics})
-      bar.set_postfix(loss=f"{metrics['loss']:.3f}")
-    if early_stopping and (step % cfg.eval_every == 0 or step == cfg.max_steps):
-      stopped = evaluate_dev(step)
-    if step % cfg.checkpoint_every == 0 or stopped or step == cfg.max_steps:
-      with timing.phase("checkpoints"):
-        manager.save(step, args=ocp.args.StandardSave(tree()), force=True)
-    bar.update(1)
-  bar.close()
-  manager.wait_until_finished()
-  manager.close()
-  log.close()
-  hit_cap = step >= cfg.max_steps and not stopped
-  kept = best["params"] if early_stopping else state["params"]
-  return TrainOutcome(
-    params=kept,
-    steps=step,
-    best_step=int(best["step"]) if early_stopping else step,
-    best_dev_loss=float(best["dev_loss"]) if early_stopping else None,
-    hit_step_cap=hit_cap,
-    tokens_seen=float(state["tokens"]),
-    seconds=time.time() - t0,
+    # loop's logging, evaluation and checkpoints wait for step t.
+    batch = device_batch(int(steps_K[0]))
+    return metrics
+
+  def keep(_) -> None:
+    nonlocal best_params
+    best_params = jax.tree.map(jnp.copy, state["params"])
+
+  batch = device_batch(int(state["step"]))
+  steps, stopped = loop(
+    cfg,
+    [run_dir],
+    [manager],
+    np.array([int(state["step"])]),
+    best,
+    description,
+    step=step,
+    dev_loss=lambda: np.array(
+      [evaluate.mean_loss(decode.Mixture.single(graphdef, state["params"], frozen), dev_batches)]
+    ),
+    keep=keep,
+    tree=tree,
   )
+  kept = best_params if best else state["params"]
+  return outcomes(cfg, steps, stopped, best, lambda _: kept, [state["tokens"]], time.time() - t0)[0]
 
 
 def save_params(params: Any, path: str) -> None:

@@ -191,3 +191,80 @@ def test_the_last_step_is_evaluated_where_the_cap_is_off_the_cadence(tmp_path, p
     lines = [json.loads(line) for line in open(tmp_path / "runs" / r.id / "metrics.jsonl")]
     assert [rec["step"] for rec in lines if "dev_loss" in rec] == [0, 5, 10, 15, 20, 23]
     assert record["train"]["steps"] == 23 and record["train"]["hit_step_cap"]
+
+
+class _Checkpoints:
+  """A checkpoint manager's part that `train.loop` uses, recording the steps saved."""
+
+  def __init__(self, latest=None):
+    self.saved, self.latest = [], latest
+
+  def latest_step(self):
+    return self.latest
+
+  def save(self, step, args, force):
+    del args, force
+    self.saved.append(step)
+
+  def wait_until_finished(self):
+    pass
+
+  def close(self):
+    pass
+
+
+def _lanes_loop(tmp_path, lanes, start_K, bad_evals_K):
+  """`train.loop` over `lanes` (indices of scripted lanes) with stub steps; returns (steps, stopped,
+  best steps, saved steps, metrics.jsonl lines) per lane."""
+  from etils import epath
+
+  from scaling import train
+
+  cfg = train.TrainConfig(max_steps=23, log_every=5, eval_every=5, checkpoint_every=10, patience=2)
+  dirs = [epath.Path(tmp_path / f"lane{lane}") for lane in lanes]
+  for d in dirs:
+    d.mkdir(parents=True)
+  managers = [_Checkpoints(int(s) or None) for s in start_K]
+  best = train.early_stopping(cfg, [], len(lanes))
+  best.bad_evals[:] = bad_evals_K
+  at = np.asarray(start_K)
+  # Scripted dev losses: lane 0's falls at every evaluation, lane 1's is best at step 5.
+  dev = (lambda s: 1 / (1 + s), lambda s: abs(s - 5) + 1.0)
+
+  def step(active_K, steps_K):
+    nonlocal at
+    at = steps_K
+    return {"loss": np.float32(0.5) * steps_K if len(lanes) > 1 else np.float32(0.5 * steps_K[0])}
+
+  steps, stopped = train.loop(
+    cfg,
+    dirs,
+    managers,
+    np.asarray(start_K),
+    best,
+    "test",
+    step=step,
+    dev_loss=lambda: np.array([dev[lane](s) for lane, s in zip(lanes, at)]),
+    keep=lambda improved_K: None,
+    tree=lambda i: {},
+  )
+  lines = [(d / "metrics.jsonl").read_text() for d in dirs]
+  return [(int(a), bool(b), int(c), m.saved, t) for a, b, c, m, t in zip(steps, stopped, best.step, managers, lines)]
+
+
+def test_a_pack_s_lanes_log_evaluate_checkpoint_and_stop_as_each_alone(tmp_path):
+  """The one loop of a run alone and a pack: every lane on the schedule of a run alone, the last step
+  logged, evaluated and saved off the cadence, and a lane out of patience stopped and saved."""
+  packed = _lanes_loop(tmp_path / "packed", [0, 1], [0, 0], [0, 0])
+  alone = [_lanes_loop(tmp_path / f"alone{lane}", [lane], [0], [0])[0] for lane in (0, 1)]
+  assert packed == alone
+  (steps0, stopped0, best0, saved0, lines0), (steps1, stopped1, best1, saved1, lines1) = packed
+  assert (steps0, stopped0, best0, saved0) == (23, False, 23, [10, 20, 23])
+  assert (steps1, stopped1, best1, saved1) == (15, True, 5, [10, 15])  # No gain at 10 and 15: stopped.
+  records = [json.loads(line) for line in lines0.splitlines()]
+  assert [r["step"] for r in records if "dev_loss" in r] == [0, 5, 10, 15, 20, 23]
+  assert [r["step"] for r in records if "loss" in r] == [5, 10, 15, 20, 23]
+  # Resumed at step 15 out of patience: no step; with patience left: on to the cap.
+  resumed = _lanes_loop(tmp_path / "resumed", [0, 1], [15, 15], [2, 0])
+  assert [lane[:4] for lane in resumed] == [(15, True, 0, []), (23, False, 20, [20, 23])]
+  assert resumed[0][4] == "" and [json.loads(line)["step"] for line in resumed[1][4].splitlines()] == [20, 20, 23, 23]
