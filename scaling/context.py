@@ -58,9 +58,25 @@ class Context:
     return spec_model_config(self.run.config, size, lambda: tokenizer.padded_vocab_size(self.tok.size))
 
   def eval_batches(self, source) -> list[dict]:
-    """Evaluation batches of a record source (a corpus's or a task's split)."""
+    """Evaluation batches of a record source (a corpus's or a task's split), no longer than the
+    inputs that its models trained on (`eval_length`)."""
     with timing.phase("data"):
-      return self.sources.eval_batches(source, self.run.execution["eval_batch_size"])
+      return self.sources.eval_batches(source, self.run.execution["eval_batch_size"], self.eval_length(source))
+
+  def eval_length(self, source) -> int | None:
+    """The longest input that evaluation gives a model, the longest that training gave it: for the
+    run's task's splits, the fine-tuning length; for the corpus's, the base's (its pretraining length,
+    or an imported checkpoint's context). None where it is not known (an imported fine-tune's)."""
+    cfg = self.run.config
+    if "task" in cfg and any(source is self.sources.task(sources_lib.task_of(cfg), r) for r in ("dev", "test")):
+      if self.run.kind == "finetune":
+        return cfg["train"]["seq_len"]
+      tuned = self.dependency(cfg["finetuned"])["spec"] if "finetuned" in cfg else {}  # EFT, transplant.
+      return tuned.get("train", {}).get("seq_len")
+    base = cfg if self.run.kind in grid.BASE_KINDS else self.dependency(cfg["base"])["spec"]
+    if base["kind"] == "pretrain":
+      return base["train"]["seq_len"]
+    return hf.read_config(self.checkpoint(base["size"])).get("max_position_embeddings")
 
   def dependency(self, run_id: str) -> dict:
     """The result record of a run this one needs; an error if it has not finished."""
@@ -123,7 +139,7 @@ def build_model(
     else:  # Imported: every device reads its slice of the folder's weights.
       state = hf.read_params(folder, cfg, shardings)
   if method is not None:  # After loading: a method may derive its variables from the base weights.
-    prepare = lambda base: method.prepare(nnx.merge(graphdef, base), nnx.Rngs(seed + 1))
+    prepare = lambda base: method.prepare(nnx.merge(graphdef, base), nnx.Rngs(seed + 1), ctx.tok.size)
     graphdef, state = mesh_lib.create_sharded(prepare, ctx.mesh, ctx.rules, state)
   graphdef, trainable, frozen = nnx.split(nnx.merge(graphdef, state), method.trainable if method else nnx.Param, ...)
   return decode.Model(graphdef, nnx.to_pure_dict(trainable), nnx.to_pure_dict(frozen))

@@ -137,10 +137,12 @@ class Sources:
       memo[key] = make()
     return memo[key]
 
-  def eval_batches(self, source, batch_size: int) -> list[dict]:
-    """Evaluation batches of one of these sources' record sources (made once)."""
+  def eval_batches(self, source, batch_size: int, max_len: int | None = None) -> list[dict]:
+    """Evaluation batches of one of these sources' record sources, no longer than `max_len` (None: no
+    limit; see pipeline.eval_batches), made once."""
     source_, batches = self._memo(
-      ("batches", id(source), batch_size), lambda: (source, pipeline.eval_batches(source, self.tok, batch_size))
+      ("batches", id(source), batch_size, max_len),
+      lambda: (source, pipeline.eval_batches(source, self.tok, batch_size, max_len)),
     )
     assert source_ is source, "eval_batches takes the record sources of corpus() and task()"
     return batches

@@ -60,13 +60,14 @@ def test_answers_are_the_facts():
 
 def test_tfds_dataset_matches_generator(world_data_dir):
   world = world_lib.build_world(TINY_WORLD)
-  for split in ("pretrain", "qa_train", "cloze_test"):
+  for split in world_lib.SPLITS:
     source = tfds.data_source(f"scaling_world/{TINY_WORLD.fingerprint()}", data_dir=world_data_dir, split=split)
-    expected = list(world_lib.records(world, split))
-    assert len(source) == len(expected)
-    for i in (0, len(expected) - 1):
-      assert source[i]["prompt"].decode() == expected[i]["prompt"]
-      assert source[i]["answer"].decode() == expected[i]["answer"]
+    read = [
+      {**{k: source[i][k].decode() for k in ("prompt", "answer", "attribute")}, "person": int(source[i]["person"])}
+      for i in range(len(source))
+    ]
+    # Every record, in the generator's order: each of the split's examples exactly once.
+    assert read == list(world_lib.records(world, split)), split
 
 
 def test_tokenizer_round_trip():
@@ -126,7 +127,10 @@ def test_finetune_batches_draw_only_from_their_subset(world_data_dir):
   seen = [tuple(r) for step in range(4) for r in batches[step]["inputs"]]
   assert set(seen) == allowed  # Two epochs of 16 examples: each example exactly twice.
   assert all(seen.count(r) == 2 for r in allowed)
-  np.testing.assert_array_equal(batches[3]["inputs"], batches[3]["inputs"])
+  # A step's batch is a function of the step: new batches asked for step 3 first (as a resumed run
+  # asks) give the same rows.
+  again = pipeline.train_batches(source, pipeline.Encoder(tok, 16), 8, seed=0, subset=16, subset_seed=1)
+  np.testing.assert_array_equal(again[3]["inputs"], batches[3]["inputs"])
   assert not np.array_equal(batches[0]["inputs"], batches[2]["inputs"])  # Reshuffled each epoch.
   for step in (1, 3):  # What a host of a multi-host run reads: its rows only, across an epoch boundary.
     for part in (slice(0, 4), slice(4, 8), slice(2, 6)):
@@ -139,9 +143,57 @@ def test_eval_batches_cover_the_split_once(world_data_dir):
   tok = tokenizer.from_tokenizers(tokenizer.word_tokenizer(world.vocabulary()))
   source = tfds_world.data_source(TINY_WORLD, world_data_dir, "qa_test")
   batches = pipeline.eval_batches(source, tok, batch_size=16)
-  assert sum(b["valid"].sum() for b in batches) == len(source)
-  assert all(b["inputs"].shape == (16, 16) for b in batches)
+  assert len(source) % 16 and all(b["inputs"].shape == (16, 16) for b in batches)  # The last batch is padded.
+  rows = {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
+  valid = rows["valid"] == 1
+  assert valid.sum() == len(source) and not rows["weights"][~valid].any()  # Padding rows weigh nothing.
+  # The real rows are the split's examples, each once, in order.
+  expected = pipeline.encode_split(source, pipeline.Encoder(tok, 16))
+  assert set(expected) == set(rows) - {"valid"}
+  for key, value in expected.items():
+    np.testing.assert_array_equal(rows[key][valid], value, err_msg=key)
   assert sum(b["weights"].sum() for b in batches) == 2 * len(source)  # Answer and end token.
+
+
+def test_eval_batches_cut_long_examples_to_the_trained_length_and_keep_their_answers():
+  world = world_lib.build_world(TINY_WORLD)
+  tok = tokenizer.from_tokenizers(tokenizer.word_tokenizer(world.vocabulary()))
+  name, city, year = world.names[0], world.value(0, "birth_city"), world.value(0, "birth_year")
+  pairs = [(f"{name} {name} {name} {name} {name} was born in", f"{city} {year}"), ("", f"{name} " * 12), ("", name)]
+  source = [{"prompt": p, "answer": a} for p, a in pairs]
+  prompt, answer, text = (tok.encode(t) for t in (source[0]["prompt"], source[0]["answer"], source[1]["answer"]))
+  assert len(prompt) + len(answer) + 1 > 12 and len(text) + 1 > 12  # Both longer than the limit.
+  batch = pipeline.eval_batches(source, tok, batch_size=3, max_len=12)[0]
+  assert batch["inputs"].shape == (3, 12)
+  # The prompt loses its first tokens (after <bos>); the answer and its end token stay, scored.
+  kept = prompt[len(prompt) - (12 - 1 - len(answer)) :]
+  np.testing.assert_array_equal(batch["inputs"][0], [tok.bos, *kept, *answer])
+  np.testing.assert_array_equal(batch["targets"][0], [*kept, *answer, tok.eos])
+  np.testing.assert_array_equal(batch["weights"][0], [0.0] * len(kept) + [1.0] * (len(answer) + 1))
+  assert batch["prompt_len"][0] == 1 + len(kept)
+  # Text without a prompt is cut as pretraining cuts it: its first tokens.
+  truncated = pipeline.Encoder(tok, 12, truncate=True)(source[1])
+  for key in ("inputs", "targets", "weights", "prompt_len"):
+    np.testing.assert_array_equal(batch[key][1], truncated[key], err_msg=key)
+  # A short example is as it was.
+  np.testing.assert_array_equal(batch["inputs"][2], pipeline.Encoder(tok, 12)(source[2])["inputs"])
+  with pytest.raises(ValueError, match="max_len=0; allowed: a positive number of tokens, or None"):
+    pipeline.eval_batches(source, tok, batch_size=3, max_len=0)
+
+
+@pytest.mark.parametrize("split, max_len", [("qa_test", 16), ("pretrain_heldout", 48), ("cloze_test", 9)])
+def test_the_worlds_eval_batches_are_the_same_under_the_studys_lengths(world_data_dir, split, max_len):
+  # The world's examples fit the fine-tuning (16) and pretraining (48) lengths: nothing is cut, and
+  # the batches are those of no limit, even where their multiple of 8 passes it (cloze: 16 > 9).
+  world = world_lib.build_world(TINY_WORLD)
+  tok = tokenizer.from_tokenizers(tokenizer.word_tokenizer(world.vocabulary()))
+  source = tfds_world.data_source(TINY_WORLD, world_data_dir, split)
+  limited, unlimited = (pipeline.eval_batches(source, tok, 16, m) for m in (max_len, None))
+  assert len(limited) == len(unlimited)
+  for a, b in zip(limited, unlimited):
+    assert set(a) == set(b)
+    for key in a:
+      np.testing.assert_array_equal(a[key], b[key], err_msg=key)
 
 
 def test_each_cloze_probe_has_one_right_continuation():

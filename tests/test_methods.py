@@ -7,6 +7,7 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from conftest import extend, tiny_study
 from flax import nnx
@@ -198,13 +199,14 @@ def test_only_the_method_parameters_train_and_the_optimiser_holds_two_moments_of
   assert len(untouched) == len(base_flat) - replaced  # Full: block 1's 9 weights; SVF: its 2 x 2 matrices.
   for path in untouched:
     np.testing.assert_array_equal(np.asarray(frozen[path]), np.asarray(base_flat[path]), err_msg=str(path))
-  # Training moved P: from the base weights (full), from B = 0 (LoRA), from z = 1 (SVF), from b = 0 (LoReFT).
+  # Training moved P: from the base weights (full), from B = 0 (LoRA), from z - 1 = 0 (SVF), from
+  # W - R = 0 and b = 0 (LoReFT).
   start = {
     "full": lambda path: base_flat[path],
     "lora": lambda path: 0.0 if path[-1] == "b" else None,
-    "svf": lambda path: 1.0,
+    "svf": lambda path: 0.0,
     "prompt": lambda path: None,
-    "reft": lambda path: 0.0 if path[-1] == "b" else None,
+    "reft": lambda path: 0.0 if path[-1] in ("dw", "b") else None,
   }[entry["name"]]
   assert (
     any(
@@ -227,6 +229,15 @@ def test_only_the_method_parameters_train_and_the_optimiser_holds_two_moments_of
     assert not any((table == v).all(axis=1).any() for v in vectors)
 
 
+def test_evaluation_is_as_long_as_training_was(shared_base):
+  # The task's splits: the fine-tuning length; the corpus's: the base's pretraining length.
+  workdir, runs = shared_base
+  for run in runs[:2]:  # The base, then a fine-tune of it.
+    ctx = context_lib.context(run, workdir)
+    assert ctx.eval_length(ctx.sources.corpus("heldout")) == runs[0].config["train"]["seq_len"] == 48
+  assert ctx.eval_length(ctx.sources.task("qa", "test")) == ctx.eval_length(ctx.sources.task("qa", "dev")) == 16
+
+
 def test_svf_starts_as_its_base_and_trains_one_scale_per_singular_value():
   base = model_lib.Transformer(CFG, nnx.Rngs(0))
   method = methods.get_method("svf", targets=("wq", "wo", "w_up", "w_gate", "w_down"))
@@ -235,11 +246,36 @@ def test_svf_starts_as_its_base_and_trains_one_scale_per_singular_value():
   d, inner, f = CFG.d_model, CFG.n_heads * CFG.head_width, CFG.ff_width
   per_layer = min(d, inner) * 2 + min(d, f) * 3
   assert methods.trainable_count(method, model) == CFG.n_layers * per_layer
-  z = nnx.state(model, svf.SvfParam)
-  nnx.update(model, jax.tree.map(lambda x: x * 1.5, z))  # Scaling every singular value scales the weight.
+  dz = nnx.state(model, svf.SvfParam)
+  nnx.update(model, jax.tree.map(lambda x: x + 0.5, dz))  # Scaling every singular value scales the weight.
   np.testing.assert_allclose(
     np.asarray(model.blocks[0].mlp.w_up[...]), 1.5 * np.asarray(base.blocks[0].mlp.w_up[...]), rtol=1e-4, atol=1e-5
   )
+
+
+def _decayed_logits(name: str) -> tuple[np.ndarray, np.ndarray]:
+  """A prepared model's logits, and its logits after ten optimiser steps of weight decay alone (zero gradients)."""
+  method = methods.get_method(name)
+  model = _prepared(method)
+  tokens, prompt_len = _reft_inputs()
+  graphdef, params, frozen = nnx.split(model, method.trainable, ...)
+  tx = train.make_optimizer(train.TrainConfig(warmup_steps=0, learning_rate=0.01, weight_decay=0.1))
+  opt, zeros = tx.init(params), jax.tree.map(jnp.zeros_like, params)
+  for _ in range(10):
+    updates, opt = tx.update(zeros, opt, params)
+    params = optax.apply_updates(params, updates)
+  return np.asarray(model(tokens, prompt_len)), np.asarray(nnx.merge(graphdef, params, frozen)(tokens, prompt_len))
+
+
+@pytest.mark.parametrize("name, moves", [("lora", False), ("svf", False), ("reft", False), ("full", True)])
+def test_weight_decay_pulls_a_method_toward_its_start_not_toward_zero(name, moves):
+  # LoRA, SVF and LoReFT train changes from their start (B; z - 1; W - R and b), so decay alone
+  # leaves the model its base; full tuning's weights decay toward 0, which moves the model.
+  start, decayed = _decayed_logits(name)
+  if moves:
+    assert not np.allclose(decayed, start, rtol=1e-3, atol=1e-3)
+  else:  # LoReFT's R is taken again from its decayed basis: the same up to rounding.
+    np.testing.assert_allclose(decayed, start, rtol=0, atol=1e-6)
 
 
 def test_prompt_tuning_scores_only_the_input_and_decodes_with_the_cache():
@@ -260,6 +296,31 @@ def test_prompt_tuning_scores_only_the_input_and_decodes_with_the_cache():
   np.testing.assert_allclose(np.concatenate([first, rest], axis=1), np.asarray(logits), rtol=1e-5, atol=1e-5)
   with pytest.raises(ValueError, match="prompt.length=0; allowed: a positive integer"):
     methods.get_method("prompt", length=0)
+
+
+def test_prompt_tuning_starts_from_the_tokenizers_tokens_not_the_vocabularys_padding():
+  # CFG's 64 rows as a tokenizer of 40 tokens padded to 64: 64 draws over all rows would take a
+  # padding row with probability 1 - (40/64)^64, so nearly surely.
+  model = methods.get_method("prompt", length=64).prepare(
+    model_lib.Transformer(CFG, nnx.Rngs(0)), nnx.Rngs(1), tokenizer_size=40
+  )
+  table = np.asarray(model.model.embed[...])
+  assert all((table[:40] == v).all(axis=1).any() for v in np.asarray(model.prompt[...]))
+  with pytest.raises(
+    ValueError, match="a tokenizer of 65 tokens for prompt tuning; allowed: 1 to the model's vocabulary, 64"
+  ):
+    methods.get_method("prompt").prepare(model_lib.Transformer(CFG, nnx.Rngs(0)), nnx.Rngs(1), tokenizer_size=65)
+
+
+def test_a_run_prepares_prompt_tuning_with_its_tokenizers_size(tmp_path):
+  run = kinds.expand(study_lib.validate(tiny_study(), 1))[0]
+  ctx = context_lib.context(run, tmp_path)
+  assert ctx.tok.size < ctx.model_cfg.vocab_size  # The world's tokens, padded to a multiple of 64.
+  with mesh_lib.activate(ctx.mesh, ctx.rules):
+    model = context_lib.build_model(ctx, run.config["size"], methods.get_method("prompt", length=256), 0)
+  # 256 draws over every row would take one of the padding rows nearly surely.
+  table = np.asarray(model.frozen["model"]["embed"])
+  assert all((table[: ctx.tok.size] == v).all(axis=1).any() for v in np.asarray(model.params["prompt"]))
 
 
 def _reft_inputs():

@@ -1,5 +1,6 @@
 """Result records are written atomically and load as one table, on local disks and on gs://."""
 
+import errno
 import json
 import os
 import subprocess
@@ -16,6 +17,27 @@ def test_write_json_is_atomic_and_leaves_no_temporaries(tmp_path):
   results.write_json(path, {"x": 2})
   assert json.loads(path.read_text()) == {"x": 2}
   assert os.listdir(path.parent) == ["result.json"]
+
+
+def test_a_write_that_fails_partway_leaves_the_old_file_whole(tmp_path):
+  path = tmp_path / "runs" / "a" / "result.json"
+  results.write_json(path, {"x": 1})
+  old = path.read_text()
+  # A writer that may write at most 1000 bytes to a file (RLIMIT_FSIZE) fails partway through a
+  # 100 kB record: a write in place would leave its first 1000 bytes for readers to see.
+  code = f"""
+import resource, signal
+from scaling import results
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # A write past the limit fails (EFBIG) instead of killing.
+resource.setrlimit(resource.RLIMIT_FSIZE, (1000, 1000))
+try:
+  results.write_json({str(path)!r}, {{"x": "y" * 100_000}})
+except OSError as e:
+  print(e.errno)
+"""
+  proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+  assert proc.stdout.strip() == str(errno.EFBIG), proc.stderr
+  assert path.read_text() == old
 
 
 def test_unfinished_runs_are_not_in_the_table(tmp_path):

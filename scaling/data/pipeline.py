@@ -24,11 +24,14 @@ def _text(x) -> str:
 
 
 class Encoder:
-  """Turns one record into fixed-length arrays; rejects records that do not fit, or (`truncate`, for
-  pretraining text) keeps their first seq_len + 1 tokens."""
+  """Turns one record into fixed-length arrays. A record that does not fit is rejected, or cut:
+  `truncate` (pretraining text, real tasks' training) keeps its first seq_len + 1 tokens;
+  `cut_prompt` (evaluation) first drops its prompt's first tokens after <bos>, so that the scored
+  answer stays whole, and then keeps the first seq_len + 1 tokens (text without a prompt is cut as
+  `truncate` cuts it)."""
 
-  def __init__(self, tok: TextTokenizer, seq_len: int, truncate: bool = False):
-    self.tok, self.seq_len, self.truncate = tok, seq_len, truncate
+  def __init__(self, tok: TextTokenizer, seq_len: int, truncate: bool = False, cut_prompt: bool = False):
+    self.tok, self.seq_len, self.truncate, self.cut_prompt = tok, seq_len, truncate, cut_prompt
     self.bos, self.eos, self.pad = tok.bos, tok.eos, tok.pad
 
   def token_ids(self, record: dict) -> tuple[list[int], list[int]]:
@@ -37,9 +40,12 @@ class Encoder:
 
   def __call__(self, record: dict) -> dict[str, np.ndarray]:
     prompt, answer = self.token_ids(record)
+    if self.cut_prompt:
+      excess = len(prompt) + len(answer) + 1 - self.seq_len  # Tokens past seq_len + 1, <bos> and <eos> included.
+      prompt = prompt[max(excess, 0) :]
     ids = [self.bos, *prompt, *answer, self.eos]
     if len(ids) > self.seq_len + 1:
-      if not self.truncate:
+      if not (self.truncate or self.cut_prompt):
         raise ValueError(f"an example has {len(ids) - 1} tokens; seq_len={self.seq_len} is too short")
       ids = ids[: self.seq_len + 1]
     tokens = np.full(self.seq_len + 1, self.pad, np.int32)
@@ -113,13 +119,20 @@ def train_batches(
   return StepBatches(encode_split(source, encoder, indices), batch_size, seed)
 
 
-def eval_batches(source, tok: TextTokenizer, batch_size: int) -> list[dict]:
-  """A whole split as batches of the shortest length (a multiple of 8) that fits every example.
+def eval_batches(source, tok: TextTokenizer, batch_size: int, max_len: int | None = None) -> list[dict]:
+  """A whole split as batches of the shortest length (a multiple of 8) that fits every example, or
+  of `max_len` (the longest input that the models trained on; None: no limit) where an example is
+  longer: such an example is cut as `Encoder`'s `cut_prompt` cuts it.
 
   The last batch is padded with zero-weight copies of the first example (`valid` marks real ones).
   """
+  if max_len is not None and max_len < 1:
+    raise ValueError(f"max_len={max_len!r}; allowed: a positive number of tokens, or None for no limit")
   longest = max(sum(map(len, Encoder(tok, 1).token_ids(source[i]))) for i in range(len(source))) + 1
-  arrays = encode_split(source, Encoder(tok, -(-longest // 8) * 8))
+  # Where every example fits, the batches are those of no limit, even if the multiple of 8 passes
+  # max_len: the positions past it hold only padding, which no real token attends to.
+  length = -(-longest // 8) * 8 if max_len is None or longest <= max_len else max_len
+  arrays = encode_split(source, Encoder(tok, length, cut_prompt=True))
   n = len(arrays["inputs"])
   pad = -n % batch_size
   arrays = {k: np.concatenate([v, np.repeat(v[:1], pad, axis=0)]) for k, v in arrays.items()}

@@ -1,11 +1,12 @@
 """Fine-tuning methods as plug-ins: which parameters train, how many, and how the model is wrapped.
 
 A method is a frozen dataclass whose fields are its options. It has a `name`, `check(cfg, seq_len)`
-that rejects options that a model cannot take, `prepare(model, rngs)` that returns the model to train
-(for example with adapters around its base weights) and `trainable`, an NNX filter of the
-variables that train; everything it leaves out stays frozen at its base value. The methods that
-change blocks or their outputs take `layers`, a (first, last + 1) range of the blocks that they may
-change (None: all); prompt tuning changes only the input. A prepared model is called as
+that rejects options that a model cannot take, `prepare(model, rngs, tokenizer_size)` that returns
+the model to train (for example with adapters around its base weights; the tokenizer's size tells
+the model's vocabulary rows that are tokens from its padding, None: all are tokens) and
+`trainable`, an NNX filter of the variables that train; everything it leaves out stays frozen at
+its base value. The methods that change blocks or their outputs take `layers`, a (first, last + 1)
+range of the blocks that they may change (None: all); prompt tuning changes only the input. A prepared model is called as
 `model(tokens_BxL, prompt_len_B)` and `model.extend(tokens, positions, cache, prompt_len_B)`:
 LoReFT edits prompt positions, the others ignore the prompt lengths. For the training loss,
 `model(tokens_BxL, prompt_len_B, hidden=True)` gives the final hidden states and `model.logits(x)`
@@ -40,7 +41,7 @@ class Method(Protocol):
 
   def check(self, cfg, seq_len: int) -> None: ...
 
-  def prepare(self, model: nnx.Module, rngs: nnx.Rngs) -> nnx.Module: ...
+  def prepare(self, model: nnx.Module, rngs: nnx.Rngs, tokenizer_size: int | None = None) -> nnx.Module: ...
 
 
 METHODS: dict[str, type] = {"full": FullModel, "lora": Lora, "prompt": Prompt, "reft": Reft, "svf": Svf}

@@ -30,6 +30,6 @@ class FullModel:
     del seq_len
     common.check_layers(self.name, self.layers, cfg.n_layers)
 
-  def prepare(self, model: nnx.Module, rngs: nnx.Rngs) -> nnx.Module:
-    del rngs
+  def prepare(self, model: nnx.Module, rngs: nnx.Rngs, tokenizer_size: int | None = None) -> nnx.Module:
+    del rngs, tokenizer_size
     return model

@@ -56,7 +56,8 @@ class Lora(common.OnTargets):
       raise ValueError(f"lora.alpha={self.alpha!r}; allowed: > 0")
     super().__post_init__()
 
-  def prepare(self, model: nnx.Module, rngs: nnx.Rngs) -> nnx.Module:
+  def prepare(self, model: nnx.Module, rngs: nnx.Rngs, tokenizer_size: int | None = None) -> nnx.Module:
+    del tokenizer_size
     return common.replace_weights(
       model, self.targets, self.layers, lambda w, in_axes: LoraWeight(w, in_axes, self.rank, self.alpha, rngs)
     )

@@ -1,8 +1,10 @@
 """Prompt tuning (Lester et al. 2021): `length` learned vectors before every input; only they train.
 
-They start as the embeddings of random vocabulary tokens. They take positions 0..length-1 and the
-input follows them, so the model's logits for the input's own tokens are all that is returned
-(and scored). With a key/value cache, every extension writes the prompt's keys and values again
+They start as the embeddings of random tokens of the tokenizer. The model's vocabulary is the
+tokenizer's padded to a multiple (scaling.data.tokenizer.padded_vocab_size; an imported checkpoint
+pads its own), and no input holds a padding row, so those rows embed nothing. The vectors take
+positions 0..length-1 and the input follows them, so the model's logits for the input's own tokens
+are all that is returned (and scored). With a key/value cache, every extension writes the prompt's keys and values again
 at the cache's first `length` slots, so decoding needs nothing else.
 """
 
@@ -22,9 +24,9 @@ class PromptParam(nnx.Param):
 class PromptTuned(nnx.Module):
   """A model with learned input vectors before every input."""
 
-  def __init__(self, model: nnx.Module, length: int, rngs: nnx.Rngs):
+  def __init__(self, model: nnx.Module, length: int, tokenizer_size: int, rngs: nnx.Rngs):
     self.model, self.length = model, length
-    ids = jax.random.randint(rngs.params(), (length,), 0, model.cfg.vocab_size)
+    ids = jax.random.randint(rngs.params(), (length,), 0, tokenizer_size)
     self.prompt = PromptParam(jnp.take(model.embed[...], ids, axis=0), logical_axes=(None, "embed"))
 
   def _run(self, tokens_BxT: jax.Array, positions_BxT: jax.Array, cache, hidden: bool = False):
@@ -79,5 +81,10 @@ class Prompt:
         f"(finetune.train.seq_len={seq_len}); allowed: 1 to {seq_len}"
       )
 
-  def prepare(self, model: nnx.Module, rngs: nnx.Rngs) -> nnx.Module:
-    return PromptTuned(model, self.length, rngs)
+  def prepare(self, model: nnx.Module, rngs: nnx.Rngs, tokenizer_size: int | None = None) -> nnx.Module:
+    """The model with a prompt drawn from its first `tokenizer_size` embeddings (None: all of them)."""
+    vocab = model.cfg.vocab_size
+    size = vocab if tokenizer_size is None else tokenizer_size
+    if not 1 <= size <= vocab:
+      raise ValueError(f"a tokenizer of {size} tokens for prompt tuning; allowed: 1 to the model's vocabulary, {vocab}")
+    return PromptTuned(model, self.length, size, rngs)

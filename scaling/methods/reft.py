@@ -3,7 +3,10 @@ chosen prompt positions; the model's weights stay frozen and only R, W and b tra
 
 R (rank x d) has orthonormal rows by construction: it is the transposed Q factor of an
 unconstrained d x rank matrix, so every gradient step keeps it orthonormal. W starts equal to R
-and b at zero, so at initialisation the edit is exactly zero and the model is its base.
+and b at zero, so at initialisation the edit is exactly zero and the model is its base. What trains
+of W is its change from that start (the start is kept, frozen), so that weight decay, which pulls
+what trains toward 0, pulls W toward its start and not toward 0 (the edit h + R^T (b - R h), which
+removes h's part in R's subspace); without decay the steps are those of W itself, up to rounding.
 
 `positions` follows pyreft's notation: "l2" edits the last two prompt positions, "f1+l1" the first
 and the last. A prompt position is one before the answer (the begin token included), so generated
@@ -28,12 +31,17 @@ class ReftParam(nnx.Param):
   """An intervention's parameters: the only variables that a LoReFT fine-tune trains."""
 
 
+class ReftStart(nnx.Variable):
+  """W's start, R at initialisation: frozen."""
+
+
 class Intervention(nnx.Module):
   """One layer's low-rank edit of the hidden state, within the subspace that R's rows span."""
 
   def __init__(self, d_model: int, rank: int, rngs: nnx.Rngs):
     self.basis = ReftParam(jax.random.normal(rngs.params(), (d_model, rank), jnp.float32), logical_axes=("embed", None))
-    self.w = ReftParam(self.rotation(), logical_axes=(None, "embed"))  # W = R: the identity edit.
+    self.w_start = ReftStart(self.rotation(), logical_axes=(None, "embed"))  # W = R: the identity edit.
+    self.dw = ReftParam(jnp.zeros_like(self.w_start[...]), logical_axes=(None, "embed"))  # W = start + dw.
     self.b = ReftParam(jnp.zeros((rank,), jnp.float32), logical_axes=(None,))
 
   def rotation(self) -> jax.Array:
@@ -44,7 +52,8 @@ class Intervention(nnx.Module):
   def __call__(self, h_BxLxD: jax.Array, where_BxL: jax.Array) -> jax.Array:
     r_RxD, dt = self.rotation(), h_BxLxD.dtype
     h = h_BxLxD.astype(jnp.float32)
-    delta_BxLxR = h @ self.w[...].T + self.b[...] - h @ r_RxD.T
+    w_RxD = self.w_start[...] + self.dw[...]
+    delta_BxLxR = h @ w_RxD.T + self.b[...] - h @ r_RxD.T
     edited = h + delta_BxLxR @ r_RxD
     return jnp.where(where_BxL[..., None], edited, h).astype(dt)
 
@@ -136,5 +145,6 @@ class Reft:
     if self.rank > cfg.d_model:
       raise ValueError(f"reft.rank={self.rank} exceeds the model width {cfg.d_model}; allowed: 1 to {cfg.d_model}")
 
-  def prepare(self, model: nnx.Module, rngs: nnx.Rngs) -> nnx.Module:
+  def prepare(self, model: nnx.Module, rngs: nnx.Rngs, tokenizer_size: int | None = None) -> nnx.Module:
+    del tokenizer_size
     return ReftModel(model, self.rank, common.block_indices(self.layers, model.cfg.n_layers), self.positions, rngs)

@@ -1,6 +1,11 @@
 """SVF (singular value fine-tuning, Transformer^2): W = U diag(s * z) V^T from each target matrix's
 SVD; only the vector z trains, one entry per singular value, starting at 1 (the base weights).
 
+What trains is z's change from its start, z - 1, so that weight decay, which pulls what trains
+toward 0, pulls z toward 1 (the base weights) and not toward a zero matrix; the released code trains
+z with Adam and no decay. Without decay, the steps are those of z itself (the gradients are the
+same), up to rounding.
+
 The SVD is taken of the loaded base weights when the method prepares the model.
 """
 
@@ -17,7 +22,7 @@ from scaling.methods import common
 
 
 class SvfParam(nnx.Param):
-  """The scales of one matrix's singular values: the only variables that SVF trains."""
+  """The change of one matrix's singular values' scales from 1: the only variables that SVF trains."""
 
 
 class SvdFactor(nnx.Variable):
@@ -40,10 +45,10 @@ class SvfWeight(common.Reparameterised):
       SvdFactor(s, logical_axes=(None,)),
       SvdFactor(vt, logical_axes=(None, col)),
     )
-    self.z = SvfParam(jnp.ones_like(s), logical_axes=(None,))
+    self.dz = SvfParam(jnp.zeros_like(s), logical_axes=(None,))  # z = 1 + dz.
 
   def weight(self) -> jax.Array:
-    matrix = (self.u[...] * (self.s[...] * self.z[...])) @ self.vt[...]
+    matrix = (self.u[...] * (self.s[...] * (1.0 + self.dz[...]))) @ self.vt[...]
     return matrix.reshape(*self.in_shape, *self.out_shape)
 
 
@@ -57,6 +62,6 @@ class Svf(common.OnTargets):
   name = "svf"
   trainable = SvfParam
 
-  def prepare(self, model: nnx.Module, rngs: nnx.Rngs) -> nnx.Module:
-    del rngs
+  def prepare(self, model: nnx.Module, rngs: nnx.Rngs, tokenizer_size: int | None = None) -> nnx.Module:
+    del rngs, tokenizer_size
     return common.replace_weights(model, self.targets, self.layers, SvfWeight)
