@@ -46,3 +46,11 @@ def test_every_guide_is_linked_from_the_readme():
   readme = (ROOT / "README.md").read_text()
   guides = sorted(p.name for p in (ROOT / "docs").glob("*.md"))
   assert guides and [g for g in guides if f"(docs/{g})" not in readme] == []
+
+
+def test_no_figure_in_the_docs_is_tagged_with_a_commit():
+  # A figure says its device, command and date; the code it ran is in git's history, not in the text.
+  tagged = [
+    f"{doc.relative_to(ROOT)}: {m[0]}" for doc in DOCS for m in re.finditer(r"\bat [0-9a-f]{7,40}\b", doc.read_text())
+  ]
+  assert tagged == []
