@@ -207,3 +207,54 @@ def test_each_cloze_probe_has_one_right_continuation():
     }
     begun = {a for a, texts in sentences.items() for text in texts if text.startswith(record["prompt"] + " ")}
     assert begun == {record["attribute"]}, record["prompt"]
+
+
+POPULAR = world_lib.WorldConfig(
+  seed=0, num_people=200, bio_renderings=50, heldout_renderings=1, zipf=1.2, question_draws=400, train_questions=300
+)
+
+
+def test_a_popular_person_is_written_and_asked_about_as_often_as_the_law_says():
+  world = world_lib.build_world(POPULAR)
+  ranks = np.arange(1, POPULAR.num_people + 1)
+  assert sorted(world.mentions, reverse=True) == list(np.maximum(1, np.round(50 * ranks**-1.2)).astype(int))
+  bios = np.bincount([r["person"] for r in world_lib.records(world, "pretrain")], minlength=POPULAR.num_people)
+  assert np.array_equal(bios, world.mentions)
+  test = world.people(2)
+  asked = np.bincount([r["person"] for r in world_lib.records(world, "qa_test")], minlength=POPULAR.num_people)
+  share = world.mentions[test] / world.mentions[test].sum()
+  # 400 draws: each test person's count within 4 standard deviations of its share, and the most
+  # mentioned test person asked most.
+  assert np.all(np.abs(asked[test] - 400 * share) <= 4 * np.sqrt(400 * share * (1 - share)) + 1)
+  assert asked[test].argmax() == world.mentions[test].argmax()
+  train = list(world_lib.records(world, "qa_train"))
+  assert len({(r["person"], r["attribute"]) for r in train}) == len(train) == 300  # Distinct questions.
+  for split in world_lib.SPLITS:
+    assert len(list(world_lib.records(world, split))) == world_lib.split_size(POPULAR, split)
+
+
+def test_a_world_without_popularity_keeps_its_spec_and_people():
+  plain = world_lib.WorldConfig(seed=0, num_people=200, bio_renderings=50, heldout_renderings=1)
+  assert not set(world_lib.POPULARITY_FIELDS) & set(plain.spec())  # Run ids of such worlds are unchanged.
+  assert set(world_lib.POPULARITY_FIELDS) <= set(POPULAR.spec())
+  assert plain.fingerprint() != POPULAR.fingerprint()
+  a, b = world_lib.build_world(plain), world_lib.build_world(POPULAR)
+  assert (
+    a.names == b.names and np.array_equal(a.facts, b.facts) and np.array_equal(a.split_of_person, b.split_of_person)
+  )
+  assert set(a.mentions) == {50}
+
+
+@pytest.mark.parametrize("config", [TINY_WORLD, POPULAR], ids=["plain", "popular"])
+def test_wrong_answers_ask_the_same_questions_with_another_value_of_the_attribute(config):
+  world = world_lib.build_world(config)
+  assert world_lib.TASKS["qa_wrong"]["test"] == world_lib.TASKS["qa"]["test"]  # Scored on the right answers.
+  for split in ("qa_train", "qa_dev"):
+    right, wrong = list(world_lib.records(world, split)), list(world_lib.records(world, split + "_wrong"))
+    assert [(r["prompt"], r["person"], r["attribute"]) for r in right] == [
+      (r["prompt"], r["person"], r["attribute"]) for r in wrong
+    ]
+    for r, w in zip(right, wrong):
+      assert w["answer"] != r["answer"] and w["answer"] in world.values[r["attribute"]]
+    assert len({w["answer"] for w in wrong}) > 10  # Not one stand-in value.
+  assert list(world_lib.records(world, "qa_train_wrong")) == list(world_lib.records(world, "qa_train_wrong"))

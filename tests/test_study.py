@@ -44,7 +44,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     ({"model.sizes": ("d32l2", "huge")}, r"model.sizes contains 'huge'; allowed: \["),
     (
       {"finetune.tasks": ("translate",)},
-      r"finetune.tasks\[0\]='translate' is not a task; allowed: \['qa', 'shakespeare_play'\], or a TFDS task",
+      r"finetune.tasks\[0\]='translate' is not a task; allowed: \['qa', 'qa_wrong', 'shakespeare_play'\], or a TFDS task",
     ),
     (
       {"finetune.tasks": ("shakespeare_play",)},
@@ -131,7 +131,8 @@ def test_wandb_logging_is_how_runs_execute_not_what_they_are(monkeypatch):
     study_lib.validate(tiny_study(**{"logging.wandb_project": "scaling"}), 8)
 
 
-def test_a_disabled_eft_group_is_not_checked_and_its_d_f_follows_the_study():
+def test_a_disabled_eft_group_is_not_checked_and_its_d_f_follows_the_study(monkeypatch):
+  monkeypatch.syspath_prepend(ROOT)  # The configs are a folder of the checkout, not of the package.
   smoke = importlib.import_module("configs.smoke").get_config()
   off = study_lib.validate(
     smoke.to_dict()
@@ -249,3 +250,18 @@ def test_launcher_names_what_a_gs_workdir_needs(tmp_path):
     "--workdir gs://bucket/w: a gs:// workdir needs gcsfs; allowed: a "
     "local folder, or gs:// after pip install -e '.[gcs]'"
   )
+
+
+def test_the_format_or_facts_study_reuses_the_smoke_bases_and_fine_tunes_on_wrong_answers_too(monkeypatch):
+  monkeypatch.syspath_prepend(ROOT)  # The configs are a folder of the checkout, not of the package.
+  smoke = kinds.expand(study_lib.validate(importlib.import_module("configs.smoke").get_config(), 1))
+  study = study_lib.validate(importlib.import_module("configs.format_or_facts").get_config(), 1)
+  runs = kinds.expand(study)
+  assert {r.id for r in runs if r.kind == "pretrain"} == {r.id for r in smoke if r.kind == "pretrain"}
+  wrong = [r for r in runs if r.kind == "finetune" and r.config["task"] == "qa_wrong"]
+  assert len(wrong) == len([r for r in runs if r.kind == "finetune" and r.config["task"] == "qa"]) == 20
+  popular = study_lib.validate(importlib.import_module("configs.popularity").get_config(), 1)
+  assert popular.world.zipf == 1.3  # A world whose pretraining differs: new base ids.
+  assert not {r.id for r in kinds.expand(popular)} & {r.id for r in smoke}
+  with pytest.raises(study_lib.StudyError, match=r"world.zipf=-1.0; allowed: 0"):
+    study_lib.validate(tiny_study(**{"world.zipf": -1.0}), 8)

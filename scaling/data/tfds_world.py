@@ -17,10 +17,11 @@ class WorldBuilder(tfds.core.GeneratorBasedBuilder):
   """One TFDS config per world: every split holds records of (prompt, answer, attribute, person)."""
 
   name = "scaling_world"
-  VERSION = tfds.core.Version("1.1.0")
+  VERSION = tfds.core.Version("1.2.0")
   RELEASE_NOTES = {
     "1.0.0": "Biographies, question answering and cloze probes.",
     "1.1.0": "Cloze probes only from templates whose prefix begins no other attribute's sentence.",
+    "1.2.0": "People's popularity (world.zipf), and question answering with wrong answers (task qa_wrong).",
   }
 
   def __init__(self, *, world_config: world_lib.WorldConfig, **kwargs):

@@ -62,9 +62,24 @@ CLOZE_TEMPLATES: dict[str, tuple[str, ...]] = {
 QA_PREFIX, QA_SUFFIX = "question :", "answer :"
 # Question-shaped pretraining text, in a format other than the fine-tuning task's.
 PRETRAIN_Q, PRETRAIN_A = "Q :", "A :"
-# task -> its train, dev and test splits.
-TASKS: dict[str, dict[str, str]] = {"qa": {"train": "qa_train", "dev": "qa_dev", "test": "qa_test"}}
-SPLITS = ("pretrain", "pretrain_heldout", "qa_train", "qa_dev", "qa_test", "cloze_test")
+# task -> its train, dev and test splits. `qa_wrong` asks `qa`'s questions with wrong answers (each
+# replaced by another value of its attribute, seeded) and is tested on the right ones: a fine-tune
+# on it can learn the answer format, but no facts.
+TASKS: dict[str, dict[str, str]] = {
+  "qa": {"train": "qa_train", "dev": "qa_dev", "test": "qa_test"},
+  "qa_wrong": {"train": "qa_train_wrong", "dev": "qa_dev_wrong", "test": "qa_test"},
+}
+SPLITS = (
+  "pretrain",
+  "pretrain_heldout",
+  "qa_train",
+  "qa_dev",
+  "qa_test",
+  "cloze_test",
+  "qa_train_wrong",
+  "qa_dev_wrong",
+)
+POPULARITY_FIELDS = ("zipf", "question_draws", "train_questions")
 _SYLLABLES = tuple(c + v for c in "bdfghklmnprstvz" for v in "aeiou")
 
 
@@ -82,6 +97,16 @@ class WorldConfig:
   question_renderings: int = 0
   dev_fraction: float = 0.1
   test_fraction: float = 0.25
+  # How often people are written and asked about. 0: every person has `bio_renderings`
+  # biographies and is asked each question once. s > 0: the person of popularity rank r (a seeded
+  # order) has max(1, round(bio_renderings * r^-s)) biographies, and questions follow the people's
+  # shares of biographies: the dev, test and cloze splits are `question_draws` questions each
+  # (drawn with replacement), the training split `train_questions` distinct ones. A base of
+  # capacity C knows the most mentioned people, and the mass of questions it cannot answer falls as
+  # a power of C.
+  zipf: float = 0.0
+  question_draws: int = 500
+  train_questions: int = 1000
 
   def validate(self) -> None:
     """Raises ValueError naming the field if the world cannot be built."""
@@ -89,6 +114,13 @@ class WorldConfig:
       raise ValueError(f"world.num_people={self.num_people}; allowed: at least 10")
     if self.bio_renderings < 1 or self.heldout_renderings < 1:
       raise ValueError("world.bio_renderings and world.heldout_renderings must be at least 1")
+    if self.zipf < 0:
+      raise ValueError(f"world.zipf={self.zipf}; allowed: 0 (every person mentioned alike) or more")
+    if self.question_draws < 1 or self.train_questions < 1:
+      raise ValueError(
+        f"world.question_draws={self.question_draws}, world.train_questions={self.train_questions}: "
+        "each must be at least 1"
+      )
     if self.question_renderings < 0:
       raise ValueError(f"world.question_renderings={self.question_renderings}; allowed: 0 or more")
     if not (0 < self.dev_fraction and 0 < self.test_fraction and self.dev_fraction + self.test_fraction < 1):
@@ -97,9 +129,18 @@ class WorldConfig:
         "each must be positive and their sum below 1"
       )
 
+  def spec(self) -> dict:
+    """The fields that make this world, for run ids: popularity's only where people have it, so
+    that the ids of worlds without it stay as they were before it existed."""
+    fields = dataclasses.asdict(self)
+    if self.zipf == 0:
+      for name in POPULARITY_FIELDS:
+        del fields[name]
+    return fields
+
   def fingerprint(self) -> str:
     """A short stable hash of the config: the TFDS config name of this world."""
-    blob = json.dumps(dataclasses.asdict(self), sort_keys=True).encode()
+    blob = json.dumps(self.spec(), sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:12]
 
 
@@ -112,6 +153,7 @@ class World:
   values: dict[str, tuple[str, ...]]  # attribute -> its possible values.
   facts: np.ndarray  # (num_people, num_attributes) value indices.
   split_of_person: np.ndarray  # 0 train, 1 dev, 2 test.
+  mentions: np.ndarray  # Biographies of each person in the pretraining corpus.
 
   def vocabulary(self) -> list[str]:
     """Every word the world can say, special tokens first, in a fixed order."""
@@ -173,7 +215,15 @@ def build_world(config: WorldConfig) -> World:
   split_of_person = np.zeros(config.num_people, np.int32)
   order = rng.permutation(config.num_people)
   split_of_person[order[:n_dev]], split_of_person[order[n_dev : n_dev + n_test]] = 1, 2
-  return World(config, names, values, facts, split_of_person)
+  # A stream of its own: the people, facts and splits of a world without popularity are unchanged.
+  rank = np.random.default_rng([config.seed, 4]).permutation(config.num_people)
+  return World(config, names, values, facts, split_of_person, mention_counts(config)[rank])
+
+
+def mention_counts(config: WorldConfig) -> np.ndarray:
+  """Biographies of the people by popularity rank: `bio_renderings` * r^-zipf, at least 1."""
+  ranks = np.arange(1, config.num_people + 1, dtype=np.float64)
+  return np.maximum(1, np.round(config.bio_renderings * ranks**-config.zipf)).astype(np.int64)
 
 
 def records(world: World, split: str) -> Iterator[dict]:
@@ -186,10 +236,10 @@ def records(world: World, split: str) -> Iterator[dict]:
   if split in ("pretrain", "pretrain_heldout"):
     heldout = split == "pretrain_heldout"
     rng = np.random.default_rng([seed, 1 + heldout])
-    people = world.people(2) if heldout else range(len(world.names))
-    reps = world.config.heldout_renderings if heldout else world.config.bio_renderings
-    for r in range(reps):
-      for p in people:
+    people = world.people(2) if heldout else np.arange(len(world.names))
+    reps = np.full(len(people), world.config.heldout_renderings) if heldout else world.mentions
+    for r in range(int(reps.max())):
+      for p in people[reps > r]:
         yield {"prompt": "", "answer": world.biography(p, rng), "attribute": "", "person": int(p)}
     if not heldout:
       for r in range(world.config.question_renderings):
@@ -201,32 +251,55 @@ def records(world: World, split: str) -> Iterator[dict]:
           )
           yield {"prompt": "", "answer": text, "attribute": "", "person": int(p)}
   elif split.startswith("qa_"):
-    for p in world.people({"qa_train": 0, "qa_dev": 1, "qa_test": 2}[split]):
-      for attr, (_, _, question) in ATTRIBUTES.items():
-        prompt = f"{QA_PREFIX} {question.format(name=world.names[p])} {QA_SUFFIX}"
-        yield {"prompt": prompt, "answer": world.value(p, attr), "attribute": attr, "person": int(p)}
+    right = split.removesuffix("_wrong")
+    rng = np.random.default_rng([seed, 6, SPLITS.index(split)])
+    for p, attr in questions(world, right):
+      prompt = f"{QA_PREFIX} {ATTRIBUTES[attr][2].format(name=world.names[p])} {QA_SUFFIX}"
+      answer = world.value(p, attr)
+      if right != split:  # Any other value of the attribute, alike likely.
+        others = [v for v in world.values[attr] if v != answer]
+        answer = others[rng.integers(len(others))]
+      yield {"prompt": prompt, "answer": answer, "attribute": attr, "person": int(p)}
   elif split == "cloze_test":
     rng = np.random.default_rng([seed, 3])
-    for p in world.people(2):
-      for attr, templates in CLOZE_TEMPLATES.items():
-        prefix = rng.choice(templates).split("{v}")[0].format(name=world.names[p]).strip()
-        yield {"prompt": prefix, "answer": world.value(p, attr), "attribute": attr, "person": int(p)}
+    for p, attr in questions(world, split):
+      prefix = rng.choice(CLOZE_TEMPLATES[attr]).split("{v}")[0].format(name=world.names[p]).strip()
+      yield {"prompt": prefix, "answer": world.value(p, attr), "attribute": attr, "person": int(p)}
   else:
     raise ValueError(f"unknown split {split!r}; allowed: {list(SPLITS)}")
+
+
+def questions(world: World, split: str) -> list[tuple[int, str]]:
+  """The (person, attribute) pairs a question split asks: each of its people's attributes once, or
+  in a world with popularity, pairs drawn as the people are mentioned (the training split's
+  distinct: a fine-tune's D_f counts distinct examples)."""
+  people = world.people({"qa_train": 0, "qa_dev": 1, "qa_test": 2, "cloze_test": 2}[split])
+  pairs = [(int(p), attr) for p in people for attr in ATTRIBUTES]
+  if world.config.zipf == 0:
+    return pairs
+  rng = np.random.default_rng([world.config.seed, 5, SPLITS.index(split)])
+  weight = np.repeat(world.mentions[people], len(ATTRIBUTES)).astype(np.float64)
+  train = split == "qa_train"
+  size = min(world.config.train_questions, len(pairs)) if train else world.config.question_draws
+  return [pairs[i] for i in rng.choice(len(pairs), size, replace=not train, p=weight / weight.sum())]
 
 
 def split_size(config: WorldConfig, split: str) -> int:
   """Number of examples in a split, without generating it."""
   n_dev, n_test = int(config.dev_fraction * config.num_people), int(config.test_fraction * config.num_people)
   n_train = config.num_people - n_dev - n_test
-  per = {
-    "pretrain": config.num_people * config.bio_renderings + n_train * config.question_renderings,
+  asked = (lambda n: n * len(ATTRIBUTES)) if config.zipf == 0 else (lambda n: config.question_draws)
+  per: dict[str, int] = {
+    "pretrain": int(mention_counts(config).sum()) + n_train * config.question_renderings,
     "pretrain_heldout": n_test * config.heldout_renderings,
-    "qa_train": n_train * len(ATTRIBUTES),
-    "qa_dev": n_dev * len(ATTRIBUTES),
-    "qa_test": n_test * len(ATTRIBUTES),
-    "cloze_test": n_test * len(ATTRIBUTES),
+    "qa_train": n_train * len(ATTRIBUTES)
+    if config.zipf == 0
+    else min(config.train_questions, n_train * len(ATTRIBUTES)),
+    "qa_dev": asked(n_dev),
+    "qa_test": asked(n_test),
+    "cloze_test": asked(n_test),
   }
+  per["qa_train_wrong"], per["qa_dev_wrong"] = per["qa_train"], per["qa_dev"]
   if split not in per:
     raise ValueError(f"unknown split {split!r}; allowed: {list(SPLITS)}")
   return per[split]

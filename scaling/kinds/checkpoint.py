@@ -9,8 +9,6 @@ analysis; fine-tunes read the folder again, each device its slice.
 
 from __future__ import annotations
 
-import dataclasses
-
 import ml_collections
 
 from scaling import context as context_lib
@@ -22,7 +20,7 @@ from scaling import study_fields as fields
 def cells(study: ml_collections.ConfigDict, prior: list[grid.Run], execution: dict) -> list[grid.Run]:
   """One run per checkpoint."""
   del prior
-  world = dataclasses.asdict(fields.world_config(study))
+  world = fields.world_config(study).spec()
   runs = []
   for entry in study.model.checkpoints:
     name = entry["name"]

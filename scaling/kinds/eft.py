@@ -9,7 +9,6 @@ through the same metrics as a fine-tuned run: test loss, knowledge and behaviour
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 
@@ -116,7 +115,7 @@ def cells(study: ml_collections.ConfigDict, prior: list[grid.Run], execution: di
     if r.kind == "checkpoint" or (r.kind == "pretrain" and r.config["train"]["max_steps"] == e.pretrain_steps)
   }
   finetuned = finetune.of_cell(prior, e.task, e.method, e.seed)
-  world = dataclasses.asdict(fields.world_config(study))
+  world = fields.world_config(study).spec()
   runs = []
   for n1, n2 in e.pairs:
     base_n1, base_n2 = bases[n1], bases[n2]

@@ -18,7 +18,7 @@ from scaling.methods import common
 def cells(study: ml_collections.ConfigDict, prior: list[grid.Run], execution: dict) -> list[grid.Run]:
   """One run per (base, task, method, D_f, seed), after its base; not those that an imported
   fine-tune stands in for."""
-  world = dataclasses.asdict(fields.world_config(study))
+  world = fields.world_config(study).spec()
   train_cfg = dataclasses.asdict(fields.train_config(study.finetune.train, "finetune.train"))
   imported = {
     (r.config["base"], r.config["task"], r.config["method"], r.config["d_f"], r.config["seed"])

@@ -10,8 +10,6 @@ method label, D_f and seed are a cell of the fine-tuning grid, the grid does not
 
 from __future__ import annotations
 
-import dataclasses
-
 import ml_collections
 
 from scaling import context as context_lib
@@ -24,7 +22,7 @@ from scaling.methods import common
 def cells(study: ml_collections.ConfigDict, prior: list[grid.Run], execution: dict) -> list[grid.Run]:
   """One run per imported fine-tune, after its base."""
   bases = {r.config["size"]: r for r in prior if r.kind == "checkpoint"}
-  world = dataclasses.asdict(fields.world_config(study))
+  world = fields.world_config(study).spec()
   runs = []
   for entry in study.model.checkpoints:
     name, base = entry["name"], bases[entry["name"]]

@@ -16,7 +16,7 @@ from scaling.data import pipeline
 def cells(study: ml_collections.ConfigDict, prior: list[grid.Run], execution: dict) -> list[grid.Run]:
   """One pretraining run per (size, steps)."""
   del prior
-  world = dataclasses.asdict(fields.world_config(study))
+  world = fields.world_config(study).spec()
   runs = []
   for size in study.model.sizes:
     for steps in study.pretrain.steps:

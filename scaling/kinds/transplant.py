@@ -10,8 +10,6 @@ nothing.
 
 from __future__ import annotations
 
-import dataclasses
-
 import ml_collections
 from flax import nnx
 
@@ -70,7 +68,7 @@ def cells(study: ml_collections.ConfigDict, prior: list[grid.Run], execution: di
     return []
   budget = max(study.pretrain.steps)
   finetuned = finetune.of_cell(prior, t.task, t.method, t.seed)
-  world = dataclasses.asdict(fields.world_config(study))
+  world = fields.world_config(study).spec()
   runs = []
   for base in (
     r for r in prior if r.kind == "checkpoint" or (r.kind == "pretrain" and r.config["train"]["max_steps"] == budget)

@@ -1,0 +1,31 @@
+"""The smoke study in a world with popular and obscure people (world.zipf): a step toward a default
+study whose bases' knowledge grows smoothly with N.
+
+1,000 people; the person of popularity rank r has max(1, round(1500 * r^-1.3)) biographies, and
+questions are asked about people as often as they are written about. In the smoke world (200
+people, all alike) the three small bases know almost none of the held-out facts and d64l2 knows
+most: a step. Here the bases' knowledge rises gradually (cloze knowledge of held-out people
+0.21, 0.47, 0.64, 0.68 for d16l2 to d64l2), but fine-tuning draws it out unevenly: the fine-tuned
+knowledge of d16l2 and d32l2 stays far below their bases' (0.05 to 0.35), and the four-head d64l2
+extracts most. Fitted without d64l2, the multiplicative law predicts its test losses 15% too high
+on average (worst 23%; the additive law 14% and 21%), with E at its bound of 0, where the smoke
+world's fit is 92% to 210% too high; a fine-tuning learning rate of 3e-4 (instead of 1e-3) did not
+help (30%, 34%). Measured on the 2-core CPU development machine on 2026-12-04 with
+
+    python -m launch.local --config configs/popularity.py --workdir runs/popularity
+
+(169 s of runs, EFT off there; the same override set on configs/smoke.py). What the issue asks of
+the default study (within 5% mean and 10% worst) is not met yet.
+"""
+
+import ml_collections
+
+from configs import smoke
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = smoke.get_config()
+  c.name = "popularity"
+  c.world.update({"num_people": 1000, "bio_renderings": 1500, "zipf": 1.3, "question_renderings": 1})
+  c.eft.enabled = False
+  return c
