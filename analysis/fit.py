@@ -1,19 +1,22 @@
 """Fits scaling laws: to a study's results, or to any CSV.
 
     python -m analysis.fit --workdir runs/smoke
-    python -m analysis.fit --csv FILE --x COL --d COL --y COL --law NAME \
-        [--huber-delta F] [--bootstrap N] [--holdout largest_d|largest_x] [--json OUT]
+    python -m analysis.fit --csv FILE --x COL --d COL [--u COL] --y COL --law NAME|auto \
+        [--huber-delta F] [--bootstrap N] [--holdout largest_d|largest_x|none] [--predict x=N,d=D ...] [--json OUT]
 
 For a study, the fine-tuned test loss of every (task, method), averaged over seeds, is fitted by
-the multiplicative law L(X, D_f) = A * X^-alpha * D_f^-beta + E and the additive law beside it,
-for each factor X the study varies (base non-embedding parameters N at one D_p, pretraining
-tokens D_p at one N, trainable parameters P where a base has several); and each base's curve over
-D_f (a base: a size at a D_p) by the single-factor and rectified laws. Every fit reports held-out
-errors (the largest X held out, or the largest D_f where the rest would not determine the law) and
-leave-one-out error.
+the multiplicative law L(X, D_f) = A * X^-alpha * D_f^-beta + E, and the additive, overtrained and
+Kaplan laws beside it (ranked by held-out error), for each factor X the study varies (base
+non-embedding parameters N at one D_p, pretraining tokens D_p at one N, trainable parameters P where
+a base has several); and each base's curve over D_f (a base: a size at a D_p) by the single-factor
+and rectified laws. Every fit reports held-out errors (the largest X held out, or the largest D_f
+where the rest would not determine the law), leave-one-out error, and the parameters its points do
+not determine.
 For a CSV, `--d` is the data column, `--x` the other scaling factor (omit it for a single-factor
-law) and `--y` the loss; `analysis.frames.fit_frame` does the same for a pandas DataFrame in your own
-scripts.
+law), `--u` the unique data (the data-constrained law) and `--y` the loss; `--law auto` fits every law
+those columns feed and ranks them by held-out error. `--predict x=N,d=D` prints the law's loss there,
+with a warning where the point lies beyond the range the law was validated on.
+`analysis.frames.fit_frame` and `fit_laws` do the same for a pandas DataFrame in your own scripts.
 """
 
 from __future__ import annotations
@@ -43,7 +46,9 @@ X_AXES = {
   "pretrain_tokens": "pretraining tokens D_p",
   "trainable_params": "trainable parameters P",
 }
-JOINT_LAWS, CURVE_LAWS = ("multiplicative", "additive"), ("single", "rectified")
+JOINT_LAWS, CURVE_LAWS = ("multiplicative", "additive", "overtrained", "kaplan"), ("single", "rectified")
+RANKED_ONLY = ("overtrained", "kaplan")  # Joint laws a study fits to rank: bootstrapped with fewer replicates.
+RANKED_ONLY_BOOTSTRAP = 20
 
 
 def finetune_points(table: pd.DataFrame) -> pd.DataFrame:
@@ -76,16 +81,17 @@ def fit_study(table: pd.DataFrame, delta: float = 1e-3, bootstrap: int = 200) ->
     for axis in varied_axes(group):
       points = law_points(group, axis)
       for law in JOINT_LAWS:
-        holdout = frames.choose_holdout(points, law, "d_f", axis)
-        if holdout is None:
+        holdouts = frames.holdouts(points, law, "d_f", axis)  # The first is the report's; all rank the laws.
+        if not holdouts:
           warnings.warn(
             f"{task}/{method}: {len(points)} points over {axis} and D_f are too few to fit and "
             f"validate the {law} law; add base sizes or D_f",
             stacklevel=2,
           )
           continue
+        replicates = min(bootstrap, RANKED_ONLY_BOOTSTRAP) if law in RANKED_ONLY else bootstrap
         record = frames.fit_frame(
-          points, law, d="d_f", y="test_loss", x=axis, delta=delta, bootstrap=bootstrap, holdout=holdout
+          points, law, d="d_f", y="test_loss", x=axis, delta=delta, bootstrap=replicates, holdout=holdouts
         )
         fits.append({"task": task, "method": method, "x": axis, "base": None, **record})
     for base, curve in group.groupby("base"):
@@ -153,34 +159,92 @@ def fit_and_report(workdir: str | epath.Path, delta: float = 1e-3, bootstrap: in
         f"follows {eft_analysis.SCALES.get(f['follows'], f['follows'])}"
       )
     if f["section"] in ("finetune", "methods") and f["law"] == "multiplicative" and f["x"]:
-      p, v = f["params"], f["validation"]
       base = f" on {f['base']}" if f["base"] else ""
+      values = ", ".join(f"{k}={report_lib.param_text(f, k)}" for k in f["params"])
       print(
-        f"{f['task']}/{f['method']}{base} over {f['x']}: L = {p['A']:.4g} * X^-{p['alpha']:.4f} * D_f^-{p['beta']:.4f}"
-        f" + {p['E']:.4f}  (A={p['A']:.4g}, alpha={p['alpha']:.4f}, beta={p['beta']:.4f}, E={p['E']:.4f};"
-        f" {f['num_points']} points; held-out error {v['heldout_error']:.4g})"
+        f"{f['task']}/{f['method']}{base} over {f['x']}: L = A * X^-alpha * D_f^-beta + E  ({values};"
+        f" {f['num_points']} points; held-out error {f['validation']['heldout_error']:.4g})"
       )
   print(f"report: {path}")
   return fits
 
 
 def format_fit(record: dict) -> str:
-  """One readable block: the law, each parameter with its interval, and the errors."""
+  """One readable block: the law, each parameter with its interval (or "not determined", and why), the errors,
+  the validated range and the slopes of the residuals."""
   lines = [
     f"{record['law']}: {record['formula']}  ({record['num_points']} points, objective "
     f"{record['objective']:.4g}, converged {record['converged']})"
   ]
-  intervals = record.get("intervals", {})
+  intervals, undetermined = record.get("intervals", {}), record["undetermined"]
+  width = max(6, *map(len, record["params"]))
   for name, value in record["params"].items():
+    if name in undetermined:
+      lines.append(f"  {name:>{width}} = not determined ({undetermined[name]})")
+      continue
     ci = f"  [{intervals[name][0]:.4g}, {intervals[name][1]:.4g}]" if name in intervals else ""
-    lines.append(f"  {name:>6} = {value:.6g}{ci}")
-  if "validation" in record:
-    v = record["validation"]
+    lines.append(f"  {name:>{width}} = {value:.6g}{ci}")
+  for v in frames.validations(record):
     held = "n/a" if v["heldout_error"] is None else f"{v['heldout_error']:.4g}"
     lines.append(
       f"  Delta_e {v['fitted_error']:.4g}, Delta_h ({v['holdout']}) {held}, leave-one-out {v['loo_error']:.4g}"
     )
+  if "validation" in record:
+    lines.append(f"  validated range: {frames.validated_range(record)}")
+  slopes = ", ".join(f"{k} {s:+.3g}" for k, s in record["residual_slopes"].items())
+  lines.append(f"  residual slope (log observed / predicted per decade): {slopes}")
   return "\n".join(lines)
+
+
+def format_ranking(records: list[dict]) -> str:
+  """The ranked laws (`frames.rank`): held-out relative error, whether determined, and the chosen one."""
+  lines = ["laws ranked by held-out relative error:"]
+  for i, r in enumerate(records, 1):
+    score = r["ranking"]
+    error = (
+      f"mean {score['mean']:<8.3g} worst {score['worst']:<8.3g} ({', '.join(score['holdouts'])} held out)"
+      if score
+      else "not validated"
+    )
+    state = "determined" if r["determined"] else f"not determined: {', '.join(r['undetermined'])}"
+    lines.append(f"  {i if score else '-':>2}. {r['law']:<17} {error}  {state}{'  <- chosen' if r['chosen'] else ''}")
+  chosen = next((r["law"] for r in records if r["chosen"]), None)
+  lines.append(
+    f"chosen: {chosen}, the best determined fit" if chosen else "chosen: none; no validated fit is determined"
+  )
+  return "\n".join(lines)
+
+
+def format_prediction(record: dict, point: dict[str, float]) -> str:
+  """The law's loss at a point, with its bootstrap band; a warning for each input beyond the validated range."""
+  out = frames.predict(record, point)
+  at = ", ".join(f"{k}={v:g}" for k, v in point.items())
+  band = f"  [{out['band'][0]:.4g}, {out['band'][1]:.4g}]" if "band" in out else ""
+  state = "" if record["determined"] else f"; not determined: {', '.join(record['undetermined'])}"
+  for k, ratio in out["beyond"].items():
+    warnings.warn(
+      f"{k}={point[k]:g} lies beyond the validated range: {ratio:.3g}x the largest {k} validated "
+      f"({out['validated_max'][k]:.4g}); the {record['law']} law was never checked this far",
+      stacklevel=2,
+    )
+  return f"prediction at {at}: L = {out['prediction']:.4g}{band}  ({record['law']} law{state})"
+
+
+def _point(text: str) -> dict[str, float]:
+  """--predict's 'x=1e6,d=640' as {'x': 1e6, 'd': 640.0}."""
+  point = {}
+  for part in text.split(","):
+    key, _, value = (t.strip() for t in part.partition("="))
+    try:
+      number = float(value)
+    except ValueError:
+      number = float("nan")
+    if key not in laws.INPUTS or not (np.isfinite(number) and number > 0):
+      raise argparse.ArgumentTypeError(
+        f"{part!r} in {text!r}; allowed: key=value with a key of {', '.join(laws.INPUTS)} and a positive value"
+      )
+    point[key] = number
+  return point
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -190,8 +254,13 @@ def main(argv: list[str] | None = None) -> None:
   source.add_argument("--csv", help="A CSV file of points to fit.")
   parser.add_argument("--x", help="CSV column of the second scaling factor (joint laws).")
   parser.add_argument("--d", help="CSV column of the data size.")
+  parser.add_argument("--u", help="CSV column of the unique data (the data_constrained law).")
   parser.add_argument("--y", help="CSV column of the loss.")
-  parser.add_argument("--law", choices=sorted(laws.LAWS), help="The law of a CSV's fit (default multiplicative).")
+  parser.add_argument(
+    "--law",
+    choices=[*sorted(laws.LAWS), "auto"],
+    help="The law of a CSV's fit (default multiplicative); auto: every law the columns feed, ranked.",
+  )
   parser.add_argument(
     "--huber-delta",
     type=float,
@@ -206,12 +275,18 @@ def main(argv: list[str] | None = None) -> None:
     choices=["largest_d", "largest_x", "none"],
     help="The points a CSV's fit is validated on (default largest_d).",
   )
-  parser.add_argument("--json", help="Write the CSV's fit record here.")
+  parser.add_argument(
+    "--predict",
+    action="append",
+    type=_point,
+    help="A point to predict the loss at, as x=N,d=D (and u=U): the law's inputs. Repeatable.",
+  )
+  parser.add_argument("--json", help="Write the CSV's fit record (with --law auto, every law's) here.")
   args = parser.parse_args(argv)
   run_lib.setup_runtime()
   warnings.formatwarning = lambda message, *_, **__: f"warning: {message}\n"
   if args.workdir:
-    csv_only = [f"--{k}" for k in ("x", "d", "y", "law", "holdout", "json") if getattr(args, k) is not None]
+    csv_only = [f"--{k}" for k in ("x", "d", "u", "y", "law", "holdout", "predict", "json") if getattr(args, k)]
     if csv_only:
       parser.error(f"{', '.join(csv_only)} apply to --csv; a study's laws, holdouts and fits.json are its report's")
     if args.bootstrap is not None and args.bootstrap < 1:
@@ -222,28 +297,40 @@ def main(argv: list[str] | None = None) -> None:
     return
   if not (args.d and args.y):
     parser.error("--csv needs --d and --y (and --x for a joint law)")
+  if args.law == "auto" and args.holdout:
+    parser.error("--holdout with --law auto; auto holds out the largest x and the largest d in turn")
+  if args.predict and args.holdout == "none":
+    parser.error("--predict with --holdout none; a prediction is checked against the range the law was validated on")
   try:
     frame = pd.read_csv(args.csv)
   except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
     sys.exit(f"error: --csv {args.csv}: cannot read it ({getattr(e, 'strerror', None) or e})")
   frame.index = pd.RangeIndex(2, len(frame) + 2, name="line")  # Errors name the file's line (1 is the header).
   try:
-    holdout = args.holdout or "largest_d"
-    record = frames.fit_frame(
-      frame,
-      args.law or "multiplicative",
-      args.d,
-      args.y,
-      args.x,
-      args.huber_delta,
-      args.bootstrap or 0,
-      None if holdout == "none" else holdout,
-    )
+    if args.law == "auto":
+      records = frames.fit_laws(frame, args.d, args.y, args.x, args.u, args.huber_delta, args.bootstrap or 0)
+      print(format_ranking(records))
+      record = next((r for r in records if r["chosen"]), records[0])
+    else:
+      holdout = args.holdout or "largest_d"
+      record = frames.fit_frame(
+        frame,
+        args.law or "multiplicative",
+        args.d,
+        args.y,
+        args.x,
+        args.huber_delta,
+        args.bootstrap or 0,
+        None if holdout == "none" else holdout,
+        u=args.u,
+      )
+    print(format_fit(record))
+    for point in args.predict or []:
+      print(format_prediction(record, point))
   except ValueError as e:
     sys.exit(f"error: {e}")
-  print(format_fit(record))
   if args.json:
-    results.write_json(args.json, record)
+    results.write_json(args.json, records if args.law == "auto" else record)
 
 
 if __name__ == "__main__":

@@ -81,10 +81,12 @@ def plot_joint(points: pd.DataFrame, fit: dict, path: epath.Path) -> None:
       ax.fill_between(grid, *boot.prediction_interval(law, x_grid, grid), color=colour, alpha=0.15, linewidth=0)
   p = fit["params"]
   band = f", {int(100 * fit['intervals']['level'])}% bootstrap bands" if boot is not None else ""
-  ax.set_title(
-    f"{fit['task']} / {fit['method']}: {p['A']:.3g}·X^-{p['alpha']:.3f}·D_f^-{p['beta']:.3f} + {p['E']:.3f}{band}",
-    fontsize=9,
+  law_text = (
+    f"{p['A']:.3g}·X^-{p['alpha']:.3f}·D_f^-{p['beta']:.3f} + {p['E']:.3f}"
+    if fit["determined"]
+    else f"{fit['law']} law, not determined: {', '.join(fit['undetermined'])}"
   )
+  ax.set_title(f"{fit['task']} / {fit['method']}: {law_text}{band}", fontsize=9)
   _log_axes(ax, points["d_f"].unique(), "fine-tuning examples D_f")
   ax.legend(title=X_LABELS.get(axis, axis), fontsize=7)
   _save(fig, path)
@@ -130,11 +132,16 @@ def plot_curves(points: pd.DataFrame, fits: list[dict], path: epath.Path) -> Non
   _save(fig, path)
 
 
+def param_text(fit: dict, name: str) -> str:
+  """A fitted parameter's value, or "not determined" (`laws.undetermined`)."""
+  return "not determined" if name in fit["undetermined"] else f"{fit['params'][name]:.4g}"
+
+
 def fit_row(fit: dict) -> dict:
   v = fit["validation"]
   return {
     "law": fit["law"],
-    "parameters": ", ".join(f"{k}={x:.4g}" for k, x in fit["params"].items()),
+    "parameters": ", ".join(f"{k}={param_text(fit, k)}" for k in fit["params"]),
     "objective": fit["objective"],
     "points": fit["num_points"],
     "Δe (fitted)": v["fitted_error"],
@@ -143,6 +150,36 @@ def fit_row(fit: dict) -> dict:
     "converged": fit["converged"],
     "off grid": ", ".join(fit["on_grid_edge"]) or "-",
   }
+
+
+def ranking_lines(fits: list[dict], axis: str) -> list[str]:
+  """The joint laws over one factor ranked by held-out relative error (`frames.rank`), with the slopes of their
+  residuals and how far each was validated; the best determined one is named."""
+  ranked, rows = frames.rank(fits), []
+  for f in ranked:
+    score, slopes = f["ranking"] or {}, f["residual_slopes"]
+    rows.append(
+      {
+        "law": f["law"],
+        "held out": ", ".join(score.get("holdouts", [])) or "-",
+        "relative error (mean)": score.get("mean", float("nan")),
+        "worst": score.get("worst", float("nan")),
+        "determined": "yes" if f["determined"] else f"not determined: {', '.join(f['undetermined'])}",
+        f"residual slope / decade of {axis}": slopes.get("x", float("nan")),
+        "... of D_f": slopes.get("d", float("nan")),
+        "validated range": frames.validated_range(f),
+      }
+    )
+  chosen = next((f["law"] for f in ranked if f["chosen"]), None)
+  return [
+    "Ranked by held-out relative error, on the holdouts every law allows. A residual slope is the trend of "
+    "log(observed / predicted) per decade of the factor: a form that fits has none.",
+    "",
+    markdown_table(pd.DataFrame(rows)),
+    "",
+    f"Best determined law by held-out error: {chosen}." if chosen else "No joint law's fit is determined.",
+    "",
+  ]
 
 
 def markdown_table(df: pd.DataFrame) -> str:
@@ -166,7 +203,9 @@ def write_report(
     "Laws are fitted by Hoffmann et al.'s procedure: Huber loss on log-loss residuals, L-BFGS from "
     "a grid of starts. Δe: mean |predicted - observed| on the points fitted; Δh: the same on the "
     "held-out points (the largest factor X, or the largest D_f), predicted by a fit without them; "
-    "leave-one-out: each point predicted by a fit without it. Schema of fits.json: see docs/analysis.md.",
+    "leave-one-out: each point predicted by a fit without it. A parameter that the points do not determine "
+    "(a flat or runaway optimum, a wide interval) reads 'not determined'. Schema of fits.json and the criteria: "
+    "see docs/analysis.md.",
     "",
   ]
   for task, method in dict.fromkeys((f["task"], f["method"]) for f in fits):
@@ -189,6 +228,7 @@ def write_report(
         "",
         f"![residuals over {axis}](residuals_{stem}.png)",
         "",
+        *ranking_lines(pair, axis),
       ]
     curves = [f for f in fits if (f["task"], f["method"]) == (task, method) and f["base"]]
     if curves:

@@ -1,8 +1,10 @@
-"""The fitting CLI and fit_frame on any data: the shipped CSV, bad columns and rows."""
+"""The fitting CLI and fit_frame on any data: the shipped CSV, bad columns and rows; which fits are not
+determined, predictions against the validated range, and the laws ranked by held-out error."""
 
 import json
 import os
 import sys
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -118,16 +120,24 @@ def test_csv_cli_names_a_missing_file(tmp_path):
   assert "Traceback" not in proc.stderr
 
 
+ON_CSV = ["--csv", CSV, "--d", "d_f", "--y", "test_loss"]
+
+
 @pytest.mark.parametrize(
   "args, message",
   [
-    (["--bootstrap", "0"], "--bootstrap=0 with --workdir; allowed: 1 or more"),
-    (["--law", "single", "--holdout", "none"], "--law, --holdout apply to --csv; a study's laws"),
+    (["--workdir", "W", "--bootstrap", "0"], "--bootstrap=0 with --workdir; allowed: 1 or more"),
+    (["--workdir", "W", "--law", "single", "--holdout", "none"], "--law, --holdout apply to --csv; a study's laws"),
+    (["--workdir", "W", "--predict", "x=1,d=2"], "--predict apply to --csv"),
+    ([*ON_CSV, "--law", "auto", "--holdout", "largest_d"], "--holdout with --law auto; auto holds out the largest x"),
+    ([*ON_CSV, "--predict", "d=2", "--holdout", "none"], "--predict with --holdout none; a prediction is checked"),
+    ([*ON_CSV, "--predict", "x=1e6,q=3"], "'q=3' in 'x=1e6,q=3'; allowed: key=value with a key of x, d, u"),
+    ([*ON_CSV, "--predict", "d=-2"], "'d=-2' in 'd=-2'; allowed: key=value with a key of x, d, u and a positive"),
   ],
 )
-def test_workdir_cli_refuses_what_it_would_ignore(tmp_path, args, message):
+def test_cli_refuses_what_it_would_ignore_or_cannot_do(tmp_path, args, message):
   proc = processes.run(
-    [sys.executable, "-m", "analysis.fit", "--workdir", str(tmp_path), *args],
+    [sys.executable, "-m", "analysis.fit", *(str(tmp_path) if a == "W" else a for a in args)],
     cwd=ROOT,
     env={**os.environ, "PYTHONPATH": ROOT},
   )
@@ -160,6 +170,78 @@ def test_single_factor_law_on_a_frame():
 def test_bad_frames_name_the_column_and_row(frame, message):
   with pytest.raises(ValueError, match=message):
     frames.fit_frame(frame, "single", d="n", y="loss", holdout=None)
+
+
+def test_the_data_constrained_law_without_a_unique_data_column_names_it():
+  frame = pd.DataFrame({"N": [1e6, 2e6, 4e6] * 3, "D": [1e3] * 3 + [2e3] * 3 + [4e3] * 3, "loss": np.linspace(3, 2, 9)})
+  with pytest.raises(ValueError, match=r"law 'data_constrained' takes inputs .*; u \(the unique data\) is missing"):
+    frames.fit_frame(frame, "data_constrained", d="D", y="loss", x="N")
+
+
+def test_the_shipped_examples_joint_fits_are_not_determined():
+  """Its 20 points leave A, beta and E of both joint laws open (E runs to 0 in Huber's linear part), and alpha
+  determined; the CLI and the report say so instead of numbers."""
+  table = pd.read_csv(CSV)
+  for law in ("multiplicative", "additive"):
+    with warnings.catch_warnings():
+      warnings.simplefilter("ignore")  # E off the grid.
+      record = frames.fit_frame(table, law, d="d_f", y="test_loss", x="non_embedding_params", holdout="largest_x")
+    assert not record["determined"] and set(record["undetermined"]) == {"A", "beta", "E"}, law
+    text = fit_lib.format_fit(record)
+    assert "     A = not determined (" in text and "alpha = 0." in text and "  beta = not determined (" in text
+    assert "A=not determined" in report_lib.fit_row(record)["parameters"]
+
+
+def test_a_prediction_beyond_the_validated_range_warns_and_one_within_it_does_not():
+  table = pd.read_csv(CSV)
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    record = frames.fit_frame(
+      table, "multiplicative", d="d_f", y="test_loss", x="non_embedding_params", bootstrap=20, holdout="largest_x"
+    )
+  # Fitted to the three smaller bases (up to 1.0e5), validated at the largest (3.3e5): 3.3x.
+  assert frames.validated_range(record) == (
+    "fitted to 3 non_embedding_params up to 1.01e+05 and 5 d_f up to 640, validated at 3.30x non_embedding_params"
+  )
+  p = record["params"]
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    within = fit_lib.format_prediction(record, {"x": 2e5, "d": 320.0})
+  inside = frames.predict(record, {"x": 2e5, "d": 320.0})
+  assert inside["prediction"] == pytest.approx(p["A"] * 2e5 ** -p["alpha"] * 320.0 ** -p["beta"] + p["E"], rel=1e-9)
+  assert inside["beyond"] == {} and inside["band"][0] < inside["prediction"] < inside["band"][1]
+  assert within.startswith(f"prediction at x=200000, d=320: L = {inside['prediction']:.4g}  [")
+  with pytest.warns(UserWarning) as caught:
+    fit_lib.format_prediction(record, {"x": 1e6, "d": 2000.0})
+  assert [str(w.message).split(":")[0] for w in caught] == [
+    "x=1e+06 lies beyond the validated range",
+    "d=2000 lies beyond the validated range",
+  ]
+  assert "3.01x the largest x validated (3.324e+05)" in str(caught[0].message)
+  assert "3.12x the largest d validated (640)" in str(caught[1].message)
+
+
+def test_auto_fits_the_laws_of_the_columns_given_and_only_those_the_points_can_carry():
+  """Over d alone, five points: the single and rectified laws (3 and 4 parameters), not the broken one (6)."""
+  d = np.asarray([40.0, 80.0, 160.0, 320.0, 640.0])
+  frame = pd.DataFrame({"d": d, "loss": 3.0 * d**-0.4 + 1.0})
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    records = frames.fit_laws(frame, "d", "loss")
+  assert {r["law"] for r in records} == {"single", "rectified"}
+  assert records[0]["law"] == "single" and records[0]["chosen"]  # The law the points follow extrapolates best.
+  assert all(r["ranking"]["holdouts"] == ["largest_d"] for r in records)
+
+
+@pytest.mark.slow  # Five joint laws, each validated twice.
+def test_auto_gives_the_unique_data_only_to_the_law_that_takes_it():
+  """With a U column, every joint law is fitted: the data-constrained law with U, the others without it."""
+  n, d = (a.ravel() for a in np.meshgrid([1e6, 4e6, 1.6e7, 6.4e7], [1e8, 4e8, 1.6e9, 6.4e9]))
+  frame = pd.DataFrame({"N": n, "D": d, "U": d / 4, "loss": 1.7 + 400 * n**-0.35 + 600 * d**-0.3})
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    records = frames.fit_laws(frame, "D", "loss", x="N", u="U")
+  assert {r["law"] for r in records} == {"multiplicative", "additive", "overtrained", "kaplan", "data_constrained"}
 
 
 def test_diverged_runs_are_excluded_with_a_warning():
@@ -275,18 +357,60 @@ def test_with_two_bases_a_joint_law_holds_out_the_largest_d_f():
 
 
 @pytest.mark.slow
-def test_the_report_draws_the_points_a_joint_law_was_fitted_to(tmp_path, monkeypatch):
+def test_the_report_draws_the_points_a_joint_law_was_fitted_to_and_ranks_the_laws(tmp_path, monkeypatch):
   """With the middle base at three D_p, the law over N is fitted at the final D_p; its figures
-  show those points, not means over every D_p."""
+  show those points, not means over every D_p. Its points follow the multiplicative law exactly, which
+  extrapolates best: on the largest D_f, the holdout that three bases leave every joint law."""
   table = _law_table(extra_budgets=True)
   points = fit_lib.finetune_points(table)
   fits = [{"section": "finetune", **f} for f in fit_lib.fit_study(table, 1e-3, bootstrap=10)]
   drawn = {}
   monkeypatch.setattr(report_lib, "plot_joint", lambda pts, fit, path: drawn.setdefault(fit["x"], pts))
-  report_lib.write_report(table, points, fits, tmp_path)
+  text = report_lib.write_report(table, points, fits, tmp_path).read_text()
   over_n = drawn["non_embedding_params"]
   exact = 50 * over_n["non_embedding_params"] ** -0.3 * over_n["d_f"] ** -0.2 + 1.5
   assert len(over_n) == 12 and np.allclose(over_n["test_loss"], exact)
+  joint = {f["law"]: f for f in fits if f["x"] == "non_embedding_params"}
+  assert set(joint) == set(fit_lib.JOINT_LAWS)
+  assert [v["holdout"] for v in frames.validations(joint["multiplicative"])] == ["largest_x", "largest_d"]
+  assert joint["multiplicative"]["validation"]["holdout"] == "largest_x"  # The report's, as before.
+  assert joint["multiplicative"]["determined"] and joint["multiplicative"]["residual_slopes"]["x"] == pytest.approx(
+    0.0, abs=1e-6
+  )
+  ranked = frames.rank(list(joint.values()))
+  assert ranked[0]["law"] == "multiplicative" and ranked[0]["chosen"]
+  assert all(r["ranking"]["holdouts"] == ["largest_d"] for r in ranked)
+  assert "Best determined law by held-out error: multiplicative." in text
+  assert "fitted to 3 non_embedding_params up to 1.6e+06 and 3 d_f up to 400, validated at 2.00x d_f" in text
+
+
+@pytest.mark.slow
+def test_csv_cli_ranks_every_joint_law_and_predicts_with_the_best(tmp_path):
+  """Points of Kaplan's law: --law auto finds it, determined, with the smallest held-out error; --predict
+  warns beyond the largest x it was validated at, and only there."""
+  n, d = (a.ravel() for a in np.meshgrid(np.geomspace(1e5, 1e7, 4), np.geomspace(100, 1e4, 5)))
+  loss = ((1e5 / n) ** (0.3 / 0.4) + 200.0 / d) ** 0.4
+  pd.DataFrame({"N": n, "D": d, "loss": loss}).to_csv(tmp_path / "points.csv", index=False)
+  out = tmp_path / "fits.json"
+  args = ["--csv", str(tmp_path / "points.csv"), "--x", "N", "--d", "D", "--y", "loss", "--law", "auto"]
+  proc = processes.run(
+    [sys.executable, "-m", "analysis.fit", *args, "--predict", "x=5e6,d=1000", "--predict", "x=3e7,d=1000"]
+    + ["--json", str(out)],
+    cwd=ROOT,
+    env={**os.environ, "PYTHONPATH": ROOT},
+  )
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  records = json.loads(out.read_text())
+  assert [r["law"] for r in records][0] == "kaplan" and {r["law"] for r in records} == set(fit_lib.JOINT_LAWS)
+  assert records[0]["chosen"] and records[0]["determined"] and records[0]["ranking"]["mean"] < 1e-6
+  assert [r["ranking"]["holdouts"] for r in records] == [["largest_x", "largest_d"]] * 4
+  assert "chosen: kaplan, the best determined fit" in proc.stdout and "kaplan: L = ((N_c / X)" in proc.stdout
+  expected = ((1e5 / 5e6) ** (0.3 / 0.4) + 200.0 / 1000.0) ** 0.4
+  assert f"prediction at x=5e+06, d=1000: L = {expected:.4g}  (kaplan law)" in proc.stdout
+  assert [line for line in proc.stderr.splitlines() if "validated range" in line] == [
+    "warning: x=3e+07 lies beyond the validated range: 3x the largest x validated (1e+07); the kaplan law was "
+    "never checked this far"
+  ]
 
 
 def test_a_tie_of_d_p_slices_takes_the_known_budget():
