@@ -191,6 +191,24 @@ def markdown_table(df: pd.DataFrame) -> str:
   return "\n".join(rows)
 
 
+def task_comparison(ft: pd.DataFrame) -> list[str]:
+  """Markdown of each method's fine-tunes on every task side by side (means over seeds), where there are several."""
+  metrics = {"metrics.knowledge": "knowledge", "metrics.behaviour": "behaviour", "metrics.test_loss": "test loss"}
+  metrics = {k: v for k, v in metrics.items() if k in ft}
+  lines = []
+  for method, group in ft.groupby("method", sort=False):
+    tasks = list(dict.fromkeys(group["task"]))
+    if len(tasks) < 2 or not metrics:
+      continue
+    wide = group.pivot_table(index=["non_embedding_params", "size", "d_f"], columns="task", values=list(metrics))
+    wide = wide.reset_index().sort_values(["non_embedding_params", "d_f"])
+    cols = {("size", ""): "base", ("d_f", ""): "D_f"}
+    cols |= {(m, t): f"{name}: {t}" for m, name in metrics.items() for t in tasks}
+    table = pd.DataFrame({name: wide[key] for key, name in cols.items()})
+    lines += [f"### Tasks side by side: {method}", "", markdown_table(table), ""]
+  return lines
+
+
 def write_report(
   table: pd.DataFrame, points: pd.DataFrame, fits: list[dict], out: epath.Path, sections: list[str] = ()
 ) -> epath.Path:
@@ -254,6 +272,7 @@ def write_report(
   ft = table[table["kind"].isin(grid_lib.FINETUNE_KINDS)].sort_values(
     ["task", "method", "non_embedding_params", "d_f", "seed"]
   )
+  lines += task_comparison(ft)
   for (task, method), group in ft.groupby(["task", "method"], sort=False):
     cols = [c for c in RUN_COLUMNS if c in group]
     lines += [f"### {task} / {method}", "", markdown_table(group[cols].rename(columns=RUN_COLUMNS)), ""]

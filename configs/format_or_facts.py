@@ -4,7 +4,8 @@ right answers of held-out people, whose facts only pretraining gives.
 
 If instruction tuning teaches the output format rather than the task, the wrong-answer fine-tunes
 keep the behaviour (answers of the right kind) and the knowledge of held-out people that the
-right-answer fine-tunes show. The report's per-task tables and fits put the two tasks side by side.
+right-answer fine-tunes show. The report's section "Tasks side by side" puts the two in one table
+(knowledge, behaviour and test loss by base and D_f), and each task has its own fits.
 The bases are the smoke study's (same ids): run it in a copy of a smoke workdir and only the
 fine-tunes train.
 
