@@ -28,6 +28,9 @@ STUDY = {
   "finetune.methods": ("full", {"name": "prompt", "length": 4}),
   "finetune.d_f": (16, 32),
   "eft": {"enabled": True, "betas": (1.0,)},
+  # Checkpoints only at each run's end: nothing here resumes, and every save costs a fraction of a second.
+  "pretrain.train.checkpoint_every": 20,
+  "finetune.train.checkpoint_every": 20,
 }
 pytestmark = pytest.mark.slow  # Its fixture runs and exports a study.
 FILES = ("config.json", "model.safetensors", "tokenizer.json")

@@ -3,6 +3,7 @@ result after a kill."""
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,6 +22,9 @@ EFT = {
   "model.sizes": ("d32l2", "d48l2"),
   "finetune.d_f": (32,),
   "eft": {"enabled": True, "d_f": (32,), "betas": (0.0, 1.0)},
+  # Checkpoints only at each run's end: nothing here resumes, and every save costs a fraction of a second.
+  "pretrain.train.checkpoint_every": 20,
+  "finetune.train.checkpoint_every": 20,
 }
 
 
@@ -54,10 +58,17 @@ def test_eft_cells_and_dependencies():
   assert ("d32l2", "d48l2") in pairs and ("d48l2", "d48l2") in pairs
 
 
+@pytest.fixture(scope="module")
+def eft_study(tmp_path_factory):
+  """The EFT study run once, uninterrupted: (workdir, runs, records by id)."""
+  workdir = tmp_path_factory.mktemp("eft")
+  runs = _plan(workdir)
+  return workdir, runs, {r.id: run_lib.execute(r, workdir) for r in runs}
+
+
 @pytest.mark.slow
-def test_eft_runs_score_as_their_parts(tmp_path):
-  runs = _plan(tmp_path)
-  done = {r.id: run_lib.execute(r, tmp_path) for r in runs}
+def test_eft_runs_score_as_their_parts(eft_study):
+  workdir, runs, done = eft_study
   eft = [done[r.id] for r in runs if r.kind == "eft"]
   for rec in eft:
     assert rec["kind"] == "eft" and {"test_loss", "knowledge", "behaviour"} == set(rec["metrics"])
@@ -72,7 +83,7 @@ def test_eft_runs_score_as_their_parts(tmp_path):
       "non_embedding_params",
       "finetune_non_embedding_params",
     } <= set(rec)
-    assert results.read_result(tmp_path / "runs" / rec["id"]) == json.loads(json.dumps(rec, default=float))
+    assert results.read_result(workdir / "runs" / rec["id"]) == json.loads(json.dumps(rec, default=float))
     ft = done[rec["finetuned"]]
     if rec["size"] == rec["finetune_size"] and rec["beta"] == 1.0:
       # log p_base + (log p_ft - log p_base): the fine-tuned model itself, measured the same way.
@@ -87,12 +98,13 @@ def test_eft_runs_score_as_their_parts(tmp_path):
 
 
 @pytest.mark.slow
-def test_killed_eft_run_is_rerun_to_the_same_result(tmp_path):
-  runs = _plan(tmp_path, **{"model.sizes": ("d32l2",), "finetune.d_f": (32,)})
-  for r in runs[:-1]:
-    run_lib.execute(r, tmp_path)
-  target = runs[-1]
-  assert target.kind == "eft"
+def test_killed_eft_run_is_rerun_to_the_same_result(tmp_path, eft_study):
+  """An EFT run of a one-size study, killed and run again, ends as the same run of the study left uninterrupted."""
+  clean, clean_runs, _ = eft_study
+  target = _plan(tmp_path, **{"model.sizes": ("d32l2",), "finetune.d_f": (32,)})[-1]
+  assert target.kind == "eft" and target in clean_runs
+  for dep in target.deps:  # The same models to combine, trained once: only the EFT run itself runs again.
+    shutil.copytree(clean / "runs" / dep, tmp_path / "runs" / dep, dirs_exist_ok=True)
   command = [sys.executable, "-m", "scaling.run", "--spec", str(tmp_path / "runs" / target.id / "spec.json")]
   env = {**os.environ, "PYTHONPATH": ROOT}
   progress = tmp_path / "runs" / target.id / "metrics.jsonl"
@@ -106,9 +118,6 @@ def test_killed_eft_run_is_rerun_to_the_same_result(tmp_path):
   proc.wait()
   assert len(progress.read_text().splitlines()) == 1, "the run must be killed between its two measurements"
   assert results.read_result(tmp_path / "runs" / target.id) is None
-  subprocess.run(command, env=env, cwd=ROOT, check=True, capture_output=True)
+  run_lib.execute(target, tmp_path)  # In this process: the same code as a run's own process.
   rerun = results.read_result(tmp_path / "runs" / target.id)
-  clean = tmp_path / "clean"
-  for r in _plan(clean, **{"model.sizes": ("d32l2",), "finetune.d_f": (32,)}):
-    run_lib.execute(r, clean)
   assert rerun["metrics"] == results.read_result(clean / "runs" / target.id)["metrics"]

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import processes
 import pytest
 from etils import epath
 from test_metric_writers import assert_events_match_metrics, local_copy
@@ -73,9 +74,7 @@ def test_a_gs_study_killed_mid_run_resumes_and_equals_the_study_on_a_local_disk(
   assert (epath.Path(workdir) / "report" / "fits.json").exists()
 
   local = tmp_path / "local"
-  alone = subprocess.run(
-    _command(str(config), str(local)), env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300
-  )
+  alone = processes.run(_command(str(config), str(local)), cwd=tmp_path, env=env)  # Forked: no JAX start-up.
   assert alone.returncode == 0, alone.stderr[-3000:]
   on_gcs, on_disk = _runs(workdir), _runs(str(local))
   assert sorted(on_gcs) == sorted(on_disk) and len(on_gcs) == 2

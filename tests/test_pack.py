@@ -21,6 +21,7 @@ STUDY = {
   "finetune.methods": ({"name": "full", "learning_rate": (1e-3, 0.01)},),
   "finetune.train.max_steps": 30,
   "finetune.train.patience": 1,
+  "pretrain.train.checkpoint_every": 20,  # The base's only checkpoint at its end: nothing resumes it.
 }
 
 

@@ -22,7 +22,17 @@ TOL = 1e-5
 
 def _execute(workdir, shape):
   study = study_lib.validate(
-    tiny_study(**{"mesh.shape": shape, "finetune.d_f": (32,), "eft": {"enabled": True, "betas": (0.5,)}}), 8
+    tiny_study(
+      **{
+        "mesh.shape": shape,
+        "finetune.d_f": (32,),
+        "eft": {"enabled": True, "betas": (0.5,)},
+        # Checkpoints only at each run's end: nothing here resumes, and every save costs a fraction of a second.
+        "pretrain.train.checkpoint_every": 20,
+        "finetune.train.checkpoint_every": 20,
+      }
+    ),
+    8,
   )
   runs = kinds.expand(study)
   local.write_plan(study, runs, workdir)

@@ -20,13 +20,15 @@ from scaling import run as run_lib
 from scaling import study as study_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# The fine-tune is a LoRA run: its resume restores adapters and their moments, not base weights.
+# The fine-tune is a LoRA run: its resume restores adapters and their moments, not base weights. Each
+# run is killed after its first checkpoint (step 10) with 50 steps still to go.
+STEPS = 60
 LONG = {
-  "pretrain.steps": (150,),
+  "pretrain.steps": (STEPS,),
   "pretrain.train.checkpoint_every": 10,
   "finetune.d_f": (32,),
   "finetune.methods": ({"name": "lora", "rank": 4},),
-  "finetune.train.max_steps": 150,
+  "finetune.train.max_steps": STEPS,
   "finetune.train.patience": 1000,
   "finetune.train.checkpoint_every": 10,
 }
@@ -62,9 +64,28 @@ def _run_and_kill_after_first_checkpoint(workdir, run) -> int:
   proc.send_signal(signal.SIGKILL)
   proc.wait()
   steps = [int(p.name) for p in ckpt.iterdir() if p.name.isdigit()]
-  assert steps and max(steps) < 150, "the run must be killed after a checkpoint and before its end"
+  assert steps and max(steps) < STEPS, "the run must be killed after a checkpoint and before its end"
   assert results.read_result(workdir / "runs" / run.id) is None
   return max(steps)
+
+
+@pytest.fixture(scope="module")
+def execute_base(tmp_path_factory):
+  """run_lib.execute for the pretraining runs that several tests fine-tune from: each trains once, in the
+  first workdir that needs it, and is copied into the others (a finished run is not run again)."""
+  trained = {}
+
+  def execute(run, workdir):
+    assert run.kind == "pretrain"
+    if run.id in trained:
+      shutil.copytree(trained[run.id], workdir / "runs" / run.id, dirs_exist_ok=True)
+    record = run_lib.execute(run, workdir)
+    if run.id not in trained:
+      trained[run.id] = tmp_path_factory.mktemp("base") / run.id
+      shutil.copytree(workdir / "runs" / run.id, trained[run.id])
+    return record
+
+  return execute
 
 
 def _params(workdir, run):
@@ -73,15 +94,15 @@ def _params(workdir, run):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["pretrain", "finetune"])
-def test_killed_run_resumes_to_the_same_end(tmp_path, kind, capsys):
+def test_killed_run_resumes_to_the_same_end(tmp_path, kind, capsys, execute_base):
   straight, killed = tmp_path / "straight", tmp_path / "killed"
   runs = _plan(straight)
   assert _plan(killed) == runs
   if kind == "finetune":  # Both copies share one base.
-    run_lib.execute(runs["pretrain"], straight)
+    execute_base(runs["pretrain"], straight)
     shutil.copytree(straight / "runs" / runs["pretrain"].id, killed / "runs" / runs["pretrain"].id, dirs_exist_ok=True)
   run = runs[kind]
-  run_lib.execute(run, straight)  # In this process: the same code as a run's own process.
+  (execute_base if kind == "pretrain" else run_lib.execute)(run, straight)  # In this process: as a run's own.
   saved = _run_and_kill_after_first_checkpoint(killed, run)
   assert "resuming" not in capsys.readouterr().out
   run_lib.execute(run, killed)
@@ -108,18 +129,19 @@ def jax_leaves(tree):
   return [np.asarray(x) for x in jax.tree.leaves(tree)]
 
 
-def _execute_tiny(tmp_path, **overrides):
+def _execute_tiny(tmp_path, execute_base, **overrides):
   study = study_lib.validate(tiny_study(**overrides), 8)
   runs = kinds.expand(study)
   local.write_plan(study, runs, tmp_path)
-  return [run_lib.execute(r, tmp_path) for r in runs]
+  return [execute_base(runs[0], tmp_path)] + [run_lib.execute(r, tmp_path) for r in runs[1:]]
 
 
 @pytest.mark.slow
-def test_early_stopping_keeps_best_dev_step(tmp_path):
+def test_early_stopping_keeps_best_dev_step(tmp_path, execute_base):
   # A huge learning rate makes dev loss worse after the first steps: training stops early.
   records = _execute_tiny(
     tmp_path,
+    execute_base,
     **{
       "finetune.d_f": (32,),
       "finetune.train.learning_rate": 0.3,
@@ -138,9 +160,10 @@ def test_early_stopping_keeps_best_dev_step(tmp_path):
 
 
 @pytest.mark.slow
-def test_step_cap_is_recorded(tmp_path):
+def test_step_cap_is_recorded(tmp_path, execute_base):
   records = _execute_tiny(
     tmp_path,
+    execute_base,
     **{
       "finetune.d_f": (32,),
       "finetune.train.learning_rate": 1e-3,
@@ -154,13 +177,13 @@ def test_step_cap_is_recorded(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("packed", [False, True])
-def test_a_run_killed_before_its_first_checkpoint_logs_each_line_once(tmp_path, packed):
+def test_a_run_killed_before_its_first_checkpoint_logs_each_line_once(tmp_path, packed, execute_base):
   """A fine-tune logs its dev loss at step 0, before any checkpoint: a kill then leaves only metric
   lines (the last perhaps half-written), and the rerun starts afresh and writes each line once."""
   study = study_lib.validate(tiny_study(**{"finetune.train.checkpoint_every": 100, "finetune.pack": 2}), 8)
   runs = kinds.expand(study)
   local.write_plan(study, runs, tmp_path)
-  run_lib.execute(runs[0], tmp_path)
+  execute_base(runs[0], tmp_path)
   finetunes = runs[1:] if packed else runs[1:2]
   run_lib.execute_pack(finetunes, tmp_path)
   dirs = [tmp_path / "runs" / r.id for r in finetunes]
@@ -179,14 +202,14 @@ def test_a_run_killed_before_its_first_checkpoint_logs_each_line_once(tmp_path, 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("pack", [1, 2])
-def test_the_last_step_is_evaluated_where_the_cap_is_off_the_cadence(tmp_path, pack):
+def test_the_last_step_is_evaluated_where_the_cap_is_off_the_cadence(tmp_path, pack, execute_base):
   """Steps 21 to 23 of a 23-step fine-tune are not trained for nothing: the cap is a dev evaluation."""
   study = study_lib.validate(
     tiny_study(**{"finetune.train.max_steps": 23, "finetune.train.patience": 100, "finetune.pack": pack}), 8
   )
   runs = kinds.expand(study)
   local.write_plan(study, runs, tmp_path)
-  run_lib.execute(runs[0], tmp_path)
+  execute_base(runs[0], tmp_path)
   for r, record in zip(runs[1:], run_lib.execute_pack(runs[1:], tmp_path)):
     lines = [json.loads(line) for line in open(tmp_path / "runs" / r.id / "metrics.jsonl")]
     assert [rec["step"] for rec in lines if "dev_loss" in rec] == [0, 5, 10, 15, 20, 23]
