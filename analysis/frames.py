@@ -122,6 +122,26 @@ def residual_slopes(law: laws.Law, theta: np.ndarray, d, y, x=None, u=None) -> d
   return {k: float(np.polyfit(np.log10(v), residual, 1)[0]) for k, v in scales.items() if np.ptp(v) > 0}
 
 
+def d_gains(points: pd.DataFrame, x: str, d: str, y: str) -> pd.Series | None:
+  """Each value of x's mean loss at the smallest d minus at the largest, over the d that every x has (None where
+  fewer than two of either): the multiplicative law makes it A x^-alpha (d_0^-beta - d_1^-beta), shrinking as x
+  grows; the additive law, the same for every x."""
+  means = points.groupby([x, d])[y].mean().unstack(d).dropna(axis=1)
+  if len(means) < 2 or means.shape[1] < 2:
+    return None
+  return (means.iloc[:, 0] - means.iloc[:, -1]).rename(
+    f"{y} gained from {d} {means.columns[0]:g} to {means.columns[-1]:g}"
+  )
+
+
+def gains_trend(gains: pd.Series) -> str:
+  """How D gains change as x grows: "shrink" (the multiplicative law's sign), "grow" (neither joint law's), or
+  "neither"."""
+  steps = np.diff(gains.to_numpy(float))
+  tol = 1e-9 * np.abs(gains.to_numpy(float)).max()  # Rounding: the additive law's equal gains are neither.
+  return "shrink" if (steps < -tol).all() else "grow" if (steps > tol).all() else "neither"
+
+
 def validations(record: dict) -> list[dict]:
   """A fit record's validations: `validations` where it has several, its one `validation`, or none."""
   return record.get("validations") or ([record["validation"]] if "validation" in record else [])

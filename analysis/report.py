@@ -182,6 +182,23 @@ def ranking_lines(fits: list[dict], axis: str) -> list[str]:
   ]
 
 
+def gains_lines(points: pd.DataFrame, axis: str) -> list[str]:
+  """What D_f gains each base (`frames.d_gains`), and which joint law's form that trend allows."""
+  gains = frames.d_gains(points, axis, "d_f", "test_loss")
+  if gains is None:
+    return []
+  trend = frames.gains_trend(gains)
+  verdict = {
+    "shrink": "they shrink as it grows, as the multiplicative law has them",
+    "grow": "they grow with it, which neither joint law allows: the multiplicative law has them shrink as "
+    "the base grows, the additive law keeps them equal",
+    "neither": "they neither shrink nor grow steadily with it",
+  }[trend]
+  by_base = ", ".join(f"{g:.3g}" for g in gains)
+  label = X_LABELS.get(axis, axis)
+  return [f"{gains.name.replace('test_loss', 'Test loss')}, by {label} ({by_base}): {verdict}.", ""]
+
+
 def markdown_table(df: pd.DataFrame) -> str:
   def cell(v):
     return f"{v:.4g}" if isinstance(v, float) else str(v)
@@ -247,6 +264,7 @@ def write_report(
         f"![residuals over {axis}](residuals_{stem}.png)",
         "",
         *ranking_lines(pair, axis),
+        *gains_lines(axis_pts, axis),
       ]
     curves = [f for f in fits if (f["task"], f["method"]) == (task, method) and f["base"]]
     if curves:

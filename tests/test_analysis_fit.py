@@ -382,6 +382,7 @@ def test_the_report_draws_the_points_a_joint_law_was_fitted_to_and_ranks_the_law
   assert all(r["ranking"]["holdouts"] == ["largest_d"] for r in ranked)
   assert "Best determined law by held-out error: multiplicative." in text
   assert "fitted to 3 non_embedding_params up to 1.6e+06 and 3 d_f up to 400, validated at 2.00x d_f" in text
+  assert "by base non-embedding parameters (" in text and "as the multiplicative law has them." in text  # Its gains.
 
 
 @pytest.mark.slow

@@ -1,8 +1,11 @@
-"""The study report's markdown: the side-by-side table of one method's fine-tunes on several tasks."""
+"""The study report's markdown: the side-by-side table of one method's fine-tunes on several tasks, and what
+each base gains from D_f."""
 
+import numpy as np
 import pandas as pd
+import pytest
 
-from analysis import report
+from analysis import frames, report
 
 
 def _fine_tunes(tasks: tuple[str, ...]) -> pd.DataFrame:
@@ -44,3 +47,37 @@ def test_a_methods_fine_tunes_on_two_tasks_are_shown_side_by_side_as_means_over_
 
 def test_one_task_has_no_side_by_side_table():
   assert report.task_comparison(_fine_tunes(("qa",))) == []
+
+
+def _joint_points(law: str) -> pd.DataFrame:
+  """Three bases at three D_f, two seeds each (the seeds straddle the law's loss), from one joint law."""
+  rows = []
+  for n in (1e4, 4e4, 1.6e5):
+    for d_f in (40, 160, 640):
+      loss = 30 * n**-0.3 * d_f**-0.2 + 1 if law == "multiplicative" else 30 * n**-0.3 + 5 * d_f**-0.2 + 1
+      if law == "interaction":  # Larger bases gain more from D_f: neither joint law's form.
+        loss = 3 - 0.1 * np.log(n) * np.log(d_f) / 10
+      rows += [{"non_embedding_params": n, "d_f": d_f, "test_loss": loss + s} for s in (-0.01, 0.01)]
+  return pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize("law, trend", [("multiplicative", "shrink"), ("additive", "neither"), ("interaction", "grow")])
+def test_the_gains_from_d_f_by_base_say_which_joint_law_they_allow(law, trend):
+  points = _joint_points(law)
+  gains = frames.d_gains(points, "non_embedding_params", "d_f", "test_loss")
+  means = points.groupby(["non_embedding_params", "d_f"])["test_loss"].mean()
+  assert list(gains.index) == [1e4, 4e4, 1.6e5]
+  assert gains.to_numpy() == pytest.approx([means[n, 40] - means[n, 640] for n in gains.index])
+  assert frames.gains_trend(gains) == trend
+  [line, _] = report.gains_lines(points, "non_embedding_params")
+  assert line.startswith("Test loss gained from d_f 40 to 640, by base non-embedding parameters (")
+  assert ("as the multiplicative law has them" in line) == (law == "multiplicative")
+  assert ("which neither joint law allows" in line) == (law == "interaction")
+
+
+def test_gains_need_two_bases_with_two_shared_d_f():
+  points = _joint_points("multiplicative")
+  assert frames.d_gains(points[points.non_embedding_params == 1e4], "non_embedding_params", "d_f", "test_loss") is None
+  lone = points[(points.non_embedding_params == 1e4) | (points.d_f == 40)]  # Only d_f 40 is every base's.
+  assert frames.d_gains(lone, "non_embedding_params", "d_f", "test_loss") is None
+  assert report.gains_lines(lone, "non_embedding_params") == []
