@@ -31,11 +31,6 @@ from scaling.data import world as world_lib
 ENTRIES = "entries.json"  # Beside the folders: the config groups that import them.
 
 
-def run_label(run_id: str) -> str:
-  """A run id without its spec hash: `pt-d16l2-1200-0123456789` -> `pt-d16l2-1200`."""
-  return run_id.rsplit("-", 1)[0]
-
-
 def export_study(workdir: str | epath.Path, out: str | os.PathLike) -> dict:
   """Writes each finished base and fine-tune of the study in `workdir` to `out`/<run id>; returns the study
   config groups that import them: {"model": ..., "world": ..., "data": ...}."""
@@ -63,7 +58,7 @@ def export_study(workdir: str | epath.Path, out: str | os.PathLike) -> dict:
     )
   checkpoints = tuple(
     {
-      "name": run_label(b["id"]) if b["kind"] == "pretrain" else b["spec"]["size"],
+      "name": grid.run_label(b["id"]) if b["kind"] == "pretrain" else b["spec"]["size"],
       "path": str(out / b["id"]),
       **({} if b["pretrain_tokens"] is None else {"pretrain_tokens": b["pretrain_tokens"]}),
       "finetunes": tuple(finetunes.get(b["id"], ())),

@@ -38,3 +38,28 @@ def run_id(label: str, config: dict) -> str:
   """`label-hash`: the hash of the canonical JSON of the spec; stable across processes."""
   blob = json.dumps({"format": SPEC_FORMAT, **config}, sort_keys=True, separators=(",", ":"))
   return f"{label}-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
+
+
+def run_label(run_id: str) -> str:
+  """A run id without its spec hash: `pt-d16l2-1200-0123456789` -> `pt-d16l2-1200`."""
+  return run_id.rsplit("-", 1)[0]
+
+
+def select(runs: list[Run], labels: tuple[str, ...] | list[str]) -> list[Run]:
+  """The runs with these labels (`run_label`) and every run they depend on, in their order; ValueError names a
+  label that no run has."""
+  by_label = {run_label(r.id): r for r in runs}
+  unknown = [label for label in labels if label not in by_label]
+  if unknown:
+    raise ValueError(
+      f"only={list(labels)}: {unknown[0]!r} is not a run of this study; allowed: labels of its {len(runs)} runs, "
+      f"such as {list(by_label)[-1]!r}"
+    )
+  by_id, keep = {r.id: r for r in runs}, set()
+  todo = [by_label[label].id for label in labels]
+  while todo:
+    run_id = todo.pop()
+    if run_id not in keep:
+      keep.add(run_id)
+      todo += by_id[run_id].deps
+  return [r for r in runs if r.id in keep]

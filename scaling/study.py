@@ -77,6 +77,9 @@ def defaults() -> ml_collections.ConfigDict:
   # Weights & Biases, off while wandb_project is '', needs the extra scaling[wandb]; one W&B run per
   # run id, grouped by the study's name. Like mesh, how a run executes, not part of its id.
   c.logging = ml_collections.ConfigDict({"wandb_project": "", "wandb_entity": ""})
+  # Labels of the runs to run (a run's id without its hash, ft-d32l2-qa-full-df40-s0), with the runs they need;
+  # () runs the whole grid. `python -m analysis.design` writes it for the runs it proposes. Not part of a run's id.
+  c.only = ()
   return c
 
 
@@ -211,6 +214,13 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> ml_collecti
     if hasattr(kind, "resolve_group"):
       kind.resolve_group(study)
   _check_logging(study.logging)
+  if study.only:
+    if not all(isinstance(label, str) for label in study.only):
+      raise StudyError(f"only={study.only!r}; allowed: a tuple of run labels (strings), or () for every run")
+    try:
+      kinds.expand(study)
+    except ValueError as e:
+      raise StudyError(str(e)) from None
   return study
 
 

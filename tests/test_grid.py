@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 from conftest import tiny_study
 
 from scaling import grid, kinds
@@ -58,3 +59,23 @@ def test_ids_follow_what_a_run_is_not_how_it_runs():
 def test_spec_round_trips_through_json():
   for r in _runs():
     assert grid.Run.from_json(json.loads(json.dumps(r.to_json()))) == r
+
+
+def test_only_runs_the_runs_it_names_and_what_they_need():
+  study = {"model.sizes": ("d32l2", "d48l2"), "finetune.d_f": (16, 32), "eft": {"enabled": True, "betas": (1.0,)}}
+  every = _runs(**study)
+  eft = next(r for r in every if r.kind == "eft" and r.config["size"] != r.config["finetune_size"])
+  named = {eft.id, next(r.id for r in every if r.id.startswith("ft-d48l2-qa-full-df32-s0"))}
+  picked = _runs(**study, only=tuple(grid.run_label(i) for i in named))
+  ids = {r.id for r in picked}
+  assert named <= ids and all(set(r.deps) <= ids for r in picked)  # What the named runs need is there too ...
+  needed = set().union(*(r.deps for r in picked))
+  assert ids == named | needed and len(ids) < len(every)  # ... and nothing else.
+  assert [r.id for r in picked] == [r.id for r in every if r.id in ids]  # The grid's ids, in its order.
+
+
+def test_only_names_a_run_the_grid_lacks_before_anything_runs():
+  with pytest.raises(study_lib.StudyError, match=r"'ft-d32l2-qa-full-df64-s0' is not a run of this study"):
+    study_lib.validate(tiny_study(only=("ft-d32l2-qa-full-df64-s0",)), num_devices=8)
+  with pytest.raises(study_lib.StudyError, match=r"only=\(3,\); allowed: a tuple of run labels"):
+    study_lib.validate(tiny_study(only=(3,)), num_devices=8)

@@ -41,7 +41,8 @@ def get(kind: str) -> ModuleType:
 
 
 def expand(study: ml_collections.ConfigDict) -> list[grid.Run]:
-  """All runs of a validated study, each after the runs it depends on."""
+  """All runs of a validated study (only those `only` names and what they need, where it names some), each after
+  the runs it depends on."""
   logging = {**study.logging.to_dict(), "wandb_group": study.name}  # W&B groups a study's runs.
   execution = json.loads(
     json.dumps(
@@ -58,4 +59,4 @@ def expand(study: ml_collections.ConfigDict) -> list[grid.Run]:
   runs: list[grid.Run] = []
   for kind in KINDS.values():
     runs += kind.cells(study, list(runs), execution)
-  return runs
+  return grid.select(runs, study.only) if study.only else runs

@@ -1,0 +1,443 @@
+"""Which runs next: a study's untried runs that most sharpen its law's prediction at a target, for a budget; and a
+simulation that replays published runs as if bought one at a time, to compare ways of choosing them.
+
+    python -m analysis.design --workdir W --budget FLOPS [--target N,D_f] [--task T] [--method M] [--config C.py]
+    python -m analysis.design --simulate lin --source LIN.csv [--fraction 0.2] [--repeats 10] [--out ROWS.csv]
+    python -m analysis.design --simulate colpret --source FAMILY.csv [--fraction 0.2] [--repeats 10]
+
+The law is linearised at its fit to the runs finished: its log-space parameters get the Gaussian uncertainty of a
+least-squares fit (each run's noise in log loss the fit's residual deviation, at least `NOISE`; a weak prior keeps
+undetermined parameters finite), and a run would cut the variance of the target's log loss by
+cov(target, run)^2 / (var(run) + noise^2). Cheap runs cut most per FLOP but may leave too little for a far one, so
+runs are bought by plan (`plan`). With --workdir, the proposed runs are printed with their FLOPs and written to
+W/design/next.flags as the study field `only`, which any launcher takes with --flagfile. docs/design.md is the guide.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import json
+import sys
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pandas as pd
+from etils import epath
+
+from scaling import grid, kinds, laws, methods, results
+from scaling import model as model_lib
+
+NOISE = 0.01  # Standard deviation of one run's log loss about the law: seeds, data order, evaluation.
+PRIOR = 10.0  # Standard deviation of the Gaussian prior on each log-space parameter about the fit.
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+  """Runs to choose among (their stacked log inputs, costs and, in a simulation, losses) and a target."""
+
+  name: str
+  z: np.ndarray  # (k, n) stacked log inputs of the candidate runs (`Law.stack`).
+  cost: np.ndarray  # (n,) each run's cost.
+  y: np.ndarray  # (n,) each run's loss (known in a simulation).
+  z_target: np.ndarray  # (k, m) the target points.
+  y_target: np.ndarray  # (m,) their losses (known in a simulation).
+
+
+@functools.lru_cache(maxsize=None)
+def _jacobian(law: laws.Law) -> Callable:
+  return jax.jit(jax.jacfwd(law.log_predict))
+
+
+def jacobians(law: laws.Law, theta: np.ndarray, z: np.ndarray) -> np.ndarray:
+  """d log L / d theta at each point of z: (n, P)."""
+  with jax.enable_x64(True):
+    return np.asarray(_jacobian(law)(jnp.asarray(theta, jnp.float64), jnp.asarray(z, jnp.float64)))
+
+
+def posterior(jac: np.ndarray, noise: float = NOISE) -> np.ndarray:
+  """Covariance of the log-space parameters after runs with these Jacobian rows (each observed with `noise` in log
+  loss) and the prior."""
+  p = jac.shape[1]
+  return np.linalg.inv(jac.T @ jac / noise**2 + np.eye(p) / PRIOR**2)
+
+
+def _target_variance(jac: np.ndarray, g: np.ndarray, chosen: np.ndarray, noise: float = NOISE) -> float:
+  """Variance of the target's mean log loss after the runs chosen (rows of jac)."""
+  return float(g @ posterior(jac[chosen], noise) @ g)
+
+
+def plan(
+  law: laws.Law, theta: np.ndarray, problem: Problem, bought: np.ndarray, left: float, noise: float = NOISE
+) -> tuple[int, float]:
+  """The affordable run that begins the best plan for the budget left, and the target variance that plan reaches.
+
+  Each affordable run is tried first; the rest of the budget then goes greedily to the run that cuts the target's
+  variance most per unit of cost. Cheap runs cut most per cost, but may leave too little for a far one: the plan
+  weighs what a first run leaves affordable.
+  """
+  jac = jacobians(law, theta, problem.z)
+  g = jacobians(law, theta, problem.z_target).mean(0)
+  best = (-1, np.inf)
+  for first in np.flatnonzero(~bought & (problem.cost <= left)):
+    chosen = bought.copy()
+    chosen[first] = True
+    while True:
+      open_ = np.flatnonzero(~chosen & (problem.cost <= left - problem.cost[chosen & ~bought].sum()))
+      if not len(open_):
+        break
+      cov = posterior(jac[chosen], noise)
+      cross, var = jac[open_] @ cov @ g, np.einsum("np,pq,nq->n", jac[open_], cov, jac[open_])
+      chosen[open_[np.argmax(cross**2 / (var + noise**2) / problem.cost[open_])]] = True  # Sherman-Morrison.
+    variance = _target_variance(jac, g, chosen, noise)
+    if variance < best[1]:
+      best = (int(first), variance)
+  return best
+
+
+def information_gain(law: laws.Law, theta: np.ndarray, problem: Problem, bought: np.ndarray) -> np.ndarray:
+  """For each run, the log-determinant gain of the parameters' information (D-optimal design)."""
+  jac = jacobians(law, theta, problem.z)
+  return np.log1p(np.einsum("np,pq,nq->n", jac, posterior(jac[bought]), jac) / NOISE**2)
+
+
+# A strategy: (law, fit of the runs bought so far, problem, bought mask, budget left, rng) -> the next run to buy,
+# one that is affordable (called only while there is one).
+Strategy = Callable[[laws.Law, np.ndarray, Problem, np.ndarray, float, np.random.Generator], int]
+
+
+def _affordable(problem: Problem, bought: np.ndarray, left: float) -> np.ndarray:
+  return np.flatnonzero(~bought & (problem.cost <= left))
+
+
+def _d_optimal(law, theta, problem, bought, left, rng) -> int:
+  runs = _affordable(problem, bought, left)
+  return int(runs[np.argmax(information_gain(law, theta, problem, bought)[runs] / problem.cost[runs])])
+
+
+STRATEGIES: dict[str, Strategy] = {
+  "narrowing": lambda law, theta, problem, bought, left, rng: plan(law, theta, problem, bought, left)[0],
+  "random": lambda law, theta, problem, bought, left, rng: int(rng.choice(_affordable(problem, bought, left))),
+  "cheapest": lambda law, theta, problem, bought, left, rng: int(
+    min(_affordable(problem, bought, left), key=lambda i: problem.cost[i])
+  ),
+  "largest": lambda law, theta, problem, bought, left, rng: int(
+    max(_affordable(problem, bought, left), key=lambda i: problem.cost[i])
+  ),
+  "d-optimal": _d_optimal,
+}
+
+
+def fit_theta(law: laws.Law, problem: Problem, bought: np.ndarray, starts: np.ndarray) -> np.ndarray:
+  """The law's best log-space parameters on the runs bought."""
+  theta, value, _ = laws.fit_many(law, starts, problem.z, np.log(problem.y), bought.astype(np.float64))
+  return theta[0, np.argmin(value[0])]
+
+
+def heldout_error(law: laws.Law, theta: np.ndarray, problem: Problem) -> float:
+  """Mean relative error of the law's prediction at the target points."""
+  pred = law.predict_logs(theta, problem.z_target)
+  return float(np.mean(np.abs(pred - problem.y_target) / problem.y_target))
+
+
+# The strategies that choose by the law fitted to the runs bought so far: they refit after every run.
+FITTED = ("narrowing", "d-optimal")
+
+
+def replay(
+  law: laws.Law, problem: Problem, strategy: str, start: np.ndarray, budget: float, theta: np.ndarray, seed: int
+) -> np.ndarray:
+  """The runs a strategy buys, from the `start` runs (whose fit is theta) until no run left is affordable."""
+  rng = np.random.default_rng(seed)
+  bought = np.zeros(len(problem.cost), bool)
+  bought[start] = True
+  thinned = law.starts()[:: max(1, len(law.starts()) // 64)]
+  while len(_affordable(problem, bought, left := budget - problem.cost[bought].sum())):
+    bought[STRATEGIES[strategy](law, theta, problem, bought, left, rng)] = True
+    if strategy in FITTED:  # From the last optimum and a thinned grid: one run moves the optimum a little.
+      theta = fit_theta(law, problem, bought, np.vstack([theta, thinned]))
+  return bought
+
+
+def simulate(
+  law: laws.Law,
+  problems: list[Problem],
+  budget: float = 0.2,
+  repeats: int = 10,
+  first: int | None = None,
+  strategies: tuple[str, ...] = tuple(STRATEGIES),
+  progress: Callable[[str], None] = lambda s: None,
+) -> pd.DataFrame:
+  """Every strategy on every problem, from `repeats` sets of `first` starting runs (default: as many as the law has
+  parameters) drawn from the cheaper half, with `budget` of every run's cost to spend; one row per (problem,
+  repeat, strategy) with the held-out error of the law fitted to the runs bought, and that of fitting every run
+  (`all`)."""
+  first = len(law.params) if first is None else first
+  rows = []
+  for problem in problems:
+    errors: dict[bytes, float] = {}  # Strategies often buy the same runs: each set is fitted once.
+
+    def error(bought: np.ndarray) -> float:
+      if bought.tobytes() not in errors:
+        errors[bought.tobytes()] = heldout_error(law, fit_theta(law, problem, bought, law.starts()), problem)
+      return errors[bought.tobytes()]
+
+    total = problem.cost.sum()
+    cheap = np.argsort(problem.cost)[: max(first, len(problem.cost) // 2)]
+    for repeat in range(repeats):
+      start = np.random.default_rng([repeat, 7]).choice(cheap, first, replace=False)
+      theta = fit_theta(law, problem, np.isin(np.arange(len(problem.cost)), start), law.starts())
+      for name in strategies:
+        bought = replay(law, problem, name, start, budget * total, theta, repeat)
+        rows.append(
+          {
+            "problem": problem.name,
+            "repeat": repeat,
+            "strategy": name,
+            "error": error(bought),
+            "all": error(np.ones_like(bought)),
+            "runs": int(bought.sum()),
+            "spent": problem.cost[bought].sum() / total,
+          }
+        )
+      done = ", ".join(f"{r['strategy']} {r['error']:.4f}" for r in rows[-len(strategies) :])
+      progress(f"{problem.name} repeat {repeat}: {done} (all runs {rows[-1]['all']:.4f})")
+  return pd.DataFrame(rows)
+
+
+def lin_problems(frame: pd.DataFrame) -> list[Problem]:
+  """One problem per model of an `analysis.lin` CSV: its curve below the largest d_f, the largest as the target;
+  a run's cost is N * d_f."""
+  law = laws.get_law("rectified")
+  problems = []
+  for model, curve in frame.groupby("model", sort=False):
+    curve = curve.sort_values("d_f")
+    pool, target = curve.iloc[:-1], curve.iloc[-1:]
+    problems.append(
+      Problem(
+        str(model),
+        law.stack(d=pool["d_f"].to_numpy(float)),
+        pool["N"].to_numpy(float) * pool["d_f"].to_numpy(float),
+        pool["loss"].to_numpy(float),
+        law.stack(d=target["d_f"].to_numpy(float)),
+        target["loss"].to_numpy(float),
+      )
+    )
+  return problems
+
+
+def colpret_problems(frame: pd.DataFrame, law: laws.Law) -> list[Problem]:
+  """One problem of an `analysis.colpret` CSV: every run of the smaller models as candidates, the largest model's
+  runs as the target; a run's cost is 6 N D."""
+  largest = frame["N"] == frame["N"].max()
+  pool, target = frame[~largest], frame[largest]
+  stack = lambda part: law.stack(x=part["N"].to_numpy(float), d=part["D"].to_numpy(float))  # noqa: E731
+  return [
+    Problem(
+      str(frame["family"].iloc[0]),
+      stack(pool),
+      6 * pool["N"].to_numpy(float) * pool["D"].to_numpy(float),
+      pool["loss"].to_numpy(float),
+      stack(target),
+      target["loss"].to_numpy(float),
+    )
+  ]
+
+
+def residual_noise(law: laws.Law, theta: np.ndarray, z: np.ndarray, y: np.ndarray) -> float:
+  """A run's noise about the law in log loss: the fit's residual standard deviation (over its degrees of freedom),
+  at least NOISE."""
+  residual = np.log(y) - np.log(law.predict_logs(theta, z))
+  dof = len(y) - len(theta)
+  return max(NOISE, float(np.sqrt(np.sum(residual**2) / dof))) if dof > 0 else NOISE
+
+
+def _vocab_size(run: grid.Run, record: dict) -> int:
+  """The vocabulary a finished run's model had: its training FLOPs per token are affine in it."""
+  size, block, seq_len = run.config["size"], run.config["block"], run.config["train"]["seq_len"]
+  f1, f2 = (model_lib.train_flops_per_token(model_lib.ladder_config(size, v, **block), seq_len) for v in (1, 2))
+  return 1 + round((record["flops_per_token"] - f1) / (f2 - f1))
+
+
+def train_flops(run: grid.Run, vocab_size: int) -> float:
+  """FLOPs of a run's training at most: FLOPs per token times max_steps full batches."""
+  train = run.config["train"]
+  cfg = model_lib.ladder_config(run.config["size"], vocab_size, **run.config["block"])
+  return float(
+    model_lib.train_flops_per_token(cfg, train["seq_len"]) * train["max_steps"] * train["batch_size"] * train["seq_len"]
+  )
+
+
+@dataclasses.dataclass(frozen=True)
+class Proposal:
+  """Fine-tunes to run next, in the order chosen, each with its cost and the target's spread after it."""
+
+  task: str
+  method: str
+  target: dict[str, float]  # The base's non-embedding parameters (x) and D_f (d) whose loss is to be predicted.
+  runs: list[grid.Run]
+  costs: list[float]  # FLOPs: the fine-tune's, and its base's pretraining where no earlier run pays for it.
+  spread_before: float  # Standard deviation of the target's log loss (about its relative spread) before.
+  spread_after: list[float]  # ... after each proposed run, with those before it.
+
+
+def study_grid(workdir: epath.Path) -> list[grid.Run]:
+  """Every run of the study in a workdir (its study.json, whatever `only` it ran with)."""
+  path = workdir / "study.json"
+  if not path.exists():
+    raise ValueError(f"--workdir {workdir}: no study.json; allowed: the workdir of a study that launch.local ran")
+  study = ml_collections.ConfigDict(json.loads(path.read_text()))
+  study.only = ()
+  return kinds.expand(study)
+
+
+def propose(
+  workdir: str | epath.Path,
+  budget: float,
+  task: str | None = None,
+  method: str | None = None,
+  target: dict[str, float] | None = None,
+) -> Proposal:
+  """The grid's unfinished fine-tunes of a task and method (default: the first) that most narrow the multiplicative
+  law's prediction at the target (default: the grid's largest base at its largest D_f), within `budget` FLOPs."""
+  workdir = results.workdir_path(workdir)
+  runs = study_grid(workdir)
+  by_id = {r.id: r for r in runs}
+  done = {r.id: rec for r in runs if (rec := results.read_result(workdir / "runs" / r.id)) is not None}
+  tunes = [r for r in runs if r.kind == "finetune"]
+  if not tunes:
+    raise ValueError(f"the study in {workdir} has no fine-tunes to propose")
+  task = task or tunes[0].config["task"]
+  method = method or methods.label(tunes[0].config["method"])
+  cell = [r for r in tunes if (r.config["task"], methods.label(r.config["method"])) == (task, method)]
+  if not cell:
+    pairs = sorted({(r.config["task"], methods.label(r.config["method"])) for r in tunes})
+    raise ValueError(f"no fine-tunes of task {task!r} with method {method!r}; allowed: {pairs}")
+  finished = [r for r in cell if r.id in done and np.isfinite(done[r.id]["metrics"]["test_loss"])]
+  if not finished:
+    raise ValueError(f"no finished fine-tunes of {task}/{method} in {workdir}: run some of the grid first")
+  vocab = _vocab_size(finished[0], done[finished[0].id])
+  open_ = [r for r in cell if r.id not in done]
+  x = lambda r: model_lib.non_embedding_params(model_lib.ladder_config(r.config["size"], vocab, **r.config["block"]))  # noqa: E731
+  law = laws.get_law("multiplicative")
+  target = target or {"x": max(map(x, cell)), "d": max(r.config["d_f"] for r in cell)}
+  rows = finished + open_
+  losses = [done[r.id]["metrics"]["test_loss"] for r in finished]
+  problem = Problem(
+    f"{task}/{method}",
+    law.stack(x=[x(r) for r in rows], d=[r.config["d_f"] for r in rows]),
+    np.array([0.0] * len(finished) + [train_flops(r, vocab) for r in open_]),
+    np.array(losses + [np.mean(losses)] * len(open_)),  # Unknown losses, weighted 0 in the fit.
+    law.stack(x=[target["x"]], d=[target["d"]]),
+    np.array([np.nan]),
+  )
+  chosen = np.arange(len(rows)) < len(finished)
+  theta = fit_theta(law, problem, chosen, law.starts())
+  jac, g = jacobians(law, theta, problem.z), jacobians(law, theta, problem.z_target).mean(0)
+  noise = residual_noise(law, theta, problem.z[:, chosen], problem.y[chosen])
+  paid = set(done)  # Bases that need no pretraining: finished, or paid for by a run chosen before.
+  base_cost = lambda r: 0.0 if r.deps[0] in paid else train_flops(by_id[r.deps[0]], vocab)  # noqa: E731
+  picked, costs, spread, left = [], [], [], budget
+  while True:
+    cost = problem.cost + np.array([0.0] * len(finished) + [base_cost(r) for r in open_])
+    first, _ = plan(law, theta, dataclasses.replace(problem, cost=cost), chosen, left, noise)
+    if first < 0:
+      break
+    chosen[first], left = True, left - cost[first]
+    paid.add(rows[first].deps[0])
+    picked.append(rows[first])
+    costs.append(float(cost[first]))
+    spread.append(float(np.sqrt(_target_variance(jac, g, chosen, noise))))
+  before = float(np.sqrt(_target_variance(jac, g, np.arange(len(rows)) < len(finished), noise)))
+  return Proposal(task, method, target, picked, costs, before, spread)
+
+
+def write_override(workdir: str | epath.Path, proposal: Proposal) -> epath.Path:
+  """A flag file that launchers take (`--flagfile`): the proposed runs as the study's `only`."""
+  path = results.workdir_path(workdir) / "design" / "next.flags"
+  labels = tuple(grid.run_label(r.id) for r in proposal.runs)
+  results.write_text(path, f"--config.only={labels!r}\n")
+  return path
+
+
+def summary(rows: pd.DataFrame) -> pd.DataFrame:
+  """Median held-out relative error of each strategy, and of fitting every run, with its ratio to that."""
+  med = rows.groupby("strategy")["error"].median()
+  all_error = rows.groupby("problem")["all"].first().median()
+  out = pd.DataFrame(
+    {"median error": med, "x all runs": med / all_error, "runs": rows.groupby("strategy")["runs"].median()}
+  )
+  out.loc["all runs"] = [all_error, 1.0, np.nan]
+  return out.sort_values("median error")
+
+
+def _target(text: str) -> dict[str, float]:
+  try:
+    x, d = (float(v) for v in text.split(","))
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"--target {text!r}; allowed: N,D_f (two numbers, as 1e5,640)") from None
+  return {"x": x, "d": d}
+
+
+def print_proposal(proposal: Proposal, budget: float) -> None:
+  """The proposal as a table: each run, its cost, and the target's spread once it and those above it are in."""
+  print(
+    f"{proposal.task}/{proposal.method}: the multiplicative law's prediction at N={proposal.target['x']:.4g}, "
+    f"D_f={proposal.target['d']:.4g} has a spread of {proposal.spread_before:.3g} in log loss now"
+  )
+  rows = [
+    {"run": grid.run_label(r.id), "FLOPs": c, "spread after": a}
+    for r, c, a in zip(proposal.runs, proposal.costs, proposal.spread_after)
+  ]
+  if rows:
+    print(
+      pd.DataFrame(rows).to_string(index=False, formatters={"FLOPs": "{:.3g}".format, "spread after": "{:.3g}".format})
+    )
+  print(f"{len(rows)} runs, {sum(proposal.costs):.3g} of {budget:.3g} FLOPs")
+
+
+def main(argv: list[str] | None = None) -> None:
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  mode = parser.add_mutually_exclusive_group(required=True)
+  mode.add_argument("--workdir", help="A study's workdir: propose its next fine-tunes.")
+  mode.add_argument("--simulate", choices=("lin", "colpret"), help="Replay published runs (--source).")
+  parser.add_argument("--budget", type=float, help="FLOPs to spend on the proposed runs (--workdir).")
+  parser.add_argument("--task", help="The fine-tunes' task (default: the study's first).")
+  parser.add_argument("--method", help="Their method label (default: the study's first).")
+  parser.add_argument("--target", type=_target, help="N,D_f to predict (default: the grid's largest of each).")
+  parser.add_argument("--config", default="CONFIG.py", help="The study's config file, for the command printed.")
+  parser.add_argument("--source", help="A CSV of analysis.lin or analysis.colpret (--simulate).")
+  parser.add_argument("--law", help="The law fitted (--simulate; default: rectified for lin, overtrained for colpret).")
+  parser.add_argument("--fraction", type=float, default=0.2, help="Fraction of every run's cost to spend (--simulate).")
+  parser.add_argument("--repeats", type=int, default=10, help="Sets of starting runs (--simulate).")
+  parser.add_argument("--out", help="Write every replay's row here (--simulate, CSV).")
+  args = parser.parse_args(argv)
+  if args.workdir:
+    if not args.budget or args.budget <= 0:
+      parser.error(f"--budget={args.budget}; allowed: a positive number of FLOPs, with --workdir")
+    try:
+      proposal = propose(args.workdir, args.budget, args.task, args.method, args.target)
+    except ValueError as e:
+      sys.exit(str(e))
+    print_proposal(proposal, args.budget)
+    if proposal.runs:
+      path = write_override(args.workdir, proposal)
+      print(f"run them: python -m launch.local --config {args.config} --workdir {args.workdir} --flagfile {path}")
+    return
+  if not args.source:
+    parser.error("--simulate needs --source: a CSV of analysis.lin or analysis.colpret")
+  frame = pd.read_csv(args.source)
+  law = laws.get_law(args.law or {"lin": "rectified", "colpret": "overtrained"}[args.simulate])
+  problems = lin_problems(frame) if args.simulate == "lin" else colpret_problems(frame, law)
+  rows = simulate(law, problems, args.fraction, args.repeats, progress=lambda s: print(s, file=sys.stderr, flush=True))
+  if args.out:
+    rows.to_csv(args.out, index=False)
+  print(summary(rows).to_string(float_format=lambda v: f"{v:.4g}"))
+
+
+if __name__ == "__main__":
+  main()
