@@ -2,6 +2,7 @@
 simulation that replays published runs as if bought one at a time, to compare ways of choosing them.
 
     python -m analysis.design --workdir W --budget FLOPS [--target N,D_f] [--task T] [--method M] [--config C.py]
+    python -m analysis.design --csv RUNS.csv --x N --d D --y loss --budget B [--cost C] [--law L] [--target N,D]
     python -m analysis.design --simulate lin --source LIN.csv [--fraction 0.2] [--repeats 10] [--out ROWS.csv]
     python -m analysis.design --simulate colpret --source FAMILY.csv [--fraction 0.2] [--repeats 10]
 
@@ -10,7 +11,8 @@ least-squares fit (each run's noise in log loss the fit's residual deviation, at
 undetermined parameters finite), and a run would cut the variance of the target's log loss by
 cov(target, run)^2 / (var(run) + noise^2). Cheap runs cut most per FLOP but may leave too little for a far one, so
 runs are bought by plan (`plan`). With --workdir, the proposed runs are printed with their FLOPs and written to
-W/design/next.flags as the study field `only`, which any launcher takes with --flagfile. docs/design.md is the guide.
+W/design/next.flags as the study field `only`, which any launcher takes with --flagfile; with --csv, the table's rows
+without a loss are the runs to choose among. docs/design.md is the guide.
 """
 
 from __future__ import annotations
@@ -335,25 +337,79 @@ def propose(
     law.stack(x=[target["x"]], d=[target["d"]]),
     np.array([np.nan]),
   )
-  chosen = np.arange(len(rows)) < len(finished)
-  theta = fit_theta(law, problem, chosen, law.starts())
+
+  def surcharge(chosen: np.ndarray) -> np.ndarray:
+    """Each run's base's pretraining, unless it finished or a run chosen already pays for it."""
+    paid = set(done) | {r.deps[0] for r, c in zip(rows, chosen) if c}
+    return np.array([0.0 if r.deps[0] in paid else train_flops(by_id[r.deps[0]], vocab) for r in rows])
+
+  picked, costs, before, after = choose(law, problem, np.arange(len(rows)) < len(finished), budget, surcharge)
+  return Proposal(task, method, target, [rows[i] for i in picked], costs, before, after)
+
+
+def choose(
+  law: laws.Law,
+  problem: Problem,
+  bought: np.ndarray,
+  budget: float,
+  surcharge: Callable[[np.ndarray], np.ndarray] | None = None,
+) -> tuple[list[int], list[float], float, list[float]]:
+  """The runs to buy next within `budget`, by plan, from the law fitted to the runs bought (their losses; the
+  others' are ignored): their indices and costs (each with `surcharge(chosen)`, a cost that the runs chosen may
+  already have paid, such as a base's pretraining), and the target's spread in log loss before and after each."""
+  theta = fit_theta(law, problem, bought, law.starts())
   jac, g = jacobians(law, theta, problem.z), jacobians(law, theta, problem.z_target).mean(0)
-  noise = residual_noise(law, theta, problem.z[:, chosen], problem.y[chosen])
-  paid = set(done)  # Bases that need no pretraining: finished, or paid for by a run chosen before.
-  base_cost = lambda r: 0.0 if r.deps[0] in paid else train_flops(by_id[r.deps[0]], vocab)  # noqa: E731
-  picked, costs, spread, left = [], [], [], budget
+  noise = residual_noise(law, theta, problem.z[:, bought], problem.y[bought])
+  chosen, left, picked, costs, after = bought.copy(), budget, [], [], []
   while True:
-    cost = problem.cost + np.array([0.0] * len(finished) + [base_cost(r) for r in open_])
+    cost = problem.cost + (surcharge(chosen) if surcharge else 0.0)
     first, _ = plan(law, theta, dataclasses.replace(problem, cost=cost), chosen, left, noise)
     if first < 0:
       break
     chosen[first], left = True, left - cost[first]
-    paid.add(rows[first].deps[0])
-    picked.append(rows[first])
+    picked.append(first)
     costs.append(float(cost[first]))
-    spread.append(float(np.sqrt(_target_variance(jac, g, chosen, noise))))
-  before = float(np.sqrt(_target_variance(jac, g, np.arange(len(rows)) < len(finished), noise)))
-  return Proposal(task, method, target, picked, costs, before, spread)
+    after.append(float(np.sqrt(_target_variance(jac, g, chosen, noise))))
+  return picked, costs, float(np.sqrt(_target_variance(jac, g, bought, noise))), after
+
+
+def propose_rows(
+  frame: pd.DataFrame,
+  x: str,
+  d: str,
+  y: str,
+  budget: float,
+  cost: str | None = None,
+  law: str = "multiplicative",
+  target: dict[str, float] | None = None,
+) -> pd.DataFrame:
+  """The rows of a table without a loss (y) to run next within `budget`, by plan, from the law fitted to the rows
+  with one (columns x and d: the law's inputs; cost: a column of costs, default 6 x d FLOPs); target: default the
+  largest x at the largest d. Returns the rows chosen, in order, with `cost` and `spread after`."""
+  law_ = laws.get_law(law)
+  if law_.inputs != ("x", "d"):
+    raise ValueError(f"law {law!r} takes inputs {law_.inputs}; allowed: a joint law over x and d")
+  missing = [c for c in (x, d, y, cost) if c and c not in frame.columns]
+  if missing:
+    raise ValueError(f"column {missing[0]!r} is not in the table; columns: {list(frame.columns)}")
+  known = frame[y].notna().to_numpy()
+  if not known.any() or known.all():
+    raise ValueError(f"column {y!r} must have losses (the runs done) and blanks (the runs to choose among)")
+  xs, ds = frame[x].to_numpy(float), frame[d].to_numpy(float)
+  y_values = frame[y].to_numpy(float)
+  target = target or {"x": xs.max(), "d": ds.max()}
+  problem = Problem(
+    "table",
+    law_.stack(x=xs, d=ds),
+    np.where(known, 0.0, frame[cost].to_numpy(float) if cost else 6 * xs * ds),
+    np.where(known, y_values, np.nanmean(y_values)),  # Unknown losses, weighted 0 in the fit.
+    law_.stack(x=[target["x"]], d=[target["d"]]),
+    np.array([np.nan]),
+  )
+  picked, costs, before, after = choose(law_, problem, known, budget)
+  out = frame.iloc[picked].assign(cost=costs, **{"spread after": after})
+  out.attrs["spread before"] = before
+  return out
 
 
 def write_override(workdir: str | epath.Path, proposal: Proposal) -> epath.Path:
@@ -404,8 +460,13 @@ def main(argv: list[str] | None = None) -> None:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   mode = parser.add_mutually_exclusive_group(required=True)
   mode.add_argument("--workdir", help="A study's workdir: propose its next fine-tunes.")
+  mode.add_argument("--csv", help="A table of runs: those without a loss (--y) are the ones to choose among.")
   mode.add_argument("--simulate", choices=("lin", "colpret"), help="Replay published runs (--source).")
-  parser.add_argument("--budget", type=float, help="FLOPs to spend on the proposed runs (--workdir).")
+  parser.add_argument("--x", help="The table's column of the model-side factor (--csv).")
+  parser.add_argument("--d", help="... of the data (--csv).")
+  parser.add_argument("--y", help="... of the loss, blank for runs not yet run (--csv).")
+  parser.add_argument("--cost", help="... of each run's cost (--csv; default 6 x d FLOPs).")
+  parser.add_argument("--budget", type=float, help="FLOPs (or --cost units) to spend on the runs proposed.")
   parser.add_argument("--task", help="The fine-tunes' task (default: the study's first).")
   parser.add_argument("--method", help="Their method label (default: the study's first).")
   parser.add_argument("--target", type=_target, help="N,D_f to predict (default: the grid's largest of each).")
@@ -416,9 +477,21 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--repeats", type=int, default=10, help="Sets of starting runs (--simulate).")
   parser.add_argument("--out", help="Write every replay's row here (--simulate, CSV).")
   args = parser.parse_args(argv)
+  if (args.workdir or args.csv) and (not args.budget or args.budget <= 0):
+    parser.error(f"--budget={args.budget}; allowed: a positive number of FLOPs (or of --cost's units)")
+  if args.csv:
+    if not (args.x and args.d and args.y):
+      parser.error("--csv needs --x, --d and --y: the columns of the factor, the data and the loss")
+    try:
+      chosen = propose_rows(
+        pd.read_csv(args.csv), args.x, args.d, args.y, args.budget, args.cost, args.law or "multiplicative", args.target
+      )
+    except ValueError as e:
+      sys.exit(str(e))
+    print(f"the target's spread in log loss now: {chosen.attrs['spread before']:.3g}")
+    print(chosen.to_string(float_format=lambda v: f"{v:.4g}") if len(chosen) else "no run fits the budget")
+    return
   if args.workdir:
-    if not args.budget or args.budget <= 0:
-      parser.error(f"--budget={args.budget}; allowed: a positive number of FLOPs, with --workdir")
     try:
       proposal = propose(args.workdir, args.budget, args.task, args.method, args.target)
     except ValueError as e:

@@ -1,6 +1,7 @@
 """Choosing runs for a budget: each strategy's purchases, the narrowing plan, and the simulation's table."""
 
 import ast
+import re
 import warnings
 
 import numpy as np
@@ -170,3 +171,52 @@ def test_cli_refuses_a_workdir_without_a_budget_or_study(tmp_path):
     design.main(["--workdir", str(tmp_path), "--budget", "1e12"])
   with pytest.raises(SystemExit):
     design.main(["--workdir", str(tmp_path)])
+
+
+def _table() -> pd.DataFrame:
+  """4 x by 5 d of a multiplicative law; the runs above 2e6 in x or 3,000 in d not yet run (no loss)."""
+  x, d = (a.ravel() for a in np.meshgrid(np.geomspace(1e5, 1e7, 4), np.geomspace(100, 1e4, 5)))
+  loss = 30 * x**-0.3 * d**-0.2 + 1.0
+  return pd.DataFrame(
+    {"N": x, "D": d, "loss": np.where((x > 2e6) | (d > 3000), np.nan, loss), "gpu_hours": x * d / 1e9}
+  )
+
+
+def test_a_tables_rows_without_a_loss_are_proposed_within_the_budget():
+  table = _table()
+  for cost, budget in ((None, 3e11), ("gpu_hours", 60.0)):
+    chosen = design.propose_rows(table, "N", "D", "loss", budget, cost=cost)
+    assert len(chosen) and chosen["loss"].isna().all() and chosen.index.is_unique
+    expected = 6 * chosen["N"] * chosen["D"] if cost is None else chosen[cost]
+    assert chosen["cost"].to_numpy() == pytest.approx(expected.to_numpy())
+    assert chosen["cost"].sum() <= budget
+    left = budget - chosen["cost"].sum()
+    others = table[table["loss"].isna()].drop(chosen.index)
+    assert ((6 * others["N"] * others["D"] if cost is None else others[cost]) > left).all()  # Nothing affordable left.
+    assert list(chosen["spread after"]) == sorted(chosen["spread after"], reverse=True)
+    assert chosen["spread after"].iloc[-1] < chosen.attrs["spread before"]
+
+
+@pytest.mark.parametrize(
+  "change, message",
+  [
+    ({"y": "nope"}, "column 'nope' is not in the table"),
+    ({"law": "single"}, "law 'single' takes inputs"),
+    ({"table": "all run"}, "must have losses (the runs done) and blanks"),
+  ],
+)
+def test_a_table_that_cannot_be_chosen_from_is_refused(change, message):
+  table = _table()
+  if change.get("table"):
+    table = table.assign(loss=1.0)
+  with pytest.raises(ValueError, match=re.escape(message)):
+    design.propose_rows(table, "N", "D", change.get("y", "loss"), 1e11, law=change.get("law", "multiplicative"))
+
+
+def test_cli_proposes_a_tables_runs(tmp_path, capsys):
+  _table().to_csv(tmp_path / "runs.csv", index=False)
+  design.main(["--csv", str(tmp_path / "runs.csv"), "--x", "N", "--d", "D", "--y", "loss", "--budget", "3e11"])
+  out = capsys.readouterr().out
+  assert out.startswith("the target's spread in log loss now: ") and "spread after" in out
+  design.main(["--csv", str(tmp_path / "runs.csv"), "--x", "N", "--d", "D", "--y", "loss", "--budget", "1"])
+  assert "no run fits the budget" in capsys.readouterr().out
