@@ -280,6 +280,7 @@ class Proposal:
 
   task: str
   method: str
+  law: str
   target: dict[str, float]  # The base's non-embedding parameters (x) and D_f (d) whose loss is to be predicted.
   runs: list[grid.Run]
   costs: list[float]  # FLOPs: the fine-tune's, and its base's pretraining where no earlier run pays for it.
@@ -297,15 +298,27 @@ def study_grid(workdir: epath.Path) -> list[grid.Run]:
   return kinds.expand(study)
 
 
+def joint_law(name: str) -> laws.Law:
+  """A law over x and d by name; ValueError names the laws allowed."""
+  law = laws.get_law(name)
+  if law.inputs != ("x", "d"):
+    allowed = sorted(n for n, candidate in laws.LAWS.items() if candidate.inputs == ("x", "d"))
+    raise ValueError(f"law {name!r} takes inputs {law.inputs}; allowed: a joint law over x and d, one of {allowed}")
+  return law
+
+
 def propose(
   workdir: str | epath.Path,
   budget: float,
   task: str | None = None,
   method: str | None = None,
   target: dict[str, float] | None = None,
+  law: str = "multiplicative",
 ) -> Proposal:
-  """The grid's unfinished fine-tunes of a task and method (default: the first) that most narrow the multiplicative
-  law's prediction at the target (default: the grid's largest base at its largest D_f), within `budget` FLOPs."""
+  """The grid's unfinished fine-tunes of a task and method (default: the first) that most narrow a joint law's
+  prediction over (N, D_f) at the target (default: the grid's largest base at its largest D_f), within `budget`
+  FLOPs."""
+  law_ = joint_law(law)
   workdir = results.workdir_path(workdir)
   runs = study_grid(workdir)
   by_id = {r.id: r for r in runs}
@@ -325,16 +338,15 @@ def propose(
   vocab = _vocab_size(finished[0], done[finished[0].id])
   open_ = [r for r in cell if r.id not in done]
   x = lambda r: model_lib.non_embedding_params(model_lib.ladder_config(r.config["size"], vocab, **r.config["block"]))  # noqa: E731
-  law = laws.get_law("multiplicative")
   target = target or {"x": max(map(x, cell)), "d": max(r.config["d_f"] for r in cell)}
   rows = finished + open_
   losses = [done[r.id]["metrics"]["test_loss"] for r in finished]
   problem = Problem(
     f"{task}/{method}",
-    law.stack(x=[x(r) for r in rows], d=[r.config["d_f"] for r in rows]),
+    law_.stack(x=[x(r) for r in rows], d=[r.config["d_f"] for r in rows]),
     np.array([0.0] * len(finished) + [train_flops(r, vocab) for r in open_]),
     np.array(losses + [np.mean(losses)] * len(open_)),  # Unknown losses, weighted 0 in the fit.
-    law.stack(x=[target["x"]], d=[target["d"]]),
+    law_.stack(x=[target["x"]], d=[target["d"]]),
     np.array([np.nan]),
   )
 
@@ -343,8 +355,8 @@ def propose(
     paid = set(done) | {r.deps[0] for r, c in zip(rows, chosen) if c}
     return np.array([0.0 if r.deps[0] in paid else train_flops(by_id[r.deps[0]], vocab) for r in rows])
 
-  picked, costs, before, after = choose(law, problem, np.arange(len(rows)) < len(finished), budget, surcharge)
-  return Proposal(task, method, target, [rows[i] for i in picked], costs, before, after)
+  picked, costs, before, after = choose(law_, problem, np.arange(len(rows)) < len(finished), budget, surcharge)
+  return Proposal(task, method, law, target, [rows[i] for i in picked], costs, before, after)
 
 
 def choose(
@@ -386,9 +398,7 @@ def propose_rows(
   """The rows of a table without a loss (y) to run next within `budget`, by plan, from the law fitted to the rows
   with one (columns x and d: the law's inputs; cost: a column of costs, default 6 x d FLOPs); target: default the
   largest x at the largest d. Returns the rows chosen, in order, with `cost` and `spread after`."""
-  law_ = laws.get_law(law)
-  if law_.inputs != ("x", "d"):
-    raise ValueError(f"law {law!r} takes inputs {law_.inputs}; allowed: a joint law over x and d")
+  law_ = joint_law(law)
   missing = [c for c in (x, d, y, cost) if c and c not in frame.columns]
   if missing:
     raise ValueError(f"column {missing[0]!r} is not in the table; columns: {list(frame.columns)}")
@@ -442,7 +452,7 @@ def _target(text: str) -> dict[str, float]:
 def print_proposal(proposal: Proposal, budget: float) -> None:
   """The proposal as a table: each run, its cost, and the target's spread once it and those above it are in."""
   print(
-    f"{proposal.task}/{proposal.method}: the multiplicative law's prediction at N={proposal.target['x']:.4g}, "
+    f"{proposal.task}/{proposal.method}: the {proposal.law} law's prediction at N={proposal.target['x']:.4g}, "
     f"D_f={proposal.target['d']:.4g} has a spread of {proposal.spread_before:.3g} in log loss now"
   )
   rows = [
@@ -472,7 +482,10 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--target", type=_target, help="N,D_f to predict (default: the grid's largest of each).")
   parser.add_argument("--config", default="CONFIG.py", help="The study's config file, for the command printed.")
   parser.add_argument("--source", help="A CSV of analysis.lin or analysis.colpret (--simulate).")
-  parser.add_argument("--law", help="The law fitted (--simulate; default: rectified for lin, overtrained for colpret).")
+  parser.add_argument(
+    "--law",
+    help="The law fitted (default: multiplicative; rectified for --simulate lin, overtrained for colpret).",
+  )
   parser.add_argument("--fraction", type=float, default=0.2, help="Fraction of every run's cost to spend (--simulate).")
   parser.add_argument("--repeats", type=int, default=10, help="Sets of starting runs (--simulate).")
   parser.add_argument("--out", help="Write every replay's row here (--simulate, CSV).")
@@ -493,7 +506,7 @@ def main(argv: list[str] | None = None) -> None:
     return
   if args.workdir:
     try:
-      proposal = propose(args.workdir, args.budget, args.task, args.method, args.target)
+      proposal = propose(args.workdir, args.budget, args.task, args.method, args.target, args.law or "multiplicative")
     except ValueError as e:
       sys.exit(str(e))
     print_proposal(proposal, args.budget)

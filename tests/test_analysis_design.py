@@ -149,6 +149,10 @@ def test_proposals_are_unfinished_runs_within_the_budget_and_price_a_new_base_on
     "d": 64,
   }
   assert design.propose(tmp_path, 1.0).runs == []  # Nothing is that cheap.
+  additive = design.propose(tmp_path, everything, law="additive")
+  assert additive.law == "additive" and len(additive.runs) == len(open_tunes)
+  with pytest.raises(ValueError, match=r"law 'rectified' takes inputs \('d',\); allowed: a joint law over x and d"):
+    design.propose(tmp_path, everything, law="rectified")
 
 
 def test_the_override_runs_the_proposed_runs_and_the_bases_they_need(tmp_path, capsys):
