@@ -242,6 +242,7 @@ def test_auto_gives_the_unique_data_only_to_the_law_that_takes_it():
     warnings.simplefilter("ignore")
     records = frames.fit_laws(frame, "D", "loss", x="N", u="U")
   assert {r["law"] for r in records} == {"multiplicative", "additive", "overtrained", "kaplan", "data_constrained"}
+  assert all((r["columns"].get("u") == "U") == (r["law"] == "data_constrained") for r in records)
 
 
 def test_diverged_runs_are_excluded_with_a_warning():
