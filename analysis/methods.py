@@ -91,9 +91,11 @@ def exponents(fits: list[dict]) -> pd.DataFrame:
 
 
 def _params(f: dict) -> dict:
-  p, ci = f["params"], f.get("intervals", {})
-  alpha = f"{p['alpha']:.4g}" + (f" [{ci['alpha'][0]:.3g}, {ci['alpha'][1]:.3g}]" if "alpha" in ci else "")
-  return {"alpha": alpha, "beta": p["beta"], "E": p["E"], "points": f["num_points"]}
+  """alpha (with its interval), beta and E as the report shows them: "not determined" where the points leave one so."""
+  ci, (alpha, beta, e) = f.get("intervals", {}), (report_lib.param_text(f, k) for k in ("alpha", "beta", "E"))
+  if "alpha" in ci and "alpha" not in f["undetermined"]:
+    alpha += f" [{ci['alpha'][0]:.3g}, {ci['alpha'][1]:.3g}]"
+  return {"alpha": alpha, "beta": beta, "E": e, "points": f["num_points"]}
 
 
 def report_lines(table: pd.DataFrame, fits: list[dict]) -> list[str]:

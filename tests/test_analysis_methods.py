@@ -95,3 +95,13 @@ def test_a_size_at_two_pretraining_budgets_is_two_bases():
   fits = methods_analysis.fit_methods(pd.concat([table, shorter], ignore_index=True), bootstrap=10)
   assert sorted(f["base"] for f in fits) == ["d32l2 at D_p 1e+06", "d32l2 at D_p 5e+05"]
   assert all(f["num_points"] == 20 and f["params"]["alpha"] == pytest.approx(0.1, abs=2e-3) for f in fits)
+
+
+def test_exponents_that_the_points_leave_undetermined_read_so():
+  fits = methods_analysis.fit_methods(_table(), bootstrap=20)
+  determined = methods_analysis.exponents(fits).iloc[0]
+  assert determined["alpha"].startswith("0.1") and " [" in determined["alpha"]  # The value and its interval.
+  assert determined["beta"] == f"{fits[0]['params']['beta']:.4g}"
+  vague = [{**fits[0], "undetermined": {"alpha": "a flat optimum", "E": "a wide interval"}}]
+  row = methods_analysis.exponents(vague).iloc[0]
+  assert (row["alpha"], row["E"]) == ("not determined", "not determined") and row["beta"] == determined["beta"]
