@@ -1,18 +1,20 @@
 """Which runs next: a study's untried runs that most sharpen its law's prediction at a target, for a budget; and a
 simulation that replays published runs as if bought one at a time, to compare ways of choosing them.
 
-    python -m analysis.design --workdir W --budget FLOPS [--target N,D_f] [--task T] [--method M] [--config C.py]
-    python -m analysis.design --csv RUNS.csv --x N --d D --y loss --budget B [--cost C] [--law L] [--target N,D]
-    python -m analysis.design --simulate lin --source LIN.csv [--fraction 0.2] [--repeats 10] [--out ROWS.csv]
-    python -m analysis.design --simulate colpret --source FAMILY.csv [--fraction 0.2] [--repeats 10]
+    python -m analysis.design --workdir W --budget FLOPS [--target N,D_f|PARAM] [--task T|all] [--method M|all]
+        [--x non_embedding_params|pretrain_tokens] [--law L] [--config C.py]
+    python -m analysis.design --csv RUNS.csv --x N --d D --y loss --budget B [--cost C] [--law L] [--target N,D|PARAM]
+    python -m analysis.design --simulate LIN.csv FAMILY.csv ... [--fraction 0.2 0.05] [--repeats 10] [--out ROWS.csv]
 
 The law is linearised at its fit to the runs finished: its log-space parameters get the Gaussian uncertainty of a
 least-squares fit (each run's noise in log loss the fit's residual deviation, at least `NOISE`; a weak prior keeps
-undetermined parameters finite), and a run would cut the variance of the target's log loss by
-cov(target, run)^2 / (var(run) + noise^2). Cheap runs cut most per FLOP but may leave too little for a far one, so
-runs are bought by plan (`plan`). With --workdir, the proposed runs are printed with their FLOPs and written to
-W/design/next.flags as the study field `only`, which any launcher takes with --flagfile; with --csv, the table's rows
-without a loss are the runs to choose among. docs/design.md is the guide.
+undetermined parameters finite), and a run would cut the variance of the target (the log loss predicted at a point,
+or a parameter such as alpha) by cov(target, run)^2 / (var(run) + noise^2). Cheap runs cut most per FLOP but may
+leave too little for a far one, so runs are bought by plan (`plan`). With --workdir, each task/method asked for is a
+cell with its own fit (their targets' variances add up); the proposed runs are printed with their FLOPs and written
+to W/design/next.flags as the study field `only`, which any launcher takes with --flagfile. With --csv, the table's
+rows without a loss are the runs to choose among. --simulate replays CSVs of analysis.lin and analysis.colpret at
+each fraction and prints one table. docs/design.md is the guide.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import itertools
 import json
 import sys
 from collections.abc import Callable
@@ -31,6 +34,7 @@ import numpy as np
 import pandas as pd
 from etils import epath
 
+from analysis import frames
 from scaling import grid, kinds, laws, methods, results
 from scaling import model as model_lib
 
@@ -48,6 +52,7 @@ class Problem:
   y: np.ndarray  # (n,) each run's loss (known in a simulation).
   z_target: np.ndarray  # (k, m) the target points.
   y_target: np.ndarray  # (m,) their losses (known in a simulation).
+  param: int | None = None  # The law's parameter to narrow (its index), in place of the prediction at the target.
 
 
 @functools.lru_cache(maxsize=None)
@@ -61,41 +66,68 @@ def jacobians(law: laws.Law, theta: np.ndarray, z: np.ndarray) -> np.ndarray:
     return np.asarray(_jacobian(law)(jnp.asarray(theta, jnp.float64), jnp.asarray(z, jnp.float64)))
 
 
-def posterior(jac: np.ndarray, noise: float = NOISE) -> np.ndarray:
+def posterior(jac: np.ndarray, noise: float | np.ndarray = NOISE) -> np.ndarray:
   """Covariance of the log-space parameters after runs with these Jacobian rows (each observed with `noise` in log
-  loss) and the prior."""
-  p = jac.shape[1]
-  return np.linalg.inv(jac.T @ jac / noise**2 + np.eye(p) / PRIOR**2)
+  loss, one for all or one each) and the prior."""
+  weights = np.broadcast_to(np.asarray(noise, np.float64) ** -2.0, jac.shape[:1])
+  return np.linalg.inv(jac.T @ (jac * weights[:, None]) + np.eye(jac.shape[1]) / PRIOR**2)
 
 
-def _target_variance(jac: np.ndarray, g: np.ndarray, chosen: np.ndarray, noise: float = NOISE) -> float:
-  """Variance of the target's mean log loss after the runs chosen (rows of jac)."""
-  return float(g @ posterior(jac[chosen], noise) @ g)
+def target_gradient(law: laws.Law, theta: np.ndarray, problem: Problem) -> np.ndarray:
+  """d target / d theta: of the target points' mean log loss, or of the parameter to narrow."""
+  if problem.param is not None:
+    return np.eye(len(theta))[problem.param]
+  return jacobians(law, theta, problem.z_target).mean(0)
 
 
-def plan(
-  law: laws.Law, theta: np.ndarray, problem: Problem, bought: np.ndarray, left: float, noise: float = NOISE
-) -> tuple[int, float]:
+@dataclasses.dataclass(frozen=True)
+class Linear:
+  """A law linearised at its fit: each run's d log L / d theta, the target's gradient, and each run's noise."""
+
+  jac: np.ndarray  # (n, P)
+  g: np.ndarray  # (P,)
+  noise: np.ndarray  # (n,) in log loss.
+
+  def variance(self, chosen: np.ndarray) -> float:
+    """The target's variance once the runs chosen are observed."""
+    return float(self.g @ posterior(self.jac[chosen], self.noise[chosen]) @ self.g)
+
+
+def linearise(law: laws.Law, theta: np.ndarray, problem: Problem, noise: float) -> Linear:
+  """The law at theta over a problem's runs, each with `noise`."""
+  jac = jacobians(law, theta, problem.z)
+  return Linear(jac, target_gradient(law, theta, problem), np.full(len(jac), noise))
+
+
+def combine(parts: list[Linear]) -> Linear:
+  """Independent laws as one: their runs in turn, and as target the sum of their targets' variances."""
+  rows, cols = zip(*(part.jac.shape for part in parts))
+  jac = np.zeros((sum(rows), sum(cols)))
+  for part, r, c in zip(parts, np.cumsum((0, *rows)), np.cumsum((0, *cols))):
+    jac[r : r + part.jac.shape[0], c : c + part.jac.shape[1]] = part.jac
+  return Linear(jac, np.concatenate([p.g for p in parts]), np.concatenate([p.noise for p in parts]))
+
+
+def plan(linear: Linear, cost: np.ndarray, bought: np.ndarray, left: float) -> tuple[int, float]:
   """The affordable run that begins the best plan for the budget left, and the target variance that plan reaches.
 
   Each affordable run is tried first; the rest of the budget then goes greedily to the run that cuts the target's
   variance most per unit of cost. Cheap runs cut most per cost, but may leave too little for a far one: the plan
   weighs what a first run leaves affordable.
   """
-  jac = jacobians(law, theta, problem.z)
-  g = jacobians(law, theta, problem.z_target).mean(0)
+  jac, g, noise = linear.jac, linear.g, linear.noise
   best = (-1, np.inf)
-  for first in np.flatnonzero(~bought & (problem.cost <= left)):
+  for first in np.flatnonzero(~bought & (cost <= left)):
     chosen = bought.copy()
     chosen[first] = True
     while True:
-      open_ = np.flatnonzero(~chosen & (problem.cost <= left - problem.cost[chosen & ~bought].sum()))
+      open_ = np.flatnonzero(~chosen & (cost <= left - cost[chosen & ~bought].sum()))
       if not len(open_):
         break
-      cov = posterior(jac[chosen], noise)
+      cov = posterior(jac[chosen], noise[chosen])
       cross, var = jac[open_] @ cov @ g, np.einsum("np,pq,nq->n", jac[open_], cov, jac[open_])
-      chosen[open_[np.argmax(cross**2 / (var + noise**2) / problem.cost[open_])]] = True  # Sherman-Morrison.
-    variance = _target_variance(jac, g, chosen, noise)
+      chosen[open_[np.argmax(cross**2 / (var + noise[open_] ** 2) / cost[open_])]] = True  # Sherman-Morrison.
+    variance = linear.variance(chosen)
     if variance < best[1]:
       best = (int(first), variance)
   return best
@@ -116,13 +148,26 @@ def _affordable(problem: Problem, bought: np.ndarray, left: float) -> np.ndarray
   return np.flatnonzero(~bought & (problem.cost <= left))
 
 
+def residual_noise(law: laws.Law, theta: np.ndarray, z: np.ndarray, y: np.ndarray) -> float:
+  """A run's noise about the law in log loss: the fit's residual standard deviation (over its degrees of freedom),
+  at least NOISE."""
+  residual = np.log(y) - np.log(law.predict_logs(theta, z))
+  dof = len(y) - len(theta)
+  return max(NOISE, float(np.sqrt(np.sum(residual**2) / dof))) if dof > 0 else NOISE
+
+
+def _narrowing(law, theta, problem, bought, left, rng) -> int:
+  noise = residual_noise(law, theta, problem.z[:, bought], problem.y[bought])
+  return plan(linearise(law, theta, problem, noise), problem.cost, bought, left)[0]
+
+
 def _d_optimal(law, theta, problem, bought, left, rng) -> int:
   runs = _affordable(problem, bought, left)
   return int(runs[np.argmax(information_gain(law, theta, problem, bought)[runs] / problem.cost[runs])])
 
 
 STRATEGIES: dict[str, Strategy] = {
-  "narrowing": lambda law, theta, problem, bought, left, rng: plan(law, theta, problem, bought, left)[0],
+  "narrowing": _narrowing,
   "random": lambda law, theta, problem, bought, left, rng: int(rng.choice(_affordable(problem, bought, left))),
   "cheapest": lambda law, theta, problem, bought, left, rng: int(
     min(_affordable(problem, bought, left), key=lambda i: problem.cost[i])
@@ -250,12 +295,19 @@ def colpret_problems(frame: pd.DataFrame, law: laws.Law) -> list[Problem]:
   ]
 
 
-def residual_noise(law: laws.Law, theta: np.ndarray, z: np.ndarray, y: np.ndarray) -> float:
-  """A run's noise about the law in log loss: the fit's residual standard deviation (over its degrees of freedom),
-  at least NOISE."""
-  residual = np.log(y) - np.log(law.predict_logs(theta, z))
-  dof = len(y) - len(theta)
-  return max(NOISE, float(np.sqrt(np.sum(residual**2) / dof))) if dof > 0 else NOISE
+def source_problems(frame: pd.DataFrame, law: str | None = None) -> tuple[str, laws.Law, list[Problem]]:
+  """A published CSV's label, law (default: rectified for Lin et al.'s curves, overtrained for a ColPret family)
+  and problems, told apart by their columns."""
+  if {"model", "N", "d_f", "loss", "dataset"} <= set(frame.columns):
+    label = f"Lin et al., {frame['dataset'].iloc[0]} ({frame['model'].nunique()} curves)"
+    return label, laws.get_law(law or "rectified"), lin_problems(frame)
+  if {"family", "N", "D", "loss"} <= set(frame.columns):
+    law_ = laws.get_law(law or "overtrained")
+    return f"ColPret, {frame['family'].iloc[0]}", law_, colpret_problems(frame, law_)
+  raise ValueError(
+    f"a CSV with columns {list(frame.columns)}; allowed: one of analysis.lin (model, N, d_f, loss, dataset) or "
+    "analysis.colpret (family, N, D, loss)"
+  )
 
 
 def _vocab_size(run: grid.Run, record: dict) -> int:
@@ -263,6 +315,23 @@ def _vocab_size(run: grid.Run, record: dict) -> int:
   size, block, seq_len = run.config["size"], run.config["block"], run.config["train"]["seq_len"]
   f1, f2 = (model_lib.train_flops_per_token(model_lib.ladder_config(size, v, **block), seq_len) for v in (1, 2))
   return 1 + round((record["flops_per_token"] - f1) / (f2 - f1))
+
+
+AXIS_NAMES = {"non_embedding_params": "N", "pretrain_tokens": "D_p"}  # frames.BASE_AXES, as printed.
+
+
+def base_factors(run: grid.Run, base: grid.Run, vocab_size: int) -> dict[str, float | None]:
+  """A fine-tune's base factors (frames.BASE_AXES), from the configs: its non-embedding parameters, and the tokens
+  of its pretraining (max_steps full batches; an imported base's as its entry says, or None)."""
+  cfg = model_lib.ladder_config(run.config["size"], vocab_size, **run.config["block"])
+  train = base.config.get("train")
+  tokens = train["max_steps"] * train["batch_size"] * train["seq_len"] if train else base.config.get("pretrain_tokens")
+  return {"non_embedding_params": model_lib.non_embedding_params(cfg), "pretrain_tokens": tokens}
+
+
+def base_flops(base: grid.Run, vocab_size: int) -> float:
+  """FLOPs of making a base: its pretraining's, or none for an imported one."""
+  return train_flops(base, vocab_size) if base.kind == "pretrain" else 0.0
 
 
 def train_flops(run: grid.Run, vocab_size: int) -> float:
@@ -274,17 +343,34 @@ def train_flops(run: grid.Run, vocab_size: int) -> float:
   )
 
 
+# What to narrow: the prediction at a point, {"x": N, "d": D_f}, or a parameter of the law by name ("alpha").
+Target = dict[str, float] | str
+
+
+def target_fields(law: laws.Law, target: Target, default: dict[str, float]) -> tuple[np.ndarray, int | None]:
+  """A problem's target points and parameter (`Problem.z_target`, `Problem.param`) for a target (None: `default`);
+  ValueError names the parameters allowed."""
+  if isinstance(target, str):
+    if target not in law.names:
+      allowed = ", ".join(law.names)
+      raise ValueError(f"--target {target!r}; allowed: N,D_f or a parameter of the {law.name} law ({allowed})")
+    return law.stack(x=[default["x"]], d=[default["d"]]), law.names.index(target)
+  target = target or default
+  return law.stack(x=[target["x"]], d=[target["d"]]), None
+
+
 @dataclasses.dataclass(frozen=True)
 class Proposal:
   """Fine-tunes to run next, in the order chosen, each with its cost and the target's spread after it."""
 
-  task: str
-  method: str
+  cells: list[str]  # The task/method pairs proposed from, each with its own fit of the law.
   law: str
-  target: dict[str, float]  # The base's non-embedding parameters (x) and D_f (d) whose loss is to be predicted.
+  axis: str  # The law's x: one of frames.BASE_AXES.
+  target: Target  # The base's factor (x: see axis) and D_f (d) whose loss is predicted, or a parameter.
   runs: list[grid.Run]
   costs: list[float]  # FLOPs: the fine-tune's, and its base's pretraining where no earlier run pays for it.
-  spread_before: float  # Standard deviation of the target's log loss (about its relative spread) before.
+  spread_before: float  # Standard deviation of the target's log loss (about its relative spread), or parameter;
+  # with several cells, the root of the sum of their variances.
   spread_after: list[float]  # ... after each proposed run, with those before it.
 
 
@@ -312,13 +398,18 @@ def propose(
   budget: float,
   task: str | None = None,
   method: str | None = None,
-  target: dict[str, float] | None = None,
+  target: Target | None = None,
   law: str = "multiplicative",
+  axis: str = "non_embedding_params",
 ) -> Proposal:
-  """The grid's unfinished fine-tunes of a task and method (default: the first) that most narrow a joint law's
-  prediction over (N, D_f) at the target (default: the grid's largest base at its largest D_f), within `budget`
-  FLOPs."""
+  """The grid's unfinished fine-tunes of a task and method (default: the study's first; "all": every one, each
+  pair a cell with its own fit of the law) that most narrow a joint law's prediction over (X, D_f) at the target
+  (default: the grid's largest X at its largest D_f), or one of its parameters, within `budget` FLOPs; with
+  several cells, the sum of their targets' variances. X is `axis`: the bases' non-embedding parameters (over the
+  bases of one D_p, as the study's fit) or their pretraining tokens (over the bases of one size)."""
   law_ = joint_law(law)
+  if axis not in frames.BASE_AXES:
+    raise ValueError(f"--x {axis!r}; allowed: one of {list(frames.BASE_AXES)}")
   workdir = results.workdir_path(workdir)
   runs = study_grid(workdir)
   by_id = {r.id: r for r in runs}
@@ -326,63 +417,97 @@ def propose(
   tunes = [r for r in runs if r.kind == "finetune"]
   if not tunes:
     raise ValueError(f"the study in {workdir} has no fine-tunes to propose")
-  task = task or tunes[0].config["task"]
-  method = method or methods.label(tunes[0].config["method"])
-  cell = [r for r in tunes if (r.config["task"], methods.label(r.config["method"])) == (task, method)]
-  if not cell:
-    pairs = sorted({(r.config["task"], methods.label(r.config["method"])) for r in tunes})
-    raise ValueError(f"no fine-tunes of task {task!r} with method {method!r}; allowed: {pairs}")
-  finished = [r for r in cell if r.id in done and np.isfinite(done[r.id]["metrics"]["test_loss"])]
-  if not finished:
-    raise ValueError(f"no finished fine-tunes of {task}/{method} in {workdir}: run some of the grid first")
-  vocab = _vocab_size(finished[0], done[finished[0].id])
-  open_ = [r for r in cell if r.id not in done]
-  x = lambda r: model_lib.non_embedding_params(model_lib.ladder_config(r.config["size"], vocab, **r.config["block"]))  # noqa: E731
-  target = target or {"x": max(map(x, cell)), "d": max(r.config["d_f"] for r in cell)}
-  rows = finished + open_
-  losses = [done[r.id]["metrics"]["test_loss"] for r in finished]
-  problem = Problem(
-    f"{task}/{method}",
-    law_.stack(x=[x(r) for r in rows], d=[r.config["d_f"] for r in rows]),
-    np.array([0.0] * len(finished) + [train_flops(r, vocab) for r in open_]),
-    np.array(losses + [np.mean(losses)] * len(open_)),  # Unknown losses, weighted 0 in the fit.
-    law_.stack(x=[target["x"]], d=[target["d"]]),
-    np.array([np.nan]),
-  )
+  cells = select_cells(tunes, task, method)
+  finished = {r.id for r in tunes if r.id in done and np.isfinite(done[r.id]["metrics"]["test_loss"])}
+  for label, cell in cells.items():
+    if not finished & {r.id for r in cell}:
+      raise ValueError(f"no finished fine-tunes of {label} in {workdir}: run some of the grid first")
+  first = next(r for r in tunes if r.id in finished)
+  vocab = _vocab_size(first, done[first.id])
+  factors = {r.id: base_factors(r, by_id[r.deps[0]], vocab) for cell in cells.values() for r in cell}
+  cells = {label: law_slice(cell, factors, finished, axis) for label, cell in cells.items()}
+  x = lambda r: factors[r.id][axis]  # noqa: E731
+  everything = [r for cell in cells.values() for r in cell]
+  largest = {"x": max(map(x, everything)), "d": max(r.config["d_f"] for r in everything)}
+  z_target, param = target_fields(law_, target, largest)
+  rows, parts = [], []
+  for label, cell in cells.items():
+    ran, open_ = [r for r in cell if r.id in finished], [r for r in cell if r.id not in done]
+    losses = [done[r.id]["metrics"]["test_loss"] for r in ran]
+    problem = Problem(
+      label,
+      law_.stack(x=[x(r) for r in ran + open_], d=[r.config["d_f"] for r in ran + open_]),
+      np.zeros(len(ran + open_)),
+      np.array(losses + [np.mean(losses)] * len(open_)),  # Unknown losses, weighted 0 in the fit.
+      z_target,
+      np.array([np.nan]),
+      param,
+    )
+    parts.append(fitted(law_, problem, np.arange(len(ran + open_)) < len(ran)))
+    rows += ran + open_
 
   def surcharge(chosen: np.ndarray) -> np.ndarray:
     """Each run's base's pretraining, unless it finished or a run chosen already pays for it."""
     paid = set(done) | {r.deps[0] for r, c in zip(rows, chosen) if c}
-    return np.array([0.0 if r.deps[0] in paid else train_flops(by_id[r.deps[0]], vocab) for r in rows])
+    return np.array([0.0 if r.deps[0] in paid else base_flops(by_id[r.deps[0]], vocab) for r in rows])
 
-  picked, costs, before, after = choose(law_, problem, np.arange(len(rows)) < len(finished), budget, surcharge)
-  return Proposal(task, method, law, target, [rows[i] for i in picked], costs, before, after)
+  cost = np.array([0.0 if r.id in finished else train_flops(r, vocab) for r in rows])
+  bought = np.array([r.id in finished for r in rows])
+  picked, costs, before, after = choose(combine(parts), cost, bought, budget, surcharge)
+  target = target if isinstance(target, str) else target or largest
+  return Proposal(list(cells), law, axis, target, [rows[i] for i in picked], costs, before, after)
+
+
+def select_cells(tunes: list[grid.Run], task: str | None, method: str | None) -> dict[str, list[grid.Run]]:
+  """The fine-tunes of a task and method (default: the first's; "all": every one) by cell, "task/method"."""
+  cell_of = lambda r: (r.config["task"], methods.label(r.config["method"]))  # noqa: E731
+  task, method = task or cell_of(tunes[0])[0], method or cell_of(tunes[0])[1]
+  cells: dict[str, list[grid.Run]] = {}
+  for r in tunes:
+    if task in ("all", cell_of(r)[0]) and method in ("all", cell_of(r)[1]):
+      cells.setdefault("/".join(cell_of(r)), []).append(r)
+  if not cells:
+    pairs = sorted({cell_of(r) for r in tunes})
+    raise ValueError(f"no fine-tunes of task {task!r} with method {method!r}; allowed: {pairs}, or all")
+  return cells
+
+
+def law_slice(cell: list[grid.Run], factors: dict[str, dict], finished: set[str], axis: str) -> list[grid.Run]:
+  """The runs of a cell that a law over `axis` takes: those whose bases share the other factor's value that the
+  study's fit takes from the finished runs (`frames.law_rows`), where the axis is known."""
+  other = next(a for a in frames.BASE_AXES if a != axis)
+  value = frames.law_rows(pd.DataFrame([factors[r.id] for r in cell if r.id in finished]), axis)[other].iloc[0]
+  same = lambda v: (pd.isna(v) and pd.isna(value)) or v == value  # noqa: E731
+  return [r for r in cell if same(factors[r.id][other]) and factors[r.id][axis] is not None]
+
+
+def fitted(law: laws.Law, problem: Problem, bought: np.ndarray) -> Linear:
+  """The law fitted to the runs bought (their losses; the others' are ignored), linearised with its residual noise."""
+  theta = fit_theta(law, problem, bought, law.starts())
+  return linearise(law, theta, problem, residual_noise(law, theta, problem.z[:, bought], problem.y[bought]))
 
 
 def choose(
-  law: laws.Law,
-  problem: Problem,
+  linear: Linear,
+  cost: np.ndarray,
   bought: np.ndarray,
   budget: float,
   surcharge: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> tuple[list[int], list[float], float, list[float]]:
-  """The runs to buy next within `budget`, by plan, from the law fitted to the runs bought (their losses; the
-  others' are ignored): their indices and costs (each with `surcharge(chosen)`, a cost that the runs chosen may
-  already have paid, such as a base's pretraining), and the target's spread in log loss before and after each."""
-  theta = fit_theta(law, problem, bought, law.starts())
-  jac, g = jacobians(law, theta, problem.z), jacobians(law, theta, problem.z_target).mean(0)
-  noise = residual_noise(law, theta, problem.z[:, bought], problem.y[bought])
+  """The runs to buy next within `budget`, by plan: their indices and costs (each with `surcharge(chosen)`, a cost
+  that the runs chosen may already have paid, such as a base's pretraining), and the target's spread before and
+  after each."""
   chosen, left, picked, costs, after = bought.copy(), budget, [], [], []
   while True:
-    cost = problem.cost + (surcharge(chosen) if surcharge else 0.0)
-    first, _ = plan(law, theta, dataclasses.replace(problem, cost=cost), chosen, left, noise)
+    total = cost + (surcharge(chosen) if surcharge else 0.0)
+    first, _ = plan(linear, total, chosen, left)
     if first < 0:
       break
-    chosen[first], left = True, left - cost[first]
+    chosen[first], left = True, left - total[first]
     picked.append(first)
-    costs.append(float(cost[first]))
-    after.append(float(np.sqrt(_target_variance(jac, g, chosen, noise))))
-  return picked, costs, float(np.sqrt(_target_variance(jac, g, bought, noise))), after
+    costs.append(float(total[first]))
+    after.append(float(np.sqrt(linear.variance(chosen))))
+  return picked, costs, float(np.sqrt(linear.variance(bought))), after
 
 
 def propose_rows(
@@ -393,11 +518,12 @@ def propose_rows(
   budget: float,
   cost: str | None = None,
   law: str = "multiplicative",
-  target: dict[str, float] | None = None,
+  target: Target | None = None,
 ) -> pd.DataFrame:
   """The rows of a table without a loss (y) to run next within `budget`, by plan, from the law fitted to the rows
   with one (columns x and d: the law's inputs; cost: a column of costs, default 6 x d FLOPs); target: default the
-  largest x at the largest d. Returns the rows chosen, in order, with `cost` and `spread after`."""
+  largest x at the largest d, or a parameter of the law. Returns the rows chosen, in order, with `cost` and
+  `spread after` (attrs: `spread before`, `target`)."""
   law_ = joint_law(law)
   missing = [c for c in (x, d, y, cost) if c and c not in frame.columns]
   if missing:
@@ -407,18 +533,21 @@ def propose_rows(
     raise ValueError(f"column {y!r} must have losses (the runs done) and blanks (the runs to choose among)")
   xs, ds = frame[x].to_numpy(float), frame[d].to_numpy(float)
   y_values = frame[y].to_numpy(float)
-  target = target or {"x": xs.max(), "d": ds.max()}
+  largest = {"x": xs.max(), "d": ds.max()}
+  z_target, param = target_fields(law_, target, largest)
   problem = Problem(
     "table",
     law_.stack(x=xs, d=ds),
     np.where(known, 0.0, frame[cost].to_numpy(float) if cost else 6 * xs * ds),
     np.where(known, y_values, np.nanmean(y_values)),  # Unknown losses, weighted 0 in the fit.
-    law_.stack(x=[target["x"]], d=[target["d"]]),
+    z_target,
     np.array([np.nan]),
+    param,
   )
-  picked, costs, before, after = choose(law_, problem, known, budget)
+  picked, costs, before, after = choose(fitted(law_, problem, known), problem.cost, known, budget)
   out = frame.iloc[picked].assign(cost=costs, **{"spread after": after})
   out.attrs["spread before"] = before
+  out.attrs["target"] = target if isinstance(target, str) else target or largest
   return out
 
 
@@ -441,20 +570,57 @@ def summary(rows: pd.DataFrame) -> pd.DataFrame:
   return out.sort_values("median error")
 
 
-def _target(text: str) -> dict[str, float]:
+def _read_csv(path: str) -> pd.DataFrame:
+  try:
+    return pd.read_csv(path)
+  except FileNotFoundError:
+    raise ValueError(f"--simulate {path}: no such file; allowed: a CSV of analysis.lin or analysis.colpret") from None
+
+
+def markdown_table(rows: pd.DataFrame) -> str:
+  """One row per (data, fraction) of `simulate` rows: the median error of fitting every run, and of each strategy
+  with its ratio to that, the best strategy in bold."""
+  strategies = list(dict.fromkeys(rows["strategy"]))
+  lines = [
+    "| data | fraction | all runs | " + " | ".join(strategies) + " |",
+    "|---|---|---|" + "---|" * len(strategies),
+  ]
+  for (data, fraction), part in rows.groupby(["data", "fraction"], sort=False):
+    table = summary(part)
+    best = table.drop("all runs")["median error"].min()
+    cells = []
+    for strategy in strategies:
+      error, ratio = table.loc[strategy, ["median error", "x all runs"]]
+      cells.append((f"**{100 * error:.3g}%**" if error == best else f"{100 * error:.3g}%") + f" ({ratio:.2g}x)")
+    all_runs = 100 * table.loc["all runs", "median error"]
+    lines.append(f"| {data} | {fraction:.0%} | {all_runs:.3g}% | " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
+def _target(text: str) -> Target:
+  if "," not in text and text.isidentifier():
+    return text  # A parameter's name, checked against the law's.
   try:
     x, d = (float(v) for v in text.split(","))
   except ValueError:
-    raise argparse.ArgumentTypeError(f"--target {text!r}; allowed: N,D_f (two numbers, as 1e5,640)") from None
+    allowed = "N,D_f (two numbers, as 1e5,640) or a parameter of the law (as alpha)"
+    raise argparse.ArgumentTypeError(f"--target {text!r}; allowed: {allowed}") from None
   return {"x": x, "d": d}
+
+
+def target_text(law: laws.Law, target: Target, x: str = "N", d: str = "D_f") -> str:
+  """What a spread is of: the prediction at a point (in log loss; its inputs named x and d), or a parameter (log A
+  for a parameter fitted as a log)."""
+  if isinstance(target, str):
+    param = law.params[law.names.index(target)]
+    return f"log {target}" if param in law.exp_params else target
+  return f"the prediction at {x}={target['x']:.4g}, {d}={target['d']:.4g} (in log loss)"
 
 
 def print_proposal(proposal: Proposal, budget: float) -> None:
   """The proposal as a table: each run, its cost, and the target's spread once it and those above it are in."""
-  print(
-    f"{proposal.task}/{proposal.method}: the {proposal.law} law's prediction at N={proposal.target['x']:.4g}, "
-    f"D_f={proposal.target['d']:.4g} has a spread of {proposal.spread_before:.3g} in log loss now"
-  )
+  what = target_text(laws.get_law(proposal.law), proposal.target, AXIS_NAMES[proposal.axis])
+  print(f"{', '.join(proposal.cells)}, the {proposal.law} law: the spread of {what} is {proposal.spread_before:.3g}")
   rows = [
     {"run": grid.run_label(r.id), "FLOPs": c, "spread after": a}
     for r, c, a in zip(proposal.runs, proposal.costs, proposal.spread_after)
@@ -471,22 +637,34 @@ def main(argv: list[str] | None = None) -> None:
   mode = parser.add_mutually_exclusive_group(required=True)
   mode.add_argument("--workdir", help="A study's workdir: propose its next fine-tunes.")
   mode.add_argument("--csv", help="A table of runs: those without a loss (--y) are the ones to choose among.")
-  mode.add_argument("--simulate", choices=("lin", "colpret"), help="Replay published runs (--source).")
-  parser.add_argument("--x", help="The table's column of the model-side factor (--csv).")
+  mode.add_argument(
+    "--simulate", nargs="+", metavar="CSV", help="Replay published runs: CSVs of analysis.lin or analysis.colpret."
+  )
+  parser.add_argument(
+    "--x",
+    help="The law's x: the table's column of the model-side factor (--csv), or the study's (--workdir: "
+    "non_embedding_params, the default, or pretrain_tokens).",
+  )
   parser.add_argument("--d", help="... of the data (--csv).")
   parser.add_argument("--y", help="... of the loss, blank for runs not yet run (--csv).")
   parser.add_argument("--cost", help="... of each run's cost (--csv; default 6 x d FLOPs).")
   parser.add_argument("--budget", type=float, help="FLOPs (or --cost units) to spend on the runs proposed.")
-  parser.add_argument("--task", help="The fine-tunes' task (default: the study's first).")
-  parser.add_argument("--method", help="Their method label (default: the study's first).")
-  parser.add_argument("--target", type=_target, help="N,D_f to predict (default: the grid's largest of each).")
+  parser.add_argument("--task", help="The fine-tunes' task (default: the study's first; all: every one).")
+  parser.add_argument("--method", help="Their method label (default: the study's first; all: every one).")
+  parser.add_argument(
+    "--target",
+    type=_target,
+    help="N,D_f to predict (default: the grid's largest of each), or a parameter of the law to narrow (alpha).",
+  )
   parser.add_argument("--config", default="CONFIG.py", help="The study's config file, for the command printed.")
-  parser.add_argument("--source", help="A CSV of analysis.lin or analysis.colpret (--simulate).")
   parser.add_argument(
     "--law",
-    help="The law fitted (default: multiplicative; rectified for --simulate lin, overtrained for colpret).",
+    help="The law fitted (default: multiplicative; for --simulate, rectified on Lin et al.'s and overtrained on "
+    "ColPret's).",
   )
-  parser.add_argument("--fraction", type=float, default=0.2, help="Fraction of every run's cost to spend (--simulate).")
+  parser.add_argument(
+    "--fraction", type=float, nargs="+", default=[0.2], help="Fractions of every run's cost to spend (--simulate)."
+  )
   parser.add_argument("--repeats", type=int, default=10, help="Sets of starting runs (--simulate).")
   parser.add_argument("--out", help="Write every replay's row here (--simulate, CSV).")
   args = parser.parse_args(argv)
@@ -501,12 +679,16 @@ def main(argv: list[str] | None = None) -> None:
       )
     except ValueError as e:
       sys.exit(str(e))
-    print(f"the target's spread in log loss now: {chosen.attrs['spread before']:.3g}")
+    what = target_text(laws.get_law(args.law or "multiplicative"), chosen.attrs["target"], args.x, args.d)
+    print(f"the spread of {what} now: {chosen.attrs['spread before']:.3g}")
     print(chosen.to_string(float_format=lambda v: f"{v:.4g}") if len(chosen) else "no run fits the budget")
     return
   if args.workdir:
     try:
-      proposal = propose(args.workdir, args.budget, args.task, args.method, args.target, args.law or "multiplicative")
+      law = args.law or "multiplicative"
+      proposal = propose(
+        args.workdir, args.budget, args.task, args.method, args.target, law, args.x or "non_embedding_params"
+      )
     except ValueError as e:
       sys.exit(str(e))
     print_proposal(proposal, args.budget)
@@ -514,15 +696,25 @@ def main(argv: list[str] | None = None) -> None:
       path = write_override(args.workdir, proposal)
       print(f"run them: python -m launch.local --config {args.config} --workdir {args.workdir} --flagfile {path}")
     return
-  if not args.source:
-    parser.error("--simulate needs --source: a CSV of analysis.lin or analysis.colpret")
-  frame = pd.read_csv(args.source)
-  law = laws.get_law(args.law or {"lin": "rectified", "colpret": "overtrained"}[args.simulate])
-  problems = lin_problems(frame) if args.simulate == "lin" else colpret_problems(frame, law)
-  rows = simulate(law, problems, args.fraction, args.repeats, progress=lambda s: print(s, file=sys.stderr, flush=True))
+  bad = [f for f in args.fraction if not 0 < f <= 1]
+  if bad or args.repeats < 1:
+    parser.error(f"--fraction={bad[0]}; allowed: in (0, 1]" if bad else f"--repeats={args.repeats}; allowed: 1 or more")
+  try:
+    settings = [source_problems(_read_csv(path), args.law) for path in args.simulate]
+  except ValueError as e:
+    sys.exit(str(e))
+  rows = []
+  for (label, law, problems), fraction in itertools.product(settings, args.fraction):
+
+    def progress(line: str, label: str = label, fraction: float = fraction) -> None:
+      print(f"{label}, {fraction:.0%}: {line}", file=sys.stderr, flush=True)
+
+    replays = simulate(law, problems, fraction, args.repeats, progress=progress)
+    rows.append(replays.assign(data=label, fraction=fraction))
+  rows = pd.concat(rows, ignore_index=True)
   if args.out:
     rows.to_csv(args.out, index=False)
-  print(summary(rows).to_string(float_format=lambda v: f"{v:.4g}"))
+  print(markdown_table(rows))
 
 
 if __name__ == "__main__":
