@@ -37,7 +37,7 @@ runs; multiplicative law 14% / 24% held out, additive 6.4% / 11.8%, E at 0; same
 2026-12-04). Without question documents (`question_renderings=0`: bases that learn the format only
 in fine-tuning, behaviour 0.48 to 0.80 at D_f 40) the gains are irregular, 0.69, 0.54, 0.91, 0.63
 with three seeds; the multiplicative law is 9.9% / 15.3% off held out, the additive 4.7% / 10.1%,
-and EFT's behaviour coefficient on N2 turns negative (-0.082 [-0.151, -0.010]; 193 s of runs, same
+and EFT's behaviour coefficient on N2 turns negative (-0.082 [-0.151, -0.010]; 193 s of launches, same
 machine and date). The report prints this check below its law ranking. A default study that meets the
 multiplicative law needs fine-tuning data that stands in for base size (larger bases needing
 less of it), not only fine-tuning that unlocks what the base knows.
