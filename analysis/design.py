@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pandas as pd
+import scipy.linalg
 from etils import epath
 
 from analysis import frames
@@ -93,18 +94,16 @@ class Linear:
     return float(self.g @ posterior(self.jac[chosen], self.noise[chosen]) @ self.g)
 
 
-def linearise(law: laws.Law, theta: np.ndarray, problem: Problem, noise: float) -> Linear:
-  """The law at theta over a problem's runs, each with `noise`."""
+def linearise(law: laws.Law, theta: np.ndarray, problem: Problem, bought: np.ndarray) -> Linear:
+  """The law at theta over a problem's runs, each with the noise of its fit to the runs bought (`residual_noise`)."""
   jac = jacobians(law, theta, problem.z)
+  noise = residual_noise(law, theta, problem.z[:, bought], problem.y[bought])
   return Linear(jac, target_gradient(law, theta, problem), np.full(len(jac), noise))
 
 
 def combine(parts: list[Linear]) -> Linear:
   """Independent laws as one: their runs in turn, and as target the sum of their targets' variances."""
-  rows, cols = zip(*(part.jac.shape for part in parts))
-  jac = np.zeros((sum(rows), sum(cols)))
-  for part, r, c in zip(parts, np.cumsum((0, *rows)), np.cumsum((0, *cols))):
-    jac[r : r + part.jac.shape[0], c : c + part.jac.shape[1]] = part.jac
+  jac = scipy.linalg.block_diag(*(p.jac for p in parts))
   return Linear(jac, np.concatenate([p.g for p in parts]), np.concatenate([p.noise for p in parts]))
 
 
@@ -157,8 +156,7 @@ def residual_noise(law: laws.Law, theta: np.ndarray, z: np.ndarray, y: np.ndarra
 
 
 def _narrowing(law, theta, problem, bought, left, rng) -> int:
-  noise = residual_noise(law, theta, problem.z[:, bought], problem.y[bought])
-  return plan(linearise(law, theta, problem, noise), problem.cost, bought, left)[0]
+  return plan(linearise(law, theta, problem, bought), problem.cost, bought, left)[0]
 
 
 def _d_optimal(law, theta, problem, bought, left, rng) -> int:
@@ -483,8 +481,7 @@ def law_slice(cell: list[grid.Run], factors: dict[str, dict], finished: set[str]
 
 def fitted(law: laws.Law, problem: Problem, bought: np.ndarray) -> Linear:
   """The law fitted to the runs bought (their losses; the others' are ignored), linearised with its residual noise."""
-  theta = fit_theta(law, problem, bought, law.starts())
-  return linearise(law, theta, problem, residual_noise(law, theta, problem.z[:, bought], problem.y[bought]))
+  return linearise(law, fit_theta(law, problem, bought, law.starts()), problem, bought)
 
 
 def choose(
@@ -670,25 +667,22 @@ def main(argv: list[str] | None = None) -> None:
   args = parser.parse_args(argv)
   if (args.workdir or args.csv) and (not args.budget or args.budget <= 0):
     parser.error(f"--budget={args.budget}; allowed: a positive number of FLOPs (or of --cost's units)")
+  joint = args.law or "multiplicative"  # The law of --csv and --workdir.
   if args.csv:
     if not (args.x and args.d and args.y):
       parser.error("--csv needs --x, --d and --y: the columns of the factor, the data and the loss")
     try:
-      chosen = propose_rows(
-        pd.read_csv(args.csv), args.x, args.d, args.y, args.budget, args.cost, args.law or "multiplicative", args.target
-      )
+      chosen = propose_rows(pd.read_csv(args.csv), args.x, args.d, args.y, args.budget, args.cost, joint, args.target)
     except ValueError as e:
       sys.exit(str(e))
-    what = target_text(laws.get_law(args.law or "multiplicative"), chosen.attrs["target"], args.x, args.d)
+    what = target_text(laws.get_law(joint), chosen.attrs["target"], args.x, args.d)
     print(f"the spread of {what} now: {chosen.attrs['spread before']:.3g}")
     print(chosen.to_string(float_format=lambda v: f"{v:.4g}") if len(chosen) else "no run fits the budget")
     return
   if args.workdir:
     try:
-      law = args.law or "multiplicative"
-      proposal = propose(
-        args.workdir, args.budget, args.task, args.method, args.target, law, args.x or "non_embedding_params"
-      )
+      axis = args.x or "non_embedding_params"
+      proposal = propose(args.workdir, args.budget, args.task, args.method, args.target, joint, axis)
     except ValueError as e:
       sys.exit(str(e))
     print_proposal(proposal, args.budget)

@@ -53,7 +53,7 @@ def test_the_plan_spends_on_a_far_run_where_cheap_runs_would_leave_too_little():
   bought = np.isin(np.arange(13), [0, 1, 2, 3])
   theta = design.fit_theta(RECTIFIED, problem, bought, RECTIFIED.starts())
   left = 0.2 * problem.cost.sum() - problem.cost[bought].sum()
-  linear = design.linearise(RECTIFIED, theta, problem, design.NOISE)
+  linear = design.linearise(RECTIFIED, theta, problem, bought)
   first, variance = design.plan(linear, problem.cost, bought, left)
   assert problem.cost[first] >= 102_400  # Not one of the cheap runs ...
   narrowing = design.replay(
