@@ -337,7 +337,7 @@ def _check_real_text(where: str, name: str, tokenizer_spec: str) -> None:
 def task_size(entry: str | Mapping, world: world_lib.WorldConfig) -> int:
   """Examples in a task's training split (the largest D_f it allows)."""
   if is_world_task(entry):
-    return world_lib.split_size(world, world_lib.TASKS[entry]["train"])
+    return world_lib.task_size(world, entry)
   if entry == SHAKESPEARE_TASK:
     return len(shakespeare.records("play", "train"))
   return tfds_text.open_dataset(entry["tfds"], entry["data_dir"]).num_examples(entry["train"])

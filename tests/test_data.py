@@ -1,5 +1,7 @@
 """The world, its TFDS dataset, the tokenizer and batches: deterministic, nested, well formed."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
@@ -60,7 +62,8 @@ def test_answers_are_the_facts():
 
 def test_tfds_dataset_matches_generator(world_data_dir):
   world = world_lib.build_world(TINY_WORLD)
-  for split in world_lib.SPLITS:
+  assert not {"inject_train", "inject_dev", "inject_test"} & set(world_lib.splits(TINY_WORLD))
+  for split in world_lib.splits(TINY_WORLD):
     source = tfds.data_source(f"scaling_world/{TINY_WORLD.fingerprint()}", data_dir=world_data_dir, split=split)
     read = [
       {**{k: source[i][k].decode() for k in ("prompt", "answer", "attribute")}, "person": int(source[i]["person"])}
@@ -258,3 +261,53 @@ def test_wrong_answers_ask_the_same_questions_with_another_value_of_the_attribut
       assert w["answer"] != r["answer"] and w["answer"] in world.values[r["attribute"]]
     assert len({w["answer"] for w in wrong}) > 10  # Not one stand-in value.
   assert list(world_lib.records(world, "qa_train_wrong")) == list(world_lib.records(world, "qa_train_wrong"))
+
+
+NEW = world_lib.WorldConfig(
+  seed=0, num_people=40, bio_renderings=2, heldout_renderings=1, new_people=60, question_draws=300, train_questions=400
+)
+
+
+def test_new_people_are_in_no_pretraining_text_and_only_the_inject_task_asks_about_them():
+  world = world_lib.build_world(NEW)
+  new = set(world.people(3))
+  assert len(new) == 60 and len(set(world.names)) == 100
+  pretraining = list(world_lib.records(world, "pretrain")) + list(world_lib.records(world, "pretrain_heldout"))
+  assert not new & {r["person"] for r in pretraining}
+  text = " ".join(r["answer"] for r in pretraining)
+  assert not any(world.names[p] in text for p in new)
+  for split in world_lib.SPLITS:
+    asked = {r["person"] for r in world_lib.records(world, split)}
+    assert (asked <= new) == split.startswith("inject_") and len(list(world_lib.records(world, split))) == (
+      world_lib.split_size(NEW, split)
+    )
+  for r in world_lib.records(world, "inject_test"):
+    assert r["answer"] == world.value(r["person"], r["attribute"])
+  # The world's own people are those of the world without new people, and so is its corpus.
+  old = world_lib.build_world(dataclasses.replace(NEW, new_people=0))
+  assert world.names[:40] == old.names and np.array_equal(world.facts[:40], old.facts)
+  assert np.array_equal(world.split_of_person[:40], old.split_of_person) and np.array_equal(
+    world.mentions[:40], old.mentions
+  )
+  assert list(world_lib.records(old, "pretrain")) == list(world_lib.records(world, "pretrain"))
+
+
+def test_inject_questions_repeat_as_popularity_says_so_fewer_are_unseen_with_more_training_ones():
+  world = world_lib.build_world(NEW)
+  train = [(r["person"], r["attribute"]) for r in world_lib.records(world, "inject_train")]
+  test = [(r["person"], r["attribute"]) for r in world_lib.records(world, "inject_test")]
+  assert len(set(train)) < len(train)  # Drawn with replacement: questions repeat.
+  asked = np.bincount([p for p, _ in test], minlength=100)[40:]
+  assert asked[0] == asked.max() and asked[0] > 3 * asked[30:].mean()  # The first new person is the most popular.
+  unseen = [np.mean([q not in set(train[:d]) for q in test]) for d in (25, 50, 100, 200, 400)]
+  assert all(a > b for a, b in zip(unseen, unseen[1:])) and unseen[-1] < 0.6 * unseen[0]
+
+
+def test_a_world_without_new_people_keeps_its_spec_and_has_no_inject_examples():
+  assert not set(world_lib.NEW_PEOPLE_FIELDS) & set(TINY_WORLD.spec())
+  assert set(world_lib.NEW_PEOPLE_FIELDS) <= set(NEW.spec()) and "zipf" not in NEW.spec()
+  assert {"question_draws", "train_questions"} <= set(NEW.spec())
+  assert world_lib.split_size(TINY_WORLD, "inject_train") == 0
+  with pytest.raises(ValueError, match=r"world.new_people=0; allowed: at least 1"):
+    world_lib.task_size(TINY_WORLD, "inject")
+  assert world_lib.task_size(NEW, "inject") == 400

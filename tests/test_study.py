@@ -44,7 +44,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     ({"model.sizes": ("d32l2", "huge")}, r"model.sizes contains 'huge'; allowed: \["),
     (
       {"finetune.tasks": ("translate",)},
-      r"finetune.tasks\[0\]='translate' is not a task; allowed: \['qa', 'qa_wrong', 'shakespeare_play'\], or a TFDS task",
+      r"finetune.tasks\[0\]='translate' is not a task; allowed: \['inject', 'qa', 'qa_wrong', 'shakespeare_play'\], "
+      r"or a TFDS task",
+    ),
+    (
+      {"finetune.tasks": ("inject",)},
+      r"task 'inject' asks about new people, and world.new_people=0; allowed: at least 1",
     ),
     (
       {"finetune.tasks": ("shakespeare_play",)},

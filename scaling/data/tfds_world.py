@@ -17,11 +17,12 @@ class WorldBuilder(tfds.core.GeneratorBasedBuilder):
   """One TFDS config per world: every split holds records of (prompt, answer, attribute, person)."""
 
   name = "scaling_world"
-  VERSION = tfds.core.Version("1.2.0")
+  VERSION = tfds.core.Version("1.3.0")
   RELEASE_NOTES = {
     "1.0.0": "Biographies, question answering and cloze probes.",
     "1.1.0": "Cloze probes only from templates whose prefix begins no other attribute's sentence.",
     "1.2.0": "People's popularity (world.zipf), and question answering with wrong answers (task qa_wrong).",
+    "1.3.0": "New people, in no pretraining text, and questions about them (task inject).",
   }
 
   def __init__(self, *, world_config: world_lib.WorldConfig, **kwargs):
@@ -48,7 +49,7 @@ class WorldBuilder(tfds.core.GeneratorBasedBuilder):
 
   def _split_generators(self, dl_manager):
     world = world_lib.build_world(self.world_config)
-    return {split: self._generate_examples(world, split) for split in world_lib.SPLITS}
+    return {split: self._generate_examples(world, split) for split in world_lib.splits(self.world_config)}
 
   def _generate_examples(self, world, split):
     for i, record in enumerate(world_lib.records(world, split)):

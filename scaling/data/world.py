@@ -64,10 +64,12 @@ QA_PREFIX, QA_SUFFIX = "question :", "answer :"
 PRETRAIN_Q, PRETRAIN_A = "Q :", "A :"
 # task -> its train, dev and test splits. `qa_wrong` asks `qa`'s questions with wrong answers (each
 # replaced by another value of its attribute, seeded) and is tested on the right ones: a fine-tune
-# on it can learn the answer format, but no facts.
+# on it can learn the answer format, but no facts. `inject` asks about new people, who are in no
+# pretraining text: what it knows of them, a fine-tune learned from its own examples.
 TASKS: dict[str, dict[str, str]] = {
   "qa": {"train": "qa_train", "dev": "qa_dev", "test": "qa_test"},
   "qa_wrong": {"train": "qa_train_wrong", "dev": "qa_dev_wrong", "test": "qa_test"},
+  "inject": {"train": "inject_train", "dev": "inject_dev", "test": "inject_test"},
 }
 SPLITS = (
   "pretrain",
@@ -78,8 +80,22 @@ SPLITS = (
   "cloze_test",
   "qa_train_wrong",
   "qa_dev_wrong",
+  "inject_train",
+  "inject_dev",
+  "inject_test",
 )
 POPULARITY_FIELDS = ("zipf", "question_draws", "train_questions")
+NEW_PEOPLE_FIELDS = ("new_people", "new_zipf")
+# Question splits -> the people they ask about (a value of `World.split_of_person`).
+ASKED = {
+  "qa_train": 0,
+  "qa_dev": 1,
+  "qa_test": 2,
+  "cloze_test": 2,
+  "inject_train": 3,
+  "inject_dev": 3,
+  "inject_test": 3,
+}
 _SYLLABLES = tuple(c + v for c in "bdfghklmnprstvz" for v in "aeiou")
 
 
@@ -107,6 +123,13 @@ class WorldConfig:
   zipf: float = 0.0
   question_draws: int = 500
   train_questions: int = 1000
+  # People in no pretraining text, asked about by the `inject` task: the new person of rank r is
+  # asked about in proportion to r^-new_zipf, and its splits are drawn with replacement
+  # (`train_questions` and `question_draws` questions), so a test question may repeat a training
+  # one, as in real question-answering sets; the share of test questions that D_f training ones
+  # miss falls as a power of D_f.
+  new_people: int = 0
+  new_zipf: float = 1.5
 
   def validate(self) -> None:
     """Raises ValueError naming the field if the world cannot be built."""
@@ -121,6 +144,8 @@ class WorldConfig:
         f"world.question_draws={self.question_draws}, world.train_questions={self.train_questions}: "
         "each must be at least 1"
       )
+    if self.new_people < 0 or self.new_zipf < 0:
+      raise ValueError(f"world.new_people={self.new_people}, world.new_zipf={self.new_zipf}: each must be at least 0")
     if self.question_renderings < 0:
       raise ValueError(f"world.question_renderings={self.question_renderings}; allowed: 0 or more")
     if not (0 < self.dev_fraction and 0 < self.test_fraction and self.dev_fraction + self.test_fraction < 1):
@@ -133,9 +158,11 @@ class WorldConfig:
     """The fields that make this world, for run ids: popularity's only where people have it, so
     that the ids of worlds without it stay as they were before it existed."""
     fields = dataclasses.asdict(self)
-    if self.zipf == 0:
-      for name in POPULARITY_FIELDS:
-        del fields[name]
+    unused = (NEW_PEOPLE_FIELDS if self.new_people == 0 else ()) + (
+      POPULARITY_FIELDS if self.zipf == 0 and self.new_people == 0 else ("zipf",) if self.zipf == 0 else ()
+    )
+    for name in unused:
+      del fields[name]
     return fields
 
   def fingerprint(self) -> str:
@@ -152,7 +179,7 @@ class World:
   names: tuple[str, ...]  # "first last", one per person.
   values: dict[str, tuple[str, ...]]  # attribute -> its possible values.
   facts: np.ndarray  # (num_people, num_attributes) value indices.
-  split_of_person: np.ndarray  # 0 train, 1 dev, 2 test.
+  split_of_person: np.ndarray  # 0 train, 1 dev, 2 test, 3 new (in no pretraining text).
   mentions: np.ndarray  # Biographies of each person in the pretraining corpus.
 
   def vocabulary(self) -> list[str]:
@@ -197,6 +224,13 @@ def _words(rng: np.random.Generator, n: int, taken: set[str], syllables: int) ->
   return tuple(out)
 
 
+def _names(rng: np.random.Generator, n: int, taken: set[str]) -> tuple[str, ...]:
+  """`n` distinct "first last" names from new first and last names."""
+  side = int(np.ceil(np.sqrt(n))) + 2
+  firsts, lasts = _words(rng, side, taken, 2), _words(rng, side, taken, 2)
+  return tuple(f"{firsts[p // side]} {lasts[p % side]}" for p in rng.choice(side * side, n, replace=False))
+
+
 def build_world(config: WorldConfig) -> World:
   """Generates the people, their names and attribute values, and the person splits."""
   config.validate()
@@ -206,10 +240,7 @@ def build_world(config: WorldConfig) -> World:
     attr: (tuple(str(1950 + i) for i in range(n)) if attr == "birth_year" else _words(rng, n, taken, 3))
     for attr, (n, _, _) in ATTRIBUTES.items()
   }
-  side = int(np.ceil(np.sqrt(config.num_people))) + 2
-  firsts, lasts = _words(rng, side, taken, 2), _words(rng, side, taken, 2)
-  pairs = rng.choice(side * side, config.num_people, replace=False)
-  names = tuple(f"{firsts[p // side]} {lasts[p % side]}" for p in pairs)
+  names = _names(rng, config.num_people, taken)
   facts = np.stack([rng.integers(0, n, config.num_people) for n, _, _ in ATTRIBUTES.values()], axis=1)
   n_dev, n_test = int(config.dev_fraction * config.num_people), int(config.test_fraction * config.num_people)
   split_of_person = np.zeros(config.num_people, np.int32)
@@ -217,7 +248,15 @@ def build_world(config: WorldConfig) -> World:
   split_of_person[order[:n_dev]], split_of_person[order[n_dev : n_dev + n_test]] = 1, 2
   # A stream of its own: the people, facts and splits of a world without popularity are unchanged.
   rank = np.random.default_rng([config.seed, 4]).permutation(config.num_people)
-  return World(config, names, values, facts, split_of_person, mention_counts(config)[rank])
+  mentions = mention_counts(config)[rank]
+  if config.new_people:  # A stream of their own, appended: the world's own people stay as they were.
+    new_rng = np.random.default_rng([config.seed, 7])
+    names += _names(new_rng, config.new_people, taken)
+    new_facts = np.stack([new_rng.integers(0, n, config.new_people) for n, _, _ in ATTRIBUTES.values()], axis=1)
+    facts = np.concatenate([facts, new_facts])
+    split_of_person = np.concatenate([split_of_person, np.full(config.new_people, 3, np.int32)])
+    mentions = np.concatenate([mentions, np.zeros(config.new_people, np.int64)])
+  return World(config, names, values, facts, split_of_person, mentions)
 
 
 def mention_counts(config: WorldConfig) -> np.ndarray:
@@ -250,7 +289,7 @@ def records(world: World, split: str) -> Iterator[dict]:
             for a in attrs
           )
           yield {"prompt": "", "answer": text, "attribute": "", "person": int(p)}
-  elif split.startswith("qa_"):
+  elif split.startswith(("qa_", "inject_")):
     right = split.removesuffix("_wrong")
     rng = np.random.default_rng([seed, 6, SPLITS.index(split)])
     for p, attr in questions(world, right):
@@ -273,8 +312,15 @@ def questions(world: World, split: str) -> list[tuple[int, str]]:
   """The (person, attribute) pairs a question split asks: each of its people's attributes once, or
   in a world with popularity, pairs drawn as the people are mentioned (the training split's
   distinct: a fine-tune's D_f counts distinct examples)."""
-  people = world.people({"qa_train": 0, "qa_dev": 1, "qa_test": 2, "cloze_test": 2}[split])
+  people = world.people(ASKED[split])
   pairs = [(int(p), attr) for p in people for attr in ATTRIBUTES]
+  if split.startswith("inject_"):
+    if not pairs:
+      return []
+    rng = np.random.default_rng([world.config.seed, 8, SPLITS.index(split)])
+    weight = np.repeat(np.arange(1, len(people) + 1, dtype=np.float64) ** -world.config.new_zipf, len(ATTRIBUTES))
+    size = world.config.train_questions if split == "inject_train" else world.config.question_draws
+    return [pairs[i] for i in rng.choice(len(pairs), size, p=weight / weight.sum())]
   if world.config.zipf == 0:
     return pairs
   rng = np.random.default_rng([world.config.seed, 5, SPLITS.index(split)])
@@ -282,6 +328,19 @@ def questions(world: World, split: str) -> list[tuple[int, str]]:
   train = split == "qa_train"
   size = min(world.config.train_questions, len(pairs)) if train else world.config.question_draws
   return [pairs[i] for i in rng.choice(len(pairs), size, replace=not train, p=weight / weight.sum())]
+
+
+def splits(config: WorldConfig) -> tuple[str, ...]:
+  """The splits this world has examples in (the `inject` task's only where it has new people)."""
+  return tuple(split for split in SPLITS if split_size(config, split))
+
+
+def task_size(config: WorldConfig, task: str) -> int:
+  """Examples in a task's training split; ValueError, naming the field, if this world has none."""
+  n = split_size(config, TASKS[task]["train"])
+  if n == 0:
+    raise ValueError(f"task {task!r} asks about new people, and world.new_people=0; allowed: at least 1")
+  return n
 
 
 def split_size(config: WorldConfig, split: str) -> int:
@@ -300,6 +359,8 @@ def split_size(config: WorldConfig, split: str) -> int:
     "cloze_test": asked(n_test),
   }
   per["qa_train_wrong"], per["qa_dev_wrong"] = per["qa_train"], per["qa_dev"]
+  per["inject_train"] = config.train_questions if config.new_people else 0
+  per["inject_dev"] = per["inject_test"] = config.question_draws if config.new_people else 0
   if split not in per:
     raise ValueError(f"unknown split {split!r}; allowed: {list(SPLITS)}")
   return per[split]
