@@ -270,3 +270,6 @@ def test_the_format_or_facts_study_reuses_the_smoke_bases_and_fine_tunes_on_wron
   assert not {r.id for r in kinds.expand(popular)} & {r.id for r in smoke}
   with pytest.raises(study_lib.StudyError, match=r"world.zipf=-1.0; allowed: 0"):
     study_lib.validate(tiny_study(**{"world.zipf": -1.0}), 8)
+  inject = kinds.expand(study_lib.validate(importlib.import_module("configs.inject").get_config(), 1))
+  assert {r.config["task"] for r in inject if r.kind == "finetune"} == {"inject"}
+  assert not {r.id for r in inject if r.kind == "pretrain"} & {r.id for r in smoke}  # New names: a new vocabulary.
