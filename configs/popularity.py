@@ -40,7 +40,8 @@ with three seeds; the multiplicative law is 9.9% / 15.3% off held out, the addit
 and EFT's behaviour coefficient on N2 turns negative (-0.082 [-0.151, -0.010]; 193 s of launches, same
 machine and date). The report prints this check below its law ranking. A default study that meets the
 multiplicative law needs fine-tuning data that stands in for base size (larger bases needing
-less of it), not only fine-tuning that unlocks what the base knows.
+less of it), not only fine-tuning that unlocks what the base knows: `configs/trivia.py` asks this
+world such questions.
 """
 
 import ml_collections

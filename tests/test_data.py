@@ -311,3 +311,33 @@ def test_a_world_without_new_people_keeps_its_spec_and_has_no_inject_examples():
   with pytest.raises(ValueError, match=r"world.new_people=0; allowed: at least 1"):
     world_lib.task_size(TINY_WORLD, "inject")
   assert world_lib.task_size(NEW, "inject") == 400
+
+
+def test_trivia_asks_about_everyone_as_often_as_they_are_written_about_and_repeats_training_questions():
+  world = world_lib.build_world(POPULAR)
+  test = [(r["person"], r["attribute"]) for r in world_lib.records(world, "trivia_test")]
+  train = [(r["person"], r["attribute"]) for r in world_lib.records(world, "trivia_train")]
+  assert len(test) == 400 and len(train) == 300
+  asked = np.bincount([p for p, _ in test], minlength=POPULAR.num_people)
+  share = world.mentions / world.mentions.sum()
+  assert np.all(np.abs(asked - 400 * share) <= 4 * np.sqrt(400 * share * (1 - share)) + 1)
+  assert {world.split_of_person[p] for p, _ in test} == {0, 1, 2}  # Training, dev and held-out people alike.
+  assert 0.3 < np.mean([q in set(train) for q in test]) < 1  # Some test questions were trained on, not all.
+  for r in world_lib.records(world, "trivia_test"):
+    assert r["answer"] == world.value(r["person"], r["attribute"]) and world_lib.QA_PREFIX in r["prompt"]
+
+
+def test_the_drawn_tasks_sizes_enter_the_worlds_spec_where_they_differ_from_the_defaults():
+  plain = world_lib.WorldConfig(num_people=40)
+  assert plain.spec() == {
+    k: v
+    for k, v in dataclasses.asdict(plain).items()
+    if k not in world_lib.POPULARITY_FIELDS + world_lib.NEW_PEOPLE_FIELDS
+  }
+  fewer = dataclasses.replace(plain, question_draws=100)
+  assert fewer.spec()["question_draws"] == 100 and fewer.fingerprint() != plain.fingerprint()
+  assert (
+    world_lib.split_size(fewer, "trivia_test")
+    == len(list(world_lib.records(world_lib.build_world(fewer), "trivia_test")))
+    == 100
+  )

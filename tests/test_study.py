@@ -44,7 +44,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     ({"model.sizes": ("d32l2", "huge")}, r"model.sizes contains 'huge'; allowed: \["),
     (
       {"finetune.tasks": ("translate",)},
-      r"finetune.tasks\[0\]='translate' is not a task; allowed: \['inject', 'qa', 'qa_wrong', 'shakespeare_play'\], "
+      r"finetune.tasks\[0\]='translate' is not a task; allowed: \['inject', 'qa', 'qa_wrong', 'trivia', 'shakespeare_play'\], "
       r"or a TFDS task",
     ),
     (
@@ -273,3 +273,6 @@ def test_the_format_or_facts_study_reuses_the_smoke_bases_and_fine_tunes_on_wron
   inject = kinds.expand(study_lib.validate(importlib.import_module("configs.inject").get_config(), 1))
   assert {r.config["task"] for r in inject if r.kind == "finetune"} == {"inject"}
   assert not {r.id for r in inject if r.kind == "pretrain"} & {r.id for r in smoke}  # New names: a new vocabulary.
+  trivia = kinds.expand(study_lib.validate(importlib.import_module("configs.trivia").get_config(), 1))
+  assert {r.config["task"] for r in trivia if r.kind in ("finetune", "eft")} == {"trivia"}
+  assert {r.id for r in trivia if r.kind == "pretrain"} == {r.id for r in kinds.expand(popular) if r.kind == "pretrain"}

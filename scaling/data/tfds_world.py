@@ -22,7 +22,7 @@ class WorldBuilder(tfds.core.GeneratorBasedBuilder):
     "1.0.0": "Biographies, question answering and cloze probes.",
     "1.1.0": "Cloze probes only from templates whose prefix begins no other attribute's sentence.",
     "1.2.0": "People's popularity (world.zipf), and question answering with wrong answers (task qa_wrong).",
-    "1.3.0": "New people, in no pretraining text, and questions about them (task inject).",
+    "1.3.0": "Tasks whose questions are drawn alike for training and test: trivia, and inject (new people).",
   }
 
   def __init__(self, *, world_config: world_lib.WorldConfig, **kwargs):

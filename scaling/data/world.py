@@ -64,13 +64,19 @@ QA_PREFIX, QA_SUFFIX = "question :", "answer :"
 PRETRAIN_Q, PRETRAIN_A = "Q :", "A :"
 # task -> its train, dev and test splits. `qa_wrong` asks `qa`'s questions with wrong answers (each
 # replaced by another value of its attribute, seeded) and is tested on the right ones: a fine-tune
-# on it can learn the answer format, but no facts. `inject` asks about new people, who are in no
-# pretraining text: what it knows of them, a fine-tune learned from its own examples.
+# on it can learn the answer format, but no facts. The drawn tasks draw their training and test
+# questions alike, with replacement, so a test question may repeat a training one, as in real
+# question-answering sets: `trivia` asks about the world's people as often as they are written
+# about (a fact the base stored or the fine-tune saw can be answered: fine-tuning data stands in for
+# what a small base does not know), `inject` about new people, who are in no pretraining text (what
+# is known of them, a fine-tune learned from its own examples).
 TASKS: dict[str, dict[str, str]] = {
   "qa": {"train": "qa_train", "dev": "qa_dev", "test": "qa_test"},
   "qa_wrong": {"train": "qa_train_wrong", "dev": "qa_dev_wrong", "test": "qa_test"},
   "inject": {"train": "inject_train", "dev": "inject_dev", "test": "inject_test"},
+  "trivia": {"train": "trivia_train", "dev": "trivia_dev", "test": "trivia_test"},
 }
+DRAWN_TASKS = ("inject", "trivia")
 SPLITS = (
   "pretrain",
   "pretrain_heldout",
@@ -83,19 +89,12 @@ SPLITS = (
   "inject_train",
   "inject_dev",
   "inject_test",
+  "trivia_train",
+  "trivia_dev",
+  "trivia_test",
 )
 POPULARITY_FIELDS = ("zipf", "question_draws", "train_questions")
 NEW_PEOPLE_FIELDS = ("new_people", "new_zipf")
-# Question splits -> the people they ask about (a value of `World.split_of_person`).
-ASKED = {
-  "qa_train": 0,
-  "qa_dev": 1,
-  "qa_test": 2,
-  "cloze_test": 2,
-  "inject_train": 3,
-  "inject_dev": 3,
-  "inject_test": 3,
-}
 _SYLLABLES = tuple(c + v for c in "bdfghklmnprstvz" for v in "aeiou")
 
 
@@ -123,11 +122,10 @@ class WorldConfig:
   zipf: float = 0.0
   question_draws: int = 500
   train_questions: int = 1000
-  # People in no pretraining text, asked about by the `inject` task: the new person of rank r is
-  # asked about in proportion to r^-new_zipf, and its splits are drawn with replacement
-  # (`train_questions` and `question_draws` questions), so a test question may repeat a training
-  # one, as in real question-answering sets; the share of test questions that D_f training ones
-  # miss falls as a power of D_f.
+  # The drawn tasks (`trivia`, `inject`) draw `train_questions` training and `question_draws` dev
+  # and test questions each. People in no pretraining text, asked about by the `inject` task: the
+  # new person of rank r is asked about in proportion to r^-new_zipf, so the share of test
+  # questions that D_f training ones miss falls as a power of D_f.
   new_people: int = 0
   new_zipf: float = 1.5
 
@@ -155,14 +153,15 @@ class WorldConfig:
       )
 
   def spec(self) -> dict:
-    """The fields that make this world, for run ids: popularity's only where people have it, so
-    that the ids of worlds without it stay as they were before it existed."""
+    """The fields that make this world, for run ids: popularity's and new people's only where they
+    change it, so that the ids of worlds without them stay as they were before they existed."""
     fields = dataclasses.asdict(self)
-    unused = (NEW_PEOPLE_FIELDS if self.new_people == 0 else ()) + (
-      POPULARITY_FIELDS if self.zipf == 0 and self.new_people == 0 else ("zipf",) if self.zipf == 0 else ()
-    )
-    for name in unused:
+    default = WorldConfig()
+    for name in NEW_PEOPLE_FIELDS if self.new_people == 0 else ():
       del fields[name]
+    for name in POPULARITY_FIELDS if self.zipf == 0 else ():
+      if name == "zipf" or (self.new_people == 0 and fields[name] == getattr(default, name)):
+        del fields[name]
     return fields
 
   def fingerprint(self) -> str:
@@ -289,7 +288,7 @@ def records(world: World, split: str) -> Iterator[dict]:
             for a in attrs
           )
           yield {"prompt": "", "answer": text, "attribute": "", "person": int(p)}
-  elif split.startswith(("qa_", "inject_")):
+  elif split.startswith(("qa_", *(f"{task}_" for task in DRAWN_TASKS))):
     right = split.removesuffix("_wrong")
     rng = np.random.default_rng([seed, 6, SPLITS.index(split)])
     for p, attr in questions(world, right):
@@ -311,16 +310,19 @@ def records(world: World, split: str) -> Iterator[dict]:
 def questions(world: World, split: str) -> list[tuple[int, str]]:
   """The (person, attribute) pairs a question split asks: each of its people's attributes once, or
   in a world with popularity, pairs drawn as the people are mentioned (the training split's
-  distinct: a fine-tune's D_f counts distinct examples)."""
-  people = world.people(ASKED[split])
-  pairs = [(int(p), attr) for p in people for attr in ATTRIBUTES]
-  if split.startswith("inject_"):
-    if not pairs:
+  distinct: a fine-tune's D_f counts distinct examples); a drawn task's, drawn with replacement."""
+  task, _, role = split.rpartition("_")
+  if task in DRAWN_TASKS:
+    people, weight = _drawn(world, task)
+    if not len(people):
       return []
+    pairs = [(int(p), attr) for p in people for attr in ATTRIBUTES]
     rng = np.random.default_rng([world.config.seed, 8, SPLITS.index(split)])
-    weight = np.repeat(np.arange(1, len(people) + 1, dtype=np.float64) ** -world.config.new_zipf, len(ATTRIBUTES))
-    size = world.config.train_questions if split == "inject_train" else world.config.question_draws
+    weight = np.repeat(weight, len(ATTRIBUTES))
+    size = world.config.train_questions if role == "train" else world.config.question_draws
     return [pairs[i] for i in rng.choice(len(pairs), size, p=weight / weight.sum())]
+  people = world.people({"qa_train": 0, "qa_dev": 1, "qa_test": 2, "cloze_test": 2}[split])
+  pairs = [(int(p), attr) for p in people for attr in ATTRIBUTES]
   if world.config.zipf == 0:
     return pairs
   rng = np.random.default_rng([world.config.seed, 5, SPLITS.index(split)])
@@ -328,6 +330,16 @@ def questions(world: World, split: str) -> list[tuple[int, str]]:
   train = split == "qa_train"
   size = min(world.config.train_questions, len(pairs)) if train else world.config.question_draws
   return [pairs[i] for i in rng.choice(len(pairs), size, replace=not train, p=weight / weight.sum())]
+
+
+def _drawn(world: World, task: str) -> tuple[np.ndarray, np.ndarray]:
+  """The people a drawn task asks about, and their weights: new people by rank, the world's own
+  people by their biographies."""
+  if task == "inject":
+    people = world.people(3)
+    return people, np.arange(1, len(people) + 1, dtype=np.float64) ** -world.config.new_zipf
+  people = np.flatnonzero(world.split_of_person < 3)
+  return people, world.mentions[people].astype(np.float64)
 
 
 def splits(config: WorldConfig) -> tuple[str, ...]:
@@ -361,6 +373,8 @@ def split_size(config: WorldConfig, split: str) -> int:
   per["qa_train_wrong"], per["qa_dev_wrong"] = per["qa_train"], per["qa_dev"]
   per["inject_train"] = config.train_questions if config.new_people else 0
   per["inject_dev"] = per["inject_test"] = config.question_draws if config.new_people else 0
+  per["trivia_train"] = config.train_questions
+  per["trivia_dev"] = per["trivia_test"] = config.question_draws
   if split not in per:
     raise ValueError(f"unknown split {split!r}; allowed: {list(SPLITS)}")
   return per[split]
