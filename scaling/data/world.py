@@ -1,9 +1,11 @@
 """The synthetic world: people with attributes, their biographies, and questions about them.
 
-Everything is a deterministic function of `WorldConfig`. Every person appears in the pretraining
-corpus; question answering trains on some people and tests on held-out ones, so answering well
-needs knowledge stored in pretraining and the answer format learned in fine-tuning. The corpus
-may also hold questions about training people in another format (`question_renderings`).
+Everything is a deterministic function of `WorldConfig`. Every person but the new ones appears in
+the pretraining corpus; question answering trains on some people and tests on held-out ones, so
+answering well needs knowledge stored in pretraining and the answer format learned in
+fine-tuning. The corpus may also hold questions about training people in another format
+(`question_renderings`). The drawn tasks ask about everyone (`trivia`) or about new people in no
+pretraining text (`inject`), with test questions drawn as the training ones are.
 """
 
 from __future__ import annotations
