@@ -122,14 +122,16 @@ def residual_slopes(law: laws.Law, theta: np.ndarray, d, y, x=None, u=None) -> d
   return {k: float(np.polyfit(np.log10(v), residual, 1)[0]) for k, v in scales.items() if np.ptp(v) > 0}
 
 
-def d_gains(points: pd.DataFrame, x: str, d: str, y: str) -> pd.Series | None:
-  """Each value of x's mean loss at the smallest d minus at the largest, over the d that every x has (None where
-  fewer than two of either): the multiplicative law makes it A x^-alpha (d_0^-beta - d_1^-beta), shrinking as x
-  grows; the additive law, the same for every x."""
+def d_gains(points: pd.DataFrame, x: str, d: str, y: str, log: bool = False) -> pd.Series | None:
+  """Each value of x's mean loss at the smallest d minus at the largest (with `log`, the log of their ratio), over
+  the d that every x has (None where fewer than two of either): the multiplicative law makes the gain
+  A x^-alpha (d_0^-beta - d_1^-beta), shrinking as x grows, and its log the same for every x where E is 0 (shrinking
+  where E > 0); the additive law keeps the gain the same, so its log grows with x."""
   means = points.groupby([x, d])[y].mean().unstack(d).dropna(axis=1)
   if len(means) < 2 or means.shape[1] < 2:
     return None
-  return (means.iloc[:, 0] - means.iloc[:, -1]).rename(
+  first, last = means.iloc[:, 0], means.iloc[:, -1]
+  return (np.log(first / last) if log else first - last).rename(
     f"{y} gained from {d} {means.columns[0]:g} to {means.columns[-1]:g}"
   )
 

@@ -194,9 +194,22 @@ def gains_lines(points: pd.DataFrame, axis: str) -> list[str]:
     "the base grows, the additive law keeps them equal",
     "neither": "they neither shrink nor grow steadily with it",
   }[trend]
-  by_base = ", ".join(f"{g:.3g}" for g in gains)
+  shares = frames.d_gains(points, axis, "d_f", "test_loss", log=True)
+  share_verdict = {
+    "shrink": "they shrink, as the multiplicative law has them where E > 0",
+    "grow": "they grow, which the multiplicative law does not allow and the additive law's equal gains do",
+    "neither": "they neither shrink nor grow steadily; the multiplicative law keeps them equal where E is 0",
+  }[frames.gains_trend(shares)]
   label = X_LABELS.get(axis, axis)
-  return [f"{gains.name.replace('test_loss', 'Test loss')}, by {label} ({by_base}): {verdict}.", ""]
+  return [
+    f"{gains.name.replace('test_loss', 'Test loss')}, by {label} ({_listed(gains)}): {verdict}. As shares of "
+    f"the loss (the log of its ratio: {_listed(shares)}), {share_verdict}.",
+    "",
+  ]
+
+
+def _listed(values: pd.Series) -> str:
+  return ", ".join(f"{v:.3g}" for v in values)
 
 
 def markdown_table(df: pd.DataFrame) -> str:

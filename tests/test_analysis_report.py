@@ -54,15 +54,25 @@ def _joint_points(law: str) -> pd.DataFrame:
   rows = []
   for n in (1e4, 4e4, 1.6e5):
     for d_f in (40, 160, 640):
-      loss = 30 * n**-0.3 * d_f**-0.2 + 1 if law == "multiplicative" else 30 * n**-0.3 + 5 * d_f**-0.2 + 1
+      loss = 30 * n**-0.3 * d_f**-0.2 + (1 if law == "multiplicative" else 0)
+      if law == "additive":
+        loss = 30 * n**-0.3 + 5 * d_f**-0.2 + 1
       if law == "interaction":  # Larger bases gain more from D_f: neither joint law's form.
         loss = 3 - 0.1 * np.log(n) * np.log(d_f) / 10
       rows += [{"non_embedding_params": n, "d_f": d_f, "test_loss": loss + s} for s in (-0.01, 0.01)]
   return pd.DataFrame(rows)
 
 
-@pytest.mark.parametrize("law, trend", [("multiplicative", "shrink"), ("additive", "neither"), ("interaction", "grow")])
-def test_the_gains_from_d_f_by_base_say_which_joint_law_they_allow(law, trend):
+@pytest.mark.parametrize(
+  "law, trend, shares",
+  [
+    ("multiplicative", "shrink", "shrink"),
+    ("multiplicative_e0", "shrink", "neither"),
+    ("additive", "neither", "grow"),
+    ("interaction", "grow", "grow"),
+  ],
+)
+def test_the_gains_from_d_f_by_base_say_which_joint_law_they_allow(law, trend, shares):
   points = _joint_points(law)
   gains = frames.d_gains(points, "non_embedding_params", "d_f", "test_loss")
   means = points.groupby(["non_embedding_params", "d_f"])["test_loss"].mean()
@@ -71,8 +81,13 @@ def test_the_gains_from_d_f_by_base_say_which_joint_law_they_allow(law, trend):
   assert frames.gains_trend(gains) == trend
   [line, _] = report.gains_lines(points, "non_embedding_params")
   assert line.startswith("Test loss gained from d_f 40 to 640, by base non-embedding parameters (")
-  assert ("as the multiplicative law has them" in line) == (law == "multiplicative")
+  assert ("as the multiplicative law has them" in line) == law.startswith("multiplicative")
   assert ("which neither joint law allows" in line) == (law == "interaction")
+  logs = frames.d_gains(points, "non_embedding_params", "d_f", "test_loss", log=True)
+  assert logs.to_numpy() == pytest.approx([np.log(means[n, 40] / means[n, 640]) for n in logs.index])
+  assert frames.gains_trend(logs) == shares
+  assert ("the multiplicative law keeps them equal where E is 0" in line) == (law == "multiplicative_e0")
+  assert ("which the multiplicative law does not allow" in line) == (shares == "grow")
 
 
 def test_gains_need_two_bases_with_two_shared_d_f():
