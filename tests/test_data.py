@@ -332,7 +332,7 @@ def test_the_drawn_tasks_sizes_enter_the_worlds_spec_where_they_differ_from_the_
   assert plain.spec() == {
     k: v
     for k, v in dataclasses.asdict(plain).items()
-    if k not in world_lib.POPULARITY_FIELDS + world_lib.NEW_PEOPLE_FIELDS
+    if k not in (*world_lib.POPULARITY_FIELDS, *world_lib.NEW_PEOPLE_FIELDS, "answer_noise")
   }
   fewer = dataclasses.replace(plain, question_draws=100)
   assert fewer.spec()["question_draws"] == 100 and fewer.fingerprint() != plain.fingerprint()
@@ -341,3 +341,20 @@ def test_the_drawn_tasks_sizes_enter_the_worlds_spec_where_they_differ_from_the_
     == len(list(world_lib.records(world_lib.build_world(fewer), "trivia_test")))
     == 100
   )
+
+
+def test_answer_noise_replaces_that_share_of_the_drawn_tasks_answers_in_every_split_and_no_others():
+  noisy = dataclasses.replace(POPULAR, answer_noise=0.2)
+  clean_world, noisy_world = world_lib.build_world(POPULAR), world_lib.build_world(noisy)
+  for split in ("trivia_train", "trivia_dev", "trivia_test"):
+    clean, dirty = list(world_lib.records(clean_world, split)), list(world_lib.records(noisy_world, split))
+    assert [(r["prompt"], r["person"]) for r in clean] == [(r["prompt"], r["person"]) for r in dirty]
+    assert all(r["answer"] == clean_world.value(r["person"], r["attribute"]) for r in clean)
+    assert all(r["answer"] in noisy_world.values[r["attribute"]] for r in dirty)
+    changed = sum(c["answer"] != d["answer"] for c, d in zip(clean, dirty))
+    assert abs(changed - 0.2 * len(clean)) <= 4 * np.sqrt(len(clean) * 0.2 * 0.8), split
+  for split in ("qa_train", "qa_test", "cloze_test"):
+    assert list(world_lib.records(clean_world, split)) == list(world_lib.records(noisy_world, split))
+  assert noisy.spec()["answer_noise"] == 0.2 and "answer_noise" not in POPULAR.spec()
+  with pytest.raises(ValueError, match=r"world.answer_noise=1.0; allowed: 0 \(no noise\) up to but not 1"):
+    dataclasses.replace(POPULAR, answer_noise=1.0).validate()

@@ -275,4 +275,6 @@ def test_the_format_or_facts_study_reuses_the_smoke_bases_and_fine_tunes_on_wron
   assert not {r.id for r in inject if r.kind == "pretrain"} & {r.id for r in smoke}  # New names: a new vocabulary.
   trivia = kinds.expand(study_lib.validate(importlib.import_module("configs.trivia").get_config(), 1))
   assert {r.config["task"] for r in trivia if r.kind in ("finetune", "eft")} == {"trivia"}
-  assert {r.id for r in trivia if r.kind == "pretrain"} == {r.id for r in kinds.expand(popular) if r.kind == "pretrain"}
+  [trivia_base] = [r for r in trivia if r.kind == "pretrain" and r.config["size"] == "d16l2"]
+  [popular_base] = [r for r in kinds.expand(popular) if r.kind == "pretrain" and r.config["size"] == "d16l2"]
+  assert trivia_base.config["world"] == {**popular_base.config["world"], "answer_noise": 0.1}

@@ -130,6 +130,11 @@ class WorldConfig:
   # questions that D_f training ones miss falls as a power of D_f.
   new_people: int = 0
   new_zipf: float = 1.5
+  # The share of the drawn tasks' answers (training, dev and test alike) replaced by another value
+  # of the attribute, as annotation errors are in real question-answering sets: no model can score
+  # such answers better than by their entropy, a floor under the test loss (the laws' E). At 0.1
+  # that is 0.68 nats a question, 0.34 a scored token (the value and the end token).
+  answer_noise: float = 0.0
 
   def validate(self) -> None:
     """Raises ValueError naming the field if the world cannot be built."""
@@ -146,6 +151,8 @@ class WorldConfig:
       )
     if self.new_people < 0 or self.new_zipf < 0:
       raise ValueError(f"world.new_people={self.new_people}, world.new_zipf={self.new_zipf}: each must be at least 0")
+    if not 0 <= self.answer_noise < 1:
+      raise ValueError(f"world.answer_noise={self.answer_noise}; allowed: 0 (no noise) up to but not 1")
     if self.question_renderings < 0:
       raise ValueError(f"world.question_renderings={self.question_renderings}; allowed: 0 or more")
     if not (0 < self.dev_fraction and 0 < self.test_fraction and self.dev_fraction + self.test_fraction < 1):
@@ -157,14 +164,15 @@ class WorldConfig:
   def spec(self) -> dict:
     """The fields that make this world, for run ids: popularity's and new people's only where they
     change it, so that the ids of worlds without them stay as they were before they existed."""
-    fields = dataclasses.asdict(self)
-    default = WorldConfig()
-    for name in NEW_PEOPLE_FIELDS if self.new_people == 0 else ():
-      del fields[name]
-    for name in POPULARITY_FIELDS if self.zipf == 0 else ():
-      if name == "zipf" or (self.new_people == 0 and fields[name] == getattr(default, name)):
-        del fields[name]
-    return fields
+    fields, default = dataclasses.asdict(self), WorldConfig()
+    omit = {"answer_noise"} if self.answer_noise == 0 else set()
+    if self.new_people == 0:
+      omit.update(NEW_PEOPLE_FIELDS)
+    if self.zipf == 0:
+      omit.add("zipf")
+      if self.new_people == 0:
+        omit.update(name for name in POPULARITY_FIELDS[1:] if fields[name] == getattr(default, name))
+    return {name: value for name, value in fields.items() if name not in omit}
 
   def fingerprint(self) -> str:
     """A short stable hash of the config: the TFDS config name of this world."""
@@ -292,11 +300,12 @@ def records(world: World, split: str) -> Iterator[dict]:
           yield {"prompt": "", "answer": text, "attribute": "", "person": int(p)}
   elif split.startswith(("qa_", *(f"{task}_" for task in DRAWN_TASKS))):
     right = split.removesuffix("_wrong")
+    drawn = split.rpartition("_")[0] in DRAWN_TASKS
     rng = np.random.default_rng([seed, 6, SPLITS.index(split)])
     for p, attr in questions(world, right):
       prompt = f"{QA_PREFIX} {ATTRIBUTES[attr][2].format(name=world.names[p])} {QA_SUFFIX}"
       answer = world.value(p, attr)
-      if right != split:  # Any other value of the attribute, alike likely.
+      if right != split or (drawn and rng.random() < world.config.answer_noise):  # Another value, alike likely.
         others = [v for v in world.values[attr] if v != answer]
         answer = others[rng.integers(len(others))]
       yield {"prompt": prompt, "answer": answer, "attribute": attr, "person": int(p)}
