@@ -28,7 +28,9 @@ of three seeds:
 - Fitted without d64l2, the multiplicative law predicts its test losses within 2.5% on average
   (worst 9.0%, at D_f 40), with every parameter determined: E = 0.49 [0.32, 0.63], alpha = 0.28,
   beta = 0.16. The overtrained law 2.3% (worst 4.5%), the additive 3.0% (worst 5.7%). With five
-  seeds (`--config.finetune.seeds='(0,1,2,3,4)'`, EFT off): 2.4% (worst 7.2%), E = 0.54.
+  seeds (`--config.finetune.seeds='(0,1,2,3,4)'`, EFT off): 2.4% (worst 7.2%), E = 0.54. With
+  2,000 test questions (`--config.world.question_draws=2000`, new bases, EFT off): 3.2% (worst
+  9.7%), E = 0.64; the overtrained law 1.5% (worst 2.1%).
 - EFT (seed-0 pairs): knowledge follows N1 at every beta (b1 0.177 [0.135, 0.214] at beta 1).
   Behaviour follows N2 at beta 0.5 (b2 0.179 [0.093, 0.264], b1 0.083 [-0.026, 0.170]) but N1 at
   beta 1 (b1 0.229 [0.127, 0.313]): with another size's fine-tuning delta, d16l2's base answers in
