@@ -162,8 +162,8 @@ class WorldConfig:
       )
 
   def spec(self) -> dict:
-    """The fields that make this world, for run ids: popularity's and new people's only where they
-    change it, so that the ids of worlds without them stay as they were before they existed."""
+    """The fields that make this world, for run ids: popularity's, new people's and answer noise
+    only where they change it, so that the ids of worlds without them stay as they were."""
     fields, default = dataclasses.asdict(self), WorldConfig()
     omit = {"answer_noise"} if self.answer_noise == 0 else set()
     if self.new_people == 0:
