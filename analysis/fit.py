@@ -150,23 +150,32 @@ def fit_and_report(workdir: str | epath.Path, delta: float = 1e-3, bootstrap: in
     )
     path = report_lib.write_report(table, points, fits, out, sections)
     (out / "inputs.sha256").write_text(key)
+  for line in summary_lines(fits):
+    print(line)
+  print(f"report: {path}")
+  return fits
+
+
+def summary_lines(fits: list[dict]) -> list[str]:
+  """What a fitted study prints: each multiplicative law over a factor, and each EFT decoupling verdict
+  (every metric at every beta)."""
+  lines = []
   for f in fits:
-    if f["section"] == "eft" and f["analysis"] == "decoupling" and f["beta"] == 1.0:
+    if f["section"] == "eft" and f["analysis"] == "decoupling":
       c, ci = f["coef"], f["intervals"]
-      print(
-        f"EFT {f['task']}/{f['method']} {f['metric']}: b1 (log N1) = {c['b1']:.3g} [{ci['b1'][0]:.3g}, "
-        f"{ci['b1'][1]:.3g}], b2 (log N2) = {c['b2']:.3g} [{ci['b2'][0]:.3g}, {ci['b2'][1]:.3g}]: "
-        f"follows {eft_analysis.SCALES.get(f['follows'], f['follows'])}"
+      lines.append(
+        f"EFT {f['task']}/{f['method']} {f['metric']} at beta {f['beta']:g}: b1 (log N1) = {c['b1']:.3g} "
+        f"[{ci['b1'][0]:.3g}, {ci['b1'][1]:.3g}], b2 (log N2) = {c['b2']:.3g} [{ci['b2'][0]:.3g}, "
+        f"{ci['b2'][1]:.3g}]: follows {eft_analysis.SCALES.get(f['follows'], f['follows'])}"
       )
     if f["section"] in ("finetune", "methods") and f["law"] == "multiplicative" and f["x"]:
       base = f" on {f['base']}" if f["base"] else ""
       values = ", ".join(f"{k}={report_lib.param_text(f, k)}" for k in f["params"])
-      print(
+      lines.append(
         f"{f['task']}/{f['method']}{base} over {f['x']}: L = A * X^-alpha * D_f^-beta + E  ({values};"
         f" {f['num_points']} points; held-out error {f['validation']['heldout_error']:.4g})"
       )
-  print(f"report: {path}")
-  return fits
+  return lines
 
 
 def format_fit(record: dict) -> str:

@@ -1,6 +1,6 @@
-"""The smoke study on new knowledge: fine-tunes that teach facts about people in no pretraining text.
+"""The qa study on new knowledge: fine-tunes that teach facts about people in no pretraining text.
 
-The world's 200 people and corpus are the smoke study's; 300 new people (new names, in no
+The world's 200 people and corpus are the qa study's; 300 new people (new names, in no
 pretraining text) are asked about by the `inject` task, the new person of rank r in proportion to
 1/r. Its training and test questions are drawn alike, with replacement, so a test question is one
 a fine-tune has seen or one it cannot answer but by a guess: of the 500 test questions, D_f 40
@@ -19,10 +19,10 @@ machine on 2026-12-04 with
 | d64l2 | 2.78 / 1.53 | 0.05 / 0.34 | 0.97: 0.88 / 0.27 |
 
 - Knowledge follows the scale that acquired it. EFT's knowledge of the new people follows N2, the
-  fine-tune's size (b2 0.027 [0.007, 0.049] at beta 1, b1 0.004 [-0.017, 0.029]), where the smoke
+  fine-tune's size (b2 0.027 [0.007, 0.049] at beta 1, b1 0.004 [-0.017, 0.029]), where the qa
   study's knowledge of held-out people follows N1, the base's.
 - New facts cost old ones: d64l2's cloze knowledge of held-out people falls from 0.97 to 0.27 as
-  D_f grows to 640, where the smoke study's `qa` fine-tunes keep 0.69 to 0.80 at every D_f.
+  D_f grows to 640, where the qa study's fine-tunes keep 0.69 to 0.80 at every D_f.
 - The multiplicative law does not fit this world either: larger bases learn more from each new
   example (and at D_f 40 guess worse, with more confidence), so the gain from D_f 40 to 640 grows
   with N (0.21, 0.22, 0.71, 1.25), where the law has it shrink. Fitted without d64l2 it predicts
@@ -33,11 +33,11 @@ machine on 2026-12-04 with
 
 import ml_collections
 
-from configs import smoke
+from configs import qa
 
 
 def get_config() -> ml_collections.ConfigDict:
-  c = smoke.get_config()
+  c = qa.get_config()
   c.name = "inject"
   c.world.update({"new_people": 300, "new_zipf": 1.0})
   c.finetune.tasks = ("inject",)

@@ -1,4 +1,4 @@
-"""The methods study: the smoke world and bases, fine-tuned by every method at a few sizes of P.
+"""The methods study: the qa world and bases, fine-tuned by every method at a few sizes of P.
 
 Full tuning (all layers, and the first layer only), LoRA at ranks 2, 8 and 32, prompt tuning with
 4 and 16 vectors, LoReFT at ranks 1 and 4 (these two at a learning rate of 1e-2, ten times the
@@ -11,12 +11,12 @@ to the base (transplants). The report compares the methods' exponents over N (al
 
 import ml_collections
 
-from configs import smoke
+from configs import qa
 from scaling import study
 
 
 def get_config() -> ml_collections.ConfigDict:
-  c = smoke.get_config()
+  c = qa.get_config()
   c.name = "methods"
   c.finetune.methods = (
     "full",

@@ -1,9 +1,62 @@
-"""The smoke study: a complete fine-tuning scaling study that runs on a laptop CPU in minutes.
+"""The smoke study: a complete fine-tuning scaling study that runs on a laptop CPU in minutes, in a
+world where the multiplicative law holds.
 
-Four base sizes are pretrained on the synthetic world's biographies, and each is fully fine-tuned
-on nested subsets of the `qa` task. Emulated fine-tuning then recombines every base N1 with every
-fine-tune N2 (at the smallest and largest D_f, three betas) to ask which scale buys knowledge
-and which buys behaviour. Override any field from the command line, for example
+1,000 people, the one of popularity rank r written about max(1, round(1500 r^-1.3)) times. Four
+bases are pretrained on their biographies; each is fully fine-tuned on nested subsets of the
+`trivia` task, whose 1,000 training and 500 test questions are drawn alike, with replacement, about
+people as often as they are written about: a test question may be one the fine-tune saw (as in
+real question-answering sets), so a fact is known if the base stored it or the fine-tune was shown
+it. A tenth of the answers, in every split, are another value (`world.answer_noise`, as annotation
+errors): their entropy is a floor under the test loss, 0.34 nats a scored token. Fine-tunes are
+evaluated every 5 steps. EFT recombines every base N1 with every seed-0 fine-tune N2. Measured on
+the 2-core CPU development machine on 2026-12-04 with
+
+    python -m launch.local --config configs/smoke.py --workdir runs/smoke
+
+(200 runs in 138 s: four bases, 100 fine-tunes over five seeds, 96 EFT runs). Test loss, the mean
+of five seeds:
+
+| base | D_f 40 | 80 | 160 | 320 | 640 | log gain, 40 to 640 |
+|---|---|---|---|---|---|---|
+| d16l2 | 1.258 | 1.186 | 1.106 | 1.046 | 1.000 | 0.229 |
+| d32l2 | 1.021 | 0.934 | 0.891 | 0.856 | 0.834 | 0.202 |
+| d48l2 | 0.940 | 0.859 | 0.823 | 0.792 | 0.765 | 0.207 |
+| d64l2 | 0.899 | 0.821 | 0.764 | 0.741 | 0.727 | 0.212 |
+
+- Every curve falls with N and with D_f, and the gains from D_f shrink as N grows (0.258, 0.187,
+  0.176, 0.172), as the multiplicative law has them: every base gains about the same share.
+- Fitted without d64l2, the multiplicative law predicts its test losses within 2.4% on average
+  (worst 7.2%, at D_f 40), with every parameter determined: E = 0.535 [0.32, 0.60], alpha = 0.33
+  [0.20, 0.41], beta = 0.17 [0.12, 0.24]. Ranked by held-out error (largest N and largest D_f
+  held out in turn): additive 1.9% (worst 5.8%), multiplicative 2.1% (7.2%), overtrained 2.3%
+  (7.1%), Kaplan's 3.6% with D_C and alpha_d not determined.
+- EFT: knowledge follows N1 at every beta (b1 0.177 [0.135, 0.214] at beta 1). Behaviour follows
+  N2 at beta 0.5 (b2 0.179 [0.093, 0.264], b1 0.083 [-0.026, 0.170]) but N1 at beta 1 (b1 0.229
+  [0.127, 0.313]): with another size's fine-tuning delta, d16l2's base answers in the format 1% to
+  16% of the time, where the other pairs do 53% to 100%.
+
+What the settings do (same machine and date, three seeds, EFT off; `configs/popularity.py` is this
+world asked `qa`, where the law does not fit):
+- Three seeds: 2.5% (worst 9.0%), E = 0.49. 2,000 test questions
+  (`--config.world.question_draws=2000`): 3.2% (worst 9.7%), E = 0.64.
+- Without the noise and with evaluations every 20 steps (the qa study's; its first evaluation is
+  16 epochs of D_f 40, and most fine-tunes keep it): the smaller bases' log gains are equal
+  (0.277, 0.289, 0.285) but d64l2's larger (0.367); the law is 7.8% off (worst 9.6%) with E not
+  determined, the additive law 5.0% (7.1%). Five seeds: 8.3% (11.6%). A fifth base, d96l3, held
+  out: 13.9% (30.8%).
+- Without the noise, evaluated every 5 steps: d64l2 at D_f 40 falls from 0.700 to 0.617, and the
+  law is 8.3% off (worst 11.5%), E not determined: with answers that are certain, E is about 0.
+- Noise without the finer evaluation hurts the larger bases, which memorise the wrong answers of
+  repeated questions: at 10%, d64l2 at D_f 40 is worse than d48l2, and the law is 5.1% off (worst
+  12.4%).
+- A fifth base, d96l3 (five seeds): its losses barely fall below d64l2's (0.899 at D_f 40, as
+  d64l2's; 0.703 at 640), and the law fitted without it is 10.3% off (worst 17.9%): this world's
+  1,000 people are too few for a base that size to gain much.
+- Four question documents per training person (`--config.world.question_renderings=4`, five
+  seeds): the gains are irregular (0.136, 0.208, 0.097, 0.086), E is at 0, and behaviour still
+  follows N1 at beta 1.
+
+Override any field from the command line, for example
 `python -m launch.local --config configs/smoke.py --config.finetune.seeds='(0,1,2)'`.
 """
 
@@ -15,8 +68,18 @@ from scaling import study
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.name = "smoke"
-  # The corpus asks about training people in a "Q : ... A :" format: the bases can be prompted.
-  c.world = {"seed": 0, "num_people": 200, "bio_renderings": 8, "heldout_renderings": 2, "question_renderings": 4}
+  # 1,000 people, the one of popularity rank r written about max(1, round(1500 r^-1.3)) times. The
+  # corpus asks about training people in a "Q : ... A :" format: the bases can be prompted. A tenth
+  # of the trivia answers are wrong, as annotation errors are: a floor under the test loss.
+  c.world = {
+    "seed": 0,
+    "num_people": 1000,
+    "bio_renderings": 1500,
+    "zipf": 1.3,
+    "heldout_renderings": 2,
+    "question_renderings": 1,
+    "answer_noise": 0.1,
+  }
   c.model = {"sizes": ("d16l2", "d32l2", "d48l2", "d64l2"), "block": {"norm": "rms", "mlp": "swiglu"}}
   c.pretrain = {
     "seed": 0,
@@ -24,18 +87,19 @@ def get_config() -> ml_collections.ConfigDict:
     "train": {"batch_size": 32, "seq_len": 48, "learning_rate": 3e-3, "warmup_steps": 50, "checkpoint_every": 600},
   }
   c.finetune = {
-    "tasks": ("qa",),
+    "tasks": ("trivia",),
     "methods": ("full",),
     "d_f": (40, 80, 160, 320, 640),
-    "seeds": (0,),
+    "seeds": (0, 1, 2, 3, 4),
     "train": {
       "batch_size": 32,
       "seq_len": 16,
       "learning_rate": 1e-3,
       "warmup_steps": 10,
       "max_steps": 600,
-      "eval_every": 20,
-      "patience": 3,
+      # Every 5 steps: a first evaluation at step 20 would come after 16 epochs of D_f 40.
+      "eval_every": 5,
+      "patience": 5,
       "checkpoint_every": 200,
     },
   }

@@ -6,6 +6,7 @@ import pytest
 from etils import epath
 
 from analysis import eft as eft_analysis
+from analysis import fit as fit_lib
 
 SIZES = {"s": 1e4, "m": 4e4, "l": 1.6e5, "xl": 6.4e5}
 
@@ -114,6 +115,12 @@ def test_fit_eft_records_and_report_section(tmp_path):
     assert needle in text, needle
   assert (tmp_path / "eft_qa_full_behaviour.png").stat().st_size > 10_000
   assert eft_analysis.fit_eft(table[table["kind"] != "eft"]) == []
+  # A finished study prints every verdict: each metric at each beta.
+  printed = [line for line in fit_lib.summary_lines(records) if line.startswith("EFT ")]
+  assert len(printed) == 6
+  verdicts = {line.split(": b1")[0]: line.rsplit("follows ", 1)[1] for line in printed}
+  assert verdicts["EFT qa/full behaviour at beta 0.5"] == "N2 (fine-tuning scale)"
+  assert verdicts["EFT qa/full knowledge at beta 1"] == "N1 (pretraining scale)"
 
 
 def test_a_real_task_is_fitted_on_its_generation_metrics_and_imported_fine_tunes():

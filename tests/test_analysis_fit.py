@@ -18,7 +18,7 @@ from analysis import report as report_lib
 from scaling import laws
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CSV = os.path.join(ROOT, "examples", "smoke_qa_full.csv")
+CSV = os.path.join(ROOT, "examples", "qa_full.csv")
 
 
 @pytest.mark.slow

@@ -257,24 +257,24 @@ def test_launcher_names_what_a_gs_workdir_needs(tmp_path):
   )
 
 
-def test_the_format_or_facts_study_reuses_the_smoke_bases_and_fine_tunes_on_wrong_answers_too(monkeypatch):
+def test_the_format_or_facts_study_reuses_the_qa_bases_and_fine_tunes_on_wrong_answers_too(monkeypatch):
   monkeypatch.syspath_prepend(ROOT)  # The configs are a folder of the checkout, not of the package.
-  smoke = kinds.expand(study_lib.validate(importlib.import_module("configs.smoke").get_config(), 1))
+  qa = kinds.expand(study_lib.validate(importlib.import_module("configs.qa").get_config(), 1))
   study = study_lib.validate(importlib.import_module("configs.format_or_facts").get_config(), 1)
   runs = kinds.expand(study)
-  assert {r.id for r in runs if r.kind == "pretrain"} == {r.id for r in smoke if r.kind == "pretrain"}
+  assert {r.id for r in runs if r.kind == "pretrain"} == {r.id for r in qa if r.kind == "pretrain"}
   wrong = [r for r in runs if r.kind == "finetune" and r.config["task"] == "qa_wrong"]
   assert len(wrong) == len([r for r in runs if r.kind == "finetune" and r.config["task"] == "qa"]) == 20
   popular = study_lib.validate(importlib.import_module("configs.popularity").get_config(), 1)
   assert popular.world.zipf == 1.3  # A world whose pretraining differs: new base ids.
-  assert not {r.id for r in kinds.expand(popular)} & {r.id for r in smoke}
+  assert not {r.id for r in kinds.expand(popular)} & {r.id for r in qa}
   with pytest.raises(study_lib.StudyError, match=r"world.zipf=-1.0; allowed: 0"):
     study_lib.validate(tiny_study(**{"world.zipf": -1.0}), 8)
   inject = kinds.expand(study_lib.validate(importlib.import_module("configs.inject").get_config(), 1))
   assert {r.config["task"] for r in inject if r.kind == "finetune"} == {"inject"}
-  assert not {r.id for r in inject if r.kind == "pretrain"} & {r.id for r in smoke}  # New names: a new vocabulary.
-  trivia = kinds.expand(study_lib.validate(importlib.import_module("configs.trivia").get_config(), 1))
-  assert {r.config["task"] for r in trivia if r.kind in ("finetune", "eft")} == {"trivia"}
-  [trivia_base] = [r for r in trivia if r.kind == "pretrain" and r.config["size"] == "d16l2"]
+  assert not {r.id for r in inject if r.kind == "pretrain"} & {r.id for r in qa}  # New names: a new vocabulary.
+  smoke = kinds.expand(study_lib.validate(importlib.import_module("configs.smoke").get_config(), 1))
+  assert {r.config["task"] for r in smoke if r.kind in ("finetune", "eft")} == {"trivia"}
+  [smoke_base] = [r for r in smoke if r.kind == "pretrain" and r.config["size"] == "d16l2"]
   [popular_base] = [r for r in kinds.expand(popular) if r.kind == "pretrain" and r.config["size"] == "d16l2"]
-  assert trivia_base.config["world"] == {**popular_base.config["world"], "answer_noise": 0.1}
+  assert smoke_base.config["world"] == {**popular_base.config["world"], "answer_noise": 0.1}

@@ -1,0 +1,74 @@
+"""The qa study: 200 people all alike, asked `qa` questions about held-out people, whose facts only
+pretraining gives. `configs/format_or_facts.py`, `methods.py`, `inject.py` and `popularity.py`
+build on it.
+
+Four base sizes are pretrained on the world's biographies, and each is fully fine-tuned on nested
+subsets of the `qa` task; EFT recombines every base N1 with every fine-tune N2. Measured on the
+2-core CPU development machine on 2026-12-04 with
+
+    python -m launch.local --config configs/qa.py --workdir runs/qa
+
+(120 runs in 169 s: 4 bases, 20 fine-tunes, 96 EFT runs). Test loss, and knowledge (exact match about held-out people) and
+behaviour (answers in the format) at D_f 640:
+
+| base | D_f 40 | 80 | 160 | 320 | 640 | knowledge | behaviour at 40 / 640 |
+|---|---|---|---|---|---|---|---|
+| d16l2 | 1.94 | 1.92 | 1.86 | 1.82 | 1.80 | 0.03 | 1.00 / 1.00 |
+| d32l2 | 1.89 | 1.86 | 1.83 | 1.81 | 1.84 | 0.04 | 1.00 / 0.99 |
+| d48l2 | 1.86 | 1.84 | 1.73 | 1.68 | 1.65 | 0.10 | 0.94 / 0.99 |
+| d64l2 | 0.96 | 0.73 | 0.67 | 0.56 | 0.57 | 0.64 | 0.90 / 1.00 |
+
+- Knowledge is a step, not a power law: the three small bases know almost no facts (cloze
+  knowledge 0.07 to 0.25), so their test loss is that of a well-formed guess; d64l2 knows most
+  (cloze 0.99). Fitted to the three small bases, the multiplicative law predicts d64l2's losses
+  1.07 nats too high, and so does the additive law. Per base, the single and rectified laws over
+  D_f fit each curve within 0.013.
+- EFT over the 32 runs at beta 1 (90% bootstrap intervals): knowledge follows N1 (b1 0.158
+  [0.116, 0.203], b2 -0.003 [-0.044, 0.040]) and behaviour N2 (b2 0.030 [0.009, 0.059], b1 -0.000
+  [-0.035, 0.036]); at beta 0.5, b2 = 0.157 [0.128, 0.190] for behaviour. Up-scaling closes a
+  median 0.91 of the knowledge gap at D_f 640 (proxy-tuning reported 0.88 to 0.91).
+- The bases must be promptable. With `world.question_renderings = 0` (no question-shaped text in
+  pretraining; measured with the sizes `d32l2` to `d96l3`) the bases alone put 15 to 18 nats on
+  the answer tokens, EFT up-scaling transfers no knowledge (d96l3's base with d32l2's fine-tune
+  answers 4% of held-out facts, the small fine-tune's figure), and the knowledge coefficients are
+  b1 = 0.041 [-0.009, 0.095] and b2 = 0.051 [-0.003, 0.105].
+"""
+
+import ml_collections
+
+from scaling import study
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.name = "qa"
+  # The corpus asks about training people in a "Q : ... A :" format: the bases can be prompted.
+  c.world = {"seed": 0, "num_people": 200, "bio_renderings": 8, "heldout_renderings": 2, "question_renderings": 4}
+  c.model = {"sizes": ("d16l2", "d32l2", "d48l2", "d64l2"), "block": {"norm": "rms", "mlp": "swiglu"}}
+  c.pretrain = {
+    "seed": 0,
+    "steps": (1200,),
+    "train": {"batch_size": 32, "seq_len": 48, "learning_rate": 3e-3, "warmup_steps": 50, "checkpoint_every": 600},
+  }
+  c.finetune = {
+    "tasks": ("qa",),
+    "methods": ("full",),
+    "d_f": (40, 80, 160, 320, 640),
+    "seeds": (0,),
+    "train": {
+      "batch_size": 32,
+      "seq_len": 16,
+      "learning_rate": 1e-3,
+      "warmup_steps": 10,
+      "max_steps": 600,
+      "eval_every": 20,
+      "patience": 3,
+      "checkpoint_every": 200,
+    },
+  }
+  # Pairs: every ordered pair of sizes; D_f: the smallest and the largest fine-tune's.
+  c.eft = {"enabled": True, "betas": (0.5, 1.0, 1.5)}
+  c.mesh = {"shape": {"data": -1, "fsdp": 1, "tensor": 1}}
+  # Tuples, not lists: ml_collections overrides tuples from the command line. Resolved, so that
+  # every study field (not only those set here) can be overridden.
+  return study.resolve(c)
