@@ -33,7 +33,9 @@ of five seeds:
 - EFT: knowledge follows N1 at every beta (b1 0.177 [0.135, 0.214] at beta 1). Behaviour follows
   N2 at beta 0.5 (b2 0.179 [0.093, 0.264], b1 0.083 [-0.026, 0.170]) but N1 at beta 1 (b1 0.229
   [0.127, 0.313]): with another size's fine-tuning delta, d16l2's base answers in the format 1% to
-  16% of the time, where the other pairs do 53% to 100%.
+  16% of the time, where the other pairs do 53% to 100%. It is not promptable in the task's
+  format: it puts 6% of its next-token mass after the test prompts on the asked attribute's
+  values, the larger bases 87% to 97% (docs/science.md).
 
 What the settings do (same machine and date, three seeds, EFT off; `configs/popularity.py` is this
 world asked `qa`, where the law does not fit):
