@@ -63,6 +63,7 @@ def finetune_points(table: pd.DataFrame) -> pd.DataFrame:
       f"excluded {int(bad.sum())} runs with a non-finite test loss: {sorted(ft.loc[bad, 'id'])}", stacklevel=2
     )
     ft = ft[~bad]
+  ft = ft.assign(pretrain_tokens=budget_tokens(table, ft))
   keys = ["task", "method", "size", *X_AXES, "d_f"]
   points = (
     ft.groupby(keys, as_index=False, dropna=False)  # An imported base may not say its D_p.
@@ -71,6 +72,16 @@ def finetune_points(table: pd.DataFrame) -> pd.DataFrame:
   )
   points["base"] = frames.base_names(points)
   return points
+
+
+def budget_tokens(table: pd.DataFrame, ft: pd.DataFrame) -> pd.Series:
+  """Each fine-tune's D_p: its base's tokens, averaged over the bases pretrained here at its size and budget (a
+  pretraining seed's documents pack into a few more or fewer tokens); an imported base's as its entry says."""
+  if "base" not in ft or "spec.train.max_steps" not in table:
+    return ft["pretrain_tokens"]
+  bases = table[table["kind"] == "pretrain"]
+  mean = bases.groupby(["size", "spec.train.max_steps"])["pretrain_tokens"].transform("mean")
+  return ft["base"].map(dict(zip(bases["id"], mean))).fillna(ft["pretrain_tokens"])
 
 
 def fit_study(table: pd.DataFrame, delta: float = 1e-3, bootstrap: int = 200) -> list[dict]:

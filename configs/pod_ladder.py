@@ -21,7 +21,7 @@ def get_config() -> ml_collections.ConfigDict:
     "block": {"norm": "rms", "mlp": "swiglu", "compute_dtype": "bfloat16"},
   }
   c.pretrain = {
-    "seed": 0,
+    "seeds": (0,),
     "steps": (20000,),
     "train": {"batch_size": 256, "seq_len": 48, "learning_rate": 3e-4, "warmup_steps": 500, "checkpoint_every": 1000},
   }

@@ -2,8 +2,8 @@
 pretraining gives. `configs/format_or_facts.py`, `methods.py`, `inject.py` and `popularity.py`
 build on it.
 
-Four base sizes are pretrained on the world's biographies, and each is fully fine-tuned on nested
-subsets of the `qa` task; EFT recombines every base N1 with every fine-tune N2. Measured on the
+It is the smoke study (`configs/smoke.py`: four bases, full fine-tunes on nested subsets, EFT over
+every pair) in this world and task, with one seed and evaluations every 20 steps. Measured on the
 2-core CPU development machine on 2026-12-04 with
 
     python -m launch.local --config configs/qa.py --workdir runs/qa
@@ -36,39 +36,16 @@ behaviour (answers in the format) at D_f 640:
 
 import ml_collections
 
-from scaling import study
+from configs import smoke
 
 
 def get_config() -> ml_collections.ConfigDict:
-  c = ml_collections.ConfigDict()
+  c = smoke.get_config()
   c.name = "qa"
-  # The corpus asks about training people in a "Q : ... A :" format: the bases can be prompted.
-  c.world = {"seed": 0, "num_people": 200, "bio_renderings": 8, "heldout_renderings": 2, "question_renderings": 4}
-  c.model = {"sizes": ("d16l2", "d32l2", "d48l2", "d64l2"), "block": {"norm": "rms", "mlp": "swiglu"}}
-  c.pretrain = {
-    "seed": 0,
-    "steps": (1200,),
-    "train": {"batch_size": 32, "seq_len": 48, "learning_rate": 3e-3, "warmup_steps": 50, "checkpoint_every": 600},
-  }
-  c.finetune = {
-    "tasks": ("qa",),
-    "methods": ("full",),
-    "d_f": (40, 80, 160, 320, 640),
-    "seeds": (0,),
-    "train": {
-      "batch_size": 32,
-      "seq_len": 16,
-      "learning_rate": 1e-3,
-      "warmup_steps": 10,
-      "max_steps": 600,
-      "eval_every": 20,
-      "patience": 3,
-      "checkpoint_every": 200,
-    },
-  }
-  # Pairs: every ordered pair of sizes; D_f: the smallest and the largest fine-tune's.
-  c.eft = {"enabled": True, "betas": (0.5, 1.0, 1.5)}
-  c.mesh = {"shape": {"data": -1, "fsdp": 1, "tensor": 1}}
-  # Tuples, not lists: ml_collections overrides tuples from the command line. Resolved, so that
-  # every study field (not only those set here) can be overridden.
-  return study.resolve(c)
+  # 200 people, each written about 8 times; the corpus asks about training people in a "Q : ... A :"
+  # format four times each: the bases can be prompted.
+  c.world.update({"num_people": 200, "bio_renderings": 8, "zipf": 0.0, "question_renderings": 4, "answer_noise": 0.0})
+  c.finetune.tasks = ("qa",)
+  c.finetune.seeds = (0,)
+  c.finetune.train.update({"eval_every": 20, "patience": 3})
+  return c

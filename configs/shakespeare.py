@@ -20,7 +20,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.data = {"corpus": "shakespeare"}  # Its tokenizer: the corpus's BPE.
   c.model = {"sizes": ("d32l2", "d48l2", "d64l2", "d96l3"), "block": {"norm": "rms", "mlp": "swiglu"}}
   c.pretrain = {
-    "seed": 0,
+    "seeds": (0,),
     "steps": (1500,),
     "train": {"batch_size": 32, "seq_len": 96, "learning_rate": 3e-3, "warmup_steps": 50, "checkpoint_every": 500},
   }

@@ -84,7 +84,7 @@ def get_config() -> ml_collections.ConfigDict:
   }
   c.model = {"sizes": ("d16l2", "d32l2", "d48l2", "d64l2"), "block": {"norm": "rms", "mlp": "swiglu"}}
   c.pretrain = {
-    "seed": 0,
+    "seeds": (0,),
     "steps": (1200,),
     "train": {"batch_size": 32, "seq_len": 48, "learning_rate": 3e-3, "warmup_steps": 50, "checkpoint_every": 600},
   }

@@ -40,6 +40,12 @@ def run_id(label: str, config: dict) -> str:
   return f"{label}-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
 
 
+def pretrain_seed_tag(seed: int) -> str:
+  """What a base's pretraining seed adds to the labels of its runs: nothing for seed 0, so that the
+  runs of a study's seed 0 keep the ids that a study of one seed gives them."""
+  return f"-p{seed}" if seed else ""
+
+
 def run_label(run_id: str) -> str:
   """A run id without its spec hash: `pt-d16l2-1200-0123456789` -> `pt-d16l2-1200`."""
   return run_id.rsplit("-", 1)[0]

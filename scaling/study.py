@@ -32,8 +32,9 @@ def defaults() -> ml_collections.ConfigDict:
   # the tokenizer ('' picks: the first checkpoint's folder, else the corpus's own: 'world' or
   # 'shakespeare'; or a folder that transformers.AutoTokenizer loads).
   c.data = ml_collections.ConfigDict({"corpus": "world", "tokenizer": ""})
+  # One base per (size, budget in steps, seed); the fits average a size's fine-tunes over its seeds.
   c.pretrain = ml_collections.ConfigDict(
-    {"seed": 0, "steps": (1000,), "train": dataclasses.asdict(TrainConfig(seq_len=48, checkpoint_every=500))}
+    {"seeds": (0,), "steps": (1000,), "train": dataclasses.asdict(TrainConfig(seq_len=48, checkpoint_every=500))}
   )
   c.finetune = ml_collections.ConfigDict(
     {
@@ -149,10 +150,12 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> ml_collecti
   fields.positive_ints("finetune.pack", (study.finetune.pack,))
   if not isinstance(study.memory.loss_chunk, int) or study.memory.loss_chunk < 0:
     raise StudyError(f"memory.loss_chunk={study.memory.loss_chunk!r}; allowed: 0 (no chunks) or a positive integer")
-  seeds = list(study.finetune.seeds)
-  if not seeds or not all(map(fields.is_int, seeds)):
-    raise StudyError(f"finetune.seeds={seeds}; allowed: a non-empty list of integers")
-  fields.each_once("finetune.seeds", seeds)
+  for group in (study.pretrain, study.finetune):
+    where = "pretrain.seeds" if group is study.pretrain else "finetune.seeds"
+    seeds = list(group.seeds)
+    if not seeds or not all(map(fields.is_int, seeds)):
+      raise StudyError(f"{where}={seeds}; allowed: a non-empty list of integers")
+    fields.each_once(where, seeds)
   imported = any(c["finetunes"] for c in study.model.checkpoints)
   if not study.finetune.tasks:
     raise StudyError(f"finetune.tasks=[]; allowed: a non-empty list (default: {list(defaults().finetune.tasks)})")

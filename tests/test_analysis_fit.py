@@ -268,6 +268,35 @@ def test_diverged_runs_are_excluded_with_a_warning():
   assert list(points["d_f"]) == [8, 32] and list(points["test_loss"]) == [2.0, 1.5]
 
 
+def test_a_sizes_fine_tunes_are_averaged_over_its_bases_pretraining_seeds_and_its_own():
+  rows = [
+    {
+      "id": f"ft-{base}-{seed}",
+      "kind": "finetune",
+      "task": "qa",
+      "method": "full",
+      "size": "d32l2",
+      "base": f"pt-d32l2-{base}",
+      "non_embedding_params": 100,
+      "pretrain_tokens": tokens,
+      "trainable_params": 200,
+      "d_f": 8,
+      "seed": seed,
+      "metrics.test_loss": loss + 0.2 * seed,
+    }
+    for base, loss, tokens in (("p0", 2.0, 1000.0), ("p1", 1.0, 1010.0))
+    for seed in (0, 1)
+  ]
+  # The two bases' documents packed into slightly different token counts: one budget all the same.
+  bases = [
+    {"id": f"pt-d32l2-{b}", "kind": "pretrain", "size": "d32l2", "spec.train.max_steps": 20, "pretrain_tokens": t}
+    for b, t in (("p0", 1000.0), ("p1", 1010.0))
+  ]
+  points = fit_lib.finetune_points(pd.DataFrame(rows + bases))
+  assert len(points) == 1 and points["seeds"].item() == 4 and points["test_loss"].item() == pytest.approx(1.6)
+  assert points["pretrain_tokens"].item() == 1005.0
+
+
 def _law_table(extra_budgets: bool, tokens_known: bool = True) -> pd.DataFrame:
   """Fine-tunes of three bases (and, if asked, the middle one at two smaller D_p, worse by 1 nat)
   whose test loss follows L = 50 N^-0.3 D_f^-0.2 + 1.5 exactly at the final D_p."""

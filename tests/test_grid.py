@@ -31,6 +31,33 @@ def test_grid_shape_and_dependencies():
   assert len({r.id for r in runs}) == len(runs)
 
 
+def test_pretraining_seeds_give_each_size_a_base_per_seed_and_keep_seed_0s_ids():
+  one = _runs(**{"model.sizes": ("d32l2", "d48l2"), "eft.enabled": True, "transplant.enabled": True})
+  runs = _runs(
+    **{"model.sizes": ("d32l2", "d48l2"), "pretrain.seeds": (0, 3), "eft.enabled": True, "transplant.enabled": True}
+  )
+  pre = [r for r in runs if r.kind == "pretrain"]
+  assert sorted((r.config["size"], r.config["seed"]) for r in pre) == [
+    ("d32l2", 0),
+    ("d32l2", 3),
+    ("d48l2", 0),
+    ("d48l2", 3),
+  ]
+  # Each base is fine-tuned and transplanted; seed 3's runs say so in their labels.
+  for kind in ("finetune", "transplant"):
+    assert {r.deps[0] for r in runs if r.kind == kind} == {r.id for r in pre}
+  assert {grid.run_label(r.id) for r in runs if r.kind == "finetune" and "-p3-" in r.id} == {
+    f"ft-{size}-p3-qa-full-df{d_f}-s0" for size in ("d32l2", "d48l2") for d_f in (16, 32)
+  }
+  assert len({grid.run_label(r.id) for r in runs}) == len(runs)
+  # EFT recombines the first seed's bases; every run of seed 0 is the one-seed study's.
+  seed_0 = {r.id for r in pre if r.config["seed"] == 0}
+  assert {r.config["base"] for r in runs if r.kind == "eft"} == seed_0
+  assert {r.id for r in one} <= {r.id for r in runs} and len(runs) - len(one) == 2 + 2 * 2 + 2 * 2
+  with pytest.raises(study_lib.StudyError, match=r"^pretrain.seeds=\[\]; allowed: a non-empty list of integers$"):
+    _runs(**{"pretrain.seeds": ()})
+
+
 def test_ids_stable_across_processes():
   here = [r.id for r in _runs()]
   code = (

@@ -29,7 +29,8 @@ def group_defaults() -> dict:
   """The `eft` group. Empty or unset fields are filled in by `resolve_group`: pairs -> every ordered
   (N1, N2) pair of the bases (model.sizes and model.checkpoints) whose N2 has fine-tunes of the
   chosen cell; d_f -> the smallest and largest D_f that every N2 has; task, method, seed -> the first
-  of finetune's; pretrain_steps -> the largest pretraining budget. A disabled group is not checked."""
+  of finetune's; pretrain_steps -> the largest pretraining budget. The bases are those of the first
+  pretraining seed. A disabled group is not checked."""
   return {
     "enabled": False,
     "task": "",
@@ -109,10 +110,12 @@ def cells(study: ml_collections.ConfigDict, prior: list[grid.Run], execution: di
   e = study.eft
   if not e.enabled:
     return []
+  seed = study.pretrain.seeds[0]  # Of several pretraining seeds, the bases of the first.
   bases = {
     r.config["size"]: r
     for r in prior  # Imported, or pretrained here to the group's budget.
-    if r.kind == "checkpoint" or (r.kind == "pretrain" and r.config["train"]["max_steps"] == e.pretrain_steps)
+    if r.kind == "checkpoint"
+    or (r.kind == "pretrain" and r.config["train"]["max_steps"] == e.pretrain_steps and r.config["seed"] == seed)
   }
   finetuned = finetune.of_cell(prior, e.task, e.method, e.seed)
   world = fields.world_config(study).spec()

@@ -47,7 +47,9 @@ def cells(study: ml_collections.ConfigDict, prior: list[grid.Run], execution: di
               "train": train_cfg,
               **fields.data_fields(study, task, (size,)),
             }
-            label = f"ft-{size}-{task}-{methods.label(method)}-df{d_f}-s{seed}"
+            label = (
+              f"ft-{size}{grid.pretrain_seed_tag(base.config['seed'])}-{task}-{methods.label(method)}-df{d_f}-s{seed}"
+            )
             runs.append(grid.Run(grid.run_id(label, spec), "finetune", spec, (base.id,), execution))
   return runs
 

@@ -14,23 +14,25 @@ from scaling.data import pipeline
 
 
 def cells(study: ml_collections.ConfigDict, prior: list[grid.Run], execution: dict) -> list[grid.Run]:
-  """One pretraining run per (size, steps)."""
+  """One pretraining run per (size, steps, seed)."""
   del prior
   world = fields.world_config(study).spec()
   runs = []
   for size in study.model.sizes:
     for steps in study.pretrain.steps:
       tcfg = fields.train_config(study.pretrain.train, "pretrain.train", max_steps=steps)
-      spec = {
-        "kind": "pretrain",
-        "world": world,
-        "size": size,
-        "block": study.model.block.to_dict(),
-        "seed": study.pretrain.seed,
-        "train": dataclasses.asdict(tcfg),
-        **fields.data_fields(study),
-      }
-      runs.append(grid.Run(grid.run_id(f"pt-{size}-{steps}", spec), "pretrain", spec, (), execution))
+      for seed in study.pretrain.seeds:
+        spec = {
+          "kind": "pretrain",
+          "world": world,
+          "size": size,
+          "block": study.model.block.to_dict(),
+          "seed": seed,
+          "train": dataclasses.asdict(tcfg),
+          **fields.data_fields(study),
+        }
+        label = f"pt-{size}-{steps}{grid.pretrain_seed_tag(seed)}"
+        runs.append(grid.Run(grid.run_id(label, spec), "pretrain", spec, (), execution))
   return runs
 
 

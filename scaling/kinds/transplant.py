@@ -94,7 +94,9 @@ def cells(study: ml_collections.ConfigDict, prior: list[grid.Run], execution: di
             "k": k,
             **fields.data_fields(study, t.task, (size,)),
           }
-          label = f"tp-{size}-{t.task}-{t.method}-df{d_f}-{part}{k}-s{t.seed}"
+          label = (
+            f"tp-{size}{grid.pretrain_seed_tag(base.config['seed'])}-{t.task}-{t.method}-df{d_f}-{part}{k}-s{t.seed}"
+          )
           runs.append(grid.Run(grid.run_id(label, spec), "transplant", spec, (base.id, tuned.id), execution))
   return runs
 
