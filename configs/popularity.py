@@ -1,5 +1,6 @@
 """The qa study in a world with popular and obscure people (world.zipf): the smoke study's world,
-asked the qa study's questions.
+asked the qa study's questions. Its bases are the smoke study's (same ids: answer noise is read
+only by the tasks), so in a copy of a smoke workdir only its fine-tunes train.
 
 1,000 people; the person of popularity rank r has max(1, round(1500 * r^-1.3)) biographies, and
 questions are asked about people as often as they are written about. In the qa world (200

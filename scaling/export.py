@@ -68,9 +68,11 @@ def export_study(workdir: str | epath.Path, out: str | os.PathLike) -> dict:
   spec = bases[0]["spec"]
   # A world task scores words by the world's tokenizer; any other tokenizer is in every folder.
   tokenizer = "world" if spec.get("tokenizer", "world") == "world" else checkpoints[0]["path"]
+  # The world of the fine-tunes, whose tasks the importing study scores; a base's spec lacks the task-only fields.
+  world = next((r["spec"]["world"] for r in exported if r["kind"] in grid.FINETUNE_KINDS), spec["world"])
   entries = {
     "model": {"sizes": (), "block": _tuples(spec["block"]), "checkpoints": checkpoints},
-    "world": _tuples(spec["world"]),
+    "world": _tuples(world),
     "data": {"tokenizer": tokenizer},
   }
   file = out / ENTRIES

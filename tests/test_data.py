@@ -358,3 +358,16 @@ def test_answer_noise_replaces_that_share_of_the_drawn_tasks_answers_in_every_sp
   assert noisy.spec()["answer_noise"] == 0.2 and "answer_noise" not in POPULAR.spec()
   with pytest.raises(ValueError, match=r"world.answer_noise=1.0; allowed: 0 \(no noise\) up to but not 1"):
     dataclasses.replace(POPULAR, answer_noise=1.0).validate()
+
+
+def test_worlds_that_differ_only_in_what_their_tasks_read_share_their_pretraining():
+  """Bases carry `pretraining_spec()`: the task-only fields change no pretraining text nor base metric."""
+  task_only = dataclasses.replace(POPULAR, answer_noise=0.2, train_questions=300, new_zipf=0.5)
+  assert task_only.spec() != POPULAR.spec() and task_only.pretraining_spec() == POPULAR.pretraining_spec()
+  assert not set(world_lib.TASK_ONLY_FIELDS) & set(task_only.pretraining_spec())
+  a, b = world_lib.build_world(POPULAR), world_lib.build_world(task_only)
+  for split in ("pretrain", "pretrain_heldout", "cloze_test"):  # What a base trains on and is measured by.
+    assert list(world_lib.records(a, split)) == list(world_lib.records(b, split)), split
+  assert list(world_lib.records(a, "trivia_train")) != list(world_lib.records(b, "trivia_train"))
+  fewer_draws = dataclasses.replace(POPULAR, question_draws=100)  # Sets the cloze probes: a base metric.
+  assert fewer_draws.pretraining_spec() != POPULAR.pretraining_spec()

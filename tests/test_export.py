@@ -27,6 +27,8 @@ STUDY = {
   "model.sizes": ("d16l2", "d32l2"),
   "finetune.methods": ("full", {"name": "prompt", "length": 4}),
   "finetune.d_f": (16, 32),
+  # Read only by the tasks: in the fine-tunes' world and not in the bases' (`WorldConfig.pretraining_spec`).
+  "world.answer_noise": 0.1,
   "eft": {"enabled": True, "betas": (1.0,)},
   # Checkpoints only at each run's end: nothing here resumes, and every save costs a fraction of a second.
   "pretrain.train.checkpoint_every": 20,
@@ -145,7 +147,9 @@ def test_entries_import_each_base_with_its_weight_fine_tunes(exported):
   assert got == tuple(want)
   base = bases[0]
   assert entries["model"]["sizes"] == () and entries["model"]["block"] == base["spec"]["block"]
-  assert entries["world"] == base["spec"]["world"] and entries["data"] == {"tokenizer": "world"}
+  # The fine-tunes' world, whose tasks an importing study scores, not the bases' (which lacks the task-only fields).
+  assert entries["world"] == full[0]["spec"]["world"] and entries["world"]["answer_noise"] == 0.1
+  assert "answer_noise" not in base["spec"]["world"] and entries["data"] == {"tokenizer": "world"}
   # As printed: Python that a study config runs.
   c = ml_collections.ConfigDict()
   exec(export.config_text(entries), {}, {"c": c})

@@ -97,6 +97,8 @@ SPLITS = (
 )
 POPULARITY_FIELDS = ("zipf", "question_draws", "train_questions")
 NEW_PEOPLE_FIELDS = ("new_people", "new_zipf")
+# Fields that only the tasks read: the pretraining text and the bases' own metrics do not depend on them.
+TASK_ONLY_FIELDS = ("train_questions", "new_zipf", "answer_noise")
 _SYLLABLES = tuple(c + v for c in "bdfghklmnprstvz" for v in "aeiou")
 
 
@@ -173,6 +175,11 @@ class WorldConfig:
       if self.new_people == 0:
         omit.update(name for name in POPULARITY_FIELDS[1:] if fields[name] == getattr(default, name))
     return {name: value for name, value in fields.items() if name not in omit}
+
+  def pretraining_spec(self) -> dict:
+    """The fields that make this world's pretraining text and its bases' metrics, for the bases' run
+    ids: `spec()` without TASK_ONLY_FIELDS, so that worlds that differ only in those share bases."""
+    return {name: value for name, value in self.spec().items() if name not in TASK_ONLY_FIELDS}
 
   def fingerprint(self) -> str:
     """A short stable hash of the config: the TFDS config name of this world."""

@@ -16,7 +16,7 @@ from scaling.data import pipeline
 def cells(study: ml_collections.ConfigDict, prior: list[grid.Run], execution: dict) -> list[grid.Run]:
   """One pretraining run per (size, steps, seed)."""
   del prior
-  world = fields.world_config(study).spec()
+  world = fields.world_config(study).pretraining_spec()
   runs = []
   for size in study.model.sizes:
     for steps in study.pretrain.steps:
