@@ -150,12 +150,11 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> ml_collecti
   fields.positive_ints("finetune.pack", (study.finetune.pack,))
   if not isinstance(study.memory.loss_chunk, int) or study.memory.loss_chunk < 0:
     raise StudyError(f"memory.loss_chunk={study.memory.loss_chunk!r}; allowed: 0 (no chunks) or a positive integer")
-  for group in (study.pretrain, study.finetune):
-    where = "pretrain.seeds" if group is study.pretrain else "finetune.seeds"
-    seeds = list(group.seeds)
+  for group in ("pretrain", "finetune"):
+    seeds = list(study[group].seeds)
     if not seeds or not all(map(fields.is_int, seeds)):
-      raise StudyError(f"{where}={seeds}; allowed: a non-empty list of integers")
-    fields.each_once(where, seeds)
+      raise StudyError(f"{group}.seeds={seeds}; allowed: a non-empty list of integers")
+    fields.each_once(f"{group}.seeds", seeds)
   imported = any(c["finetunes"] for c in study.model.checkpoints)
   if not study.finetune.tasks:
     raise StudyError(f"finetune.tasks=[]; allowed: a non-empty list (default: {list(defaults().finetune.tasks)})")
