@@ -141,6 +141,7 @@ def fit_and_report(workdir: str | epath.Path, delta: float = 1e-3, bootstrap: in
     eft_analysis.eft_points(table),
     locality_analysis.layer_points(table),
     locality_analysis.transplant_points(table),
+    report_lib.zeroshot_rows(table),
   ]
   inputs = f"{'|'.join(p.to_csv() for p in sources)}|{delta}|{bootstrap}|{laws.__doc__}"
   key = hashlib.sha256(inputs.encode()).hexdigest()

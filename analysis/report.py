@@ -35,6 +35,16 @@ RUN_COLUMNS = {  # results column -> report header
   "train.best_step": "best step",
   "train.hit_step_cap": "hit cap",
 }
+ZEROSHOT_METRICS = {  # metric -> report header: the world's, then a TFDS task's generation metrics
+  "test_loss": "test loss",
+  "knowledge": "knowledge",
+  "behaviour": "behaviour",
+  "exact_match": "exact match",
+  "f1": "token F1",
+  "rouge_l": "ROUGE-L",
+  "chrf": "chrF",
+  "bleu": "BLEU",
+}
 
 
 def _theta(law: laws.Law, fit: dict) -> np.ndarray:
@@ -239,6 +249,34 @@ def task_comparison(ft: pd.DataFrame) -> list[str]:
   return lines
 
 
+def zeroshot_rows(table: pd.DataFrame) -> pd.DataFrame:
+  """The zero-shot runs' task, base label, N and metrics (ZEROSHOT_METRICS), by task and N."""
+  zs = table[table["kind"] == "zeroshot"] if "kind" in table else table.iloc[:0]
+  cols = {"task": "task", "base": "base", "non_embedding_params": "N"}
+  cols |= {f"metrics.{m}": name for m, name in ZEROSHOT_METRICS.items() if f"metrics.{m}" in zs}
+  if zs.empty:
+    return pd.DataFrame()
+  zs = zs.assign(base=zs["base"].map(grid_lib.run_label)).sort_values(["task", "non_embedding_params", "base"])
+  return zs[list(cols)].rename(columns=cols).reset_index(drop=True)
+
+
+def zeroshot_lines(table: pd.DataFrame) -> list[str]:
+  """The report's table of the bases scored on each task before fine-tuning (none without zero-shot runs)."""
+  zs = zeroshot_rows(table)
+  if zs.empty:
+    return []
+  return [
+    "## Bases before fine-tuning (zero-shot)",
+    "",
+    "Each base asked the task's test questions in the task's format, untuned: the point at D_f = 0. A base "
+    "that knows facts (cloze knowledge above) but cannot be asked in this format scores knowledge near 0, and "
+    "its fine-tunes must teach the format first.",
+    "",
+    markdown_table(zs),
+    "",
+  ]
+
+
 def write_report(
   table: pd.DataFrame, points: pd.DataFrame, fits: list[dict], out: epath.Path, sections: list[str] = ()
 ) -> epath.Path:
@@ -319,6 +357,7 @@ def write_report(
   }
   base_cols = {k: v for k, v in base_cols.items() if k in base}  # Real corpora have no cloze probes.
   lines += ["## Base models", "", markdown_table(base[list(base_cols)].rename(columns=base_cols)), ""]
+  lines += zeroshot_lines(table)
   path = out / "report.md"
   path.write_text("\n".join(lines))
   return path

@@ -45,6 +45,15 @@ def export_study(workdir: str | epath.Path, out: str | os.PathLike) -> dict:
     raise ValueError(
       f"workdir={workdir} has no finished pretrain or checkpoint runs; allowed: a study whose bases have finished"
     )
+  named: dict[str, str] = {}
+  for b in bases:  # A workdir keeps the runs of earlier versions of its study, under other ids.
+    other = named.setdefault(_base_name(b), b["id"])
+    if other != b["id"]:
+      raise ValueError(
+        f"workdir={workdir} holds two finished bases named {_base_name(b)!r}, of different specs: {other} and "
+        f"{b['id']}; allowed: one base of each name (move the runs of the other version of the study out of "
+        f"runs/, or run the study in a new workdir)"
+      )
   # Bases first: a base that cannot be saved fails the export before its fine-tunes are loaded.
   exported = [
     r
@@ -58,7 +67,7 @@ def export_study(workdir: str | epath.Path, out: str | os.PathLike) -> dict:
     )
   checkpoints = tuple(
     {
-      "name": grid.run_label(b["id"]) if b["kind"] == "pretrain" else b["spec"]["size"],
+      "name": _base_name(b),
       "path": str(out / b["id"]),
       **({} if b["pretrain_tokens"] is None else {"pretrain_tokens": b["pretrain_tokens"]}),
       "finetunes": tuple(finetunes.get(b["id"], ())),
@@ -79,6 +88,11 @@ def export_study(workdir: str | epath.Path, out: str | os.PathLike) -> dict:
   if not file.exists() or json.loads(file.read_text()) != json.loads(json.dumps(entries)):  # A re-run rewrites nothing.
     results.write_json(file, entries)
   return entries
+
+
+def _base_name(record: dict) -> str:
+  """The name an exported base is imported by: its label (pt-d16l2-1200), or an imported base's own name."""
+  return grid.run_label(record["id"]) if record["kind"] == "pretrain" else record["spec"]["size"]
 
 
 def read_entries(out: str | os.PathLike) -> dict:

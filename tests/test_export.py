@@ -5,6 +5,7 @@ reproduces the first one's EFT grid without training; a re-run rewrites nothing.
 import contextlib
 import io
 import itertools
+import json
 
 import jax.numpy as jnp
 import ml_collections
@@ -212,3 +213,9 @@ def test_bad_workdir_and_out_fail_in_one_line(tmp_path, capsys):
   (tmp_path / "runs" / "pt-d32l2-20-0123456789").mkdir(parents=True)  # Planned, not finished.
   with pytest.raises(ValueError, match="no finished pretrain or checkpoint runs"):
     export.export_study(tmp_path, tmp_path / "models")
+  for run_id in ("pt-d32l2-20-0123456789", "pt-d32l2-20-abcdef0123"):  # One label, two specs: two versions.
+    (tmp_path / "runs" / run_id).mkdir(parents=True, exist_ok=True)
+    (tmp_path / "runs" / run_id / "result.json").write_text(json.dumps({"id": run_id, "kind": "pretrain"}))
+  with pytest.raises(ValueError, match=r"two finished bases named 'pt-d32l2-20', of different specs: "):
+    export.export_study(tmp_path, tmp_path / "models")
+  assert not (tmp_path / "models").exists()

@@ -5,7 +5,7 @@ dependencies among `prior`, the runs of the kinds before it) to a study's grid, 
 `execute(ctx)`, which runs one spec of that kind and returns its result record's fields. A kind
 whose runs can train together also has `pack_key(run)` (runs with equal keys may share a program)
 and `execute_pack(ctxs)` (their records' fields, in order); see `scaling.run.packs`. A kind with a study
-group of its own (eft, transplant) has `GROUP` (the group's name), `group_defaults()` (its fields and
+group of its own (eft, transplant, zeroshot) has `GROUP` (the group's name), `group_defaults()` (its fields and
 defaults, which `scaling.study.defaults` takes in) and `resolve_group(study)` (its checks and filled-in
 defaults, which `scaling.study.validate` calls); the helpers they share are in `scaling.study_fields`. Adding a
 kind is adding one module and one entry here; `scaling.grid`, `scaling.run` and the launchers do
@@ -20,7 +20,7 @@ from types import ModuleType
 import ml_collections
 
 from scaling import grid
-from scaling.kinds import checkpoint, eft, finetune, finetune_checkpoint, pretrain, transplant
+from scaling.kinds import checkpoint, eft, finetune, finetune_checkpoint, pretrain, transplant, zeroshot
 
 # In dependency order: a kind's runs may depend on the runs of the kinds before it.
 KINDS: dict[str, ModuleType] = {
@@ -28,6 +28,7 @@ KINDS: dict[str, ModuleType] = {
   "checkpoint": checkpoint,
   "finetune_checkpoint": finetune_checkpoint,
   "finetune": finetune,
+  "zeroshot": zeroshot,
   "eft": eft,
   "transplant": transplant,
 }
