@@ -60,7 +60,9 @@ multiplicative law first again; but over seeds 3 to 5 it is 5.6% off (worst 10.4
 determined. The zero-shot runs say why: d32l2 of seed 3 and d48l2 of seed 5 store facts as their
 siblings do (cloze 0.50 and 0.64) but cannot be asked for them (zero-shot knowledge 0.062 and 0.032,
 against 0.274, 0.200 and 0.648, 0.528), and their D_f 40 fine-tunes lag (1.477 and 1.314, against
-1.000, 1.136 and 0.871, 0.924); a learning rate of 3e-4 or a batch of 8 leaves them as far behind.
+1.000, 1.136 and 0.871, 0.924); a learning rate of 3e-4 or a batch of 8 leaves them as far behind,
+and question documents in the task's own format do not help (seeds 3 to 5: 5.3% off, worst 10.8%;
+seeds 0 to 2: 16.1%, worst 25.9%; docs/science.md).
 
 What the settings do (same machine and date, three fine-tuning seeds, EFT off; `configs/popularity.py` is this
 world asked `qa`, where the law does not fit):
