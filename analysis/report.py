@@ -252,10 +252,10 @@ def task_comparison(ft: pd.DataFrame) -> list[str]:
 def zeroshot_rows(table: pd.DataFrame) -> pd.DataFrame:
   """The zero-shot runs' task, base label, N and metrics (ZEROSHOT_METRICS), by task and N."""
   zs = table[table["kind"] == "zeroshot"] if "kind" in table else table.iloc[:0]
-  cols = {"task": "task", "base": "base", "non_embedding_params": "N"}
-  cols |= {f"metrics.{m}": name for m, name in ZEROSHOT_METRICS.items() if f"metrics.{m}" in zs}
   if zs.empty:
     return pd.DataFrame()
+  cols = {"task": "task", "base": "base", "non_embedding_params": "N"}
+  cols |= {f"metrics.{m}": name for m, name in ZEROSHOT_METRICS.items() if f"metrics.{m}" in zs}
   zs = zs.assign(base=zs["base"].map(grid_lib.run_label)).sort_values(["task", "non_embedding_params", "base"])
   return zs[list(cols)].rename(columns=cols).reset_index(drop=True)
 

@@ -50,7 +50,7 @@ help (seed 2: 7.7%, worst 9.8%). Averaged over pretraining seeds 0 to 2,
         --config.pretrain.seeds='(0,1,2)' --config.finetune.seeds='(0,1)'
 
 (228 runs and 12 zero-shot ones; 6 min 21 s from a fresh clone, timed without the zero-shot runs,
-against `make study`'s 3 min 24 s), it is 1.7% off
+against `make study`'s 3 min 24 s that day), it is 1.7% off
 (worst 3.9%), E = 0.61 [0.42, 0.69], alpha = 0.39 [0.24, 0.57], beta = 0.28 [0.17, 0.37], and the
 multiplicative law ranks first of the zoo: 1.8% (worst 3.9%) over both holdouts, against Kaplan's
 3.8% (not determined), the overtrained law's 5.2% (worst 16.6%) and the additive law's 6.9% (not

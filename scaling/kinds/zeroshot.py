@@ -2,9 +2,9 @@
 
 The point at D_f = 0 of every fine-tuning curve: test loss, knowledge and behaviour of the base
 (trained here or imported) prompted with the task's format, through the same metrics as a fine-tuned
-run. It says what a base can be asked before it is tuned: a base that cannot answer in the task's
-format (knowledge or behaviour near 0) needs its fine-tune to learn the format first, and lends N1
-nothing in EFT. It trains nothing.
+run. It says what a base can be asked before it is tuned: a base that stores facts but cannot be
+asked for them in the task's format (knowledge near 0) starts its fine-tunes from behind, and as
+EFT's N1 it cannot carry another size's delta. It trains nothing.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ GROUP = "zeroshot"
 
 
 def group_defaults() -> dict:
-  """The `zeroshot` group: enabled, one run per base and task."""
+  """The `zeroshot` group: `enabled` adds a zero-shot run per base and task."""
   return {"enabled": False}
 
 
