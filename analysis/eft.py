@@ -1,7 +1,7 @@
 """The emulated fine-tuning (EFT) analysis of a study's `eft` runs.
 
 - Heatmaps of knowledge, behaviour and test loss over (N1, N2), one panel per beta and D_f; at
-  beta = 1 the diagonal (N1 = N2) is the real fine-tuned model.
+  beta = 1 the cells with N1 = N2 are the real fine-tuned models.
 - A decoupling fit per metric and beta, `m = c + b1 log N1 + b2 log N2 (+ b3 log D_f)`, by least
   squares with bootstrap intervals: which scale does each metric follow?
 - The fraction of the gap closed by up-scaling (N1 > N2), proxy-tuning's measure:
@@ -193,7 +193,9 @@ def fit_eft(table: pd.DataFrame, delta: float = 1e-3, bootstrap: int = 200) -> l
 def plot_heatmaps(points: pd.DataFrame, metric: str, path: epath.Path) -> None:
   """The metric over (N1, N2): a panel per (D_f, beta), values written in the cells."""
   d_fs, betas = sorted(points["d_f"].unique()), sorted(points["beta"].unique())
-  sizes = points.drop_duplicates("size").sort_values("n1")["size"].tolist()
+  # Rows and columns apart: a study's N1 may be fewer bases than its N2 (eft.pairs).
+  rows = points.drop_duplicates("size").sort_values("n1")["size"].tolist()
+  cols = points.drop_duplicates("finetune_size").sort_values("n2")["finetune_size"].tolist()
   fig, axes = plt.subplots(
     len(d_fs),
     len(betas),
@@ -209,10 +211,10 @@ def plot_heatmaps(points: pd.DataFrame, metric: str, path: epath.Path) -> None:
     for c, beta in enumerate(betas):
       ax = axes[r, c]
       mine = points[(points["d_f"] == d_f) & (points["beta"] == beta)]
-      grid = mine.pivot(index="size", columns="finetune_size", values=metric).reindex(index=sizes, columns=sizes)
+      grid = mine.pivot(index="size", columns="finetune_size", values=metric).reindex(index=rows, columns=cols)
       image = ax.imshow(grid.to_numpy(float), origin="lower", cmap=cmap, vmin=lo, vmax=hi)
-      for i in range(len(sizes)):
-        for j in range(len(sizes)):
+      for i in range(len(rows)):
+        for j in range(len(cols)):
           value = grid.iloc[i, j]
           if np.isfinite(value):
             ax.text(
@@ -224,15 +226,15 @@ def plot_heatmaps(points: pd.DataFrame, metric: str, path: epath.Path) -> None:
               fontsize=7,
               color="white" if (value - lo) < 0.5 * (hi - lo) else "black",
             )
-      ax.set_xticks(range(len(sizes)), sizes, fontsize=7, rotation=45)
-      ax.set_yticks(range(len(sizes)), sizes, fontsize=7)
+      ax.set_xticks(range(len(cols)), cols, fontsize=7, rotation=45)
+      ax.set_yticks(range(len(rows)), rows, fontsize=7)
       ax.set_title(f"D_f={int(d_f)}, beta={beta:g}", fontsize=8)
       if r == len(d_fs) - 1:
         ax.set_xlabel("N2: fine-tuned size", fontsize=8)
       if c == 0:
         ax.set_ylabel("N1: base size", fontsize=8)
   fig.colorbar(image, ax=axes, shrink=0.8, label=METRICS[metric])
-  fig.suptitle("EFT over (N1 base, N2 fine-tuned); at beta=1 the diagonal is the real fine-tune", fontsize=9)
+  fig.suptitle("EFT over (N1 base, N2 fine-tuned); at beta=1, N1 = N2 is the real fine-tune", fontsize=9)
   with path.open("wb") as f:
     fig.savefig(f, dpi=110)
   plt.close(fig)
@@ -247,7 +249,7 @@ def report_lines(table: pd.DataFrame, records: list[dict], out: epath.Path) -> l
     "## Emulated fine-tuning",
     "",
     "EFT scores the task with `log p_base(N1) + beta * (log p_ft(N2) - log p_base(N2))`, renormalised "
-    "per token. At beta = 1 the diagonal N1 = N2 is the real fine-tuned model; N1 > N2 is up-scaling.",
+    "per token. At beta = 1 the cells with N1 = N2 are the real fine-tuned models; N1 > N2 is up-scaling.",
     "",
   ]
   for (task, method), group in points.groupby(["task", "method"]):

@@ -48,4 +48,5 @@ def get_config() -> ml_collections.ConfigDict:
   c.finetune.tasks = ("qa",)
   c.finetune.seeds = (0,)
   c.finetune.train.update({"eval_every": 20, "patience": 3})
+  c.eft.pairs = ()  # Every ordered pair: this corpus's d16l2 base can be asked.
   return c

@@ -9,12 +9,12 @@ real question-answering sets), so a fact is known if the base stored it or the f
 it. A tenth of the answers, in every split, are another value (`world.answer_noise`, as annotation
 errors): their entropy is a floor under the test loss, 0.34 nats a scored token. Fine-tunes are
 evaluated every 5 steps. Each base is asked the test questions untuned (zero-shot). EFT recombines
-every base N1 with every seed-0 fine-tune N2. Measured on the 2-core CPU development machine on
-2026-12-04 (the zero-shot runs on 2026-12-05) with
+every base N1 that can be asked in the task's format with every seed-0 fine-tune N2. Measured on the
+2-core CPU development machine on 2026-12-04 (the zero-shot and EFT runs on 2026-12-05) with
 
     python -m launch.local --config configs/smoke.py --workdir runs/smoke
 
-(204 runs in 154 s: four bases, 100 fine-tunes over five seeds, 4 zero-shot runs, 96 EFT runs).
+(180 runs in RUNTIME s: four bases, 100 fine-tunes over five seeds, 4 zero-shot runs, 72 EFT runs).
 Test loss, the mean of five seeds:
 
 | base | D_f 40 | 80 | 160 | 320 | 640 | log gain, 40 to 640 |
@@ -31,14 +31,16 @@ Test loss, the mean of five seeds:
   [0.20, 0.41], beta = 0.17 [0.12, 0.24]. Ranked by held-out error (largest N and largest D_f
   held out in turn): additive 1.9% (worst 5.8%), multiplicative 2.1% (7.2%), overtrained 2.3%
   (7.1%), Kaplan's 3.6% with D_C and alpha_d not determined.
-- EFT: knowledge follows N1 at every beta (b1 0.177 [0.135, 0.214] at beta 1). Behaviour follows
-  N2 at beta 0.5 (b2 0.179 [0.093, 0.264], b1 0.083 [-0.026, 0.170]) but N1 at beta 1 (b1 0.229
-  [0.127, 0.313]): with another size's fine-tuning delta, d16l2's base answers in the format 1% to
-  16% of the time, where the other pairs do 53% to 100%. It cannot be asked in the task's format:
-  zero-shot, it answers none of the test questions right (d32l2's to d64l2's bases: 0.476, 0.610,
-  0.706), though it stores facts (cloze knowledge 0.21), and it puts 6% of its next-token mass
-  after the test prompts on the asked attribute's values, the larger bases 87% to 97%
-  (docs/science.md).
+- Zero-shot, d16l2's base answers none of the test questions right, though it stores facts (cloze
+  knowledge 0.21): it cannot be asked in the task's format (6% of its next-token mass after the
+  test prompts on the asked attribute's values, the larger bases 87% to 97%). d32l2's to d64l2's
+  bases answer 0.476, 0.610 and 0.706.
+- EFT over N1 in d32l2 to d64l2 and N2 in all four sizes (12 pairs): at beta 1, knowledge follows
+  N1 (b1 0.100 [0.056, 0.148], b2 0.004 [-0.027, 0.031]) and behaviour N2 (b2 0.053 [0.006,
+  0.091], b1 0.006 [-0.072, 0.079]); knowledge follows N1 at every beta, behaviour both scales at
+  beta 0.5 (b1 -0.207, b2 0.272) and N2, falling, at 1.5. With d16l2 as N1 too
+  (`--config.eft.pairs='()'`), behaviour follows N1 at beta 1 (b1 0.229 [0.127, 0.313]): with
+  another size's delta that base answers in the format 1% to 16% of the time (docs/science.md).
 
 The held-out error depends on the bases' pretraining seed: each size is one draw, and the D_f 40
 fine-tunes move with it most. With pretraining seed 1 or 2 in place of 0
@@ -86,7 +88,8 @@ world asked `qa`, where the law does not fit):
   follows N1 at beta 1.
 
 Override any field from the command line, for example
-`python -m launch.local --config configs/smoke.py --config.finetune.seeds='(0,1,2)'`.
+`python -m launch.local --config configs/smoke.py --config.finetune.seeds='(0,1,2)'`. The EFT pairs
+name this ladder's sizes: with other sizes, `--config.eft.pairs='()'` gives every ordered pair.
 """
 
 import ml_collections
@@ -132,10 +135,13 @@ def get_config() -> ml_collections.ConfigDict:
       "checkpoint_every": 200,
     },
   }
-  # Pairs: every ordered pair of sizes; D_f: the smallest and the largest fine-tune's.
-  c.eft = {"enabled": True, "betas": (0.5, 1.0, 1.5)}
-  # Each base asked the test questions before fine-tuning: what it knows in the task's format.
+  # Each base asked the test questions before fine-tuning: what it can be asked in the task's format.
   c.zeroshot = {"enabled": True}
+  # N1: the bases that can be asked in the task's format, as EFT's up-scaling assumes (zero-shot,
+  # d16l2's base answers none of the test questions right, the others 0.48 to 0.71); N2: every size.
+  # D_f: the smallest and the largest fine-tune's.
+  sizes = c.model.sizes
+  c.eft = {"enabled": True, "betas": (0.5, 1.0, 1.5), "pairs": tuple((n1, n2) for n1 in sizes[1:] for n2 in sizes)}
   c.mesh = {"shape": {"data": -1, "fsdp": 1, "tensor": 1}}
   # Tuples, not lists: ml_collections overrides tuples from the command line. Resolved, so that
   # every study field (not only those set here) can be overridden.

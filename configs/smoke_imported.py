@@ -19,4 +19,7 @@ def get_config(models: str = "runs/smoke_models") -> ml_collections.ConfigDict:
   c = smoke.get_config().to_dict()
   entries = export.read_entries(models)  # model (sizes, block, checkpoints), world and data.tokenizer.
   c.update(name="smoke_imported", model=entries["model"], world=entries["world"], data={**c["data"], **entries["data"]})
+  # The smoke study's EFT pairs, by the names of the imported bases: pt-d32l2-1200 for d32l2.
+  named = {ck["name"].split("-")[1]: ck["name"] for ck in entries["model"]["checkpoints"] if ck["name"].count("-") == 2}
+  c["eft"]["pairs"] = tuple((named[n1], named[n2]) for n1, n2 in c["eft"]["pairs"])
   return study.resolve(c)

@@ -123,6 +123,22 @@ def test_fit_eft_records_and_report_section(tmp_path):
   assert verdicts["EFT qa/full knowledge at beta 1"] == "N1 (pretraining scale)"
 
 
+def test_heatmaps_put_each_n1_on_a_row_and_each_n2_on_a_column(tmp_path, monkeypatch):
+  """With fewer N1 than N2 (eft.pairs), every measured pair has its cell, and no cell is empty."""
+  table = _table()
+  table = table[(table["kind"] != "eft") | (table["size"] != "s")]  # N1 in m, l, xl; N2 in all four.
+  figures = []
+  monkeypatch.setattr(eft_analysis.plt, "close", figures.append)
+  eft_analysis.plot_heatmaps(eft_analysis.eft_points(table), "knowledge", epath.Path(tmp_path) / "k.png")
+  (fig,) = figures
+  panels = fig.axes[:-1]  # The last axes is the colorbar; one D_f, two betas: one row of panels.
+  assert len(panels) == 2 and [t.get_text() for t in panels[0].get_yticklabels()] == ["m", "l", "xl"]
+  for ax in panels:
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["s", "m", "l", "xl"]
+    assert len(ax.texts) == 3 * 4  # A value in every cell.
+  assert (tmp_path / "k.png").stat().st_size > 10_000
+
+
 def test_a_real_task_is_fitted_on_its_generation_metrics_and_imported_fine_tunes():
   # Exact match and F1 where the world has knowledge, the format check as behaviour; the real fine-tunes
   # imported (kind finetune_checkpoint), as an instruct checkpoint is.

@@ -181,6 +181,7 @@ def test_cli_prints_the_table_and_answers_bad_topologies_in_one_line():
     "--config",
     os.path.join(ROOT, "configs", "smoke.py"),
     "--config.model.sizes=('d96l3',)",
+    "--config.eft.pairs=()",
   ]  # One size: two train steps and one EFT mixture to compile.
   ok = processes.run(command, cwd=ROOT, env=env)
   assert ok.returncode == 0, ok.stderr[-2000:]
