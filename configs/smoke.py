@@ -10,11 +10,12 @@ it. A tenth of the answers, in every split, are another value (`world.answer_noi
 errors): their entropy is a floor under the test loss, 0.34 nats a scored token. Fine-tunes are
 evaluated every 5 steps. Each base is asked the test questions untuned (zero-shot). EFT recombines
 every base N1 that can be asked in the task's format with every seed-0 fine-tune N2. Measured on the
-2-core CPU development machine on 2026-12-04 (the zero-shot and EFT runs on 2026-12-05) with
+2-core CPU development machine on 2026-12-04 (the zero-shot and EFT runs, and the time, on
+2026-12-05) with
 
     python -m launch.local --config configs/smoke.py --workdir runs/smoke
 
-(180 runs in RUNTIME s: four bases, 100 fine-tunes over five seeds, 4 zero-shot runs, 72 EFT runs).
+(180 runs in 159 s: four bases, 100 fine-tunes over five seeds, 4 zero-shot runs, 72 EFT runs).
 Test loss, the mean of five seeds:
 
 | base | D_f 40 | 80 | 160 | 320 | 640 | log gain, 40 to 640 |
