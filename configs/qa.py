@@ -8,8 +8,9 @@ every pair) in this world and task, with one seed and evaluations every 20 steps
 
     python -m launch.local --config configs/qa.py --workdir runs/qa
 
-(120 runs in 169 s: 4 bases, 20 fine-tunes, 96 EFT runs; and 4 zero-shot runs, timed apart). Test loss, and knowledge (exact match about held-out people) and
-behaviour (answers in the format) at D_f 640:
+(120 runs in 169 s: 4 bases, 20 fine-tunes, 96 EFT runs; and 4 zero-shot runs, timed apart).
+Test loss, and knowledge (exact match about held-out people) and behaviour (answers in the format)
+at D_f 640:
 
 | base | D_f 40 | 80 | 160 | 320 | 640 | knowledge | behaviour at 40 / 640 |
 |---|---|---|---|---|---|---|---|
