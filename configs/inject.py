@@ -9,7 +9,8 @@ machine on 2026-12-04 with
 
     python -m launch.local --config configs/inject.py --workdir runs/inject
 
-(120 runs in 112 s and 4 zero-shot runs, timed apart; one seed; the per-base figures below are of the fine-tunes at D_f 40 / 640):
+(120 runs in 112 s and 4 zero-shot runs, timed apart; one seed; the per-base figures below are of
+the fine-tunes at D_f 40 / 640):
 
 | base | test loss | knowledge of new people | cloze knowledge of held-out people (base: after) |
 |---|---|---|---|
