@@ -23,13 +23,11 @@ import argparse
 import dataclasses
 import functools
 import itertools
-import json
 import sys
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pandas as pd
 import scipy.linalg
@@ -372,16 +370,6 @@ class Proposal:
   spread_after: list[float]  # ... after each proposed run, with those before it.
 
 
-def study_grid(workdir: epath.Path) -> list[grid.Run]:
-  """Every run of the study in a workdir (its study.json, whatever `only` it ran with)."""
-  path = workdir / "study.json"
-  if not path.exists():
-    raise ValueError(f"--workdir {workdir}: no study.json; allowed: the workdir of a study that launch.local ran")
-  study = ml_collections.ConfigDict(json.loads(path.read_text()))
-  study.only = ()
-  return kinds.expand(study)
-
-
 def joint_law(name: str) -> laws.Law:
   """A law over x and d by name; ValueError names the laws allowed."""
   law = laws.get_law(name)
@@ -409,7 +397,9 @@ def propose(
   if axis not in frames.BASE_AXES:
     raise ValueError(f"--x {axis!r}; allowed: one of {list(frames.BASE_AXES)}")
   workdir = results.workdir_path(workdir)
-  runs = study_grid(workdir)
+  runs = kinds.of_workdir(workdir)
+  if runs is None:
+    raise ValueError(f"--workdir {workdir}: no study.json; allowed: the workdir of a study that launch.local ran")
   by_id = {r.id: r for r in runs}
   done = {r.id: rec for r in runs if (rec := results.read_result(workdir / "runs" / r.id)) is not None}
   tunes = [r for r in runs if r.kind == "finetune"]

@@ -37,7 +37,7 @@ from analysis import locality as locality_analysis
 from analysis import methods as methods_analysis
 from analysis import report as report_lib
 from scaling import grid as grid_lib
-from scaling import laws, results
+from scaling import kinds, laws, results
 from scaling import run as run_lib
 
 # Scaling factors a study may vary, by results column.
@@ -127,10 +127,26 @@ def law_points(group: pd.DataFrame, axis: str) -> pd.DataFrame:
   return frames.law_rows(group, axis).groupby([axis, "d_f"], as_index=False)["test_loss"].mean()
 
 
+def of_study(table: pd.DataFrame, workdir: epath.Path) -> pd.DataFrame:
+  """The finished runs of the study last planned in `workdir` (all, without a study.json): a workdir keeps
+  the runs of other versions of its study, which the report leaves out, saying how many."""
+  try:
+    runs = kinds.of_workdir(workdir)
+  except (AttributeError, KeyError, TypeError, ValueError) as e:  # A study.json of an older version of the code.
+    print(f"report: {workdir}/study.json does not expand ({e!r}); every finished run is reported", flush=True)
+    return table
+  if runs is None or table.empty:
+    return table
+  mine = table["id"].isin({r.id for r in runs})
+  if not mine.all():
+    print(f"report: {int((~mine).sum())} finished runs in {workdir}/runs are not of its study.json's study; left out")
+  return table[mine].reset_index(drop=True)
+
+
 def fit_and_report(workdir: str | epath.Path, delta: float = 1e-3, bootstrap: int = 200) -> list[dict]:
   """Fits the study in `workdir`, writes report/ (fits.json, figures, report.md) and prints the fits."""
   workdir = epath.Path(workdir)
-  table = results.load_table(workdir)
+  table = of_study(results.load_table(workdir), workdir)
   if table.empty or not table["kind"].isin(grid_lib.FINETUNE_KINDS).any():
     raise SystemExit(f"no finished fine-tuning runs in {workdir}/runs")
   out = workdir / "report"

@@ -106,6 +106,16 @@ def test_tiny_study_end_to_end_then_nothing_to_do(tmp_path, monkeypatch, capsys)
   assert "qa/full over non_embedding_params: L = " in capsys.readouterr().out
   assert (workdir / "report" / "fits.json").stat().st_mtime_ns == fitted
 
+  # The study narrowed in place: the report is of the study as planned now, not of every run the
+  # workdir keeps (here the D_f 128 fine-tunes of the study before).
+  third = _launch(config, workdir, "--config.finetune.d_f=(8,16,32,64)", "--bootstrap=50")
+  assert third.returncode == 0, third.stderr[-3000:]
+  assert "runs: 0 executed, 10 already done" in third.stdout
+  assert f"report: 2 finished runs in {workdir}/runs are not of its study.json's study; left out" in third.stdout
+  fits = json.loads((workdir / "report" / "fits.json").read_text())
+  (joint,) = [f for f in fits if f["x"] == "non_embedding_params" and f["law"] == "multiplicative"]
+  assert joint["num_points"] == 8
+
 
 def _interrupt_when(argv: list[str], started) -> subprocess.CompletedProcess:
   """Runs a command until `started()` holds, then presses Ctrl-C."""

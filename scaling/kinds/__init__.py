@@ -18,6 +18,7 @@ import json
 from types import ModuleType
 
 import ml_collections
+from etils import epath
 
 from scaling import grid
 from scaling.kinds import checkpoint, eft, finetune, finetune_checkpoint, pretrain, transplant, zeroshot
@@ -61,3 +62,14 @@ def expand(study: ml_collections.ConfigDict) -> list[grid.Run]:
   for kind in KINDS.values():
     runs += kind.cells(study, list(runs), execution)
   return grid.select(runs, study.only) if study.only else runs
+
+
+def of_workdir(workdir: epath.Path) -> list[grid.Run] | None:
+  """Every run of the study last planned in a workdir (its study.json, whatever `only` it ran with); None
+  without a study.json."""
+  path = workdir / "study.json"
+  if not path.exists():
+    return None
+  study = ml_collections.ConfigDict(json.loads(path.read_text()))
+  study.only = ()
+  return expand(study)
