@@ -21,7 +21,7 @@ import sys
 from etils import epath
 
 from scaling import context as context_lib
-from scaling import grid, hf, results
+from scaling import grid, hf, kinds, results
 from scaling import mesh as mesh_lib
 from scaling import run as run_lib
 from scaling import sources as sources_lib
@@ -40,6 +40,12 @@ def export_study(workdir: str | epath.Path, out: str | os.PathLike) -> dict:
   if not (workdir / "runs").exists():
     raise ValueError(f"workdir={workdir} has no runs/ folder; allowed: the workdir of a study that a launcher ran")
   records = [r for d in sorted((workdir / "runs").iterdir()) if (r := results.read_result(d)) is not None]
+  planned = kinds.of_workdir(workdir)
+  if planned is not None:  # The study as study.json plans it, not the runs of its other versions.
+    ids = {r.id for r in planned}
+    if left := sum(r["id"] not in ids for r in records):
+      print(f"left out {left} finished runs in {workdir}/runs that are not of its study.json's study", flush=True)
+    records = [r for r in records if r["id"] in ids]
   bases = [r for r in records if r["kind"] in grid.BASE_KINDS]
   if not bases:
     raise ValueError(

@@ -6,6 +6,7 @@ import contextlib
 import io
 import itertools
 import json
+import shutil
 
 import jax.numpy as jnp
 import ml_collections
@@ -17,7 +18,7 @@ from flax import nnx
 from analysis import eft as eft_analysis
 from launch import local
 from scaling import context as context_lib
-from scaling import export, hf, kinds, results
+from scaling import export, grid, hf, kinds, results
 from scaling import mesh as mesh_lib
 from scaling import run as run_lib
 from scaling import sources as sources_lib
@@ -203,6 +204,22 @@ def test_export_again_rewrites_nothing(exported, capsys):
   }
   assert not any(x.startswith("exported ") for x in lines)
   assert f"c.model = {entries['model']!r}" in lines
+
+
+def test_runs_of_another_version_of_the_study_are_left_out(exported, tmp_path, capsys):
+  workdir, _, records, _, _ = exported
+  (tuned,) = [r for r in _of_kind(records, "finetune", "full") if r["d_f"] == 16 and r["size"] == "d16l2"]
+  stale = workdir / "runs" / f"{grid.run_label(tuned['id'])}-0000000000"  # The same cell, another spec.
+  shutil.copytree(workdir / "runs" / tuned["id"], stale)
+  (stale / "result.json").write_text(json.dumps({**tuned, "id": stale.name}))
+  try:
+    entries = export.export_study(workdir, tmp_path / "models")
+  finally:
+    shutil.rmtree(stale)
+  assert f"left out 1 finished runs in {workdir}/runs that are not of its study.json's study" in capsys.readouterr().out
+  assert not (tmp_path / "models" / stale.name).exists() and (tmp_path / "models" / tuned["id"]).exists()
+  paths = [ft["path"] for ck in entries["model"]["checkpoints"] for ft in ck["finetunes"]]
+  assert str(tmp_path / "models" / tuned["id"]) in paths and not any(stale.name in p for p in paths)
 
 
 def test_bad_workdir_and_out_fail_in_one_line(tmp_path, capsys):
