@@ -40,9 +40,8 @@ def export_study(workdir: str | epath.Path, out: str | os.PathLike) -> dict:
   if not (workdir / "runs").exists():
     raise ValueError(f"workdir={workdir} has no runs/ folder; allowed: the workdir of a study that a launcher ran")
   records = [r for d in sorted((workdir / "runs").iterdir()) if (r := results.read_result(d)) is not None]
-  planned = kinds.of_workdir(workdir)
-  if planned is not None:  # The study as study.json plans it, not the runs of its other versions.
-    ids = {r.id for r in planned}
+  ids = kinds.planned_ids(workdir)
+  if ids is not None:  # The study as study.json plans it, not the runs of its other versions.
     if left := sum(r["id"] not in ids for r in records):
       print(f"left out {left} finished runs in {workdir}/runs that are not of its study.json's study", flush=True)
     records = [r for r in records if r["id"] in ids]

@@ -7,7 +7,9 @@ import sys
 
 import pytest
 from conftest import tiny_study
+from etils import epath
 
+from launch import plan
 from scaling import grid, kinds
 from scaling import study as study_lib
 
@@ -106,3 +108,15 @@ def test_only_names_a_run_the_grid_lacks_before_anything_runs():
     study_lib.validate(tiny_study(only=("ft-d32l2-qa-full-df64-s0",)), num_devices=8)
   with pytest.raises(study_lib.StudyError, match=r"only=\(3,\); allowed: a tuple of run labels"):
     study_lib.validate(tiny_study(only=(3,)), num_devices=8)
+
+
+def test_a_workdirs_planned_runs_come_from_its_study_json(tmp_path, capsys):
+  workdir = epath.Path(tmp_path)
+  assert kinds.planned_ids(workdir) is None  # No study.json: no plan to go by.
+  study = study_lib.validate(tiny_study(**{"model.sizes": ("d32l2", "d48l2")}, only=("pt-d32l2-20",)), 8)
+  plan.write_plan(study, kinds.expand(study), workdir)
+  # The whole grid, whatever subset the launch ran.
+  assert kinds.planned_ids(workdir) == {r.id for r in _runs(**{"model.sizes": ("d32l2", "d48l2")})}
+  (workdir / "study.json").write_text(json.dumps({"name": "old"}))  # Written by a version with other fields.
+  assert kinds.planned_ids(workdir) is None
+  assert "study.json does not expand here (" in capsys.readouterr().out

@@ -73,3 +73,14 @@ def of_workdir(workdir: epath.Path) -> list[grid.Run] | None:
   study = ml_collections.ConfigDict(json.loads(path.read_text()))
   study.only = ()
   return expand(study)
+
+
+def planned_ids(workdir: epath.Path) -> set[str] | None:
+  """The ids of the runs of the study last planned in a workdir; None without a study.json, or with one that
+  this code cannot expand (written by an older version: it says so)."""
+  try:
+    runs = of_workdir(workdir)
+  except (AttributeError, KeyError, TypeError, ValueError) as e:
+    print(f"{workdir}/study.json does not expand here ({e!r}): every finished run counts", flush=True)
+    return None
+  return None if runs is None else {r.id for r in runs}
