@@ -41,7 +41,9 @@ Test loss, the mean of five seeds:
   0.091], b1 0.006 [-0.072, 0.079]); knowledge follows N1 at every beta, behaviour both scales at
   beta 0.5 (b1 -0.207, b2 0.272) and N2, falling, at 1.5. With d16l2 as N1 too
   (`--config.eft.pairs='()'`), behaviour follows N1 at beta 1 (b1 0.229 [0.127, 0.313]): with
-  another size's delta that base answers in the format 1% to 16% of the time (docs/science.md).
+  another size's delta that base answers in the format 1% to 16% of the time. Over the bases of
+  pretraining seed 3 the beta-1 verdicts are the same; over seed 1's and seed 2's, behaviour
+  follows neither, every delta giving the format 84% to 100% of the time (docs/science.md).
 
 The held-out error depends on the bases' pretraining seed: each size is one draw, and the D_f 40
 fine-tunes move with it most. With pretraining seed 1 or 2 in place of 0
