@@ -135,7 +135,10 @@ def of_study(table: pd.DataFrame, workdir: epath.Path) -> pd.DataFrame:
     return table
   mine = table["id"].isin(ids)
   if not mine.all():
-    print(f"report: {int((~mine).sum())} finished runs in {workdir}/runs are not of its study.json's study; left out")
+    print(
+      f"report: {int((~mine).sum())} finished runs in {workdir}/runs are not of its study.json's study; left out",
+      flush=True,
+    )
   return table[mine].reset_index(drop=True)
 
 
