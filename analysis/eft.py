@@ -39,6 +39,25 @@ METRICS = {
   "bleu": "BLEU (generated answers)",
 }
 SCALES = {"n1": "N1 (pretraining scale)", "n2": "N2 (fine-tuning scale)"}
+# Zero-shot value mass under which a base can hardly be asked in the task's format: up-scaling
+# assumes that p_base(N1) on a question says what N1 knows.
+ASKABLE = 0.5
+
+
+def unaskable_n1_lines(table: pd.DataFrame, task: str) -> list[str]:
+  """A line for each EFT N1 base of `task` whose zero-shot value mass is under ASKABLE (none
+  without zero-shot runs)."""
+  if "metrics.value_mass" not in table:
+    return []
+  n1 = table.loc[(table["kind"] == "eft") & (table["task"] == task), "base"].unique()
+  zs = table[(table["kind"] == "zeroshot") & (table["task"] == task) & table["base"].isin(n1)]
+  return [
+    f"N1 base {row['size']} can hardly be asked in the task's format: zero-shot, "
+    f"{row['metrics.value_mass']:.0%} of its first answer token's probability is on the asked attribute's "
+    f"values (under {ASKABLE:.0%}). Its EFT cells measure how well another size's delta teaches it the format, "
+    "not what it knows; `eft.pairs` can leave it out as N1.\n"
+    for _, row in zs[zs["metrics.value_mass"] < ASKABLE].sort_values("non_embedding_params").iterrows()
+  ]
 
 
 def eft_points(table: pd.DataFrame) -> pd.DataFrame:
@@ -254,7 +273,7 @@ def report_lines(table: pd.DataFrame, records: list[dict], out: epath.Path) -> l
   ]
   for (task, method), group in points.groupby(["task", "method"]):
     mine = [r for r in records if r.get("section") == "eft" and (r["task"], r["method"]) == (task, method)]
-    lines += [f"### {task} / {method}", ""]
+    lines += [f"### {task} / {method}", "", *unaskable_n1_lines(table, task)]
     for metric in measured(group):
       name = f"eft_{task}_{method}_{metric}.png"
       plot_heatmaps(group, metric, out / name)

@@ -39,6 +39,7 @@ ZEROSHOT_METRICS = {  # metric -> report header: the world's, then a TFDS task's
   "test_loss": "test loss",
   "knowledge": "knowledge",
   "behaviour": "behaviour",
+  "value_mass": "value mass",
   "exact_match": "exact match",
   "f1": "token F1",
   "rouge_l": "ROUGE-L",
@@ -268,9 +269,10 @@ def zeroshot_lines(table: pd.DataFrame) -> list[str]:
   return [
     "## Bases before fine-tuning (zero-shot)",
     "",
-    "Each base asked the task's test questions in the task's format, untuned: the point at D_f = 0. A base "
-    "that knows facts (cloze knowledge above) but cannot be asked in this format scores knowledge near 0, and "
-    "its fine-tunes must teach the format first.",
+    "Each base asked the task's test questions in the task's format, untuned: the point at D_f = 0. Value "
+    "mass: the probability that the first answer token is a value of the asked attribute, right or wrong. A "
+    "base that knows facts (cloze knowledge above) but cannot be asked in this format has little value mass "
+    "and knowledge near 0, and its fine-tunes must teach the format first.",
     "",
     markdown_table(zs),
     "",

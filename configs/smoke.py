@@ -33,9 +33,9 @@ Test loss, the mean of five seeds:
   held out in turn): additive 1.9% (worst 5.8%), multiplicative 2.1% (7.2%), overtrained 2.3%
   (7.1%), Kaplan's 3.6% with D_C and alpha_d not determined.
 - Zero-shot, d16l2's base answers none of the test questions right, though it stores facts (cloze
-  knowledge 0.21): it cannot be asked in the task's format (6% of its next-token mass after the
-  test prompts on the asked attribute's values, the larger bases 87% to 97%). d32l2's to d64l2's
-  bases answer 0.476, 0.610 and 0.706.
+  knowledge 0.21): it cannot be asked in the task's format (value mass 0.056: that much of its
+  next-token probability after the test prompts is on the asked attribute's values, the larger
+  bases' 0.87 to 0.97). d32l2's to d64l2's bases answer 0.476, 0.610 and 0.706.
 - EFT over N1 in d32l2 to d64l2 and N2 in all four sizes (12 pairs): at beta 1, knowledge follows
   N1 (b1 0.100 [0.056, 0.148], b2 0.004 [-0.027, 0.031]) and behaviour N2 (b2 0.053 [0.006,
   0.091], b1 0.006 [-0.072, 0.079]); knowledge follows N1 at every beta, behaviour both scales at

@@ -76,18 +76,28 @@ def _combined_scores(
   return total, count, jnp.argmax(logp_BxLxV, axis=-1)
 
 
-def scores(mixture: decode.Mixture, batch: Mapping[str, jax.Array]) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """(summed answer-token loss, token count, each position's most likely token (B, L)) of one batch.
+@jax.jit
+def _first_answer_log_probs(logits: tuple[jax.Array, ...], mixture_weights: jax.Array, prompt_len_B: jax.Array):
+  """The mixture's log-probabilities (B, V) of each row's first answer token, from its models' logits."""
+  logp_BxLxV = eft.combine(logits, mixture_weights)
+  return logp_BxLxV[jnp.arange(logp_BxLxV.shape[0]), prompt_len_B - 1]
 
-  Each model of the mixture runs in a program of its own, which every mixture holding a model of
-  that shape shares: a study's emulated fine-tunes, one mixture per pair of sizes, compile no model
-  program that its fine-tunes have not compiled already.
+
+def _models_logits(mixture: decode.Mixture, batch: Mapping[str, jax.Array]) -> tuple[jax.Array, ...]:
+  """Each model's logits (B, L, V) of the batch, each model in a program of its own.
+
+  Every mixture holding a model of that shape shares its program: a study's emulated fine-tunes,
+  one mixture per pair of sizes, compile no model program that its fine-tunes have not compiled.
   """
-  logits = tuple(
+  return tuple(
     _logits(g, p, f, batch["inputs"], batch["prompt_len"])
     for g, p, f in zip(mixture.graphdefs, mixture.params, mixture.frozen)
   )
-  return _combined_scores(logits, mixture.weights, batch["targets"], batch["weights"])
+
+
+def scores(mixture: decode.Mixture, batch: Mapping[str, jax.Array]) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """(summed answer-token loss, token count, each position's most likely token (B, L)) of one batch."""
+  return _combined_scores(_models_logits(mixture, batch), mixture.weights, batch["targets"], batch["weights"])
 
 
 def mean_loss(mixture: decode.Mixture, batches: Sequence[Mapping]) -> float:
@@ -115,19 +125,27 @@ def answer_metrics(
   predictions: Sequence[np.ndarray] | None = None,
 ) -> dict[str, float]:
   """Knowledge: the greedy answer is the true value. Behaviour: it is a value of the asked
-  attribute followed by the end token, right or wrong. `predictions`, the batches' most likely
-  tokens from `loss_and_predictions`, spare the first greedy pass."""
-  exact, formatted, n = 0.0, 0.0, 0.0
+  attribute followed by the end token, right or wrong. Value mass: the probability that the first
+  answer token is a value of the asked attribute, greedy or not (how far the model can be asked in
+  the prompt's format at all). `predictions`, the batches' most likely tokens from
+  `loss_and_predictions`, spare the first greedy pass."""
+  exact, formatted, mass, n = 0.0, 0.0, 0.0, 0.0
   for j, batch in enumerate(batches):
     gen_BxT = _greedy_answers(mixture, batch, max_answer_len + 1, None if predictions is None else predictions[j])
+    rows = device_batch(batch)
+    first_BxV = mesh_lib.to_host(
+      _first_answer_log_probs(_models_logits(mixture, rows), mixture.weights, rows["prompt_len"])
+    )
     for i in np.flatnonzero(batch["valid"]):
       start, length = int(batch["prompt_len"][i]), int(batch["answer_len"][i])
       truth = batch["targets"][i, start - 1 : start - 1 + length]
+      values = value_ids[int(batch["attribute"][i])]
       exact += float(np.array_equal(gen_BxT[i, :length], truth))
       # Values are single words; a generated value is well formed if it is one of the attribute's.
-      formatted += float(gen_BxT[i, 0] in value_ids[int(batch["attribute"][i])] and gen_BxT[i, 1] == eos)
+      formatted += float(gen_BxT[i, 0] in values and gen_BxT[i, 1] == eos)
+      mass += float(np.exp(first_BxV[i, values].astype(np.float64)).sum())
       n += 1
-  return {"knowledge": exact / max(n, 1), "behaviour": formatted / max(n, 1)}
+  return {"knowledge": exact / max(n, 1), "behaviour": formatted / max(n, 1), "value_mass": mass / max(n, 1)}
 
 
 def _greedy_answers(

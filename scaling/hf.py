@@ -15,6 +15,8 @@ import functools
 import hashlib
 import json
 import os
+import pathlib
+import re
 from collections.abc import Callable
 
 import jax
@@ -334,12 +336,29 @@ def write_safetensors(tensors: dict[str, np.ndarray], file: epath.Path) -> None:
 
 @functools.lru_cache(maxsize=256)
 def _sha256(file: str, size: int, mtime_ns: int) -> str:
-  """A local file's SHA-256, cached while its size and time stamp stay the same."""
-  del size, mtime_ns  # Part of the cache key only.
+  """A local file's SHA-256, cached in this process and on disk ($SCALING_HASH_CACHE, default
+  ~/.cache/scaling/sha256) while its path, size and time stamp stay the same."""
+  # Hashing a 7B checkpoint takes tens of seconds, and every command that expands a study over
+  # imported checkpoints (a launch, a report, a design) names them by their content.
+  cache = pathlib.Path(os.environ.get("SCALING_HASH_CACHE", os.path.expanduser("~/.cache/scaling/sha256")))
+  entry = cache / hashlib.sha256(f"{os.path.realpath(file)}|{size}|{mtime_ns}".encode()).hexdigest()
+  try:
+    stored = entry.read_text()
+    if re.fullmatch(r"[0-9a-f]{64}", stored):
+      return stored
+  except OSError:
+    pass
   digest = hashlib.sha256()
   with open(file, "rb") as f:
     for chunk in iter(lambda: f.read(1 << 24), b""):
       digest.update(chunk)
+  try:  # Written whole or not at all; a cache that cannot be written only costs the next hash.
+    cache.mkdir(parents=True, exist_ok=True)
+    partial = entry.with_name(f"{entry.name}.{os.getpid()}.tmp")
+    partial.write_text(digest.hexdigest())
+    os.replace(partial, entry)
+  except OSError:
+    pass
   return digest.hexdigest()
 
 

@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import uuid
 
 # Tests check what the code computes, not how fast XLA's output runs: its cheapest CPU compiles
@@ -26,6 +27,7 @@ import jax  # noqa: E402
 # Must run before any JAX backend starts: sharding tests need 8 devices on one CPU.
 jax.config.update("jax_num_cpu_devices", 8)
 os.environ.setdefault("SCALING_JAX_CACHE", os.path.join(os.path.dirname(__file__), "..", ".jax_cache"))
+os.environ["SCALING_HASH_CACHE"] = tempfile.mkdtemp(prefix="scaling_hash_cache_")  # Nothing in the user's ~/.cache.
 
 import pytest  # noqa: E402
 from flax import nnx  # noqa: E402

@@ -139,6 +139,30 @@ def test_heatmaps_put_each_n1_on_a_row_and_each_n2_on_a_column(tmp_path, monkeyp
   assert (tmp_path / "k.png").stat().st_size > 10_000
 
 
+def test_the_report_names_the_n1_bases_that_cannot_be_asked_zero_shot(tmp_path):
+  """Only bases that are N1 of an EFT run on the task and put under half their mass on its values."""
+  table = _table()
+  table = table[(table["kind"] != "eft") | (table["size"] != "m")]  # m is N2 only.
+  zeroshot = pd.DataFrame(
+    {
+      "kind": "zeroshot",
+      "task": task,
+      "size": size,
+      "base": f"pt-{size}",
+      "non_embedding_params": n,
+      "metrics.value_mass": mass,
+    }
+    for task, masses in (("qa", {"s": 0.06, "m": 0.1, "l": 0.49, "xl": 0.9}), ("other", {"xl": 0.01}))
+    for (size, n), mass in zip(SIZES.items(), masses.values())
+  )
+  assert eft_analysis.unaskable_n1_lines(table, "qa") == []  # No zero-shot runs.
+  lines = eft_analysis.unaskable_n1_lines(pd.concat([table, zeroshot]), "qa")
+  assert [line.split(" can")[0] for line in lines] == ["N1 base s", "N1 base l"]
+  assert "6% of its first answer token's probability" in lines[0]
+  text = "\n".join(eft_analysis.report_lines(pd.concat([table, zeroshot]), [], epath.Path(tmp_path)))
+  assert lines[1] in text
+
+
 def test_a_real_task_is_fitted_on_its_generation_metrics_and_imported_fine_tunes():
   # Exact match and F1 where the world has knowledge, the format check as behaviour; the real fine-tunes
   # imported (kind finetune_checkpoint), as an instruct checkpoint is.

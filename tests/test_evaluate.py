@@ -19,7 +19,8 @@ def test_answer_metrics_count_right_and_well_formed_answers():
   mixture = _mixture()
   (model,) = mixture.modules()
   prompt = np.asarray([[1, 5, 6, 7, 0, 0, 0, 0]] * 2)
-  first = int(jnp.argmax(model(jnp.asarray(prompt[:1, :4]))[0, -1]))
+  next_V = jax.nn.softmax(model(jnp.asarray(prompt[:1, :4]))[0, -1])
+  first = int(jnp.argmax(next_V))
   second = int(jnp.argmax(model(jnp.asarray([[1, 5, 6, 7, first]]))[0, -1]))
   # Example 0's truth is the model's own greedy answer; example 1's truth is something else.
   targets = np.zeros((2, 8), np.int64)
@@ -35,9 +36,13 @@ def test_answer_metrics_count_right_and_well_formed_answers():
   }
   allowed = {0: np.asarray([first])}
   m = evaluate.answer_metrics(mixture, [batch], allowed, eos=second, max_answer_len=1)
-  assert m == {"knowledge": 0.5, "behaviour": 1.0}
-  m = evaluate.answer_metrics(mixture, [batch], {0: np.asarray([first + 1])}, eos=second, max_answer_len=1)
+  assert m["knowledge"] == 0.5 and m["behaviour"] == 1.0
+  np.testing.assert_allclose(m["value_mass"], next_V[first], rtol=1e-5)
+  others = np.asarray([first + 1, first + 2]) % 64
+  m = evaluate.answer_metrics(mixture, [batch], {0: others}, eos=second, max_answer_len=1)
   assert m["behaviour"] == 0.0
+  # The mass counts every value of the attribute, the greedy answer or not.
+  np.testing.assert_allclose(m["value_mass"], next_V[others].sum(), rtol=1e-5)
 
 
 def test_the_loss_pass_serves_as_the_first_greedy_pass(monkeypatch):

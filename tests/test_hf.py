@@ -1,6 +1,8 @@
 """Hugging Face import and export against `transformers` itself (PyTorch on the CPU, test-only)."""
 
+import hashlib
 import json
+import os
 
 import jax
 import jax.numpy as jnp
@@ -244,6 +246,31 @@ def test_export_refuses_what_the_family_cannot_hold(tmp_path):
   with pytest.raises(ValueError, match="a llama checkpoint cannot hold model.norm='layer'"):
     hf.save(model_lib.Transformer(cfg, nnx.Rngs(0)), tmp_path / "x", like="llama")
   assert not (tmp_path / "x").exists()
+
+
+def test_a_local_files_hash_is_kept_on_disk_until_the_file_changes(tmp_path, monkeypatch):
+  """A later process reads a weights file's SHA-256 from the cache; a rewritten file is hashed anew."""
+  monkeypatch.setenv("SCALING_HASH_CACHE", str(tmp_path / "cache"))
+  folder = tmp_path / "llama"
+  hf.save(_randomised(model_lib.ModelConfig(vocab_size=VOCAB, d_model=32, n_layers=2, n_heads=4)), folder)
+  (weights,) = hf.Tensors(folder).files
+  stat = os.stat(weights)
+  first = hf.content_id(folder)
+  assert hf._sha256(str(weights), stat.st_size, stat.st_mtime_ns) == hashlib.sha256(weights.read_bytes()).hexdigest()
+  (entry,) = [
+    e for e in (tmp_path / "cache").iterdir() if e.read_text() == hashlib.sha256(weights.read_bytes()).hexdigest()
+  ]
+  entry.write_text("0" * 64)  # What a later process would read, were it this.
+  hf._sha256.cache_clear()
+  assert hf._sha256(str(weights), stat.st_size, stat.st_mtime_ns) == "0" * 64
+  assert hf.content_id(folder) != first
+  entry.write_text("not a digest")  # A damaged entry is hashed again and rewritten.
+  hf._sha256.cache_clear()
+  assert hf.content_id(folder) == first and entry.read_text() != "not a digest"
+  os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1))  # A touched file is hashed anew.
+  hf._sha256.cache_clear()
+  entries = len(list((tmp_path / "cache").iterdir()))
+  assert hf.content_id(folder) == first and len(list((tmp_path / "cache").iterdir())) == entries + 1
 
 
 def test_a_folder_on_gs_saves_loads_and_has_a_content_id(storage, tmp_path):

@@ -71,7 +71,7 @@ def test_eft_runs_score_as_their_parts(eft_study):
   workdir, runs, done = eft_study
   eft = [done[r.id] for r in runs if r.kind == "eft"]
   for rec in eft:
-    assert rec["kind"] == "eft" and {"test_loss", "knowledge", "behaviour"} == set(rec["metrics"])
+    assert rec["kind"] == "eft" and {"test_loss", "knowledge", "behaviour", "value_mass"} == set(rec["metrics"])
     assert {
       "size",
       "finetune_size",

@@ -49,14 +49,15 @@ def test_a_zero_shot_run_scores_its_base_alone_as_eft_at_beta_0_does(tmp_path):
   (eft,) = [rec for rec in done.values() if rec["kind"] == "eft"]
   assert set(zs) == {"d32l2", "d48l2"} and all(rec["d_f"] == 0 and rec["task"] == "qa" for rec in zs.values())
   # log p_base(N1) + 0 * (...): the base N1 alone, whatever N2's fine-tune is.
-  assert set(zs["d48l2"]["metrics"]) == set(eft["metrics"]) == {"test_loss", "knowledge", "behaviour"}
+  assert set(zs["d48l2"]["metrics"]) == set(eft["metrics"]) == {"test_loss", "knowledge", "behaviour", "value_mass"}
   assert zs["d48l2"]["metrics"]["test_loss"] == pytest.approx(eft["metrics"]["test_loss"], abs=1e-5)
   assert zs["d48l2"]["metrics"]["knowledge"] == eft["metrics"]["knowledge"]
+  assert zs["d48l2"]["metrics"]["value_mass"] == pytest.approx(eft["metrics"]["value_mass"], abs=1e-5)
   assert zs["d32l2"]["metrics"]["test_loss"] != zs["d48l2"]["metrics"]["test_loss"]
   assert zs["d48l2"]["non_embedding_params"] == eft["non_embedding_params"]
   lines = report.zeroshot_lines(results.load_table(tmp_path))
   assert lines[0] == "## Bases before fine-tuning (zero-shot)"
   header, _, *rows = lines[4].splitlines()
-  assert header == "| task | base | N | test loss | knowledge | behaviour |"
+  assert header == "| task | base | N | test loss | knowledge | behaviour | value mass |"
   assert [r.split(" | ")[1] for r in rows] == ["pt-d32l2-20", "pt-d48l2-20"]  # By N.
   assert report.zeroshot_lines(results.load_table(tmp_path).query("kind != 'zeroshot'")) == []
