@@ -79,8 +79,8 @@ def _combined_scores(
 @jax.jit
 def _first_answer_log_probs(logits: tuple[jax.Array, ...], mixture_weights: jax.Array, prompt_len_B: jax.Array):
   """The mixture's log-probabilities (B, V) of each row's first answer token, from its models' logits."""
-  logp_BxLxV = eft.combine(logits, mixture_weights)
-  return logp_BxLxV[jnp.arange(logp_BxLxV.shape[0]), prompt_len_B - 1]
+  at_prompt_end = lambda l_BxLxV: l_BxLxV[jnp.arange(l_BxLxV.shape[0]), prompt_len_B - 1]  # noqa: E731
+  return eft.combine(tuple(map(at_prompt_end, logits)), mixture_weights)
 
 
 def _models_logits(mixture: decode.Mixture, batch: Mapping[str, jax.Array]) -> tuple[jax.Array, ...]:
@@ -131,10 +131,8 @@ def answer_metrics(
   `loss_and_predictions`, spare the first greedy pass."""
   exact, formatted, mass, n = 0.0, 0.0, 0.0, 0.0
   for j, batch in enumerate(batches):
-    gen_BxT = _greedy_answers(mixture, batch, max_answer_len + 1, None if predictions is None else predictions[j])
-    rows = device_batch(batch)
-    first_BxV = mesh_lib.to_host(
-      _first_answer_log_probs(_models_logits(mixture, rows), mixture.weights, rows["prompt_len"])
+    gen_BxT, first_BxV = _greedy_answers(
+      mixture, batch, max_answer_len + 1, None if predictions is None else predictions[j]
     )
     for i in np.flatnonzero(batch["valid"]):
       start, length = int(batch["prompt_len"][i]), int(batch["answer_len"][i])
@@ -150,28 +148,44 @@ def answer_metrics(
 
 def _greedy_answers(
   mixture: decode.Mixture, batch: Mapping, num_new: int, predictions_BxL: np.ndarray | None = None
-) -> np.ndarray:
-  """`num_new` greedy tokens after each row's prompt, (B, num_new).
+) -> tuple[np.ndarray, np.ndarray]:
+  """`num_new` greedy tokens after each row's prompt, (B, num_new), and the log-probabilities of the
+  first of them, (B, V).
 
   Each token is one teacher-forced pass over the row with the tokens so far written after its
   prompt, by the programs that score the batch's loss: the batch's own width serves where it has
   room after every prompt (as for answers it holds), so answers compile no program of their own.
-  The first pass reads the batch as it is, so the loss pass's `predictions_BxL` serve for it.
+  The first pass reads the batch as it is, so the loss pass's `predictions_BxL` serve for it. At a
+  prompt's last position every pass sees the prompt alone, so the first pass that runs gives the
+  first token's log-probabilities.
   """
   inputs, start = np.asarray(batch["inputs"]), np.asarray(batch["prompt_len"])
   width = max(inputs.shape[1], int(start.max()) + num_new - 1)
   tokens = np.pad(inputs, ((0, 0), (0, width - inputs.shape[1])))
   unscored = {k: np.zeros((len(tokens), width), np.asarray(batch[k]).dtype) for k in ("targets", "weights")}
   rows, out = np.arange(len(tokens)), np.zeros((len(tokens), num_new), tokens.dtype)
+  first_BxV = None
+
+  def one_pass() -> np.ndarray:
+    """The most likely token at every position of the rows as written so far, (B, L)."""
+    nonlocal first_BxV
+    device = device_batch({"inputs": tokens, "prompt_len": start, **unscored})
+    logits = _models_logits(mixture, device)
+    if first_BxV is None:
+      first_BxV = mesh_lib.to_host(_first_answer_log_probs(logits, mixture.weights, device["prompt_len"]))
+    return mesh_lib.to_host(_combined_scores(logits, mixture.weights, device["targets"], device["weights"])[2])
+
   for t in range(num_new):
     if t == 0 and predictions_BxL is not None and width == inputs.shape[1]:
       best_BxL = predictions_BxL  # The same program on the same tokens: the same argmax.
     else:
-      best_BxL = mesh_lib.to_host(scores(mixture, device_batch({"inputs": tokens, "prompt_len": start, **unscored}))[2])
+      best_BxL = one_pass()
     out[:, t] = best_BxL[rows, start - 1 + t]
     if t + 1 < num_new:
       tokens[rows, start + t] = out[:, t]
-  return out
+  if first_BxV is None:  # One token, read off the loss pass: a pass for its log-probabilities.
+    one_pass()
+  return out, first_BxV
 
 
 def generate_answers(mixture: decode.Mixture, batch: Mapping, num_new: int) -> np.ndarray:

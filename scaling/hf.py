@@ -338,8 +338,8 @@ def write_safetensors(tensors: dict[str, np.ndarray], file: epath.Path) -> None:
 def _sha256(file: str, size: int, mtime_ns: int) -> str:
   """A local file's SHA-256, cached in this process and on disk ($SCALING_HASH_CACHE, default
   ~/.cache/scaling/sha256) while its path, size and time stamp stay the same."""
-  # Hashing a 7B checkpoint takes tens of seconds, and every command that expands a study over
-  # imported checkpoints (a launch, a report, a design) names them by their content.
+  # A 7B checkpoint is 14 GB to read, and every command that expands a study over imported
+  # checkpoints (a launch, a report, a design) names them by their content.
   cache = pathlib.Path(os.environ.get("SCALING_HASH_CACHE", os.path.expanduser("~/.cache/scaling/sha256")))
   entry = cache / hashlib.sha256(f"{os.path.realpath(file)}|{size}|{mtime_ns}".encode()).hexdigest()
   try:

@@ -1,8 +1,10 @@
 """Test set-up: 8 fake CPU devices for sharding tests, tiny models and a tiny world."""
 
+import atexit
 import dataclasses
 import importlib.util
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -27,7 +29,9 @@ import jax  # noqa: E402
 # Must run before any JAX backend starts: sharding tests need 8 devices on one CPU.
 jax.config.update("jax_num_cpu_devices", 8)
 os.environ.setdefault("SCALING_JAX_CACHE", os.path.join(os.path.dirname(__file__), "..", ".jax_cache"))
-os.environ["SCALING_HASH_CACHE"] = tempfile.mkdtemp(prefix="scaling_hash_cache_")  # Nothing in the user's ~/.cache.
+# Checkpoint hashes in a folder of the session's, not the user's ~/.cache.
+os.environ["SCALING_HASH_CACHE"] = tempfile.mkdtemp(prefix="scaling_hash_cache_")
+atexit.register(shutil.rmtree, os.environ["SCALING_HASH_CACHE"], ignore_errors=True)
 
 import pytest  # noqa: E402
 from flax import nnx  # noqa: E402

@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
 
 from scaling import decode, eft, evaluate
@@ -62,18 +63,23 @@ def test_the_loss_pass_serves_as_the_first_greedy_pass(monkeypatch):
     for t in tokens
   ]
   values, loss = {0: np.arange(0, 64, 2)}, evaluate.mean_loss(mixture, batches)
-  scores, passes = evaluate.scores, []
-  monkeypatch.setattr(evaluate, "scores", lambda *a: passes.append(1) or scores(*a))
+  model_pass, passes = evaluate._models_logits, []
+  monkeypatch.setattr(evaluate, "_models_logits", lambda *a: passes.append(1) or model_pass(*a))
   alone = [evaluate._greedy_answers(mixture, b, 2) for b in batches]
   assert len(passes) == 4
   shared_loss, predictions = evaluate.loss_and_predictions(mixture, batches)
   assert shared_loss == loss and len(passes) == 6
   shared = [evaluate._greedy_answers(mixture, b, 2, p) for b, p in zip(batches, predictions)]
-  assert len(passes) == 8  # One pass per batch, not two.
-  np.testing.assert_array_equal(np.stack(shared), np.stack(alone))
-  assert evaluate.answer_metrics(mixture, batches, values, 0, 1, predictions) == evaluate.answer_metrics(
-    mixture, batches, values, 0, 1
-  )
+  assert len(passes) == 8  # One pass per batch, not two; the first token's log-probabilities come with it.
+  for (tokens_a, logp_a), (tokens_s, logp_s) in zip(alone, shared):
+    np.testing.assert_array_equal(tokens_s, tokens_a)
+    np.testing.assert_allclose(logp_s, logp_a, atol=1e-6)
+  one = [evaluate._greedy_answers(mixture, b, 1, p) for b, p in zip(batches, predictions)]
+  assert len(passes) == 10  # A single token read off the loss pass: one pass for its log-probabilities.
+  np.testing.assert_allclose(np.stack([o[1] for o in one]), np.stack([a[1] for a in alone]), atol=1e-6)
+  with_predictions = evaluate.answer_metrics(mixture, batches, values, 0, 1, predictions)
+  for name, value in evaluate.answer_metrics(mixture, batches, values, 0, 1).items():
+    assert with_predictions[name] == pytest.approx(value, abs=1e-6)
 
 
 def test_mean_loss_of_one_model_is_its_cross_entropy():
@@ -105,7 +111,7 @@ def test_greedy_answers_need_no_room_after_the_prompt():
     "prompt_len": np.asarray([4]),
   }
   roomy = {**tight, "inputs": prompt, "targets": np.zeros((1, 8), np.int64), "weights": np.zeros((1, 8))}
-  got = [evaluate._greedy_answers(mixture, b, 3) for b in (tight, roomy)]
+  got = [evaluate._greedy_answers(mixture, b, 3)[0] for b in (tight, roomy)]
   np.testing.assert_array_equal(got[0], got[1])
   assert got[0].shape == (1, 3)
 

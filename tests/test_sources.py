@@ -166,7 +166,7 @@ def test_cached_greedy_answers_are_the_teacher_forced_ones_on_a_sharded_mesh():
     shardings = mesh_lib.state_shardings(params, mesh, rules)
     mixture = decode.Mixture.single(graphdef, jax.device_put(nnx.to_pure_dict(params), shardings), {})
     cached = evaluate.generate_answers(mixture, batch, 6)
-    forced = evaluate._greedy_answers(mixture, batch, 6)
+    forced, _ = evaluate._greedy_answers(mixture, batch, 6)
   assert cached.shape == (8, 6)
   np.testing.assert_array_equal(cached, forced)
 
