@@ -44,20 +44,23 @@ SCALES = {"n1": "N1 (pretraining scale)", "n2": "N2 (fine-tuning scale)"}
 ASKABLE = 0.5
 
 
-def unaskable_n1_lines(table: pd.DataFrame, task: str) -> list[str]:
-  """A line for each EFT N1 base of `task` whose zero-shot value mass is under ASKABLE (none
-  without zero-shot runs)."""
+def unaskable_n1(table: pd.DataFrame, task: str) -> list[dict]:
+  """The EFT N1 bases of `task` whose zero-shot value mass is under ASKABLE, by N: their size and
+  value mass (none without zero-shot runs)."""
   if "metrics.value_mass" not in table:
     return []
   n1 = table.loc[(table["kind"] == "eft") & (table["task"] == task), "base"].unique()
   zs = table[(table["kind"] == "zeroshot") & (table["task"] == task) & table["base"].isin(n1)]
-  return [
-    f"N1 base {row['size']} can hardly be asked in the task's format: zero-shot, "
-    f"{row['metrics.value_mass']:.0%} of its first answer token's probability is on the asked attribute's "
-    f"values (under {ASKABLE:.0%}). Its EFT cells measure how well another size's delta teaches it the format, "
-    "not what it knows; `eft.pairs` can leave it out as N1.\n"
-    for _, row in zs[zs["metrics.value_mass"] < ASKABLE].sort_values("non_embedding_params").iterrows()
-  ]
+  zs = zs[zs["metrics.value_mass"] < ASKABLE].sort_values("non_embedding_params")
+  return [{"size": row["size"], "value_mass": float(row["metrics.value_mass"])} for _, row in zs.iterrows()]
+
+
+def unaskable_text(base: dict, threshold: float) -> str:
+  """Why an N1 base's EFT cells say little about what it knows."""
+  return (
+    f"N1 base {base['size']} can hardly be asked in the task's format: zero-shot, {base['value_mass']:.0%} of its "
+    f"first answer token's probability is on the asked attribute's values (under {threshold:.0%})"
+  )
 
 
 def eft_points(table: pd.DataFrame) -> pd.DataFrame:
@@ -178,6 +181,8 @@ def fit_eft(table: pd.DataFrame, delta: float = 1e-3, bootstrap: int = 200) -> l
   finetuned = finetune_metrics(table)
   for (task, method), group in points.groupby(["task", "method"]):
     cell = {"section": "eft", "task": task, "method": method}
+    if doubtful := unaskable_n1(table, task):
+      records.append({**cell, "analysis": "unaskable", "threshold": ASKABLE, "bases": doubtful})
     for beta, at_beta in group.groupby("beta"):
       for metric in measured(at_beta):
         if at_beta[metric].notna().all() and len(at_beta) > 4:
@@ -273,7 +278,13 @@ def report_lines(table: pd.DataFrame, records: list[dict], out: epath.Path) -> l
   ]
   for (task, method), group in points.groupby(["task", "method"]):
     mine = [r for r in records if r.get("section") == "eft" and (r["task"], r["method"]) == (task, method)]
-    lines += [f"### {task} / {method}", "", *unaskable_n1_lines(table, task)]
+    lines += [f"### {task} / {method}", ""]
+    for r in (r for r in mine if r["analysis"] == "unaskable"):
+      lines += [
+        f"{unaskable_text(base, r['threshold'])}. Its EFT cells measure how well another size's delta teaches it "
+        "the format, not what it knows; `eft.pairs` can leave it out as N1.\n"
+        for base in r["bases"]
+      ]
     for metric in measured(group):
       name = f"eft_{task}_{method}_{metric}.png"
       plot_heatmaps(group, metric, out / name)

@@ -188,6 +188,8 @@ def summary_lines(fits: list[dict]) -> list[str]:
   (every metric at every beta)."""
   lines = []
   for f in fits:
+    if f["section"] == "eft" and f["analysis"] == "unaskable":
+      lines += [f"EFT {f['task']}/{f['method']}: {eft_analysis.unaskable_text(b, f['threshold'])}" for b in f["bases"]]
     if f["section"] == "eft" and f["analysis"] == "decoupling":
       c, ci = f["coef"], f["intervals"]
       lines.append(

@@ -155,12 +155,19 @@ def test_the_report_names_the_n1_bases_that_cannot_be_asked_zero_shot(tmp_path):
     for task, masses in (("qa", {"s": 0.06, "m": 0.1, "l": 0.49, "xl": 0.9}), ("other", {"xl": 0.01}))
     for (size, n), mass in zip(SIZES.items(), masses.values())
   )
-  assert eft_analysis.unaskable_n1_lines(table, "qa") == []  # No zero-shot runs.
-  lines = eft_analysis.unaskable_n1_lines(pd.concat([table, zeroshot]), "qa")
-  assert [line.split(" can")[0] for line in lines] == ["N1 base s", "N1 base l"]
-  assert "6% of its first answer token's probability" in lines[0]
-  text = "\n".join(eft_analysis.report_lines(pd.concat([table, zeroshot]), [], epath.Path(tmp_path)))
-  assert lines[1] in text
+  assert eft_analysis.unaskable_n1(table, "qa") == []  # No zero-shot runs.
+  assert not any(r["analysis"] == "unaskable" for r in eft_analysis.fit_eft(table, bootstrap=20))
+  both = pd.concat([table, zeroshot])
+  assert eft_analysis.unaskable_n1(both, "qa") == [{"size": "s", "value_mass": 0.06}, {"size": "l", "value_mass": 0.49}]
+  records = eft_analysis.fit_eft(both, bootstrap=20)
+  (record,) = [r for r in records if r["analysis"] == "unaskable"]
+  assert record["threshold"] == eft_analysis.ASKABLE and [b["size"] for b in record["bases"]] == ["s", "l"]
+  text = "\n".join(eft_analysis.report_lines(both, records, epath.Path(tmp_path)))
+  assert "N1 base s can hardly be asked in the task's format: zero-shot, 6% of its first answer token's" in text
+  assert "N1 base l can hardly" in text and "N1 base m" not in text and "N1 base xl" not in text
+  printed = [line for line in fit_lib.summary_lines(records) if "can hardly" in line]
+  assert [line.split(": N1 base ")[1].split()[0] for line in printed] == ["s", "l"]
+  assert printed[0].startswith("EFT qa/full: ")
 
 
 def test_a_real_task_is_fitted_on_its_generation_metrics_and_imported_fine_tunes():
